@@ -1,0 +1,532 @@
+//! The plugin configuration (contract §1): parsing, validation, compilation.
+//!
+//! A control plane sends JSON. It is parsed into `Raw*` types that refuse
+//! unknown fields and duplicate names, then validated field by field into a
+//! [`Config`] whose rules, plans and limits are indexed for the request
+//! path. Any problem rejects the whole configuration with one
+//! [`ConfigError`] naming the field (`keys[3].plan: unknown plan "gold"`),
+//! so an operator can fix it and the filter keeps its previous table.
+
+use core::fmt;
+use std::collections::HashSet;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::credentials::{Scheme, Schemes};
+use crate::key_hash::KeyHash;
+use crate::path;
+use crate::rate_limit::{Limit, LimitTable, MAX_PERIOD_SECONDS, MAX_REQUESTS};
+use crate::rules::{PathMatch, Requirement, Rule, RuleSet};
+use crate::scope::{check_scope_name, ScopePattern};
+use crate::timestamp::{parse_rfc3339, UnixNanos};
+
+/// The longest tenant, env or plan name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// The longest key `id`.
+pub const MAX_ID_LEN: usize = 64;
+/// The longest `name`, `hint` or `realm`.
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// A refused configuration: the field and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where, as `keys[3].plan`; empty for the document as a whole.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn refuse(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), reason: reason.into() }
+}
+
+/// Whether allowed responses carry the `RateLimit` headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RateLimitHeaders {
+    /// Only on 429 (the default).
+    #[default]
+    Denied,
+    /// On every response that counted against a limit.
+    Always,
+}
+
+/// A validated plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Its name (an upstream header value).
+    pub name: String,
+    /// The scopes it grants; `None` = it does not narrow keys.
+    pub scopes: Option<Vec<ScopePattern>>,
+    /// Its limits.
+    pub rate_limits: LimitTable,
+}
+
+/// Index of a plan in [`Config::plans`].
+pub type PlanIndex = u16;
+
+/// A validated key entry, as pushed into the shared key table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Public name of the key.
+    pub id: String,
+    /// SHA-256 of the raw key.
+    pub hash: KeyHash,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Held scope patterns, in configuration order.
+    pub scopes: Vec<ScopePattern>,
+    /// Its plan.
+    pub plan: Option<PlanIndex>,
+    /// Environment label (`live`, `test`).
+    pub env: Option<String>,
+    /// When it stops working.
+    pub expires_at: Option<UnixNanos>,
+    /// Whether it was revoked.
+    pub revoked: bool,
+    /// Its own limits, searched before the plan's.
+    pub rate_limits: LimitTable,
+}
+
+/// A validated, compiled configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Keys, in configuration order.
+    pub keys: Vec<KeySpec>,
+    /// Plans, indexed by [`PlanIndex`].
+    pub plans: Vec<Plan>,
+    /// Route rules.
+    pub rules: RuleSet,
+    /// Enabled credential schemes.
+    pub schemes: Schemes,
+    /// When set, keys must start with one of these.
+    pub key_prefixes: Option<Vec<String>>,
+    /// Keep the credential header upstream.
+    pub forward_credential: bool,
+    /// The `realm` of `WWW-Authenticate` challenges.
+    pub realm: String,
+    /// When `RateLimit` headers are sent.
+    pub rate_limit_headers: RateLimitHeaders,
+}
+
+impl Config {
+    /// Parses a configuration. Empty or all-white-space text is the valid
+    /// "nothing loaded yet" state and yields `Ok(None)`; `{}` is a
+    /// configuration with no keys.
+    pub fn parse(text: &[u8]) -> Result<Option<Self>, ConfigError> {
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let field = error.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            refuse(field, error.into_inner().to_string())
+        })?;
+        deserializer.end().map_err(|error| refuse("", error.to_string()))?;
+        raw.validate().map(Some)
+    }
+
+    /// The plan at `index`.
+    pub fn plan(&self, index: Option<PlanIndex>) -> Option<&Plan> {
+        self.plans.get(usize::from(index?))
+    }
+}
+
+/// A JSON object read in order, refusing a name given twice (serde's maps
+/// would silently keep the last, so `{"pro": A, "pro": B}` would mean B).
+#[derive(Debug)]
+struct UniqueMap<V>(Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UniqueVisitor<V>(core::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueVisitor<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(String, V)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if entries.iter().any(|(seen, _)| *seen == name) {
+                        return Err(serde::de::Error::custom(format!("{name:?} is given twice")));
+                    }
+                    let value = map.next_value()?;
+                    entries.push((name, value));
+                }
+                Ok(UniqueMap(entries))
+            }
+        }
+        deserializer.deserialize_map(UniqueVisitor(core::marker::PhantomData))
+    }
+}
+
+impl<V> Default for UniqueMap<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    plans: UniqueMap<RawPlan>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    schemes: Option<Vec<String>>,
+    key_prefixes: Option<Vec<String>>,
+    #[serde(default)]
+    forward_credential: bool,
+    realm: Option<String>,
+    rate_limit_headers: Option<String>,
+    #[serde(default)]
+    case_insensitive_paths: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: String,
+    sha256: String,
+    tenant: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    plan: Option<String>,
+    env: Option<String>,
+    expires_at: Option<String>,
+    #[serde(default)]
+    revoked: bool,
+    name: Option<String>,
+    hint: Option<String>,
+    /// Extension: when the key was made, for people (the CLI's `list`).
+    created_at: Option<String>,
+    #[serde(default)]
+    rate_limits: UniqueMap<RawLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    rate_limits: UniqueMap<RawLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    requests: u64,
+    period_seconds: u64,
+    burst: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    path: Option<String>,
+    path_prefix: Option<String>,
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    public: bool,
+    scope: Option<String>,
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let plans = self
+            .plans
+            .0
+            .into_iter()
+            .map(|(name, plan)| plan.validate(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        if plans.len() > usize::from(PlanIndex::MAX) {
+            return Err(refuse("plans", format!("at most {} plans", PlanIndex::MAX)));
+        }
+        let mut ids = HashSet::with_capacity(self.keys.len());
+        let mut hashes = HashSet::with_capacity(self.keys.len());
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for (index, raw) in self.keys.into_iter().enumerate() {
+            let field = format!("keys[{index}]");
+            let key = raw.validate(&field, &plans)?;
+            if !ids.insert(key.id.clone()) {
+                return Err(refuse(format!("{field}.id"), format!("duplicate id {:?}", key.id)));
+            }
+            if !hashes.insert(*key.hash.as_bytes()) {
+                return Err(refuse(format!("{field}.sha256"), "duplicate sha256 (another key has the same hash)"));
+            }
+            keys.push(key);
+        }
+        let rules = self
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, rule)| rule.validate(&format!("rules[{index}]"), self.case_insensitive_paths))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            keys,
+            plans,
+            rules: RuleSet::new(rules, self.case_insensitive_paths),
+            schemes: validate_schemes(self.schemes)?,
+            key_prefixes: validate_prefixes(self.key_prefixes)?,
+            forward_credential: self.forward_credential,
+            realm: validate_realm(self.realm)?,
+            rate_limit_headers: match self.rate_limit_headers.as_deref() {
+                None | Some("denied") => RateLimitHeaders::Denied,
+                Some("always") => RateLimitHeaders::Always,
+                Some(other) => {
+                    return Err(refuse("rate_limit_headers", format!("{other:?} is not \"denied\" or \"always\"")))
+                }
+            },
+        })
+    }
+}
+
+impl RawPlan {
+    fn validate(self, name: String) -> Result<Plan, ConfigError> {
+        let field = format!("plans.{name}");
+        check_name(&field, &name)?;
+        let scopes = match self.scopes {
+            None => None,
+            Some(scopes) => Some(parse_patterns(&format!("{field}.scopes"), scopes)?),
+        };
+        let rate_limits = validate_limits(&format!("{field}.rate_limits"), self.rate_limits)?;
+        Ok(Plan { name, scopes, rate_limits })
+    }
+}
+
+impl RawKey {
+    fn validate(self, field: &str, plans: &[Plan]) -> Result<KeySpec, ConfigError> {
+        check_id(&format!("{field}.id"), &self.id)?;
+        let hash = KeyHash::from_hex(&self.sha256).map_err(|reason| refuse(format!("{field}.sha256"), reason))?;
+        check_name(&format!("{field}.tenant"), &self.tenant)?;
+        let scopes = parse_patterns(&format!("{field}.scopes"), self.scopes)?;
+        let plan = match &self.plan {
+            None => None,
+            Some(name) => {
+                let index = plans
+                    .iter()
+                    .position(|plan| plan.name == *name)
+                    .ok_or_else(|| refuse(format!("{field}.plan"), format!("unknown plan {name:?}")))?;
+                // Fits: the plan count was checked against PlanIndex::MAX.
+                Some(PlanIndex::try_from(index).unwrap_or(PlanIndex::MAX))
+            }
+        };
+        if let Some(env) = &self.env {
+            check_name(&format!("{field}.env"), env)?;
+        }
+        let expires_at = match &self.expires_at {
+            None => None,
+            Some(text) => Some(parse_rfc3339(text).map_err(|reason| refuse(format!("{field}.expires_at"), reason))?),
+        };
+        if let Some(text) = &self.created_at {
+            parse_rfc3339(text).map_err(|reason| refuse(format!("{field}.created_at"), reason))?;
+        }
+        for (label, value) in [("name", &self.name), ("hint", &self.hint)] {
+            if let Some(value) = value {
+                check_label(&format!("{field}.{label}"), value)?;
+            }
+        }
+        let rate_limits = validate_limits(&format!("{field}.rate_limits"), self.rate_limits)?;
+        Ok(KeySpec {
+            id: self.id,
+            hash,
+            tenant: self.tenant,
+            scopes,
+            plan,
+            env: self.env,
+            expires_at,
+            revoked: self.revoked,
+            rate_limits,
+        })
+    }
+}
+
+impl RawRule {
+    fn validate(self, field: &str, case_insensitive: bool) -> Result<Rule, ConfigError> {
+        let path = match (self.path, self.path_prefix) {
+            (Some(_), Some(_)) => return Err(refuse(field, "has both path and path_prefix; give at most one")),
+            (Some(exact), None) => PathMatch::Exact(rule_path(&format!("{field}.path"), &exact, case_insensitive)?),
+            (None, Some(prefix)) => {
+                PathMatch::Prefix(rule_path(&format!("{field}.path_prefix"), &prefix, case_insensitive)?)
+            }
+            (None, None) => PathMatch::Any,
+        };
+        let methods = match self.methods {
+            None => None,
+            Some(methods) if methods.is_empty() => {
+                return Err(refuse(format!("{field}.methods"), "is empty; leave it out to match every method"))
+            }
+            Some(methods) => {
+                for (index, method) in methods.iter().enumerate() {
+                    check_method(&format!("{field}.methods[{index}]"), method)?;
+                }
+                Some(methods)
+            }
+        };
+        let requirement = match (self.public, self.scope) {
+            (true, Some(_)) => return Err(refuse(field, "public: true cannot be combined with scope")),
+            (true, None) => Requirement::Public,
+            (false, scope) => {
+                if let Some(scope) = &scope {
+                    check_scope_name(scope).map_err(|reason| refuse(format!("{field}.scope"), reason))?;
+                }
+                Requirement::Key { scope }
+            }
+        };
+        Ok(Rule { path, methods, requirement })
+    }
+}
+
+/// A rule path must be a canonical absolute path with no query; it is stored
+/// without its trailing `/` and folded when paths are case-insensitive.
+fn rule_path(field: &str, text: &str, case_insensitive: bool) -> Result<Vec<u8>, ConfigError> {
+    if text.contains('?') {
+        return Err(refuse(field, "a rule path has no query string"));
+    }
+    let normalised = path::normalise(text.as_bytes()).map_err(|error| refuse(field, error.reason()))?;
+    let mut stored = crate::rules::stored_form(&normalised.path);
+    if case_insensitive {
+        stored.make_ascii_lowercase();
+    }
+    Ok(stored)
+}
+
+/// Methods are upper-case RFC 9110 tokens, compared exactly.
+fn check_method(field: &str, method: &str) -> Result<(), ConfigError> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if method.is_empty() || !method.bytes().all(tchar) {
+        return Err(refuse(field, format!("{method:?} is not an HTTP method token")));
+    }
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(refuse(field, format!("{method:?} must be upper case (methods compare exactly)")));
+    }
+    Ok(())
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), ConfigError> {
+    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(valid) {
+        return Err(refuse(field, format!("{id:?} must be 1 to {MAX_ID_LEN} of A-Z a-z 0-9 _ . -")));
+    }
+    Ok(())
+}
+
+/// Tenant, env and plan names become header values: 1–128 bytes, no
+/// control character.
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(refuse(field, format!("must be 1 to {MAX_NAME_LEN} bytes")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(refuse(field, "holds a control character"));
+    }
+    Ok(())
+}
+
+/// Free text for people and logs: no control characters (log injection),
+/// bounded length.
+fn check_label(field: &str, label: &str) -> Result<(), ConfigError> {
+    if label.len() > MAX_LABEL_LEN {
+        return Err(refuse(field, format!("must be at most {MAX_LABEL_LEN} bytes")));
+    }
+    if label.chars().any(char::is_control) {
+        return Err(refuse(field, "holds a control character"));
+    }
+    Ok(())
+}
+
+fn parse_patterns(field: &str, texts: Vec<String>) -> Result<Vec<ScopePattern>, ConfigError> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| ScopePattern::parse(text).map_err(|reason| refuse(format!("{field}[{index}]"), reason)))
+        .collect()
+}
+
+fn validate_limits(field: &str, raw: UniqueMap<RawLimit>) -> Result<LimitTable, ConfigError> {
+    let mut entries = Vec::with_capacity(raw.0.len());
+    for (pattern, limit) in raw.0 {
+        let field = format!("{field}.{pattern}");
+        let pattern = ScopePattern::parse(&pattern).map_err(|reason| refuse(&field, reason))?;
+        entries.push((pattern, limit.validate(&field)?));
+    }
+    Ok(LimitTable::new(entries))
+}
+
+impl RawLimit {
+    fn validate(self, field: &str) -> Result<Limit, ConfigError> {
+        let in_range = |name: &str, value: u64, max: u64| {
+            if value == 0 || value > max {
+                Err(refuse(format!("{field}.{name}"), format!("must be from 1 to {max}, got {value}")))
+            } else {
+                Ok(value)
+            }
+        };
+        let requests = in_range("requests", self.requests, MAX_REQUESTS)?;
+        let period_seconds = in_range("period_seconds", self.period_seconds, MAX_PERIOD_SECONDS)?;
+        let burst = in_range("burst", self.burst.unwrap_or(requests), MAX_REQUESTS)?;
+        Ok(Limit { requests, period_seconds, burst })
+    }
+}
+
+fn validate_schemes(raw: Option<Vec<String>>) -> Result<Schemes, ConfigError> {
+    let Some(names) = raw else { return Ok(Schemes::ALL) };
+    if names.is_empty() {
+        return Err(refuse("schemes", "is empty; leave it out to accept all three"));
+    }
+    let mut schemes = Schemes::NONE;
+    for (index, name) in names.iter().enumerate() {
+        let scheme = Scheme::from_config_name(name).ok_or_else(|| {
+            refuse(format!("schemes[{index}]"), format!("unknown scheme {name:?} (bearer, apikey, x-api-key)"))
+        })?;
+        schemes = schemes.with(scheme);
+    }
+    Ok(schemes)
+}
+
+fn validate_prefixes(raw: Option<Vec<String>>) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(prefixes) = raw else { return Ok(None) };
+    if prefixes.is_empty() {
+        return Err(refuse("key_prefixes", "is empty; leave it out to accept any key"));
+    }
+    for (index, prefix) in prefixes.iter().enumerate() {
+        let valid = |b: u8| (0x21..=0x7E).contains(&b) && b != b',';
+        if prefix.is_empty() || prefix.len() >= crate::credentials::MAX_KEY_LEN || !prefix.bytes().all(valid) {
+            return Err(refuse(
+                format!("key_prefixes[{index}]"),
+                format!("{prefix:?} can never start a key (visible ASCII, no comma, shorter than a key)"),
+            ));
+        }
+    }
+    Ok(Some(prefixes))
+}
+
+/// The realm is written inside a quoted string: visible ASCII without `"`
+/// or `\`.
+fn validate_realm(raw: Option<String>) -> Result<String, ConfigError> {
+    let Some(realm) = raw else { return Ok("api".to_owned()) };
+    let valid = |b: u8| matches!(b, 0x20..=0x7E) && b != b'"' && b != b'\\';
+    if realm.is_empty() || realm.len() > MAX_LABEL_LEN || !realm.bytes().all(valid) {
+        return Err(refuse("realm", "must be 1 to 256 printable ASCII characters without \" or \\"));
+    }
+    Ok(realm)
+}
+
+#[cfg(test)]
+mod tests;

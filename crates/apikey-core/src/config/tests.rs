@@ -1,0 +1,203 @@
+//! Table-driven tests of configuration validation: every refusal names its
+//! field, and a valid document compiles to what it says.
+
+use super::*;
+use serde_json::{json, Value};
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const HASH_A: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const HASH_B: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+
+/// The contract's example configuration.
+fn example() -> Value {
+    json!({
+      "keys": [{
+          "id": "key_7Qx2", "sha256": HASH_A, "tenant": "acme",
+          "scopes": ["leads:read", "leads:write"], "plan": "pro", "env": "live",
+          "expires_at": "2027-01-31T00:00:00Z", "revoked": false,
+          "name": "n8n Production", "hint": "sk_live_AbC…9Mn",
+          "rate_limits": { "leads:write": { "requests": 10, "period_seconds": 60 } }
+      }],
+      "plans": {
+        "pro": {
+          "scopes": ["leads:*", "mcp:*"],
+          "rate_limits": {
+            "leads:read": { "requests": 600, "period_seconds": 60, "burst": 100 },
+            "*": { "requests": 300, "period_seconds": 60 }
+          }
+        }
+      },
+      "rules": [
+        { "path_prefix": "/healthz", "public": true },
+        { "path_prefix": "/api/v1/leads", "methods": ["GET", "HEAD"], "scope": "leads:read" },
+        { "path_prefix": "/api/v1/leads", "methods": ["POST", "PUT", "PATCH"], "scope": "leads:write" },
+        { "path": "/api/v1/admin/keys", "scope": "admin" }
+      ],
+      "schemes": ["bearer", "apikey", "x-api-key"],
+      "key_prefixes": ["sk_live_", "sk_test_"],
+      "forward_credential": false
+    })
+}
+
+fn parse(value: &Value) -> Result<Config, ConfigError> {
+    Config::parse(value.to_string().as_bytes()).map(|c| c.expect("a configuration"))
+}
+
+/// Applies `edit` to the example and expects a refusal naming `field` with
+/// `reason` in its text.
+fn assert_refused(case: &str, edit: impl FnOnce(&mut Value), field: &str, reason: &str) {
+    let mut document = example();
+    edit(&mut document);
+    match parse(&document) {
+        Ok(_) => panic!("case {case:?}: accepted"),
+        Err(error) => {
+            assert_eq!(error.field, field, "case {case:?}: wrong field in {error}");
+            assert!(error.reason.contains(reason), "case {case:?}: reason {:?} lacks {reason:?}", error.reason);
+        }
+    }
+}
+
+#[test]
+fn the_contract_example_is_valid_and_compiles() {
+    let config = parse(&example()).unwrap();
+    assert_eq!(config.keys.len(), 1);
+    let key = &config.keys[0];
+    assert_eq!(key.id, "key_7Qx2");
+    assert_eq!(key.hash.to_hex(), HASH_A);
+    assert_eq!(config.plan(key.plan).unwrap().name, "pro");
+    assert_eq!(key.expires_at, Some(1_801_353_600 * 1_000_000_000));
+    assert_eq!(key.rate_limits.entries()[0].1, Limit { requests: 10, period_seconds: 60, burst: 10 });
+    let plan = &config.plans[0];
+    assert_eq!(plan.rate_limits.select(Some("leads:read")).unwrap().1.burst, 100);
+    assert_eq!(plan.rate_limits.select(Some("other")).unwrap().1.burst, 300);
+    assert_eq!(config.schemes, Schemes::ALL);
+    assert_eq!(config.realm, "api");
+    assert_eq!(config.rate_limit_headers, RateLimitHeaders::Denied);
+    assert_eq!(config.rules.route(b"GET", b"/api/v1/admin/keys/"), &Requirement::Key { scope: Some("admin".into()) });
+}
+
+#[test]
+fn empty_or_blank_text_is_the_unconfigured_state() {
+    for text in ["", "  \n\t "] {
+        assert_eq!(Config::parse(text.as_bytes()), Ok(None), "for {text:?}");
+    }
+}
+
+#[test]
+fn an_empty_object_is_a_configuration_with_no_keys() {
+    let config = Config::parse(b"{}").unwrap().unwrap();
+    assert!(config.keys.is_empty());
+    assert_eq!(config.schemes, Schemes::ALL);
+}
+
+#[test]
+fn upper_case_hashes_are_folded() {
+    let mut document = example();
+    document["keys"][0]["sha256"] = json!(HASH_A.to_uppercase());
+    assert_eq!(parse(&document).unwrap().keys[0].hash.to_hex(), HASH_A);
+}
+
+#[test]
+fn key_fields_are_validated_by_name() {
+    assert_refused("unknown plan", |d| d["keys"][0]["plan"] = json!("gold"), "keys[0].plan", "unknown plan \"gold\"");
+    assert_refused("bad hex", |d| d["keys"][0]["sha256"] = json!("zz"), "keys[0].sha256", "64 hexadecimal");
+    assert_refused("bad id", |d| d["keys"][0]["id"] = json!("a b"), "keys[0].id", "A-Z");
+    assert_refused("empty id", |d| d["keys"][0]["id"] = json!(""), "keys[0].id", "1 to 64");
+    assert_refused("long id", |d| d["keys"][0]["id"] = json!("a".repeat(65)), "keys[0].id", "1 to 64");
+    assert_refused("empty tenant", |d| d["keys"][0]["tenant"] = json!(""), "keys[0].tenant", "1 to 128");
+    assert_refused("control in tenant", |d| d["keys"][0]["tenant"] = json!("a\u{85}b"), "keys[0].tenant", "control");
+    assert_refused("newline in env", |d| d["keys"][0]["env"] = json!("li\nve"), "keys[0].env", "control");
+    assert_refused("bad date", |d| d["keys"][0]["expires_at"] = json!("tomorrow"), "keys[0].expires_at", "RFC 3339");
+    assert_refused("bad scope", |d| d["keys"][0]["scopes"] = json!(["ok", "le*ds"]), "keys[0].scopes[1]", "`*`");
+    assert_refused("missing tenant", |d| { d["keys"][0].as_object_mut().unwrap().remove("tenant"); }, "keys[0]", "missing field `tenant`");
+    assert_refused("unknown field", |d| d["keys"][0]["colour"] = json!("red"), "keys[0].colour", "unknown field `colour`");
+    assert_refused("string revoked", |d| d["keys"][0]["revoked"] = json!("yes"), "keys[0].revoked", "invalid type");
+    assert_refused("control in name", |d| d["keys"][0]["name"] = json!("a\u{1b}[31m"), "keys[0].name", "control");
+}
+
+#[test]
+fn duplicate_ids_and_hashes_are_refused() {
+    let mut second = example()["keys"][0].clone();
+    second["sha256"] = json!(HASH_B);
+    assert_refused("duplicate id", |d| d["keys"].as_array_mut().unwrap().push(second), "keys[1].id", "duplicate id");
+    let mut second = example()["keys"][0].clone();
+    second["id"] = json!("other");
+    second["sha256"] = json!(HASH_A.to_uppercase());
+    assert_refused("duplicate hash", |d| d["keys"].as_array_mut().unwrap().push(second), "keys[1].sha256", "duplicate sha256");
+}
+
+#[test]
+fn limits_must_be_positive_and_bounded() {
+    assert_refused("zero requests", |d| d["plans"]["pro"]["rate_limits"]["*"]["requests"] = json!(0), "plans.pro.rate_limits.*.requests", "from 1");
+    assert_refused("negative period", |d| d["plans"]["pro"]["rate_limits"]["*"]["period_seconds"] = json!(-1), "plans.pro.rate_limits.*.period_seconds", "invalid value");
+    assert_refused("fractional", |d| d["plans"]["pro"]["rate_limits"]["*"]["requests"] = json!(1.5), "plans.pro.rate_limits.*.requests", "invalid type");
+    assert_refused("zero burst", |d| d["keys"][0]["rate_limits"]["leads:write"]["burst"] = json!(0), "keys[0].rate_limits.leads:write.burst", "from 1");
+    assert_refused("huge", |d| d["plans"]["pro"]["rate_limits"]["*"]["requests"] = json!(u64::MAX), "plans.pro.rate_limits.*.requests", "from 1");
+    assert_refused("bad pattern", |d| d["plans"]["pro"]["rate_limits"]["le*"] = json!({"requests": 1, "period_seconds": 1}), "plans.pro.rate_limits.le*", "`*`");
+    assert_refused("unknown limit field", |d| d["plans"]["pro"]["rate_limits"]["*"]["rate"] = json!(1), "plans.pro.rate_limits.*.rate", "unknown field");
+}
+
+#[test]
+fn duplicate_object_names_are_refused() {
+    let text = r#"{"plans": {"pro": {}, "pro": {"scopes": []}}}"#;
+    let error = Config::parse(text.as_bytes()).unwrap_err();
+    assert_eq!(error.field, "plans");
+    assert!(error.reason.contains("\"pro\" is given twice"), "{error}");
+}
+
+#[test]
+fn rule_shapes_are_validated() {
+    assert_refused("path and prefix", |d| d["rules"][0]["path"] = json!("/x"), "rules[0]", "both path and path_prefix");
+    assert_refused("public with scope", |d| d["rules"][0]["scope"] = json!("x"), "rules[0]", "public: true cannot be combined");
+    assert_refused("pattern scope", |d| d["rules"][1]["scope"] = json!("leads:*"), "rules[1].scope", "plain name");
+    assert_refused("empty methods", |d| d["rules"][1]["methods"] = json!([]), "rules[1].methods", "is empty");
+    assert_refused("lower-case method", |d| d["rules"][1]["methods"] = json!(["GET", "post"]), "rules[1].methods[1]", "upper case");
+    assert_refused("bad method", |d| d["rules"][1]["methods"] = json!(["GE T"]), "rules[1].methods[0]", "token");
+    assert_refused("relative path", |d| d["rules"][3]["path"] = json!("api"), "rules[3].path", "start with /");
+    assert_refused("query in path", |d| d["rules"][3]["path"] = json!("/a?b"), "rules[3].path", "query");
+    assert_refused("above root", |d| d["rules"][3]["path"] = json!("/.."), "rules[3].path", "climbs");
+    assert_refused("unknown rule field", |d| d["rules"][0]["prefix"] = json!("/x"), "rules[0].prefix", "unknown field");
+}
+
+#[test]
+fn rule_paths_are_stored_canonically() {
+    let mut document = example();
+    document["rules"] = json!([
+        { "path_prefix": "/api//v1/./leads/", "scope": "leads:read" },
+        { "path": "/Admin/", "scope": "admin" }
+    ]);
+    document["case_insensitive_paths"] = json!(true);
+    let config = parse(&document).unwrap();
+    assert_eq!(config.rules.route(b"GET", b"/api/v1/leads/7"), &Requirement::Key { scope: Some("leads:read".into()) });
+    assert_eq!(config.rules.route(b"GET", b"/ADMIN"), &Requirement::Key { scope: Some("admin".into()) });
+}
+
+#[test]
+fn top_level_options_are_validated() {
+    assert_refused("empty schemes", |d| d["schemes"] = json!([]), "schemes", "is empty");
+    assert_refused("unknown scheme", |d| d["schemes"] = json!(["bearer", "basic"]), "schemes[1]", "unknown scheme \"basic\"");
+    assert_refused("empty prefixes", |d| d["key_prefixes"] = json!([]), "key_prefixes", "is empty");
+    assert_refused("empty prefix", |d| d["key_prefixes"] = json!([""]), "key_prefixes[0]", "never start a key");
+    assert_refused("realm quote", |d| d["realm"] = json!("a\"b"), "realm", "without");
+    assert_refused("rate limit headers", |d| d["rate_limit_headers"] = json!("sometimes"), "rate_limit_headers", "\"sometimes\"");
+    assert_refused("unknown top field", |d| d["fleet_mode"] = json!(true), "fleet_mode", "unknown field");
+    assert_refused("wrong top type", |d| d["keys"] = json!({}), "keys", "invalid type");
+}
+
+#[test]
+fn scheme_names_are_case_insensitive() {
+    let mut document = example();
+    document["schemes"] = json!(["X-API-Key"]);
+    let config = parse(&document).unwrap();
+    assert!(config.schemes.contains(Scheme::XApiKey));
+    assert!(!config.schemes.reads_authorization());
+}
+
+#[test]
+fn not_json_is_refused_with_a_position() {
+    for text in ["{", "[]", "null", "{\"keys\": []} trailing", "\u{feff}{}"] {
+        let error = Config::parse(text.as_bytes()).unwrap_err();
+        assert!(!error.reason.is_empty(), "for {text:?}");
+    }
+}

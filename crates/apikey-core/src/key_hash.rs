@@ -1,0 +1,111 @@
+//! The SHA-256 of an API key, the only form in which a key is stored.
+//!
+//! The configuration carries hashes, never keys; the filter hashes the key a
+//! client presents and looks the hash up. [`KeyHash`] compares in constant
+//! time and never prints its bytes, so a hash (which stands in for a secret)
+//! cannot leak through `Debug` output or a timing difference.
+
+use core::fmt;
+use sha2::{Digest, Sha256};
+
+/// A 32-byte SHA-256 digest of a raw API key.
+#[derive(Clone, Copy)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    /// Hashes the exact bytes a client presented.
+    pub fn of(key: &[u8]) -> Self {
+        Self(Sha256::digest(key).into())
+    }
+
+    /// Parses 64 hexadecimal digits, upper or lower case.
+    pub fn from_hex(text: &str) -> Result<Self, &'static str> {
+        if text.len() != 64 {
+            return Err("must be 64 hexadecimal digits");
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| "must be 64 hexadecimal digits")?;
+        Ok(Self(bytes))
+    }
+
+    /// Wraps raw digest bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The digest bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lower-case hexadecimal, the canonical spelling in configurations.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl PartialEq for KeyHash {
+    /// Constant time: every byte is compared whatever the first difference.
+    fn eq(&self, other: &Self) -> bool {
+        let mut difference = 0u8;
+        for (a, b) in self.0.iter().zip(other.0.iter()) {
+            difference |= a ^ b;
+        }
+        // `black_box` keeps the optimiser from turning the fold into an early exit.
+        core::hint::black_box(difference) == 0
+    }
+}
+
+impl Eq for KeyHash {}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyHash(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn hash_of_test_matches_the_contract_example() {
+        let hash = KeyHash::of(b"test");
+        assert_eq!(
+            hash.to_hex(),
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+    }
+
+    #[test]
+    fn upper_case_hex_is_folded() {
+        let upper = KeyHash::from_hex(
+            "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08",
+        )
+        .unwrap();
+        assert_eq!(upper, KeyHash::of(b"test"));
+    }
+
+    #[test]
+    fn bad_hex_is_refused() {
+        for text in ["", "abc", &"g".repeat(64), &"a".repeat(63), &"a".repeat(65)] {
+            assert!(KeyHash::from_hex(text).is_err(), "accepted {text:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_the_digest() {
+        let text = format!("{:?}", KeyHash::of(b"secret"));
+        assert_eq!(text, "KeyHash(<redacted>)");
+    }
+
+    #[test]
+    fn hashes_differing_in_the_last_byte_are_unequal() {
+        let mut bytes = *KeyHash::of(b"a").as_bytes();
+        let a = KeyHash::from_bytes(bytes);
+        bytes[31] ^= 1;
+        assert_ne!(a, KeyHash::from_bytes(bytes));
+    }
+}

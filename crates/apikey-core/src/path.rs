@@ -1,0 +1,266 @@
+//! Request-path normalisation (contract §5).
+//!
+//! A scope check is only as good as its agreement with the path the upstream
+//! serves: if the filter matched `/api/v1/%72eports` while the upstream
+//! served `/api/v1/reports`, a rule written for `/api/v1/reports` would be
+//! skipped. So rules see one canonical path, and when it differs from what
+//! the client sent, the upstream is sent the canonical path too.
+//!
+//! Canonical means: query set aside, percent-encoded unreserved characters
+//! decoded (other escapes kept, hex upper-cased per RFC 3986 §6.2.2.1), `.`
+//! and `..` segments resolved (§5.2.4) and repeated `/` merged. Anything
+//! whose meaning an upstream might read differently is refused instead.
+
+use std::borrow::Cow;
+
+/// Why a path cannot be matched safely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathError {
+    /// Empty, or does not start with `/` (such as `*` or an absolute URI).
+    NotAbsolute,
+    /// `%2F` or `%5C`: an encoded separator that upstreams disagree on.
+    EncodedSeparator,
+    /// A raw `\`, which some servers treat as `/`.
+    Backslash,
+    /// A control byte (0x00–0x1F, 0x7F), raw or percent-encoded.
+    ControlByte,
+    /// `%` not followed by two hexadecimal digits.
+    MalformedEscape,
+    /// A `..` segment that would climb above `/`.
+    AboveRoot,
+}
+
+impl PathError {
+    /// A short reason for logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NotAbsolute => "path does not start with /",
+            Self::EncodedSeparator => "path holds an encoded / or \\",
+            Self::Backslash => "path holds a backslash",
+            Self::ControlByte => "path holds a control byte",
+            Self::MalformedEscape => "path holds a malformed percent escape",
+            Self::AboveRoot => "path climbs above the root",
+        }
+    }
+}
+
+/// A request target split into its canonical path and its untouched query.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NormalisedPath<'a> {
+    /// The canonical path, borrowed when the client already sent it so.
+    pub path: Cow<'a, [u8]>,
+    /// Everything from the first `?` on (with the `?`), forwarded unchanged.
+    pub query: &'a [u8],
+}
+
+impl NormalisedPath<'_> {
+    /// Whether the path differs from what the client sent, so `:path` must
+    /// be rewritten before the request goes upstream.
+    pub fn changed(&self) -> bool {
+        matches!(self.path, Cow::Owned(_))
+    }
+
+    /// The full request target to send upstream: canonical path plus query.
+    pub fn target(&self) -> Vec<u8> {
+        let mut target = Vec::with_capacity(self.path.len() + self.query.len());
+        target.extend_from_slice(&self.path);
+        target.extend_from_slice(self.query);
+        target
+    }
+}
+
+/// Normalises a request target (`:path`) per contract §5.
+pub fn normalise(target: &[u8]) -> Result<NormalisedPath<'_>, PathError> {
+    let split = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
+    let (path, query) = target.split_at(split);
+    if path.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let decoded = decode_unreserved(path)?;
+    let resolved = resolve_segments(&decoded)?;
+    let path = if resolved.as_slice() == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(resolved)
+    };
+    Ok(NormalisedPath { path, query })
+}
+
+/// Checks every byte, decodes `%XX` of unreserved characters and upper-cases
+/// the hex of the escapes it keeps.
+fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, PathError> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut bytes = path.iter().copied();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'%' => {
+                let high = bytes.next().and_then(hex_value).ok_or(PathError::MalformedEscape)?;
+                let low = bytes.next().and_then(hex_value).ok_or(PathError::MalformedEscape)?;
+                let decoded = high << 4 | low;
+                match decoded {
+                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    0x00..=0x1F | 0x7F => return Err(PathError::ControlByte),
+                    _ if is_unreserved(decoded) => out.push(decoded),
+                    _ => out.extend_from_slice(&[b'%', HEX_UPPER[usize::from(high)], HEX_UPPER[usize::from(low)]]),
+                }
+            }
+            b'\\' => return Err(PathError::Backslash),
+            0x00..=0x1F | 0x7F => return Err(PathError::ControlByte),
+            _ => out.push(byte),
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves `.` and `..` segments and merges repeated `/`. A trailing `/`
+/// is kept, and a path ending in a dot segment ends in `/` (RFC 3986
+/// §5.2.4: `/a/b/..` is `/a/`).
+fn resolve_segments(path: &[u8]) -> Result<Vec<u8>, PathError> {
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path.split(|&b| b == b'/') {
+        match segment {
+            b"" => trailing_slash = true,
+            b"." => trailing_slash = true,
+            b".." => {
+                segments.pop().ok_or(PathError::AboveRoot)?;
+                trailing_slash = true;
+            }
+            _ => {
+                segments.push(segment);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for segment in &segments {
+        out.push(b'/');
+        out.extend_from_slice(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push(b'/');
+    }
+    Ok(out)
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 §2.3 unreserved characters.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn canonical(target: &str) -> Result<(String, String), PathError> {
+        normalise(target.as_bytes()).map(|n| {
+            (
+                String::from_utf8(n.path.to_vec()).unwrap(),
+                String::from_utf8(n.query.to_vec()).unwrap(),
+            )
+        })
+    }
+
+    #[test]
+    fn canonical_paths_come_back_borrowed_and_unchanged() {
+        for target in ["/", "/api/v1/leads", "/api/v1/leads/", "/a%20b", "/a?x=%2F&y=..", "/~a-b_c.d"] {
+            let normalised = normalise(target.as_bytes()).unwrap();
+            assert!(!normalised.changed(), "{target} was rewritten to {:?}", normalised.path);
+            assert_eq!(normalised.target(), target.as_bytes());
+        }
+    }
+
+    #[test]
+    fn paths_normalise_as_contract_section_5_says() {
+        let cases = [
+            ("/api/v1/%72eports", "/api/v1/reports"),
+            ("/api/v1/%2e%2e/admin", "/api/admin"),
+            ("/api/%2E/v1", "/api/v1"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/b/../c", "/a/c"),
+            ("//a///b", "/a/b"),
+            ("/a//", "/a/"),
+            ("/.", "/"),
+            ("/a/..", "/"),
+            ("/%41%7e", "/A~"),
+            ("/a%20b", "/a%20b"),
+        ];
+        for (input, expected) in cases {
+            let (path, _) = canonical(input).unwrap_or_else(|e| panic!("{input}: {e:?}"));
+            assert_eq!(path, expected, "normalising {input}");
+        }
+    }
+
+    #[test]
+    fn kept_escapes_have_upper_case_hex() {
+        assert_eq!(canonical("/a%2ab%c3%a9").unwrap().0, "/a%2Ab%C3%A9");
+    }
+
+    #[test]
+    fn the_query_is_set_aside_untouched() {
+        assert_eq!(
+            canonical("/a/../b?next=/../x%2F").unwrap(),
+            ("/b".to_owned(), "?next=/../x%2F".to_owned())
+        );
+        let normalised = normalise(b"/a/../b?q").unwrap();
+        assert_eq!(normalised.target(), b"/b?q");
+    }
+
+    #[test]
+    fn unsafe_paths_are_refused_with_their_reason() {
+        let cases: [(&[u8], PathError); 16] = [
+            (b"", PathError::NotAbsolute),
+            (b"*", PathError::NotAbsolute),
+            (b"api/v1", PathError::NotAbsolute),
+            (b"?a", PathError::NotAbsolute),
+            (b"/a%2Fb", PathError::EncodedSeparator),
+            (b"/a%2fb", PathError::EncodedSeparator),
+            (b"/a%5Cb", PathError::EncodedSeparator),
+            (b"/a%5cb", PathError::EncodedSeparator),
+            (b"/a\\b", PathError::Backslash),
+            (b"/a\0b", PathError::ControlByte),
+            (b"/a\x7fb", PathError::ControlByte),
+            (b"/a%00", PathError::ControlByte),
+            (b"/a%", PathError::MalformedEscape),
+            (b"/a%4", PathError::MalformedEscape),
+            (b"/a%zz", PathError::MalformedEscape),
+            (b"/..", PathError::AboveRoot),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalise(input).map(|_| ()), Err(expected), "for {:?}", String::from_utf8_lossy(input));
+        }
+        assert_eq!(normalise(b"/a/../..").map(|_| ()), Err(PathError::AboveRoot));
+        assert_eq!(normalise(b"/%2e%2e/x").map(|_| ()), Err(PathError::AboveRoot));
+        assert_eq!(normalise(b"/a\r\nb").map(|_| ()), Err(PathError::ControlByte));
+    }
+
+    #[test]
+    fn normalisation_is_idempotent_on_tricky_inputs() {
+        for input in ["/a/%2e%2e/%2E/b//c/.", "/%7Euser/./%61%62/..", "/x/%25/y", "/a%2a/"] {
+            let once = normalise(input.as_bytes()).unwrap();
+            let twice = normalise(&once.path).unwrap();
+            assert_eq!(once.path, twice.path, "normalising {input} twice");
+            assert!(!twice.changed());
+        }
+    }
+
+    #[test]
+    fn bytes_above_ascii_pass_through() {
+        assert_eq!(normalise("/caf\u{e9}".as_bytes()).unwrap().path.as_ref(), "/caf\u{e9}".as_bytes());
+    }
+}

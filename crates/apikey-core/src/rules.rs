@@ -1,0 +1,200 @@
+//! Route rules: which requests are public and which scope the others need.
+//!
+//! Rules are compiled once at configuration time (paths normalised,
+//! trailing `/` dropped, folded to lower case when paths are
+//! case-insensitive), so matching a request is a few byte comparisons.
+//! First match wins; a request no rule matches needs a valid key and no
+//! scope.
+
+/// What a matching rule asks of the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// No key needed.
+    Public,
+    /// A valid key, holding `scope` when there is one.
+    Key {
+        /// The scope the key must hold.
+        scope: Option<String>,
+    },
+}
+
+/// Where a rule applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Every path.
+    Any,
+    /// This path, or it with one trailing `/`. Stored without the trailing
+    /// `/` (the root is stored empty).
+    Exact(Vec<u8>),
+    /// This path and everything below it at a segment boundary. Stored
+    /// without the trailing `/` (the root, which covers all, is empty).
+    Prefix(Vec<u8>),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &[u8]) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(exact) => match path.strip_prefix(exact.as_slice()) {
+                Some(rest) => rest.is_empty() || rest == b"/",
+                None => false,
+            },
+            Self::Prefix(prefix) => match path.strip_prefix(prefix.as_slice()) {
+                Some(rest) => rest.is_empty() || rest.first() == Some(&b'/'),
+                None => false,
+            },
+        }
+    }
+}
+
+/// One compiled rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Where it applies.
+    pub path: PathMatch,
+    /// The methods it applies to; `None` = all.
+    pub methods: Option<Vec<String>>,
+    /// What it asks.
+    pub requirement: Requirement,
+}
+
+/// The rules of a configuration, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    case_insensitive: bool,
+}
+
+/// The requirement of a request no rule matches.
+pub const DEFAULT_REQUIREMENT: Requirement = Requirement::Key { scope: None };
+
+impl RuleSet {
+    /// Builds a rule set from compiled rules. With `case_insensitive`, rule
+    /// paths must already be lower case (the configuration folds them).
+    pub fn new(rules: Vec<Rule>, case_insensitive: bool) -> Self {
+        Self { rules, case_insensitive }
+    }
+
+    /// Whether paths compare case-insensitively.
+    pub fn case_insensitive(&self) -> bool {
+        self.case_insensitive
+    }
+
+    /// The requirement of the first rule matching `method` and the
+    /// normalised `path`.
+    pub fn route(&self, method: &[u8], path: &[u8]) -> &Requirement {
+        let folded;
+        let path = if self.case_insensitive && path.iter().any(u8::is_ascii_uppercase) {
+            folded = path.to_ascii_lowercase();
+            folded.as_slice()
+        } else {
+            path
+        };
+        self.rules
+            .iter()
+            .find(|rule| {
+                rule.methods.as_ref().is_none_or(|methods| methods.iter().any(|m| m.as_bytes() == method))
+                    && rule.path.matches(path)
+            })
+            .map_or(&DEFAULT_REQUIREMENT, |rule| &rule.requirement)
+    }
+}
+
+/// Strips one trailing `/` (the root becomes empty), the stored form of a
+/// rule path.
+pub fn stored_form(normalised: &[u8]) -> Vec<u8> {
+    normalised.strip_suffix(b"/").unwrap_or(normalised).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn scope(name: &str) -> Requirement {
+        Requirement::Key { scope: Some(name.to_owned()) }
+    }
+
+    fn rule(path: PathMatch, methods: Option<&[&str]>, requirement: Requirement) -> Rule {
+        Rule {
+            path,
+            methods: methods.map(|m| m.iter().map(|s| (*s).to_owned()).collect()),
+            requirement,
+        }
+    }
+
+    fn contract_example() -> RuleSet {
+        RuleSet::new(
+            vec![
+                rule(PathMatch::Prefix(b"/healthz".to_vec()), None, Requirement::Public),
+                rule(PathMatch::Prefix(b"/api/v1/leads".to_vec()), Some(&["GET", "HEAD"]), scope("leads:read")),
+                rule(PathMatch::Prefix(b"/api/v1/leads".to_vec()), Some(&["POST", "PUT", "PATCH"]), scope("leads:write")),
+                rule(PathMatch::Exact(b"/api/v1/admin/keys".to_vec()), None, scope("admin")),
+            ],
+            false,
+        )
+    }
+
+    #[test]
+    fn the_contract_example_routes_as_written() {
+        let rules = contract_example();
+        let cases: [(&str, &str, Requirement); 11] = [
+            ("GET", "/healthz", Requirement::Public),
+            ("POST", "/healthz/deep", Requirement::Public),
+            ("GET", "/healthzx", DEFAULT_REQUIREMENT),
+            ("GET", "/api/v1/leads", scope("leads:read")),
+            ("HEAD", "/api/v1/leads/7", scope("leads:read")),
+            ("POST", "/api/v1/leads/7", scope("leads:write")),
+            ("DELETE", "/api/v1/leads/7", DEFAULT_REQUIREMENT),
+            ("GET", "/api/v1/leadsx", DEFAULT_REQUIREMENT),
+            ("GET", "/api/v1/admin/keys", scope("admin")),
+            ("GET", "/api/v1/admin/keys/", scope("admin")),
+            ("GET", "/api/v1/admin/keys/7", DEFAULT_REQUIREMENT),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(rules.route(method.as_bytes(), path.as_bytes()), &expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn methods_compare_exactly() {
+        let rules = contract_example();
+        assert_eq!(rules.route(b"get", b"/api/v1/leads"), &DEFAULT_REQUIREMENT);
+    }
+
+    #[test]
+    fn paths_compare_case_sensitively_unless_configured() {
+        let rules = contract_example();
+        assert_eq!(rules.route(b"GET", b"/API/v1/admin/keys"), &DEFAULT_REQUIREMENT);
+        let folded = RuleSet::new(
+            vec![rule(PathMatch::Prefix(b"/v2/admin".to_vec()), None, scope("admin"))],
+            true,
+        );
+        assert_eq!(folded.route(b"GET", b"/V2/ADMIN/x"), &scope("admin"));
+    }
+
+    #[test]
+    fn root_prefix_and_pathless_rules_match_everything() {
+        let root = RuleSet::new(vec![rule(PathMatch::Prefix(Vec::new()), None, scope("s"))], false);
+        assert_eq!(root.route(b"GET", b"/"), &scope("s"));
+        assert_eq!(root.route(b"GET", b"/a/b"), &scope("s"));
+        let any = RuleSet::new(vec![rule(PathMatch::Any, Some(&["OPTIONS"]), Requirement::Public)], false);
+        assert_eq!(any.route(b"OPTIONS", b"/x"), &Requirement::Public);
+        assert_eq!(any.route(b"GET", b"/x"), &DEFAULT_REQUIREMENT);
+    }
+
+    #[test]
+    fn an_exact_root_rule_matches_only_the_root() {
+        let rules = RuleSet::new(vec![rule(PathMatch::Exact(Vec::new()), None, Requirement::Public)], false);
+        assert_eq!(rules.route(b"GET", b"/"), &Requirement::Public);
+        assert_eq!(rules.route(b"GET", b"/a"), &DEFAULT_REQUIREMENT);
+    }
+
+    #[test]
+    fn stored_form_drops_one_trailing_slash() {
+        assert_eq!(stored_form(b"/"), b"");
+        assert_eq!(stored_form(b"/a/"), b"/a");
+        assert_eq!(stored_form(b"/a"), b"/a");
+    }
+}

@@ -1,0 +1,261 @@
+//! The key record: what the shared key table stores for each key hash.
+//!
+//! Records live once per Envoy process in proxy-wasm shared data, so they
+//! are compact bytes, written once per configuration and read on every
+//! request. A record carries everything the request path needs about its
+//! key (identity header values precomputed, held scopes, own limits) and
+//! the generation of the table it belongs to, so a record left behind by an
+//! older table is recognised and ignored. Decoding checks every length and
+//! never panics: shared data is trusted, but not blindly.
+
+use crate::config::{KeySpec, Plan, PlanIndex};
+use crate::rate_limit::{Limit, LimitTable};
+use crate::scope::{effective_scopes, pattern_matches, ScopePattern};
+use crate::timestamp::UnixNanos;
+
+const FORMAT_VERSION: u8 = 1;
+const REVOKED: u8 = 1;
+const HAS_EXPIRY: u8 = 2;
+const HAS_PLAN: u8 = 4;
+const HAS_ENV: u8 = 8;
+
+/// A decoded record, borrowing its strings from the stored bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord<'a> {
+    /// The table generation that wrote it.
+    pub generation: u64,
+    /// Whether the key was revoked.
+    pub revoked: bool,
+    /// When it expires.
+    pub expires_at: Option<UnixNanos>,
+    /// Its plan, an index into the configuration's plans.
+    pub plan: Option<PlanIndex>,
+    /// `x-api-key-id`.
+    pub id: &'a str,
+    /// `x-api-tenant`.
+    pub tenant: &'a str,
+    /// `x-api-env`.
+    pub env: Option<&'a str>,
+    /// `x-api-scopes`: effective scopes, space separated.
+    pub scopes_header: &'a str,
+    /// Held scope patterns (already validated when written).
+    pub held: Vec<&'a str>,
+    /// The key's own limits.
+    pub limits: Vec<(&'a str, Limit)>,
+}
+
+/// Encodes the record of `key` for table `generation`. `plans` resolves the
+/// key's plan to compute its effective scopes.
+pub fn encode(key: &KeySpec, plans: &[Plan], generation: u64) -> Vec<u8> {
+    let granted = key
+        .plan
+        .and_then(|index| plans.get(usize::from(index)))
+        .and_then(|plan| plan.scopes.as_deref());
+    let effective = effective_scopes(&key.scopes, granted);
+    let scopes_header = effective.iter().map(ScopePattern::as_str).collect::<Vec<_>>().join(" ");
+    let mut flags = 0;
+    if key.revoked {
+        flags |= REVOKED;
+    }
+    if key.expires_at.is_some() {
+        flags |= HAS_EXPIRY;
+    }
+    if key.plan.is_some() {
+        flags |= HAS_PLAN;
+    }
+    if key.env.is_some() {
+        flags |= HAS_ENV;
+    }
+    let mut out = Vec::with_capacity(64 + key.id.len() + key.tenant.len() + scopes_header.len() * 2);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.push(flags);
+    if let Some(expires_at) = key.expires_at {
+        out.extend_from_slice(&expires_at.to_le_bytes());
+    }
+    if let Some(plan) = key.plan {
+        out.extend_from_slice(&plan.to_le_bytes());
+    }
+    put_str(&mut out, &key.id);
+    put_str(&mut out, &key.tenant);
+    if let Some(env) = &key.env {
+        put_str(&mut out, env);
+    }
+    put_str(&mut out, &scopes_header);
+    put_count(&mut out, key.scopes.len());
+    for pattern in &key.scopes {
+        put_str(&mut out, pattern.as_str());
+    }
+    put_limits(&mut out, &key.rate_limits);
+    out
+}
+
+/// Decodes a record; `None` when the bytes are not a record of this format.
+pub fn decode(bytes: &[u8]) -> Option<KeyRecord<'_>> {
+    let mut reader = Reader { bytes };
+    if reader.u8()? != FORMAT_VERSION {
+        return None;
+    }
+    let generation = reader.u64()?;
+    let flags = reader.u8()?;
+    let expires_at = if flags & HAS_EXPIRY != 0 { Some(reader.u64()? as i64) } else { None };
+    let plan = if flags & HAS_PLAN != 0 { Some(reader.u16()?) } else { None };
+    let id = reader.str()?;
+    let tenant = reader.str()?;
+    let env = if flags & HAS_ENV != 0 { Some(reader.str()?) } else { None };
+    let scopes_header = reader.str()?;
+    let held = (0..reader.u16()?).map(|_| reader.str()).collect::<Option<Vec<_>>>()?;
+    let limits = (0..reader.u16()?)
+        .map(|_| {
+            let pattern = reader.str()?;
+            let limit = Limit { requests: reader.u64()?, period_seconds: reader.u64()?, burst: reader.u64()? };
+            Some((pattern, limit))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    reader.bytes.is_empty().then_some(KeyRecord {
+        generation,
+        revoked: flags & REVOKED != 0,
+        expires_at,
+        plan,
+        id,
+        tenant,
+        env,
+        scopes_header,
+        held,
+        limits,
+    })
+}
+
+impl KeyRecord<'_> {
+    /// Whether a held pattern matches `scope`.
+    pub fn holds(&self, scope: &str) -> bool {
+        // Held patterns were validated when the record was written.
+        self.held.iter().any(|pattern| pattern_matches(pattern, scope))
+    }
+
+    /// The key's own limits as a table.
+    pub fn limit_table(&self) -> LimitTable {
+        LimitTable::new(
+            self.limits
+                .iter()
+                .filter_map(|(pattern, limit)| Some((ScopePattern::parse(pattern).ok()?, *limit)))
+                .collect(),
+        )
+    }
+}
+
+fn put_count(out: &mut Vec<u8>, count: usize) {
+    // Configurations bound every list far below u16::MAX entries per key.
+    out.extend_from_slice(&u16::try_from(count).unwrap_or(u16::MAX).to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    put_count(out, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn put_limits(out: &mut Vec<u8>, limits: &LimitTable) {
+    put_count(out, limits.entries().len());
+    for (pattern, limit) in limits.entries() {
+        put_str(out, pattern.as_str());
+        for value in [limit.requests, limit.period_seconds, limit.burst] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.bytes.split_first_chunk::<N>()?;
+        self.bytes = rest;
+        Some(*head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|[byte]| byte)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = usize::from(self.u16()?);
+        if len > self.bytes.len() {
+            return None;
+        }
+        let (text, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        core::str::from_utf8(text).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn config() -> Config {
+        let text = r#"{
+          "keys": [{"id": "k1", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "tenant": "acme", "scopes": ["*", "admin"], "plan": "crm", "env": "live",
+                    "expires_at": "2027-01-31T00:00:00Z", "revoked": true,
+                    "rate_limits": {"crm:write": {"requests": 5, "period_seconds": 1, "burst": 2}}},
+                   {"id": "k2", "sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+                    "tenant": "t"}],
+          "plans": {"crm": {"scopes": ["crm:*"]}}
+        }"#;
+        Config::parse(text.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_full_record_round_trips() {
+        let config = config();
+        let bytes = encode(&config.keys[0], &config.plans, 42);
+        let record = decode(&bytes).unwrap();
+        assert_eq!(record.generation, 42);
+        assert!(record.revoked);
+        assert_eq!(record.expires_at, config.keys[0].expires_at);
+        assert_eq!(record.plan, Some(0));
+        assert_eq!((record.id, record.tenant, record.env), ("k1", "acme", Some("live")));
+        assert_eq!(record.scopes_header, "crm:*", "key * narrowed by plan crm:*; admin not granted");
+        assert_eq!(record.held, ["*", "admin"]);
+        assert_eq!(record.limits, [("crm:write", Limit { requests: 5, period_seconds: 1, burst: 2 })]);
+        assert!(record.holds("anything"));
+    }
+
+    #[test]
+    fn a_minimal_record_round_trips() {
+        let config = config();
+        let record_bytes = encode(&config.keys[1], &config.plans, 7);
+        let record = decode(&record_bytes).unwrap();
+        assert_eq!((record.revoked, record.expires_at, record.plan, record.env), (false, None, None, None));
+        assert_eq!(record.scopes_header, "");
+        assert!(!record.holds("x"));
+    }
+
+    #[test]
+    fn truncated_extended_or_foreign_bytes_do_not_decode() {
+        let config = config();
+        let bytes = encode(&config.keys[0], &config.plans, 1);
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_none(), "decoded a record cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_none());
+        let mut other_version = bytes;
+        other_version[0] = 9;
+        assert!(decode(&other_version).is_none());
+    }
+}

@@ -1,0 +1,290 @@
+//! The key table in shared data: once per Envoy process, not per worker.
+//!
+//! proxy-wasm shared data is a process-wide map with compare-and-swap, but
+//! no delete, and a CAS on a key that does not exist yet always succeeds.
+//! The table therefore lives in two fixed *banks* of records keyed by key
+//! hash, plus one *head* entry saying which configuration (by digest) each
+//! bank holds, under which generation, and whether it is complete:
+//!
+//! - a worker configuring digest `D` that finds `D` complete in a bank uses
+//!   it without writing anything (the same table is never rewritten);
+//! - otherwise it claims the bank that is not serving the newest complete
+//!   table by a CAS on the head, writes every record stamped with the new
+//!   generation, creates the rate-limit entries of new keys, and marks the
+//!   bank complete; a worker that finds `D` being written by another waits
+//!   (the edge polls on its tick) and serves its previous table meanwhile;
+//! - a request reads one record; a record whose generation differs from the
+//!   table it expects (a key removed or changed since) counts as absent, so
+//!   a removed key never authenticates again.
+//!
+//! Storage stays bounded: two banks of one record per key hash ever loaded,
+//! and one rate-limit entry per key id, whatever the number of updates.
+
+use crate::config::{Config, KeySpec};
+use crate::key_hash::KeyHash;
+use crate::key_record;
+
+/// The shared-data operations the table needs.
+pub trait SharedStore {
+    /// The value and CAS token of `key`, or `None` when it does not exist.
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
+    /// Writes `value` when the entry's CAS token is still `cas`; `cas == 0`
+    /// writes unconditionally (as it does for an entry that does not exist).
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+/// A shared-data failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another writer changed the entry since it was read.
+    CasMismatch,
+    /// The host refused the call, with its status code.
+    Host(u32),
+    /// Too many CAS conflicts in a row.
+    Contention,
+}
+
+/// Which bank and generation a worker reads its records from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableRef {
+    /// 0 or 1.
+    pub bank: u8,
+    /// The generation stamped on this table's records.
+    pub generation: u64,
+}
+
+/// The result of publishing a configuration's keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Publication {
+    /// The table is complete and can serve requests.
+    Ready(TableRef),
+    /// Another worker is writing this table; ask again later.
+    Pending,
+}
+
+/// The SHA-256 of a configuration's bytes, naming its table.
+pub type Digest = [u8; 32];
+
+const HEAD_KEY: &str = "apikey.v1.head";
+const HEAD_VERSION: u8 = 1;
+/// A claim older than this is presumed abandoned (its writer trapped).
+const STALE_CLAIM_NS: u64 = 60_000_000_000;
+/// How many records a writer writes between checks that its claim stands.
+const RECHECK_EVERY: usize = 1024;
+const MAX_ATTEMPTS: usize = 32;
+
+/// The shared-data key of a record in `bank`.
+pub fn record_key(bank: u8, hash: &KeyHash) -> String {
+    let mut key = String::with_capacity(80);
+    key.push_str("apikey.v1.b");
+    key.push(if bank == 0 { '0' } else { '1' });
+    key.push('.');
+    key.push_str(&hash.to_hex());
+    key
+}
+
+/// The shared-data key of a key id's rate-limit buckets.
+pub fn buckets_key(id: &str) -> String {
+    format!("apikey.v1.rl.{id}")
+}
+
+/// The initial value of a bucket entry: no bucket used yet.
+pub const EMPTY_BUCKETS: &[u8] = &[1];
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum BankState {
+    #[default]
+    Empty,
+    Writing {
+        started_ns: u64,
+    },
+    Ready,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Bank {
+    digest: Digest,
+    generation: u64,
+    state: BankState,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Head {
+    next_generation: u64,
+    banks: [Bank; 2],
+}
+
+impl Head {
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&version, mut rest) = bytes.split_first()?;
+        if version != HEAD_VERSION {
+            return None;
+        }
+        let take_u64 = |rest: &mut &[u8]| {
+            let (value, tail) = rest.split_first_chunk::<8>()?;
+            *rest = tail;
+            Some(u64::from_le_bytes(*value))
+        };
+        let next_generation = take_u64(&mut rest)?;
+        let mut banks = [Bank::default(); 2];
+        for bank in &mut banks {
+            let (digest, tail) = rest.split_first_chunk::<32>()?;
+            rest = tail;
+            bank.digest = *digest;
+            bank.generation = take_u64(&mut rest)?;
+            let (&state, tail) = rest.split_first()?;
+            rest = tail;
+            let started_ns = take_u64(&mut rest)?;
+            bank.state = match state {
+                0 => BankState::Empty,
+                1 => BankState::Writing { started_ns },
+                2 => BankState::Ready,
+                _ => return None,
+            };
+        }
+        rest.is_empty().then_some(Self { next_generation, banks })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 8 + 2 * 49);
+        out.push(HEAD_VERSION);
+        out.extend_from_slice(&self.next_generation.to_le_bytes());
+        for bank in &self.banks {
+            out.extend_from_slice(&bank.digest);
+            out.extend_from_slice(&bank.generation.to_le_bytes());
+            let (state, started_ns) = match bank.state {
+                BankState::Empty => (0, 0),
+                BankState::Writing { started_ns } => (1, started_ns),
+                BankState::Ready => (2, 0),
+            };
+            out.push(state);
+            out.extend_from_slice(&started_ns.to_le_bytes());
+        }
+        out
+    }
+
+    /// The bank to overwrite for a new table: one being written for another
+    /// configuration (it is superseded), else the older of the two, so the
+    /// newest complete table keeps serving workers that have not switched.
+    fn bank_to_claim(&self) -> usize {
+        let [first, second] = &self.banks;
+        match (first.state, second.state) {
+            (BankState::Writing { .. }, _) => 0,
+            (_, BankState::Writing { .. }) => 1,
+            _ if first.generation <= second.generation => 0,
+            _ => 1,
+        }
+    }
+}
+
+fn read_head(store: &dyn SharedStore) -> Result<(Head, u32), StoreError> {
+    match store.get(HEAD_KEY)? {
+        // An unreadable head (another format) is treated as empty and
+        // overwritten: the records it described are unreachable anyway.
+        Some((bytes, cas)) => Ok((Head::decode(&bytes).unwrap_or_default(), cas)),
+        None => Ok((Head::default(), 0)),
+    }
+}
+
+/// Makes the keys of `config` (whose bytes hash to `digest`) available to
+/// every worker, writing them only when no worker has yet. `now_ns` is a
+/// monotonic clock reading, used to recognise an abandoned claim.
+pub fn publish(
+    store: &dyn SharedStore,
+    digest: &Digest,
+    config: &Config,
+    now_ns: u64,
+) -> Result<Publication, StoreError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let (mut head, cas) = read_head(store)?;
+        for (index, bank) in head.banks.iter().enumerate() {
+            if bank.digest != *digest {
+                continue;
+            }
+            match bank.state {
+                BankState::Ready => return Ok(Publication::Ready(table_ref(index, bank.generation))),
+                BankState::Writing { started_ns } if now_ns.saturating_sub(started_ns) < STALE_CLAIM_NS => {
+                    return Ok(Publication::Pending)
+                }
+                _ => {}
+            }
+        }
+        let index = head.bank_to_claim();
+        let generation = head.next_generation.max(1);
+        head.next_generation = generation.saturating_add(1);
+        let claim = Bank { digest: *digest, generation, state: BankState::Writing { started_ns: now_ns } };
+        if let Some(bank) = head.banks.get_mut(index) {
+            *bank = claim;
+        }
+        match store.set(HEAD_KEY, &head.encode(), cas) {
+            Err(StoreError::CasMismatch) => continue,
+            Err(error) => return Err(error),
+            Ok(()) => {}
+        }
+        let table = table_ref(index, generation);
+        if !write_records(store, config, table, &claim)? {
+            return Ok(Publication::Pending);
+        }
+        create_bucket_entries(store, config)?;
+        return mark_ready(store, index, &claim);
+    }
+    Err(StoreError::Contention)
+}
+
+fn table_ref(index: usize, generation: u64) -> TableRef {
+    TableRef { bank: u8::from(index != 0), generation }
+}
+
+/// Writes every record; `false` when the claim was taken over meanwhile.
+fn write_records(store: &dyn SharedStore, config: &Config, table: TableRef, claim: &Bank) -> Result<bool, StoreError> {
+    for (written, key) in config.keys.iter().enumerate() {
+        if written % RECHECK_EVERY == RECHECK_EVERY - 1 && !claim_stands(store, table.bank, claim)? {
+            return Ok(false);
+        }
+        store.set(&record_key(table.bank, &key.hash), &key_record::encode(key, &config.plans, table.generation), 0)?;
+    }
+    Ok(true)
+}
+
+fn claim_stands(store: &dyn SharedStore, bank: u8, claim: &Bank) -> Result<bool, StoreError> {
+    let (head, _) = read_head(store)?;
+    Ok(head.banks.get(usize::from(bank)) == Some(claim))
+}
+
+/// Creates the (empty) bucket entry of every limited key that has none.
+/// Only the claim holder does this, before the table is marked ready, so no
+/// request can be taking tokens from an entry while it is created: the
+/// race Envoy's CAS leaves open for new entries cannot arise.
+fn create_bucket_entries(store: &dyn SharedStore, config: &Config) -> Result<(), StoreError> {
+    for key in config.keys.iter().filter(|key| is_limited(key, config)) {
+        let entry = buckets_key(&key.id);
+        if store.get(&entry)?.is_none() {
+            store.set(&entry, EMPTY_BUCKETS, 0)?;
+        }
+    }
+    Ok(())
+}
+
+fn is_limited(key: &KeySpec, config: &Config) -> bool {
+    !key.rate_limits.is_empty() || config.plan(key.plan).is_some_and(|plan| !plan.rate_limits.is_empty())
+}
+
+fn mark_ready(store: &dyn SharedStore, index: usize, claim: &Bank) -> Result<Publication, StoreError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let (mut head, cas) = read_head(store)?;
+        let Some(bank) = head.banks.get_mut(index) else { break };
+        if *bank != *claim {
+            return Ok(Publication::Pending);
+        }
+        bank.state = BankState::Ready;
+        match store.set(HEAD_KEY, &head.encode(), cas) {
+            Ok(()) => return Ok(Publication::Ready(table_ref(index, claim.generation))),
+            Err(StoreError::CasMismatch) => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(StoreError::Contention)
+}
+
+#[cfg(test)]
+mod tests;

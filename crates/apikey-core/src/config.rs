@@ -50,7 +50,10 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn refuse(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), reason: reason.into() }
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Whether allowed responses carry the `RateLimit` headers.
@@ -130,12 +133,15 @@ impl Config {
             return Ok(None);
         }
         let mut deserializer = serde_json::Deserializer::from_slice(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let field = error.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            refuse(field, error.into_inner().to_string())
-        })?;
-        deserializer.end().map_err(|error| refuse("", error.to_string()))?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                let field = error.path().to_string();
+                let field = if field == "." { String::new() } else { field };
+                refuse(field, error.into_inner().to_string())
+            })?;
+        deserializer
+            .end()
+            .map_err(|error| refuse("", error.to_string()))?;
         raw.validate().map(Some)
     }
 
@@ -265,10 +271,16 @@ impl RawConfig {
             let field = format!("keys[{index}]");
             let key = raw.validate(&field, &plans)?;
             if !ids.insert(key.id.clone()) {
-                return Err(refuse(format!("{field}.id"), format!("duplicate id {:?}", key.id)));
+                return Err(refuse(
+                    format!("{field}.id"),
+                    format!("duplicate id {:?}", key.id),
+                ));
             }
             if !hashes.insert(*key.hash.as_bytes()) {
-                return Err(refuse(format!("{field}.sha256"), "duplicate sha256 (another key has the same hash)"));
+                return Err(refuse(
+                    format!("{field}.sha256"),
+                    "duplicate sha256 (another key has the same hash)",
+                ));
             }
             keys.push(key);
         }
@@ -276,7 +288,9 @@ impl RawConfig {
             .rules
             .into_iter()
             .enumerate()
-            .map(|(index, rule)| rule.validate(&format!("rules[{index}]"), self.case_insensitive_paths))
+            .map(|(index, rule)| {
+                rule.validate(&format!("rules[{index}]"), self.case_insensitive_paths)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             keys,
@@ -290,7 +304,10 @@ impl RawConfig {
                 None | Some("denied") => RateLimitHeaders::Denied,
                 Some("always") => RateLimitHeaders::Always,
                 Some(other) => {
-                    return Err(refuse("rate_limit_headers", format!("{other:?} is not \"denied\" or \"always\"")))
+                    return Err(refuse(
+                        "rate_limit_headers",
+                        format!("{other:?} is not \"denied\" or \"always\""),
+                    ))
                 }
             },
         })
@@ -306,14 +323,19 @@ impl RawPlan {
             Some(scopes) => Some(parse_patterns(&format!("{field}.scopes"), scopes)?),
         };
         let rate_limits = validate_limits(&format!("{field}.rate_limits"), self.rate_limits)?;
-        Ok(Plan { name, scopes, rate_limits })
+        Ok(Plan {
+            name,
+            scopes,
+            rate_limits,
+        })
     }
 }
 
 impl RawKey {
     fn validate(self, field: &str, plans: &[Plan]) -> Result<KeySpec, ConfigError> {
         check_id(&format!("{field}.id"), &self.id)?;
-        let hash = KeyHash::from_hex(&self.sha256).map_err(|reason| refuse(format!("{field}.sha256"), reason))?;
+        let hash = KeyHash::from_hex(&self.sha256)
+            .map_err(|reason| refuse(format!("{field}.sha256"), reason))?;
         check_name(&format!("{field}.tenant"), &self.tenant)?;
         let scopes = parse_patterns(&format!("{field}.scopes"), self.scopes)?;
         let plan = match &self.plan {
@@ -322,7 +344,9 @@ impl RawKey {
                 let index = plans
                     .iter()
                     .position(|plan| plan.name == *name)
-                    .ok_or_else(|| refuse(format!("{field}.plan"), format!("unknown plan {name:?}")))?;
+                    .ok_or_else(|| {
+                        refuse(format!("{field}.plan"), format!("unknown plan {name:?}"))
+                    })?;
                 // Fits: the plan count was checked against PlanIndex::MAX.
                 Some(PlanIndex::try_from(index).unwrap_or(PlanIndex::MAX))
             }
@@ -332,7 +356,10 @@ impl RawKey {
         }
         let expires_at = match &self.expires_at {
             None => None,
-            Some(text) => Some(parse_rfc3339(text).map_err(|reason| refuse(format!("{field}.expires_at"), reason))?),
+            Some(text) => Some(
+                parse_rfc3339(text)
+                    .map_err(|reason| refuse(format!("{field}.expires_at"), reason))?,
+            ),
         };
         if let Some(text) = &self.created_at {
             parse_rfc3339(text).map_err(|reason| refuse(format!("{field}.created_at"), reason))?;
@@ -360,17 +387,31 @@ impl RawKey {
 impl RawRule {
     fn validate(self, field: &str, case_insensitive: bool) -> Result<Rule, ConfigError> {
         let path = match (self.path, self.path_prefix) {
-            (Some(_), Some(_)) => return Err(refuse(field, "has both path and path_prefix; give at most one")),
-            (Some(exact), None) => PathMatch::Exact(rule_path(&format!("{field}.path"), &exact, case_insensitive)?),
-            (None, Some(prefix)) => {
-                PathMatch::Prefix(rule_path(&format!("{field}.path_prefix"), &prefix, case_insensitive)?)
+            (Some(_), Some(_)) => {
+                return Err(refuse(
+                    field,
+                    "has both path and path_prefix; give at most one",
+                ))
             }
+            (Some(exact), None) => PathMatch::Exact(rule_path(
+                &format!("{field}.path"),
+                &exact,
+                case_insensitive,
+            )?),
+            (None, Some(prefix)) => PathMatch::Prefix(rule_path(
+                &format!("{field}.path_prefix"),
+                &prefix,
+                case_insensitive,
+            )?),
             (None, None) => PathMatch::Any,
         };
         let methods = match self.methods {
             None => None,
             Some(methods) if methods.is_empty() => {
-                return Err(refuse(format!("{field}.methods"), "is empty; leave it out to match every method"))
+                return Err(refuse(
+                    format!("{field}.methods"),
+                    "is empty; leave it out to match every method",
+                ))
             }
             Some(methods) => {
                 for (index, method) in methods.iter().enumerate() {
@@ -380,16 +421,23 @@ impl RawRule {
             }
         };
         let requirement = match (self.public, self.scope) {
-            (true, Some(_)) => return Err(refuse(field, "public: true cannot be combined with scope")),
+            (true, Some(_)) => {
+                return Err(refuse(field, "public: true cannot be combined with scope"))
+            }
             (true, None) => Requirement::Public,
             (false, scope) => {
                 if let Some(scope) = &scope {
-                    check_scope_name(scope).map_err(|reason| refuse(format!("{field}.scope"), reason))?;
+                    check_scope_name(scope)
+                        .map_err(|reason| refuse(format!("{field}.scope"), reason))?;
                 }
                 Requirement::Key { scope }
             }
         };
-        Ok(Rule { path, methods, requirement })
+        Ok(Rule {
+            path,
+            methods,
+            requirement,
+        })
     }
 }
 
@@ -399,7 +447,8 @@ fn rule_path(field: &str, text: &str, case_insensitive: bool) -> Result<Vec<u8>,
     if text.contains('?') {
         return Err(refuse(field, "a rule path has no query string"));
     }
-    let normalised = path::normalise(text.as_bytes()).map_err(|error| refuse(field, error.reason()))?;
+    let normalised =
+        path::normalise(text.as_bytes()).map_err(|error| refuse(field, error.reason()))?;
     let mut stored = crate::rules::stored_form(&normalised.path);
     if case_insensitive {
         stored.make_ascii_lowercase();
@@ -411,10 +460,16 @@ fn rule_path(field: &str, text: &str, case_insensitive: bool) -> Result<Vec<u8>,
 fn check_method(field: &str, method: &str) -> Result<(), ConfigError> {
     let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if method.is_empty() || !method.bytes().all(tchar) {
-        return Err(refuse(field, format!("{method:?} is not an HTTP method token")));
+        return Err(refuse(
+            field,
+            format!("{method:?} is not an HTTP method token"),
+        ));
     }
     if method.bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(refuse(field, format!("{method:?} must be upper case (methods compare exactly)")));
+        return Err(refuse(
+            field,
+            format!("{method:?} must be upper case (methods compare exactly)"),
+        ));
     }
     Ok(())
 }
@@ -422,7 +477,10 @@ fn check_method(field: &str, method: &str) -> Result<(), ConfigError> {
 fn check_id(field: &str, id: &str) -> Result<(), ConfigError> {
     let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
     if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(valid) {
-        return Err(refuse(field, format!("{id:?} must be 1 to {MAX_ID_LEN} of A-Z a-z 0-9 _ . -")));
+        return Err(refuse(
+            field,
+            format!("{id:?} must be 1 to {MAX_ID_LEN} of A-Z a-z 0-9 _ . -"),
+        ));
     }
     Ok(())
 }
@@ -443,7 +501,10 @@ fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
 /// bounded length.
 fn check_label(field: &str, label: &str) -> Result<(), ConfigError> {
     if label.len() > MAX_LABEL_LEN {
-        return Err(refuse(field, format!("must be at most {MAX_LABEL_LEN} bytes")));
+        return Err(refuse(
+            field,
+            format!("must be at most {MAX_LABEL_LEN} bytes"),
+        ));
     }
     if label.chars().any(char::is_control) {
         return Err(refuse(field, "holds a control character"));
@@ -455,7 +516,9 @@ fn parse_patterns(field: &str, texts: Vec<String>) -> Result<Vec<ScopePattern>, 
     texts
         .iter()
         .enumerate()
-        .map(|(index, text)| ScopePattern::parse(text).map_err(|reason| refuse(format!("{field}[{index}]"), reason)))
+        .map(|(index, text)| {
+            ScopePattern::parse(text).map_err(|reason| refuse(format!("{field}[{index}]"), reason))
+        })
         .collect()
 }
 
@@ -473,7 +536,10 @@ impl RawLimit {
     fn validate(self, field: &str) -> Result<Limit, ConfigError> {
         let in_range = |name: &str, value: u64, max: u64| {
             if value == 0 || value > max {
-                Err(refuse(format!("{field}.{name}"), format!("must be from 1 to {max}, got {value}")))
+                Err(refuse(
+                    format!("{field}.{name}"),
+                    format!("must be from 1 to {max}, got {value}"),
+                ))
             } else {
                 Ok(value)
             }
@@ -481,19 +547,31 @@ impl RawLimit {
         let requests = in_range("requests", self.requests, MAX_REQUESTS)?;
         let period_seconds = in_range("period_seconds", self.period_seconds, MAX_PERIOD_SECONDS)?;
         let burst = in_range("burst", self.burst.unwrap_or(requests), MAX_REQUESTS)?;
-        Ok(Limit { requests, period_seconds, burst })
+        Ok(Limit {
+            requests,
+            period_seconds,
+            burst,
+        })
     }
 }
 
 fn validate_schemes(raw: Option<Vec<String>>) -> Result<Schemes, ConfigError> {
-    let Some(names) = raw else { return Ok(Schemes::ALL) };
+    let Some(names) = raw else {
+        return Ok(Schemes::ALL);
+    };
     if names.is_empty() {
-        return Err(refuse("schemes", "is empty; leave it out to accept all three"));
+        return Err(refuse(
+            "schemes",
+            "is empty; leave it out to accept all three",
+        ));
     }
     let mut schemes = Schemes::NONE;
     for (index, name) in names.iter().enumerate() {
         let scheme = Scheme::from_config_name(name).ok_or_else(|| {
-            refuse(format!("schemes[{index}]"), format!("unknown scheme {name:?} (bearer, apikey, x-api-key)"))
+            refuse(
+                format!("schemes[{index}]"),
+                format!("unknown scheme {name:?} (bearer, apikey, x-api-key)"),
+            )
         })?;
         schemes = schemes.with(scheme);
     }
@@ -503,11 +581,17 @@ fn validate_schemes(raw: Option<Vec<String>>) -> Result<Schemes, ConfigError> {
 fn validate_prefixes(raw: Option<Vec<String>>) -> Result<Option<Vec<String>>, ConfigError> {
     let Some(prefixes) = raw else { return Ok(None) };
     if prefixes.is_empty() {
-        return Err(refuse("key_prefixes", "is empty; leave it out to accept any key"));
+        return Err(refuse(
+            "key_prefixes",
+            "is empty; leave it out to accept any key",
+        ));
     }
     for (index, prefix) in prefixes.iter().enumerate() {
         let valid = |b: u8| (0x21..=0x7E).contains(&b) && b != b',';
-        if prefix.is_empty() || prefix.len() >= crate::credentials::MAX_KEY_LEN || !prefix.bytes().all(valid) {
+        if prefix.is_empty()
+            || prefix.len() >= crate::credentials::MAX_KEY_LEN
+            || !prefix.bytes().all(valid)
+        {
             return Err(refuse(
                 format!("key_prefixes[{index}]"),
                 format!("{prefix:?} can never start a key (visible ASCII, no comma, shorter than a key)"),
@@ -520,10 +604,15 @@ fn validate_prefixes(raw: Option<Vec<String>>) -> Result<Option<Vec<String>>, Co
 /// The realm is written inside a quoted string: visible ASCII without `"`
 /// or `\`.
 fn validate_realm(raw: Option<String>) -> Result<String, ConfigError> {
-    let Some(realm) = raw else { return Ok("api".to_owned()) };
+    let Some(realm) = raw else {
+        return Ok("api".to_owned());
+    };
     let valid = |b: u8| matches!(b, 0x20..=0x7E) && b != b'"' && b != b'\\';
     if realm.is_empty() || realm.len() > MAX_LABEL_LEN || !realm.bytes().all(valid) {
-        return Err(refuse("realm", "must be 1 to 256 printable ASCII characters without \" or \\"));
+        return Err(refuse(
+            "realm",
+            "must be 1 to 256 printable ASCII characters without \" or \\",
+        ));
     }
     Ok(realm)
 }

@@ -39,7 +39,9 @@ impl Scheme {
 
     /// Parses a configuration name, case-insensitively.
     pub fn from_config_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.config_name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|s| s.config_name().eq_ignore_ascii_case(name))
     }
 
     const fn bit(self) -> u8 {
@@ -144,7 +146,9 @@ pub fn extract<'a>(headers: &[HeaderPair<'a>], format: &KeyFormat<'_>) -> Extrac
                     None => other_authorization.push(element),
                 }
             }
-        } else if format.schemes.contains(Scheme::XApiKey) && name.eq_ignore_ascii_case(b"x-api-key") {
+        } else if format.schemes.contains(Scheme::XApiKey)
+            && name.eq_ignore_ascii_case(b"x-api-key")
+        {
             x_api_key_present = true;
             let mut any = false;
             for element in list_elements(value) {
@@ -190,7 +194,10 @@ impl<'a> Found<'a> {
         if !is_well_formed(key, prefixes) {
             return Err(CredentialError::Malformed);
         }
-        Ok(Presented { key, via_bearer: self.via_bearer })
+        Ok(Presented {
+            key,
+            via_bearer: self.via_bearer,
+        })
     }
 }
 
@@ -207,7 +214,10 @@ fn is_well_formed(key: &[u8], prefixes: Option<&[String]>) -> bool {
 /// The scheme and key of an `Authorization` element, when its scheme is
 /// enabled. `Bearer` alone is an enabled scheme with an empty key.
 fn enabled_credential(element: &[u8], schemes: Schemes) -> Option<(Scheme, &[u8])> {
-    let split = element.iter().position(|&b| is_ows(b)).unwrap_or(element.len());
+    let split = element
+        .iter()
+        .position(|&b| is_ows(b))
+        .unwrap_or(element.len());
     let (scheme_token, rest) = element.split_at(split);
     let scheme = if scheme_token.eq_ignore_ascii_case(b"bearer") {
         Scheme::Bearer
@@ -240,12 +250,18 @@ fn authorization_elements(value: &[u8]) -> Vec<&[u8]> {
             _ => elements.push((offset, end)),
         }
     }
-    elements.into_iter().filter_map(|(from, to)| value.get(from..to)).collect()
+    elements
+        .into_iter()
+        .filter_map(|(from, to)| value.get(from..to))
+        .collect()
 }
 
 /// Non-empty, trimmed members of a comma-separated list.
 fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(trim_ows).filter(|e| !e.is_empty())
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
 }
 
 fn is_ows(byte: u8) -> bool {
@@ -253,8 +269,14 @@ fn is_ows(byte: u8) -> bool {
 }
 
 fn trim_ows(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| !is_ows(b)).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|&b| !is_ows(b)).map_or(start, |i| i + 1);
+    let start = bytes
+        .iter()
+        .position(|&b| !is_ows(b))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| !is_ows(b))
+        .map_or(start, |i| i + 1);
     bytes.get(start..end).unwrap_or_default()
 }
 
@@ -265,14 +287,27 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
     use CredentialError::*;
 
-    const ALL: KeyFormat<'static> = KeyFormat { schemes: Schemes::ALL, prefixes: None };
+    const ALL: KeyFormat<'static> = KeyFormat {
+        schemes: Schemes::ALL,
+        prefixes: None,
+    };
 
-    fn key_of(headers: &[(&str, &[u8])], format: &KeyFormat<'_>) -> Result<Vec<u8>, CredentialError> {
+    fn key_of(
+        headers: &[(&str, &[u8])],
+        format: &KeyFormat<'_>,
+    ) -> Result<Vec<u8>, CredentialError> {
         let pairs: Vec<HeaderPair<'_>> = headers.iter().map(|(n, v)| (n.as_bytes(), *v)).collect();
         extract(&pairs, format).result.map(|p| p.key.to_vec())
     }
 
-    fn check(cases: &[(&str, &[(&str, &[u8])], Result<&[u8], CredentialError>)], format: &KeyFormat<'_>) {
+    /// A named case: headers and the expected key or error.
+    type Case<'a> = (
+        &'a str,
+        &'a [(&'a str, &'a [u8])],
+        Result<&'a [u8], CredentialError>,
+    );
+
+    fn check(cases: &[Case<'_>], format: &KeyFormat<'_>) {
         for (name, headers, expected) in cases {
             let got = key_of(headers, format);
             assert_eq!(got.as_deref().map_err(|e| *e), *expected, "case {name:?}");
@@ -283,13 +318,29 @@ mod tests {
     fn each_scheme_yields_its_key() {
         check(
             &[
-                ("bearer", &[("authorization", b"Bearer sk_live_1")], Ok(b"sk_live_1")),
-                ("apikey", &[("authorization", b"ApiKey syx_live_1")], Ok(b"syx_live_1")),
+                (
+                    "bearer",
+                    &[("authorization", b"Bearer sk_live_1")],
+                    Ok(b"sk_live_1"),
+                ),
+                (
+                    "apikey",
+                    &[("authorization", b"ApiKey syx_live_1")],
+                    Ok(b"syx_live_1"),
+                ),
                 ("x-api-key", &[("x-api-key", b"crm_1")], Ok(b"crm_1")),
                 ("scheme case", &[("authorization", b"bEaReR k")], Ok(b"k")),
                 ("apikey case", &[("authorization", b"APIKEY k")], Ok(b"k")),
-                ("header case", &[("Authorization", b"Bearer k"), ("X-Api-Key", b"k")], Ok(b"k")),
-                ("tabs and spaces", &[("authorization", b" \tBearer \t k \t")], Ok(b"k")),
+                (
+                    "header case",
+                    &[("Authorization", b"Bearer k"), ("X-Api-Key", b"k")],
+                    Ok(b"k"),
+                ),
+                (
+                    "tabs and spaces",
+                    &[("authorization", b" \tBearer \t k \t")],
+                    Ok(b"k"),
+                ),
                 ("x-api-key padding", &[("x-api-key", b"  k\t")], Ok(b"k")),
             ],
             &ALL,
@@ -301,11 +352,31 @@ mod tests {
         check(
             &[
                 ("no headers", &[], Err(Missing)),
-                ("empty authorization", &[("authorization", b"")], Err(Missing)),
-                ("glued scheme", &[("authorization", b"Bearerabc")], Err(Missing)),
-                ("basic", &[("authorization", b"Basic dXNlcjpwYXNz")], Err(Missing)),
-                ("basic then bare bearer", &[("authorization", b"Basic abc, Bearer")], Err(Missing)),
-                ("digest", &[("authorization", b"Digest username=\"a\", realm=\"b\"")], Err(Missing)),
+                (
+                    "empty authorization",
+                    &[("authorization", b"")],
+                    Err(Missing),
+                ),
+                (
+                    "glued scheme",
+                    &[("authorization", b"Bearerabc")],
+                    Err(Missing),
+                ),
+                (
+                    "basic",
+                    &[("authorization", b"Basic dXNlcjpwYXNz")],
+                    Err(Missing),
+                ),
+                (
+                    "basic then bare bearer",
+                    &[("authorization", b"Basic abc, Bearer")],
+                    Err(Missing),
+                ),
+                (
+                    "digest",
+                    &[("authorization", b"Digest username=\"a\", realm=\"b\"")],
+                    Err(Missing),
+                ),
                 ("underscore name", &[("x_api_key", b"k")], Err(Missing)),
                 ("cookie", &[("cookie", b"x-api-key=k")], Err(Missing)),
             ],
@@ -319,13 +390,37 @@ mod tests {
         let longest = vec![b'a'; 256];
         check(
             &[
-                ("bare bearer", &[("authorization", b"Bearer")], Err(Malformed)),
-                ("bare apikey", &[("authorization", b"ApiKey  ")], Err(Malformed)),
+                (
+                    "bare bearer",
+                    &[("authorization", b"Bearer")],
+                    Err(Malformed),
+                ),
+                (
+                    "bare apikey",
+                    &[("authorization", b"ApiKey  ")],
+                    Err(Malformed),
+                ),
                 ("empty x-api-key", &[("x-api-key", b"")], Err(Malformed)),
-                ("x-api-key of empty elements", &[("x-api-key", b" , ,")], Err(Malformed)),
-                ("comma continues", &[("authorization", b"Bearer a,b")], Err(Malformed)),
-                ("inner space", &[("authorization", b"Bearer a b")], Err(Malformed)),
-                ("high byte", &[("authorization", b"Bearer a\xffb")], Err(Malformed)),
+                (
+                    "x-api-key of empty elements",
+                    &[("x-api-key", b" , ,")],
+                    Err(Malformed),
+                ),
+                (
+                    "comma continues",
+                    &[("authorization", b"Bearer a,b")],
+                    Err(Malformed),
+                ),
+                (
+                    "inner space",
+                    &[("authorization", b"Bearer a b")],
+                    Err(Malformed),
+                ),
+                (
+                    "high byte",
+                    &[("authorization", b"Bearer a\xffb")],
+                    Err(Malformed),
+                ),
                 ("control", &[("x-api-key", b"a\x01b")], Err(Malformed)),
                 ("nul", &[("x-api-key", b"a\x00b")], Err(Malformed)),
                 ("257 bytes", &[("x-api-key", &long)], Err(Malformed)),
@@ -339,18 +434,62 @@ mod tests {
     fn repeated_credentials_are_one_when_equal_and_a_conflict_when_not() {
         check(
             &[
-                ("joined same", &[("authorization", b"Bearer a,Bearer a")], Ok(b"a")),
-                ("joined different", &[("authorization", b"Bearer a,Bearer b")], Err(Conflicting)),
-                ("two headers", &[("x-api-key", b"a"), ("x-api-key", b"b")], Err(Conflicting)),
-                ("two headers same", &[("x-api-key", b"a"), ("x-api-key", b"a")], Ok(b"a")),
-                ("x-api-key list", &[("x-api-key", b"a, b")], Err(Conflicting)),
+                (
+                    "joined same",
+                    &[("authorization", b"Bearer a,Bearer a")],
+                    Ok(b"a"),
+                ),
+                (
+                    "joined different",
+                    &[("authorization", b"Bearer a,Bearer b")],
+                    Err(Conflicting),
+                ),
+                (
+                    "two headers",
+                    &[("x-api-key", b"a"), ("x-api-key", b"b")],
+                    Err(Conflicting),
+                ),
+                (
+                    "two headers same",
+                    &[("x-api-key", b"a"), ("x-api-key", b"a")],
+                    Ok(b"a"),
+                ),
+                (
+                    "x-api-key list",
+                    &[("x-api-key", b"a, b")],
+                    Err(Conflicting),
+                ),
                 ("x-api-key list same", &[("x-api-key", b"a, a,")], Ok(b"a")),
-                ("bearer and x-api-key", &[("authorization", b"Bearer a"), ("x-api-key", b"a")], Ok(b"a")),
-                ("either order", &[("x-api-key", b"b"), ("authorization", b"Bearer a")], Err(Conflicting)),
-                ("empty takes part", &[("authorization", b"Bearer a"), ("x-api-key", b"")], Err(Conflicting)),
-                ("bad second key still conflicts", &[("x-api-key", b"good"), ("x-api-key", b"b\xffad")], Err(Conflicting)),
-                ("basic beside bearer", &[("authorization", b"Basic abc, Bearer k")], Ok(b"k")),
-                ("empty list members ignored", &[("authorization", b",, Bearer k ,,")], Ok(b"k")),
+                (
+                    "bearer and x-api-key",
+                    &[("authorization", b"Bearer a"), ("x-api-key", b"a")],
+                    Ok(b"a"),
+                ),
+                (
+                    "either order",
+                    &[("x-api-key", b"b"), ("authorization", b"Bearer a")],
+                    Err(Conflicting),
+                ),
+                (
+                    "empty takes part",
+                    &[("authorization", b"Bearer a"), ("x-api-key", b"")],
+                    Err(Conflicting),
+                ),
+                (
+                    "bad second key still conflicts",
+                    &[("x-api-key", b"good"), ("x-api-key", b"b\xffad")],
+                    Err(Conflicting),
+                ),
+                (
+                    "basic beside bearer",
+                    &[("authorization", b"Basic abc, Bearer k")],
+                    Ok(b"k"),
+                ),
+                (
+                    "empty list members ignored",
+                    &[("authorization", b",, Bearer k ,,")],
+                    Ok(b"k"),
+                ),
             ],
             &ALL,
         );
@@ -358,18 +497,36 @@ mod tests {
 
     #[test]
     fn disabled_schemes_carry_no_key() {
-        let only_x = KeyFormat { schemes: Schemes::NONE.with(Scheme::XApiKey), prefixes: None };
+        let only_x = KeyFormat {
+            schemes: Schemes::NONE.with(Scheme::XApiKey),
+            prefixes: None,
+        };
         check(
             &[
-                ("bearer ignored", &[("authorization", b"Bearer a")], Err(Missing)),
-                ("bearer beside x-api-key", &[("authorization", b"Bearer a"), ("x-api-key", b"b")], Ok(b"b")),
+                (
+                    "bearer ignored",
+                    &[("authorization", b"Bearer a")],
+                    Err(Missing),
+                ),
+                (
+                    "bearer beside x-api-key",
+                    &[("authorization", b"Bearer a"), ("x-api-key", b"b")],
+                    Ok(b"b"),
+                ),
             ],
             &only_x,
         );
-        let only_bearer = KeyFormat { schemes: Schemes::NONE.with(Scheme::Bearer), prefixes: None };
+        let only_bearer = KeyFormat {
+            schemes: Schemes::NONE.with(Scheme::Bearer),
+            prefixes: None,
+        };
         check(
             &[
-                ("apikey is another scheme", &[("authorization", b"ApiKey a")], Err(Missing)),
+                (
+                    "apikey is another scheme",
+                    &[("authorization", b"ApiKey a")],
+                    Err(Missing),
+                ),
                 ("x-api-key ignored", &[("x-api-key", b"a")], Err(Missing)),
             ],
             &only_bearer,
@@ -379,7 +536,10 @@ mod tests {
     #[test]
     fn key_prefixes_compare_case_sensitively() {
         let prefixes = vec!["sk_live_".to_owned(), "sk_test_".to_owned()];
-        let format = KeyFormat { schemes: Schemes::ALL, prefixes: Some(&prefixes) };
+        let format = KeyFormat {
+            schemes: Schemes::ALL,
+            prefixes: Some(&prefixes),
+        };
         check(
             &[
                 ("live", &[("x-api-key", b"sk_live_x")], Ok(b"sk_live_x")),
@@ -393,7 +553,8 @@ mod tests {
 
     #[test]
     fn via_bearer_is_set_when_any_credential_came_with_bearer() {
-        let pairs: Vec<HeaderPair<'_>> = vec![(b"x-api-key", b"k"), (b"authorization", b"Bearer k")];
+        let pairs: Vec<HeaderPair<'_>> =
+            vec![(b"x-api-key", b"k"), (b"authorization", b"Bearer k")];
         let found = extract(&pairs, &ALL).result.unwrap();
         assert!(found.via_bearer);
         let pairs: Vec<HeaderPair<'_>> = vec![(b"authorization", b"ApiKey k")];
@@ -402,10 +563,14 @@ mod tests {
 
     #[test]
     fn other_authorization_elements_are_kept_for_the_upstream() {
-        let pairs: Vec<HeaderPair<'_>> = vec![(b"authorization", b"Basic abc, Bearer k, Digest a=1, b=2")];
+        let pairs: Vec<HeaderPair<'_>> =
+            vec![(b"authorization", b"Basic abc, Bearer k, Digest a=1, b=2")];
         let found = extract(&pairs, &ALL);
         assert!(found.authorization_had_credential);
-        assert_eq!(found.other_authorization, vec![b"Basic abc".as_slice(), b"Digest a=1, b=2"]);
+        assert_eq!(
+            found.other_authorization,
+            vec![b"Basic abc".as_slice(), b"Digest a=1, b=2"]
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub fn parse(buffer: &[u8]) -> Result<Vec<HeaderPair<'_>>, MalformedHeaderMap> {
         return Err(MalformedHeaderMap);
     }
     let mut pairs = Vec::with_capacity(count);
-    let mut data = 4usize.checked_add(count.checked_mul(8).ok_or(MalformedHeaderMap)?).ok_or(MalformedHeaderMap)?;
+    let mut data = 4usize
+        .checked_add(count.checked_mul(8).ok_or(MalformedHeaderMap)?)
+        .ok_or(MalformedHeaderMap)?;
     for index in 0..count {
         let sizes_at = 4 + index * 8;
         let name_len = read_u32(buffer, sizes_at).ok_or(MalformedHeaderMap)? as usize;
@@ -62,7 +64,7 @@ pub fn serialise<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
 
 fn read_u32(buffer: &[u8], at: usize) -> Option<u32> {
     let bytes = buffer.get(at..at.checked_add(4)?)?;
-    Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
 
 /// Takes `len` bytes at `*at` and the NUL after them.

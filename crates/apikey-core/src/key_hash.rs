@@ -81,10 +81,9 @@ mod tests {
 
     #[test]
     fn upper_case_hex_is_folded() {
-        let upper = KeyHash::from_hex(
-            "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08",
-        )
-        .unwrap();
+        let upper =
+            KeyHash::from_hex("9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08")
+                .unwrap();
         assert_eq!(upper, KeyHash::of(b"test"));
     }
 

@@ -52,7 +52,11 @@ pub fn encode(key: &KeySpec, plans: &[Plan], generation: u64) -> Vec<u8> {
         .and_then(|index| plans.get(usize::from(index)))
         .and_then(|plan| plan.scopes.as_deref());
     let effective = effective_scopes(&key.scopes, granted);
-    let scopes_header = effective.iter().map(ScopePattern::as_str).collect::<Vec<_>>().join(" ");
+    let scopes_header = effective
+        .iter()
+        .map(ScopePattern::as_str)
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut flags = 0;
     if key.revoked {
         flags |= REVOKED;
@@ -66,7 +70,8 @@ pub fn encode(key: &KeySpec, plans: &[Plan], generation: u64) -> Vec<u8> {
     if key.env.is_some() {
         flags |= HAS_ENV;
     }
-    let mut out = Vec::with_capacity(64 + key.id.len() + key.tenant.len() + scopes_header.len() * 2);
+    let mut out =
+        Vec::with_capacity(64 + key.id.len() + key.tenant.len() + scopes_header.len() * 2);
     out.push(FORMAT_VERSION);
     out.extend_from_slice(&generation.to_le_bytes());
     out.push(flags);
@@ -98,17 +103,35 @@ pub fn decode(bytes: &[u8]) -> Option<KeyRecord<'_>> {
     }
     let generation = reader.u64()?;
     let flags = reader.u8()?;
-    let expires_at = if flags & HAS_EXPIRY != 0 { Some(reader.u64()? as i64) } else { None };
-    let plan = if flags & HAS_PLAN != 0 { Some(reader.u16()?) } else { None };
+    let expires_at = if flags & HAS_EXPIRY != 0 {
+        Some(reader.u64()? as i64)
+    } else {
+        None
+    };
+    let plan = if flags & HAS_PLAN != 0 {
+        Some(reader.u16()?)
+    } else {
+        None
+    };
     let id = reader.str()?;
     let tenant = reader.str()?;
-    let env = if flags & HAS_ENV != 0 { Some(reader.str()?) } else { None };
+    let env = if flags & HAS_ENV != 0 {
+        Some(reader.str()?)
+    } else {
+        None
+    };
     let scopes_header = reader.str()?;
-    let held = (0..reader.u16()?).map(|_| reader.str()).collect::<Option<Vec<_>>>()?;
+    let held = (0..reader.u16()?)
+        .map(|_| reader.str())
+        .collect::<Option<Vec<_>>>()?;
     let limits = (0..reader.u16()?)
         .map(|_| {
             let pattern = reader.str()?;
-            let limit = Limit { requests: reader.u64()?, period_seconds: reader.u64()?, burst: reader.u64()? };
+            let limit = Limit {
+                requests: reader.u64()?,
+                period_seconds: reader.u64()?,
+                burst: reader.u64()?,
+            };
             Some((pattern, limit))
         })
         .collect::<Option<Vec<_>>>()?;
@@ -130,7 +153,9 @@ impl KeyRecord<'_> {
     /// Whether a held pattern matches `scope`.
     pub fn holds(&self, scope: &str) -> bool {
         // Held patterns were validated when the record was written.
-        self.held.iter().any(|pattern| pattern_matches(pattern, scope))
+        self.held
+            .iter()
+            .any(|pattern| pattern_matches(pattern, scope))
     }
 
     /// The key's own limits as a table.
@@ -227,10 +252,26 @@ mod tests {
         assert!(record.revoked);
         assert_eq!(record.expires_at, config.keys[0].expires_at);
         assert_eq!(record.plan, Some(0));
-        assert_eq!((record.id, record.tenant, record.env), ("k1", "acme", Some("live")));
-        assert_eq!(record.scopes_header, "crm:*", "key * narrowed by plan crm:*; admin not granted");
+        assert_eq!(
+            (record.id, record.tenant, record.env),
+            ("k1", "acme", Some("live"))
+        );
+        assert_eq!(
+            record.scopes_header, "crm:*",
+            "key * narrowed by plan crm:*; admin not granted"
+        );
         assert_eq!(record.held, ["*", "admin"]);
-        assert_eq!(record.limits, [("crm:write", Limit { requests: 5, period_seconds: 1, burst: 2 })]);
+        assert_eq!(
+            record.limits,
+            [(
+                "crm:write",
+                Limit {
+                    requests: 5,
+                    period_seconds: 1,
+                    burst: 2
+                }
+            )]
+        );
         assert!(record.holds("anything"));
     }
 
@@ -239,7 +280,10 @@ mod tests {
         let config = config();
         let record_bytes = encode(&config.keys[1], &config.plans, 7);
         let record = decode(&record_bytes).unwrap();
-        assert_eq!((record.revoked, record.expires_at, record.plan, record.env), (false, None, None, None));
+        assert_eq!(
+            (record.revoked, record.expires_at, record.plan, record.env),
+            (false, None, None, None)
+        );
         assert_eq!(record.scopes_header, "");
         assert!(!record.holds("x"));
     }
@@ -249,7 +293,10 @@ mod tests {
         let config = config();
         let bytes = encode(&config.keys[0], &config.plans, 1);
         for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut]).is_none(), "decoded a record cut at {cut}");
+            assert!(
+                decode(&bytes[..cut]).is_none(),
+                "decoded a record cut at {cut}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

@@ -142,7 +142,10 @@ impl Head {
                 _ => return None,
             };
         }
-        rest.is_empty().then_some(Self { next_generation, banks })
+        rest.is_empty().then_some(Self {
+            next_generation,
+            banks,
+        })
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -202,8 +205,12 @@ pub fn publish(
                 continue;
             }
             match bank.state {
-                BankState::Ready => return Ok(Publication::Ready(table_ref(index, bank.generation))),
-                BankState::Writing { started_ns } if now_ns.saturating_sub(started_ns) < STALE_CLAIM_NS => {
+                BankState::Ready => {
+                    return Ok(Publication::Ready(table_ref(index, bank.generation)))
+                }
+                BankState::Writing { started_ns }
+                    if now_ns.saturating_sub(started_ns) < STALE_CLAIM_NS =>
+                {
                     return Ok(Publication::Pending)
                 }
                 _ => {}
@@ -212,7 +219,11 @@ pub fn publish(
         let index = head.bank_to_claim();
         let generation = head.next_generation.max(1);
         head.next_generation = generation.saturating_add(1);
-        let claim = Bank { digest: *digest, generation, state: BankState::Writing { started_ns: now_ns } };
+        let claim = Bank {
+            digest: *digest,
+            generation,
+            state: BankState::Writing { started_ns: now_ns },
+        };
         if let Some(bank) = head.banks.get_mut(index) {
             *bank = claim;
         }
@@ -232,16 +243,29 @@ pub fn publish(
 }
 
 fn table_ref(index: usize, generation: u64) -> TableRef {
-    TableRef { bank: u8::from(index != 0), generation }
+    TableRef {
+        bank: u8::from(index != 0),
+        generation,
+    }
 }
 
 /// Writes every record; `false` when the claim was taken over meanwhile.
-fn write_records(store: &dyn SharedStore, config: &Config, table: TableRef, claim: &Bank) -> Result<bool, StoreError> {
+fn write_records(
+    store: &dyn SharedStore,
+    config: &Config,
+    table: TableRef,
+    claim: &Bank,
+) -> Result<bool, StoreError> {
     for (written, key) in config.keys.iter().enumerate() {
-        if written % RECHECK_EVERY == RECHECK_EVERY - 1 && !claim_stands(store, table.bank, claim)? {
+        if written % RECHECK_EVERY == RECHECK_EVERY - 1 && !claim_stands(store, table.bank, claim)?
+        {
             return Ok(false);
         }
-        store.set(&record_key(table.bank, &key.hash), &key_record::encode(key, &config.plans, table.generation), 0)?;
+        store.set(
+            &record_key(table.bank, &key.hash),
+            &key_record::encode(key, &config.plans, table.generation),
+            0,
+        )?;
     }
     Ok(true)
 }
@@ -266,13 +290,22 @@ fn create_bucket_entries(store: &dyn SharedStore, config: &Config) -> Result<(),
 }
 
 fn is_limited(key: &KeySpec, config: &Config) -> bool {
-    !key.rate_limits.is_empty() || config.plan(key.plan).is_some_and(|plan| !plan.rate_limits.is_empty())
+    !key.rate_limits.is_empty()
+        || config
+            .plan(key.plan)
+            .is_some_and(|plan| !plan.rate_limits.is_empty())
 }
 
-fn mark_ready(store: &dyn SharedStore, index: usize, claim: &Bank) -> Result<Publication, StoreError> {
+fn mark_ready(
+    store: &dyn SharedStore,
+    index: usize,
+    claim: &Bank,
+) -> Result<Publication, StoreError> {
     for _ in 0..MAX_ATTEMPTS {
         let (mut head, cas) = read_head(store)?;
-        let Some(bank) = head.banks.get_mut(index) else { break };
+        let Some(bank) = head.banks.get_mut(index) else {
+            break;
+        };
         if *bank != *claim {
             return Ok(Publication::Pending);
         }

@@ -8,8 +8,11 @@
 //! moves bytes between Envoy and these functions, so every behaviour can be
 //! tested natively and, compiled to wasm32, under `wasm-bindgen-test`.
 
+pub mod bucket_store;
 pub mod config;
 pub mod credentials;
+pub mod decision;
+pub mod denial;
 pub mod header_map;
 pub mod key_hash;
 pub mod key_record;
@@ -20,3 +23,4 @@ pub mod rate_limit;
 pub mod rules;
 pub mod scope;
 pub mod timestamp;
+pub mod token_bucket;

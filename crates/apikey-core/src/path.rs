@@ -71,7 +71,10 @@ impl NormalisedPath<'_> {
 
 /// Normalises a request target (`:path`) per contract §5.
 pub fn normalise(target: &[u8]) -> Result<NormalisedPath<'_>, PathError> {
-    let split = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
+    let split = target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len());
     let (path, query) = target.split_at(split);
     if path.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -94,14 +97,20 @@ fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, PathError> {
     while let Some(byte) = bytes.next() {
         match byte {
             b'%' => {
-                let high = bytes.next().and_then(hex_value).ok_or(PathError::MalformedEscape)?;
-                let low = bytes.next().and_then(hex_value).ok_or(PathError::MalformedEscape)?;
+                let high = bytes
+                    .next()
+                    .and_then(hex_value)
+                    .ok_or(PathError::MalformedEscape)?;
+                let low = bytes
+                    .next()
+                    .and_then(hex_value)
+                    .ok_or(PathError::MalformedEscape)?;
                 let decoded = high << 4 | low;
                 match decoded {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     0x00..=0x1F | 0x7F => return Err(PathError::ControlByte),
                     _ if is_unreserved(decoded) => out.push(decoded),
-                    _ => out.extend_from_slice(&[b'%', HEX_UPPER[usize::from(high)], HEX_UPPER[usize::from(low)]]),
+                    _ => out.extend_from_slice(&[b'%', hex_digit(high), hex_digit(low)]),
                 }
             }
             b'\\' => return Err(PathError::Backslash),
@@ -143,7 +152,13 @@ fn resolve_segments(path: &[u8]) -> Result<Vec<u8>, PathError> {
     Ok(out)
 }
 
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+/// The upper-case hex digit of a nibble (0–15).
+fn hex_digit(nibble: u8) -> u8 {
+    match nibble {
+        0..=9 => b'0' + nibble,
+        _ => b'A' + (nibble & 0x0F).saturating_sub(10),
+    }
+}
 
 fn hex_value(byte: u8) -> Option<u8> {
     match byte {
@@ -176,9 +191,20 @@ mod tests {
 
     #[test]
     fn canonical_paths_come_back_borrowed_and_unchanged() {
-        for target in ["/", "/api/v1/leads", "/api/v1/leads/", "/a%20b", "/a?x=%2F&y=..", "/~a-b_c.d"] {
+        for target in [
+            "/",
+            "/api/v1/leads",
+            "/api/v1/leads/",
+            "/a%20b",
+            "/a?x=%2F&y=..",
+            "/~a-b_c.d",
+        ] {
             let normalised = normalise(target.as_bytes()).unwrap();
-            assert!(!normalised.changed(), "{target} was rewritten to {:?}", normalised.path);
+            assert!(
+                !normalised.changed(),
+                "{target} was rewritten to {:?}",
+                normalised.path
+            );
             assert_eq!(normalised.target(), target.as_bytes());
         }
     }
@@ -242,16 +268,35 @@ mod tests {
             (b"/..", PathError::AboveRoot),
         ];
         for (input, expected) in cases {
-            assert_eq!(normalise(input).map(|_| ()), Err(expected), "for {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                normalise(input).map(|_| ()),
+                Err(expected),
+                "for {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
-        assert_eq!(normalise(b"/a/../..").map(|_| ()), Err(PathError::AboveRoot));
-        assert_eq!(normalise(b"/%2e%2e/x").map(|_| ()), Err(PathError::AboveRoot));
-        assert_eq!(normalise(b"/a\r\nb").map(|_| ()), Err(PathError::ControlByte));
+        assert_eq!(
+            normalise(b"/a/../..").map(|_| ()),
+            Err(PathError::AboveRoot)
+        );
+        assert_eq!(
+            normalise(b"/%2e%2e/x").map(|_| ()),
+            Err(PathError::AboveRoot)
+        );
+        assert_eq!(
+            normalise(b"/a\r\nb").map(|_| ()),
+            Err(PathError::ControlByte)
+        );
     }
 
     #[test]
     fn normalisation_is_idempotent_on_tricky_inputs() {
-        for input in ["/a/%2e%2e/%2E/b//c/.", "/%7Euser/./%61%62/..", "/x/%25/y", "/a%2a/"] {
+        for input in [
+            "/a/%2e%2e/%2E/b//c/.",
+            "/%7Euser/./%61%62/..",
+            "/x/%25/y",
+            "/a%2a/",
+        ] {
             let once = normalise(input.as_bytes()).unwrap();
             let twice = normalise(&once.path).unwrap();
             assert_eq!(once.path, twice.path, "normalising {input} twice");
@@ -261,6 +306,9 @@ mod tests {
 
     #[test]
     fn bytes_above_ascii_pass_through() {
-        assert_eq!(normalise("/caf\u{e9}".as_bytes()).unwrap().path.as_ref(), "/caf\u{e9}".as_bytes());
+        assert_eq!(
+            normalise("/caf\u{e9}".as_bytes()).unwrap().path.as_ref(),
+            "/caf\u{e9}".as_bytes()
+        );
     }
 }

@@ -53,7 +53,10 @@ impl LimitTable {
     /// no scope, which counts against `*` only).
     pub fn select(&self, scope: Option<&str>) -> Option<&(ScopePattern, Limit)> {
         match scope {
-            None => self.entries.iter().find(|(pattern, _)| pattern.as_str() == NO_SCOPE),
+            None => self
+                .entries
+                .iter()
+                .find(|(pattern, _)| pattern.as_str() == NO_SCOPE),
             Some(scope) => self
                 .entries
                 .iter()
@@ -70,7 +73,9 @@ pub fn select<'t>(
     plan_limits: Option<&'t LimitTable>,
     scope: Option<&str>,
 ) -> Option<&'t (ScopePattern, Limit)> {
-    key_limits.select(scope).or_else(|| plan_limits.and_then(|plan| plan.select(scope)))
+    key_limits
+        .select(scope)
+        .or_else(|| plan_limits.and_then(|plan| plan.select(scope)))
 }
 
 #[cfg(test)]
@@ -84,7 +89,14 @@ mod tests {
             patterns
                 .iter()
                 .map(|(p, n)| {
-                    (ScopePattern::parse(p).unwrap(), Limit { requests: *n, period_seconds: 60, burst: *n })
+                    (
+                        ScopePattern::parse(p).unwrap(),
+                        Limit {
+                            requests: *n,
+                            period_seconds: 60,
+                            burst: *n,
+                        },
+                    )
                 })
                 .collect(),
         )
@@ -96,7 +108,12 @@ mod tests {
 
     #[test]
     fn the_most_specific_pattern_wins() {
-        let plan = table(&[("*", 1), ("leads:*", 2), ("leads:read", 3), ("leads:sub:*", 4)]);
+        let plan = table(&[
+            ("*", 1),
+            ("leads:*", 2),
+            ("leads:read", 3),
+            ("leads:sub:*", 4),
+        ]);
         let none = LimitTable::default();
         let cases = [
             (Some("leads:read"), Some("leads:read")),
@@ -106,7 +123,11 @@ mod tests {
             (None, Some("*")),
         ];
         for (scope, expected) in cases {
-            assert_eq!(chosen(&none, Some(&plan), scope).as_deref(), expected, "scope {scope:?}");
+            assert_eq!(
+                chosen(&none, Some(&plan), scope).as_deref(),
+                expected,
+                "scope {scope:?}"
+            );
         }
     }
 
@@ -114,9 +135,15 @@ mod tests {
     fn the_keys_own_table_is_searched_before_the_plans() {
         let plan = table(&[("leads:read", 600)]);
         let key = table(&[("*", 10)]);
-        assert_eq!(chosen(&key, Some(&plan), Some("leads:read")).as_deref(), Some("*"));
+        assert_eq!(
+            chosen(&key, Some(&plan), Some("leads:read")).as_deref(),
+            Some("*")
+        );
         let key = table(&[("leads:write", 10)]);
-        assert_eq!(chosen(&key, Some(&plan), Some("leads:read")).as_deref(), Some("leads:read"));
+        assert_eq!(
+            chosen(&key, Some(&plan), Some("leads:read")).as_deref(),
+            Some("leads:read")
+        );
     }
 
     #[test]

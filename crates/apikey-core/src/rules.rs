@@ -72,7 +72,10 @@ impl RuleSet {
     /// Builds a rule set from compiled rules. With `case_insensitive`, rule
     /// paths must already be lower case (the configuration folds them).
     pub fn new(rules: Vec<Rule>, case_insensitive: bool) -> Self {
-        Self { rules, case_insensitive }
+        Self {
+            rules,
+            case_insensitive,
+        }
     }
 
     /// Whether paths compare case-insensitively.
@@ -93,7 +96,9 @@ impl RuleSet {
         self.rules
             .iter()
             .find(|rule| {
-                rule.methods.as_ref().is_none_or(|methods| methods.iter().any(|m| m.as_bytes() == method))
+                rule.methods
+                    .as_ref()
+                    .is_none_or(|methods| methods.iter().any(|m| m.as_bytes() == method))
                     && rule.path.matches(path)
             })
             .map_or(&DEFAULT_REQUIREMENT, |rule| &rule.requirement)
@@ -113,7 +118,9 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn scope(name: &str) -> Requirement {
-        Requirement::Key { scope: Some(name.to_owned()) }
+        Requirement::Key {
+            scope: Some(name.to_owned()),
+        }
     }
 
     fn rule(path: PathMatch, methods: Option<&[&str]>, requirement: Requirement) -> Rule {
@@ -127,10 +134,26 @@ mod tests {
     fn contract_example() -> RuleSet {
         RuleSet::new(
             vec![
-                rule(PathMatch::Prefix(b"/healthz".to_vec()), None, Requirement::Public),
-                rule(PathMatch::Prefix(b"/api/v1/leads".to_vec()), Some(&["GET", "HEAD"]), scope("leads:read")),
-                rule(PathMatch::Prefix(b"/api/v1/leads".to_vec()), Some(&["POST", "PUT", "PATCH"]), scope("leads:write")),
-                rule(PathMatch::Exact(b"/api/v1/admin/keys".to_vec()), None, scope("admin")),
+                rule(
+                    PathMatch::Prefix(b"/healthz".to_vec()),
+                    None,
+                    Requirement::Public,
+                ),
+                rule(
+                    PathMatch::Prefix(b"/api/v1/leads".to_vec()),
+                    Some(&["GET", "HEAD"]),
+                    scope("leads:read"),
+                ),
+                rule(
+                    PathMatch::Prefix(b"/api/v1/leads".to_vec()),
+                    Some(&["POST", "PUT", "PATCH"]),
+                    scope("leads:write"),
+                ),
+                rule(
+                    PathMatch::Exact(b"/api/v1/admin/keys".to_vec()),
+                    None,
+                    scope("admin"),
+                ),
             ],
             false,
         )
@@ -153,7 +176,11 @@ mod tests {
             ("GET", "/api/v1/admin/keys/7", DEFAULT_REQUIREMENT),
         ];
         for (method, path, expected) in cases {
-            assert_eq!(rules.route(method.as_bytes(), path.as_bytes()), &expected, "{method} {path}");
+            assert_eq!(
+                rules.route(method.as_bytes(), path.as_bytes()),
+                &expected,
+                "{method} {path}"
+            );
         }
     }
 
@@ -166,9 +193,16 @@ mod tests {
     #[test]
     fn paths_compare_case_sensitively_unless_configured() {
         let rules = contract_example();
-        assert_eq!(rules.route(b"GET", b"/API/v1/admin/keys"), &DEFAULT_REQUIREMENT);
+        assert_eq!(
+            rules.route(b"GET", b"/API/v1/admin/keys"),
+            &DEFAULT_REQUIREMENT
+        );
         let folded = RuleSet::new(
-            vec![rule(PathMatch::Prefix(b"/v2/admin".to_vec()), None, scope("admin"))],
+            vec![rule(
+                PathMatch::Prefix(b"/v2/admin".to_vec()),
+                None,
+                scope("admin"),
+            )],
             true,
         );
         assert_eq!(folded.route(b"GET", b"/V2/ADMIN/x"), &scope("admin"));
@@ -176,17 +210,34 @@ mod tests {
 
     #[test]
     fn root_prefix_and_pathless_rules_match_everything() {
-        let root = RuleSet::new(vec![rule(PathMatch::Prefix(Vec::new()), None, scope("s"))], false);
+        let root = RuleSet::new(
+            vec![rule(PathMatch::Prefix(Vec::new()), None, scope("s"))],
+            false,
+        );
         assert_eq!(root.route(b"GET", b"/"), &scope("s"));
         assert_eq!(root.route(b"GET", b"/a/b"), &scope("s"));
-        let any = RuleSet::new(vec![rule(PathMatch::Any, Some(&["OPTIONS"]), Requirement::Public)], false);
+        let any = RuleSet::new(
+            vec![rule(
+                PathMatch::Any,
+                Some(&["OPTIONS"]),
+                Requirement::Public,
+            )],
+            false,
+        );
         assert_eq!(any.route(b"OPTIONS", b"/x"), &Requirement::Public);
         assert_eq!(any.route(b"GET", b"/x"), &DEFAULT_REQUIREMENT);
     }
 
     #[test]
     fn an_exact_root_rule_matches_only_the_root() {
-        let rules = RuleSet::new(vec![rule(PathMatch::Exact(Vec::new()), None, Requirement::Public)], false);
+        let rules = RuleSet::new(
+            vec![rule(
+                PathMatch::Exact(Vec::new()),
+                None,
+                Requirement::Public,
+            )],
+            false,
+        );
         assert_eq!(rules.route(b"GET", b"/"), &Requirement::Public);
         assert_eq!(rules.route(b"GET", b"/a"), &DEFAULT_REQUIREMENT);
     }

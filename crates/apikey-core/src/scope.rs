@@ -43,15 +43,22 @@ impl ScopePattern {
             PatternKind::All
         } else if let Some(prefix) = text.strip_suffix(":*") {
             if prefix.contains('*') {
-                return Err(format!("{text:?}: `*` may stand only alone or as the last segment after `:`"));
+                return Err(format!(
+                    "{text:?}: `*` may stand only alone or as the last segment after `:`"
+                ));
             }
             PatternKind::Prefix
         } else if text.contains('*') {
-            return Err(format!("{text:?}: `*` may stand only alone or as the last segment after `:`"));
+            return Err(format!(
+                "{text:?}: `*` may stand only alone or as the last segment after `:`"
+            ));
         } else {
             PatternKind::Exact
         };
-        Ok(Self { text: text.to_owned(), kind })
+        Ok(Self {
+            text: text.to_owned(),
+            kind,
+        })
     }
 
     /// The pattern as written.
@@ -128,14 +135,18 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 pub fn check_scope_name(name: &str) -> Result<(), String> {
     check_scope_chars(name)?;
     if name.contains('*') {
-        return Err(format!("{name:?}: a required scope is a plain name, not a pattern"));
+        return Err(format!(
+            "{name:?}: a required scope is a plain name, not a pattern"
+        ));
     }
     Ok(())
 }
 
 fn check_scope_chars(text: &str) -> Result<(), String> {
     if text.is_empty() || text.len() > MAX_SCOPE_LEN {
-        return Err(format!("{text:?}: a scope is 1 to {MAX_SCOPE_LEN} characters"));
+        return Err(format!(
+            "{text:?}: a scope is 1 to {MAX_SCOPE_LEN} characters"
+        ));
     }
     let valid = |byte: u8| matches!(byte, 0x21 | 0x23..=0x5B | 0x5D..=0x7E);
     if !text.bytes().all(valid) {
@@ -149,7 +160,10 @@ fn check_scope_chars(text: &str) -> Result<(), String> {
 /// A key's effective scopes: each held pattern narrowed by the plan's
 /// entitlement (when the plan has one), in the key's order, without
 /// repeats. Key `*` on a plan granting `crm:*` is `crm:*`.
-pub fn effective_scopes(held: &[ScopePattern], granted: Option<&[ScopePattern]>) -> Vec<ScopePattern> {
+pub fn effective_scopes(
+    held: &[ScopePattern],
+    granted: Option<&[ScopePattern]>,
+) -> Vec<ScopePattern> {
     let mut effective: Vec<ScopePattern> = Vec::new();
     for pattern in held {
         match granted {
@@ -204,14 +218,26 @@ mod tests {
     fn text_matching_agrees_with_parsed_matching() {
         for pattern in ["*", "a:*", "a:b", "a:b:*"] {
             for name in ["a", "a:", "a:b", "a:b:c", "b:a", ""] {
-                assert_eq!(pattern_matches(pattern, name), p(pattern).matches(name), "{pattern} vs {name}");
+                assert_eq!(
+                    pattern_matches(pattern, name),
+                    p(pattern).matches(name),
+                    "{pattern} vs {name}"
+                );
             }
         }
     }
 
     #[test]
     fn star_anywhere_but_alone_or_last_segment_is_refused() {
-        for text in ["leads*", "le*ds:read", "*:read", "leads:*:x", "a:*b", "**", "leads:**"] {
+        for text in [
+            "leads*",
+            "le*ds:read",
+            "*:read",
+            "leads:*:x",
+            "a:*b",
+            "**",
+            "leads:**",
+        ] {
             assert!(ScopePattern::parse(text).is_err(), "accepted {text:?}");
         }
     }
@@ -245,7 +271,11 @@ mod tests {
         ];
         for (a, b, expected) in cases {
             let got = p(a).intersect(&p(b));
-            assert_eq!(got.as_ref().map(ScopePattern::as_str), expected, "{a} ∩ {b}");
+            assert_eq!(
+                got.as_ref().map(ScopePattern::as_str),
+                expected,
+                "{a} ∩ {b}"
+            );
         }
     }
 
@@ -263,8 +293,10 @@ mod tests {
     #[test]
     fn without_an_entitlement_held_scopes_are_effective() {
         let held = [p("a"), p("b:*"), p("a")];
-        let effective: Vec<_> =
-            effective_scopes(&held, None).iter().map(|s| s.as_str().to_owned()).collect();
+        let effective: Vec<_> = effective_scopes(&held, None)
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
         assert_eq!(effective, ["a", "b:*"]);
     }
 

@@ -78,9 +78,7 @@ pub fn parse_rfc3339(text: &str) -> Result<UnixNanos, &'static str> {
         return Err("has a time of day out of range");
     }
     let days = i128::from(days_from_civil(year, month, day));
-    let seconds = days * 86_400
-        + i128::from(hour * 3600 + minute * 60 + second)
-        - offset_seconds;
+    let seconds = days * 86_400 + i128::from(hour * 3600 + minute * 60 + second) - offset_seconds;
     let total = seconds * NANOS_PER_SECOND + nanos;
     Ok(i64::try_from(total).unwrap_or(if total < 0 { i64::MIN } else { i64::MAX }))
 }
@@ -168,7 +166,11 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -234,7 +236,11 @@ mod tests {
 
     #[test]
     fn formatting_round_trips_whole_seconds() {
-        for text in ["1970-01-01T00:00:00Z", "2027-01-31T00:00:00Z", "2000-02-29T23:59:59Z"] {
+        for text in [
+            "1970-01-01T00:00:00Z",
+            "2027-01-31T00:00:00Z",
+            "2000-02-29T23:59:59Z",
+        ] {
             let nanos = parse_rfc3339(text).unwrap();
             assert_eq!(format_rfc3339(nanos), text);
         }

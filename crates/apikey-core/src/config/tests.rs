@@ -53,7 +53,11 @@ fn assert_refused(case: &str, edit: impl FnOnce(&mut Value), field: &str, reason
         Ok(_) => panic!("case {case:?}: accepted"),
         Err(error) => {
             assert_eq!(error.field, field, "case {case:?}: wrong field in {error}");
-            assert!(error.reason.contains(reason), "case {case:?}: reason {:?} lacks {reason:?}", error.reason);
+            assert!(
+                error.reason.contains(reason),
+                "case {case:?}: reason {:?} lacks {reason:?}",
+                error.reason
+            );
         }
     }
 }
@@ -67,14 +71,29 @@ fn the_contract_example_is_valid_and_compiles() {
     assert_eq!(key.hash.to_hex(), HASH_A);
     assert_eq!(config.plan(key.plan).unwrap().name, "pro");
     assert_eq!(key.expires_at, Some(1_801_353_600 * 1_000_000_000));
-    assert_eq!(key.rate_limits.entries()[0].1, Limit { requests: 10, period_seconds: 60, burst: 10 });
+    assert_eq!(
+        key.rate_limits.entries()[0].1,
+        Limit {
+            requests: 10,
+            period_seconds: 60,
+            burst: 10
+        }
+    );
     let plan = &config.plans[0];
-    assert_eq!(plan.rate_limits.select(Some("leads:read")).unwrap().1.burst, 100);
+    assert_eq!(
+        plan.rate_limits.select(Some("leads:read")).unwrap().1.burst,
+        100
+    );
     assert_eq!(plan.rate_limits.select(Some("other")).unwrap().1.burst, 300);
     assert_eq!(config.schemes, Schemes::ALL);
     assert_eq!(config.realm, "api");
     assert_eq!(config.rate_limit_headers, RateLimitHeaders::Denied);
-    assert_eq!(config.rules.route(b"GET", b"/api/v1/admin/keys/"), &Requirement::Key { scope: Some("admin".into()) });
+    assert_eq!(
+        config.rules.route(b"GET", b"/api/v1/admin/keys/"),
+        &Requirement::Key {
+            scope: Some("admin".into())
+        }
+    );
 }
 
 #[test]
@@ -100,42 +119,159 @@ fn upper_case_hashes_are_folded() {
 
 #[test]
 fn key_fields_are_validated_by_name() {
-    assert_refused("unknown plan", |d| d["keys"][0]["plan"] = json!("gold"), "keys[0].plan", "unknown plan \"gold\"");
-    assert_refused("bad hex", |d| d["keys"][0]["sha256"] = json!("zz"), "keys[0].sha256", "64 hexadecimal");
-    assert_refused("bad id", |d| d["keys"][0]["id"] = json!("a b"), "keys[0].id", "A-Z");
-    assert_refused("empty id", |d| d["keys"][0]["id"] = json!(""), "keys[0].id", "1 to 64");
-    assert_refused("long id", |d| d["keys"][0]["id"] = json!("a".repeat(65)), "keys[0].id", "1 to 64");
-    assert_refused("empty tenant", |d| d["keys"][0]["tenant"] = json!(""), "keys[0].tenant", "1 to 128");
-    assert_refused("control in tenant", |d| d["keys"][0]["tenant"] = json!("a\u{85}b"), "keys[0].tenant", "control");
-    assert_refused("newline in env", |d| d["keys"][0]["env"] = json!("li\nve"), "keys[0].env", "control");
-    assert_refused("bad date", |d| d["keys"][0]["expires_at"] = json!("tomorrow"), "keys[0].expires_at", "RFC 3339");
-    assert_refused("bad scope", |d| d["keys"][0]["scopes"] = json!(["ok", "le*ds"]), "keys[0].scopes[1]", "`*`");
-    assert_refused("missing tenant", |d| { d["keys"][0].as_object_mut().unwrap().remove("tenant"); }, "keys[0]", "missing field `tenant`");
-    assert_refused("unknown field", |d| d["keys"][0]["colour"] = json!("red"), "keys[0].colour", "unknown field `colour`");
-    assert_refused("string revoked", |d| d["keys"][0]["revoked"] = json!("yes"), "keys[0].revoked", "invalid type");
-    assert_refused("control in name", |d| d["keys"][0]["name"] = json!("a\u{1b}[31m"), "keys[0].name", "control");
+    assert_refused(
+        "unknown plan",
+        |d| d["keys"][0]["plan"] = json!("gold"),
+        "keys[0].plan",
+        "unknown plan \"gold\"",
+    );
+    assert_refused(
+        "bad hex",
+        |d| d["keys"][0]["sha256"] = json!("zz"),
+        "keys[0].sha256",
+        "64 hexadecimal",
+    );
+    assert_refused(
+        "bad id",
+        |d| d["keys"][0]["id"] = json!("a b"),
+        "keys[0].id",
+        "A-Z",
+    );
+    assert_refused(
+        "empty id",
+        |d| d["keys"][0]["id"] = json!(""),
+        "keys[0].id",
+        "1 to 64",
+    );
+    assert_refused(
+        "long id",
+        |d| d["keys"][0]["id"] = json!("a".repeat(65)),
+        "keys[0].id",
+        "1 to 64",
+    );
+    assert_refused(
+        "empty tenant",
+        |d| d["keys"][0]["tenant"] = json!(""),
+        "keys[0].tenant",
+        "1 to 128",
+    );
+    assert_refused(
+        "control in tenant",
+        |d| d["keys"][0]["tenant"] = json!("a\u{85}b"),
+        "keys[0].tenant",
+        "control",
+    );
+    assert_refused(
+        "newline in env",
+        |d| d["keys"][0]["env"] = json!("li\nve"),
+        "keys[0].env",
+        "control",
+    );
+    assert_refused(
+        "bad date",
+        |d| d["keys"][0]["expires_at"] = json!("tomorrow"),
+        "keys[0].expires_at",
+        "RFC 3339",
+    );
+    assert_refused(
+        "bad scope",
+        |d| d["keys"][0]["scopes"] = json!(["ok", "le*ds"]),
+        "keys[0].scopes[1]",
+        "`*`",
+    );
+    assert_refused(
+        "missing tenant",
+        |d| {
+            d["keys"][0].as_object_mut().unwrap().remove("tenant");
+        },
+        "keys[0]",
+        "missing field `tenant`",
+    );
+    assert_refused(
+        "unknown field",
+        |d| d["keys"][0]["colour"] = json!("red"),
+        "keys[0].colour",
+        "unknown field `colour`",
+    );
+    assert_refused(
+        "string revoked",
+        |d| d["keys"][0]["revoked"] = json!("yes"),
+        "keys[0].revoked",
+        "invalid type",
+    );
+    assert_refused(
+        "control in name",
+        |d| d["keys"][0]["name"] = json!("a\u{1b}[31m"),
+        "keys[0].name",
+        "control",
+    );
 }
 
 #[test]
 fn duplicate_ids_and_hashes_are_refused() {
     let mut second = example()["keys"][0].clone();
     second["sha256"] = json!(HASH_B);
-    assert_refused("duplicate id", |d| d["keys"].as_array_mut().unwrap().push(second), "keys[1].id", "duplicate id");
+    assert_refused(
+        "duplicate id",
+        |d| d["keys"].as_array_mut().unwrap().push(second),
+        "keys[1].id",
+        "duplicate id",
+    );
     let mut second = example()["keys"][0].clone();
     second["id"] = json!("other");
     second["sha256"] = json!(HASH_A.to_uppercase());
-    assert_refused("duplicate hash", |d| d["keys"].as_array_mut().unwrap().push(second), "keys[1].sha256", "duplicate sha256");
+    assert_refused(
+        "duplicate hash",
+        |d| d["keys"].as_array_mut().unwrap().push(second),
+        "keys[1].sha256",
+        "duplicate sha256",
+    );
 }
 
 #[test]
 fn limits_must_be_positive_and_bounded() {
-    assert_refused("zero requests", |d| d["plans"]["pro"]["rate_limits"]["*"]["requests"] = json!(0), "plans.pro.rate_limits.*.requests", "from 1");
-    assert_refused("negative period", |d| d["plans"]["pro"]["rate_limits"]["*"]["period_seconds"] = json!(-1), "plans.pro.rate_limits.*.period_seconds", "invalid value");
-    assert_refused("fractional", |d| d["plans"]["pro"]["rate_limits"]["*"]["requests"] = json!(1.5), "plans.pro.rate_limits.*.requests", "invalid type");
-    assert_refused("zero burst", |d| d["keys"][0]["rate_limits"]["leads:write"]["burst"] = json!(0), "keys[0].rate_limits.leads:write.burst", "from 1");
-    assert_refused("huge", |d| d["plans"]["pro"]["rate_limits"]["*"]["requests"] = json!(u64::MAX), "plans.pro.rate_limits.*.requests", "from 1");
-    assert_refused("bad pattern", |d| d["plans"]["pro"]["rate_limits"]["le*"] = json!({"requests": 1, "period_seconds": 1}), "plans.pro.rate_limits.le*", "`*`");
-    assert_refused("unknown limit field", |d| d["plans"]["pro"]["rate_limits"]["*"]["rate"] = json!(1), "plans.pro.rate_limits.*.rate", "unknown field");
+    assert_refused(
+        "zero requests",
+        |d| d["plans"]["pro"]["rate_limits"]["*"]["requests"] = json!(0),
+        "plans.pro.rate_limits.*.requests",
+        "from 1",
+    );
+    assert_refused(
+        "negative period",
+        |d| d["plans"]["pro"]["rate_limits"]["*"]["period_seconds"] = json!(-1),
+        "plans.pro.rate_limits.*.period_seconds",
+        "invalid value",
+    );
+    assert_refused(
+        "fractional",
+        |d| d["plans"]["pro"]["rate_limits"]["*"]["requests"] = json!(1.5),
+        "plans.pro.rate_limits.*.requests",
+        "invalid type",
+    );
+    assert_refused(
+        "zero burst",
+        |d| d["keys"][0]["rate_limits"]["leads:write"]["burst"] = json!(0),
+        "keys[0].rate_limits.leads:write.burst",
+        "from 1",
+    );
+    assert_refused(
+        "huge",
+        |d| d["plans"]["pro"]["rate_limits"]["*"]["requests"] = json!(u64::MAX),
+        "plans.pro.rate_limits.*.requests",
+        "from 1",
+    );
+    assert_refused(
+        "bad pattern",
+        |d| d["plans"]["pro"]["rate_limits"]["le*"] = json!({"requests": 1, "period_seconds": 1}),
+        "plans.pro.rate_limits.le*",
+        "`*`",
+    );
+    assert_refused(
+        "unknown limit field",
+        |d| d["plans"]["pro"]["rate_limits"]["*"]["rate"] = json!(1),
+        "plans.pro.rate_limits.*.rate",
+        "unknown field",
+    );
 }
 
 #[test]
@@ -148,16 +284,66 @@ fn duplicate_object_names_are_refused() {
 
 #[test]
 fn rule_shapes_are_validated() {
-    assert_refused("path and prefix", |d| d["rules"][0]["path"] = json!("/x"), "rules[0]", "both path and path_prefix");
-    assert_refused("public with scope", |d| d["rules"][0]["scope"] = json!("x"), "rules[0]", "public: true cannot be combined");
-    assert_refused("pattern scope", |d| d["rules"][1]["scope"] = json!("leads:*"), "rules[1].scope", "plain name");
-    assert_refused("empty methods", |d| d["rules"][1]["methods"] = json!([]), "rules[1].methods", "is empty");
-    assert_refused("lower-case method", |d| d["rules"][1]["methods"] = json!(["GET", "post"]), "rules[1].methods[1]", "upper case");
-    assert_refused("bad method", |d| d["rules"][1]["methods"] = json!(["GE T"]), "rules[1].methods[0]", "token");
-    assert_refused("relative path", |d| d["rules"][3]["path"] = json!("api"), "rules[3].path", "start with /");
-    assert_refused("query in path", |d| d["rules"][3]["path"] = json!("/a?b"), "rules[3].path", "query");
-    assert_refused("above root", |d| d["rules"][3]["path"] = json!("/.."), "rules[3].path", "climbs");
-    assert_refused("unknown rule field", |d| d["rules"][0]["prefix"] = json!("/x"), "rules[0].prefix", "unknown field");
+    assert_refused(
+        "path and prefix",
+        |d| d["rules"][0]["path"] = json!("/x"),
+        "rules[0]",
+        "both path and path_prefix",
+    );
+    assert_refused(
+        "public with scope",
+        |d| d["rules"][0]["scope"] = json!("x"),
+        "rules[0]",
+        "public: true cannot be combined",
+    );
+    assert_refused(
+        "pattern scope",
+        |d| d["rules"][1]["scope"] = json!("leads:*"),
+        "rules[1].scope",
+        "plain name",
+    );
+    assert_refused(
+        "empty methods",
+        |d| d["rules"][1]["methods"] = json!([]),
+        "rules[1].methods",
+        "is empty",
+    );
+    assert_refused(
+        "lower-case method",
+        |d| d["rules"][1]["methods"] = json!(["GET", "post"]),
+        "rules[1].methods[1]",
+        "upper case",
+    );
+    assert_refused(
+        "bad method",
+        |d| d["rules"][1]["methods"] = json!(["GE T"]),
+        "rules[1].methods[0]",
+        "token",
+    );
+    assert_refused(
+        "relative path",
+        |d| d["rules"][3]["path"] = json!("api"),
+        "rules[3].path",
+        "start with /",
+    );
+    assert_refused(
+        "query in path",
+        |d| d["rules"][3]["path"] = json!("/a?b"),
+        "rules[3].path",
+        "query",
+    );
+    assert_refused(
+        "above root",
+        |d| d["rules"][3]["path"] = json!("/.."),
+        "rules[3].path",
+        "climbs",
+    );
+    assert_refused(
+        "unknown rule field",
+        |d| d["rules"][0]["prefix"] = json!("/x"),
+        "rules[0].prefix",
+        "unknown field",
+    );
 }
 
 #[test]
@@ -169,20 +355,70 @@ fn rule_paths_are_stored_canonically() {
     ]);
     document["case_insensitive_paths"] = json!(true);
     let config = parse(&document).unwrap();
-    assert_eq!(config.rules.route(b"GET", b"/api/v1/leads/7"), &Requirement::Key { scope: Some("leads:read".into()) });
-    assert_eq!(config.rules.route(b"GET", b"/ADMIN"), &Requirement::Key { scope: Some("admin".into()) });
+    assert_eq!(
+        config.rules.route(b"GET", b"/api/v1/leads/7"),
+        &Requirement::Key {
+            scope: Some("leads:read".into())
+        }
+    );
+    assert_eq!(
+        config.rules.route(b"GET", b"/ADMIN"),
+        &Requirement::Key {
+            scope: Some("admin".into())
+        }
+    );
 }
 
 #[test]
 fn top_level_options_are_validated() {
-    assert_refused("empty schemes", |d| d["schemes"] = json!([]), "schemes", "is empty");
-    assert_refused("unknown scheme", |d| d["schemes"] = json!(["bearer", "basic"]), "schemes[1]", "unknown scheme \"basic\"");
-    assert_refused("empty prefixes", |d| d["key_prefixes"] = json!([]), "key_prefixes", "is empty");
-    assert_refused("empty prefix", |d| d["key_prefixes"] = json!([""]), "key_prefixes[0]", "never start a key");
-    assert_refused("realm quote", |d| d["realm"] = json!("a\"b"), "realm", "without");
-    assert_refused("rate limit headers", |d| d["rate_limit_headers"] = json!("sometimes"), "rate_limit_headers", "\"sometimes\"");
-    assert_refused("unknown top field", |d| d["fleet_mode"] = json!(true), "fleet_mode", "unknown field");
-    assert_refused("wrong top type", |d| d["keys"] = json!({}), "keys", "invalid type");
+    assert_refused(
+        "empty schemes",
+        |d| d["schemes"] = json!([]),
+        "schemes",
+        "is empty",
+    );
+    assert_refused(
+        "unknown scheme",
+        |d| d["schemes"] = json!(["bearer", "basic"]),
+        "schemes[1]",
+        "unknown scheme \"basic\"",
+    );
+    assert_refused(
+        "empty prefixes",
+        |d| d["key_prefixes"] = json!([]),
+        "key_prefixes",
+        "is empty",
+    );
+    assert_refused(
+        "empty prefix",
+        |d| d["key_prefixes"] = json!([""]),
+        "key_prefixes[0]",
+        "never start a key",
+    );
+    assert_refused(
+        "realm quote",
+        |d| d["realm"] = json!("a\"b"),
+        "realm",
+        "without",
+    );
+    assert_refused(
+        "rate limit headers",
+        |d| d["rate_limit_headers"] = json!("sometimes"),
+        "rate_limit_headers",
+        "\"sometimes\"",
+    );
+    assert_refused(
+        "unknown top field",
+        |d| d["fleet_mode"] = json!(true),
+        "fleet_mode",
+        "unknown field",
+    );
+    assert_refused(
+        "wrong top type",
+        |d| d["keys"] = json!({}),
+        "keys",
+        "invalid type",
+    );
 }
 
 #[test]

@@ -30,7 +30,9 @@ fn digest(n: u8) -> Digest {
 
 /// Looks `raw` up the way a request does.
 fn lookup(store: &MemoryStore, table: TableRef, raw: &str) -> Option<String> {
-    let (bytes, _) = store.get(&record_key(table.bank, &KeyHash::of(raw.as_bytes()))).unwrap()?;
+    let (bytes, _) = store
+        .get(&record_key(table.bank, &KeyHash::of(raw.as_bytes())))
+        .unwrap()?;
     let record = key_record::decode(&bytes)?;
     (record.generation == table.generation).then(|| record.id.to_owned())
 }
@@ -45,7 +47,15 @@ fn ready(publication: Publication) -> TableRef {
 #[test]
 fn a_published_table_answers_lookups() {
     let store = MemoryStore::new();
-    let table = ready(publish(&store, &digest(1), &config(&[("a", "key-a"), ("b", "key-b")]), 0).unwrap());
+    let table = ready(
+        publish(
+            &store,
+            &digest(1),
+            &config(&[("a", "key-a"), ("b", "key-b")]),
+            0,
+        )
+        .unwrap(),
+    );
     assert_eq!(lookup(&store, table, "key-a").as_deref(), Some("a"));
     assert_eq!(lookup(&store, table, "key-b").as_deref(), Some("b"));
     assert_eq!(lookup(&store, table, "key-c"), None);
@@ -59,19 +69,36 @@ fn publishing_the_same_configuration_again_writes_nothing() {
     let writes = store.writes();
     let second = ready(publish(&store, &digest(1), &config, 5).unwrap());
     assert_eq!(first, second);
-    assert_eq!(store.writes(), writes, "a worker rewrote a table that was already complete");
+    assert_eq!(
+        store.writes(),
+        writes,
+        "a worker rewrote a table that was already complete"
+    );
 }
 
 #[test]
 fn a_removed_key_never_authenticates_again() {
     let store = MemoryStore::new();
-    let old = ready(publish(&store, &digest(1), &config(&[("a", "key-a"), ("b", "key-b")]), 0).unwrap());
+    let old = ready(
+        publish(
+            &store,
+            &digest(1),
+            &config(&[("a", "key-a"), ("b", "key-b")]),
+            0,
+        )
+        .unwrap(),
+    );
     let middle = ready(publish(&store, &digest(2), &config(&[("a", "key-a")]), 0).unwrap());
     assert_eq!(lookup(&store, middle, "key-b"), None);
     // The third table reuses the first bank, where key-b's old record stays.
     let newest = ready(publish(&store, &digest(3), &config(&[("c", "key-c")]), 0).unwrap());
     assert_eq!(newest.bank, old.bank);
-    assert_eq!(lookup(&store, newest, "key-b"), None, "a stale record from generation {} answered", old.generation);
+    assert_eq!(
+        lookup(&store, newest, "key-b"),
+        None,
+        "a stale record from generation {} answered",
+        old.generation
+    );
     assert_eq!(lookup(&store, newest, "key-a"), None);
     assert_eq!(lookup(&store, newest, "key-c").as_deref(), Some("c"));
 }
@@ -82,7 +109,11 @@ fn the_previous_table_keeps_serving_while_the_next_is_written() {
     let first = ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), 0).unwrap());
     let second = ready(publish(&store, &digest(2), &config(&[("b", "key-b")]), 0).unwrap());
     assert_ne!(first.bank, second.bank);
-    assert_eq!(lookup(&store, first, "key-a").as_deref(), Some("a"), "a worker one update behind lost its table");
+    assert_eq!(
+        lookup(&store, first, "key-a").as_deref(),
+        Some("a"),
+        "a worker one update behind lost its table"
+    );
 }
 
 #[test]
@@ -100,11 +131,20 @@ fn a_configuration_that_comes_back_reuses_its_bank() {
 fn a_table_being_written_by_another_worker_is_pending_until_ready() {
     let store = MemoryStore::new();
     let config = config(&[("a", "key-a")]);
-    let mut head = Head::default();
-    head.next_generation = 2;
-    head.banks[0] = Bank { digest: digest(1), generation: 1, state: BankState::Writing { started_ns: 100 } };
+    let mut head = Head {
+        next_generation: 2,
+        ..Head::default()
+    };
+    head.banks[0] = Bank {
+        digest: digest(1),
+        generation: 1,
+        state: BankState::Writing { started_ns: 100 },
+    };
     store.set(HEAD_KEY, &head.encode(), 0).unwrap();
-    assert_eq!(publish(&store, &digest(1), &config, 200).unwrap(), Publication::Pending);
+    assert_eq!(
+        publish(&store, &digest(1), &config, 200).unwrap(),
+        Publication::Pending
+    );
     // The claim is abandoned after a minute: the next worker takes it over.
     let table = ready(publish(&store, &digest(1), &config, 100 + STALE_CLAIM_NS).unwrap());
     assert_eq!(lookup(&store, table, "key-a").as_deref(), Some("a"));
@@ -124,14 +164,20 @@ fn endless_conflicts_end_in_an_error_not_a_loop() {
     let store = MemoryStore::new();
     ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), 0).unwrap());
     store.inject_conflicts(u32::MAX);
-    assert_eq!(publish(&store, &digest(2), &config(&[]), 0), Err(StoreError::Contention));
+    assert_eq!(
+        publish(&store, &digest(2), &config(&[]), 0),
+        Err(StoreError::Contention)
+    );
 }
 
 #[test]
 fn bucket_entries_exist_for_limited_keys_before_the_table_is_ready() {
     let store = MemoryStore::new();
     ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), 0).unwrap());
-    assert_eq!(store.get(&buckets_key("a")).unwrap().map(|(v, _)| v), Some(EMPTY_BUCKETS.to_vec()));
+    assert_eq!(
+        store.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
+        Some(EMPTY_BUCKETS.to_vec())
+    );
 }
 
 #[test]
@@ -139,7 +185,10 @@ fn existing_bucket_entries_are_left_alone() {
     let store = MemoryStore::new();
     store.set(&buckets_key("a"), b"in use", 0).unwrap();
     ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), 0).unwrap());
-    assert_eq!(store.get(&buckets_key("a")).unwrap().map(|(v, _)| v), Some(b"in use".to_vec()));
+    assert_eq!(
+        store.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
+        Some(b"in use".to_vec())
+    );
 }
 
 #[test]
@@ -155,14 +204,28 @@ fn storage_stays_bounded_over_many_updates() {
         }
     }
     assert_eq!(store.len(), after_warm_up, "entries grew with updates");
-    assert!(after_warm_up <= 1 + 2 * 3 + 3, "more than head + 2 banks x 3 hashes + 3 bucket entries");
+    assert!(
+        after_warm_up <= 1 + 2 * 3 + 3,
+        "more than head + 2 banks x 3 hashes + 3 bucket entries"
+    );
 }
 
 #[test]
 fn the_head_round_trips() {
-    let mut head = Head { next_generation: 9, ..Head::default() };
-    head.banks[1] = Bank { digest: digest(7), generation: 8, state: BankState::Writing { started_ns: 5 } };
-    head.banks[0] = Bank { digest: digest(6), generation: 7, state: BankState::Ready };
+    let mut head = Head {
+        next_generation: 9,
+        ..Head::default()
+    };
+    head.banks[1] = Bank {
+        digest: digest(7),
+        generation: 8,
+        state: BankState::Writing { started_ns: 5 },
+    };
+    head.banks[0] = Bank {
+        digest: digest(6),
+        generation: 7,
+        state: BankState::Ready,
+    };
     assert_eq!(Head::decode(&head.encode()), Some(head));
     assert_eq!(Head::decode(&head.encode()[..50]), None);
 }

@@ -1,0 +1,420 @@
+//! The decision for one request, in the order of contract §3: path check,
+//! rule match (public passes), extraction, format, hash look-up,
+//! revocation, expiry, scope, plan, rate limit, allow.
+//!
+//! [`Gateway::decide`] is a pure function of the request head, the shared
+//! store and a clock, all passed in, so the same code runs in tests and in
+//! Envoy. It returns what the edge must do: send a denial, or forward the
+//! request with exactly these header edits.
+
+use crate::bucket_store::{self, Outcome};
+use crate::config::{Config, RateLimitHeaders};
+use crate::credentials::{self, CredentialError, Extraction, KeyFormat};
+use crate::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
+use crate::header_map::HeaderPair;
+use crate::key_hash::KeyHash;
+use crate::key_record::{self, KeyRecord};
+use crate::key_table::{record_key, SharedStore, TableRef};
+use crate::path;
+use crate::rate_limit;
+use crate::rules::Requirement;
+use crate::scope::ScopePattern;
+use crate::token_bucket::Take;
+
+/// The identity headers the filter sets, removed from every request first.
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-api-key-id",
+    "x-api-tenant",
+    "x-api-scopes",
+    "x-api-plan",
+    "x-api-env",
+];
+
+/// The clocks a decision reads.
+pub trait Clock {
+    /// Wall-clock nanoseconds since the Unix epoch (for expiry only).
+    fn wall_ns(&self) -> i64;
+    /// Monotonic nanoseconds, shared by every worker (for buckets).
+    fn monotonic_ns(&self) -> u64;
+}
+
+/// The parts of a request the decision reads.
+#[derive(Debug)]
+pub struct RequestHead<'a> {
+    /// `:method`.
+    pub method: &'a [u8],
+    /// `:path` as the client sent it.
+    pub path: &'a [u8],
+    /// `x-request-id`.
+    pub request_id: Option<&'a [u8]>,
+    /// Every header, in order.
+    pub headers: &'a [HeaderPair<'a>],
+}
+
+impl<'a> RequestHead<'a> {
+    /// Picks the pseudo-headers and request id out of a header map.
+    pub fn from_pairs(headers: &'a [HeaderPair<'a>]) -> Self {
+        let mut head = Self {
+            method: b"",
+            path: b"",
+            request_id: None,
+            headers,
+        };
+        for &(name, value) in headers {
+            match name {
+                b":method" => head.method = value,
+                b":path" => head.path = value,
+                _ if name.eq_ignore_ascii_case(b"x-request-id") => head.request_id = Some(value),
+                _ => {}
+            }
+        }
+        head
+    }
+}
+
+/// What must change before an allowed request goes upstream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Header names to remove (each once, every value).
+    pub remove: Vec<Vec<u8>>,
+    /// A new `Authorization` holding only other schemes' elements.
+    pub authorization: Option<Vec<u8>>,
+    /// Headers to add.
+    pub add: Vec<(&'static str, String)>,
+    /// The normalised `:path` (with the query), when it changed.
+    pub path: Option<Vec<u8>>,
+}
+
+/// An allowed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allow {
+    /// Header edits for the upstream request.
+    pub edits: HeaderEdits,
+    /// `RateLimit` headers for the response, when configured to send them.
+    pub rate_limit: Option<RateLimitReport>,
+}
+
+/// The decision and what it learnt, for the edge, metrics and the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Allowed, or denied.
+    pub result: Result<Allow, Denial>,
+    /// The key's id, once its record was found.
+    pub key_id: Option<String>,
+    /// The key's tenant, once its record was found.
+    pub tenant: Option<String>,
+    /// The scope the rule required.
+    pub scope: Option<String>,
+    /// CAS conflicts retried while taking a token.
+    pub cas_conflicts: u32,
+    /// Whether the request was denied because conflicts outlasted retries.
+    pub contention: bool,
+}
+
+impl Decision {
+    fn deny(denial: Denial) -> Self {
+        Self {
+            result: Err(denial),
+            key_id: None,
+            tenant: None,
+            scope: None,
+            cas_conflicts: 0,
+            contention: false,
+        }
+    }
+}
+
+/// A configuration ready to serve: rules and plans in worker memory, keys
+/// in the shared table `table`.
+#[derive(Debug)]
+pub struct Gateway {
+    config: Config,
+    table: TableRef,
+    text: DenialText,
+}
+
+impl Gateway {
+    /// Serves `config` from the published `table`. The key list is dropped:
+    /// keys are read from the shared table, never from worker memory.
+    pub fn new(mut config: Config, table: TableRef) -> Self {
+        config.keys = Vec::new();
+        let text = DenialText::new(config.schemes, &config.realm);
+        Self {
+            config,
+            table,
+            text,
+        }
+    }
+
+    /// The table this gateway reads.
+    pub fn table(&self) -> TableRef {
+        self.table
+    }
+
+    /// Renders a denial for this configuration's schemes and realm.
+    pub fn render(&self, denial: &Denial, request_id: Option<&[u8]>) -> Reply {
+        self.text.render(denial, request_id)
+    }
+
+    /// Decides `request`.
+    pub fn decide(
+        &self,
+        request: &RequestHead<'_>,
+        store: &dyn SharedStore,
+        clock: &dyn Clock,
+    ) -> Decision {
+        let normalised = match path::normalise(request.path) {
+            Ok(normalised) => normalised,
+            Err(_) => return Decision::deny(Denial::new(ErrorCode::InvalidPath)),
+        };
+        let requirement = self.config.rules.route(request.method, &normalised.path);
+        let extraction = credentials::extract(
+            request.headers,
+            &KeyFormat {
+                schemes: self.config.schemes,
+                prefixes: self.config.key_prefixes.as_deref(),
+            },
+        );
+        let mut edits = self.upstream_edits(request.headers, &extraction);
+        if normalised.changed() {
+            edits.path = Some(normalised.target());
+        }
+        let scope = match requirement {
+            Requirement::Public => {
+                return Decision {
+                    result: Ok(Allow {
+                        edits,
+                        rate_limit: None,
+                    }),
+                    ..Decision::deny(Denial::new(ErrorCode::InvalidKey))
+                };
+            }
+            Requirement::Key { scope } => scope.as_deref(),
+        };
+        let mut decision = self.authorise(&extraction, scope, store, clock, edits);
+        decision.scope = scope.map(str::to_owned);
+        decision
+    }
+
+    fn authorise(
+        &self,
+        extraction: &Extraction<'_>,
+        scope: Option<&str>,
+        store: &dyn SharedStore,
+        clock: &dyn Clock,
+        mut edits: HeaderEdits,
+    ) -> Decision {
+        let presented = match &extraction.result {
+            Ok(presented) => presented,
+            Err(error) => {
+                let code = match error {
+                    CredentialError::Missing => ErrorCode::MissingCredentials,
+                    CredentialError::Malformed => ErrorCode::MalformedCredentials,
+                    CredentialError::Conflicting => ErrorCode::ConflictingCredentials,
+                };
+                return Decision::deny(Denial::new(code));
+            }
+        };
+        let hash = KeyHash::of(presented.key);
+        let bytes = match store.get(&record_key(self.table.bank, &hash)) {
+            Ok(Some((bytes, _))) => bytes,
+            Ok(None) => return Decision::deny(Denial::new(ErrorCode::InvalidKey)),
+            // The table cannot be read: fail closed, as if unconfigured.
+            Err(_) => return Decision::deny(Denial::new(ErrorCode::NotConfigured)),
+        };
+        let Some(record) =
+            key_record::decode(&bytes).filter(|r| r.generation == self.table.generation)
+        else {
+            return Decision::deny(Denial::new(ErrorCode::InvalidKey));
+        };
+        let mut decision = Decision::deny(Denial::new(ErrorCode::InvalidKey));
+        decision.key_id = Some(record.id.to_owned());
+        decision.tenant = Some(record.tenant.to_owned());
+        let plan = self.config.plan(record.plan);
+        let denial = |code| Denial {
+            scope: scope.map(str::to_owned),
+            ..Denial::new(code)
+        };
+        if record.revoked {
+            decision.result = Err(denial(ErrorCode::KeyRevoked));
+            return decision;
+        }
+        if record
+            .expires_at
+            .is_some_and(|expires_at| clock.wall_ns() >= expires_at)
+        {
+            decision.result = Err(denial(ErrorCode::KeyExpired));
+            return decision;
+        }
+        if let Some(scope) = scope {
+            if !record.holds(scope) {
+                decision.result = Err(Denial {
+                    via_bearer: presented.via_bearer,
+                    ..denial(ErrorCode::InsufficientScope)
+                });
+                return decision;
+            }
+            let granted = plan.and_then(|plan| plan.scopes.as_deref());
+            if granted.is_some_and(|granted| !granted.iter().any(|pattern| pattern.matches(scope)))
+            {
+                decision.result = Err(Denial {
+                    plan: plan.map(|plan| plan.name.clone()),
+                    ..denial(ErrorCode::PlanUpgradeRequired)
+                });
+                return decision;
+            }
+        }
+        let own_limits = record.limit_table();
+        let limit = rate_limit::select(&own_limits, plan.map(|plan| &plan.rate_limits), scope);
+        let mut report = None;
+        if let Some((pattern, limit)) = limit {
+            match take_token(store, &record, pattern, limit, clock, &mut decision) {
+                Ok(taken) => report = Some(taken),
+                Err(retry_after) => {
+                    decision.result = Err(Denial {
+                        scope: Some(scope.unwrap_or(rate_limit::NO_SCOPE).to_owned()),
+                        retry_after: Some(retry_after),
+                        rate_limit: Some(bucket_report(pattern, limit, 0, retry_after)),
+                        ..Denial::new(ErrorCode::RateLimited)
+                    });
+                    return decision;
+                }
+            }
+        }
+        edits.add.extend(identity_headers(
+            &record,
+            plan.map(|plan| plan.name.as_str()),
+        ));
+        let rate_limit =
+            report.filter(|_| self.config.rate_limit_headers == RateLimitHeaders::Always);
+        decision.result = Ok(Allow { edits, rate_limit });
+        decision
+    }
+
+    /// Removes forged identity headers and, unless the credential is to be
+    /// forwarded, the credential itself (other schemes' elements stay).
+    fn upstream_edits(
+        &self,
+        headers: &[HeaderPair<'_>],
+        extraction: &Extraction<'_>,
+    ) -> HeaderEdits {
+        let mut edits = HeaderEdits::default();
+        let mut remove = |name: &[u8]| {
+            if !edits
+                .remove
+                .iter()
+                .any(|seen| seen.eq_ignore_ascii_case(name))
+            {
+                edits.remove.push(name.to_vec());
+            }
+        };
+        for &(name, _) in headers {
+            let folded: Vec<u8> = name
+                .iter()
+                .map(|&b| {
+                    if b == b'_' {
+                        b'-'
+                    } else {
+                        b.to_ascii_lowercase()
+                    }
+                })
+                .collect();
+            let spelled_with_underscore = name.contains(&b'_');
+            if IDENTITY_HEADERS
+                .iter()
+                .any(|h| h.as_bytes() == folded.as_slice())
+                || (spelled_with_underscore
+                    && (folded == b"x-api-key" || folded == b"authorization"))
+            {
+                remove(name);
+            }
+        }
+        if !self.config.forward_credential {
+            if extraction.authorization_had_credential {
+                remove(b"authorization");
+                if !extraction.other_authorization.is_empty() {
+                    edits.authorization =
+                        Some(extraction.other_authorization.join(b", ".as_slice()));
+                }
+            }
+            if extraction.x_api_key_present {
+                remove(b"x-api-key");
+            }
+        }
+        edits
+    }
+}
+
+/// Takes a token from the (key, pattern) bucket: the report for the
+/// response, or the seconds to wait.
+fn take_token(
+    store: &dyn SharedStore,
+    record: &KeyRecord<'_>,
+    pattern: &ScopePattern,
+    limit: &rate_limit::Limit,
+    clock: &dyn Clock,
+    decision: &mut Decision,
+) -> Result<RateLimitReport, u64> {
+    match bucket_store::take(
+        store,
+        record.id,
+        pattern.as_str(),
+        limit,
+        clock.monotonic_ns(),
+    ) {
+        Ok(Outcome::Bucket { take, conflicts }) => {
+            decision.cas_conflicts = conflicts;
+            match take {
+                Take::Allowed {
+                    remaining,
+                    reset_seconds,
+                    ..
+                } => Ok(bucket_report(pattern, limit, remaining, reset_seconds)),
+                Take::Denied { retry_after } => Err(retry_after),
+            }
+        }
+        Ok(Outcome::Contention) => {
+            decision.cas_conflicts = bucket_store::MAX_CAS_RETRIES.saturating_add(1);
+            decision.contention = true;
+            Err(1)
+        }
+        // A missing entry or an unreadable store: never admit unmetered.
+        Ok(Outcome::Missing) | Err(_) => {
+            decision.contention = true;
+            Err(1)
+        }
+    }
+}
+
+fn bucket_report(
+    pattern: &ScopePattern,
+    limit: &rate_limit::Limit,
+    remaining: u64,
+    reset_seconds: u64,
+) -> RateLimitReport {
+    RateLimitReport {
+        pattern: pattern.as_str().to_owned(),
+        quota: limit.requests,
+        window_seconds: limit.period_seconds,
+        remaining,
+        reset_seconds,
+    }
+}
+
+fn identity_headers(record: &KeyRecord<'_>, plan: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("x-api-key-id", record.id.to_owned()),
+        ("x-api-tenant", record.tenant.to_owned()),
+        ("x-api-scopes", record.scopes_header.to_owned()),
+    ];
+    if let Some(plan) = plan {
+        headers.push(("x-api-plan", plan.to_owned()));
+    }
+    if let Some(env) = record.env {
+        headers.push(("x-api-env", env.to_owned()));
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,474 @@
+//! Every row of contract §3, decided against a published table in an
+//! in-memory store with a fixed clock.
+
+use super::*;
+use crate::key_table::{publish, Publication};
+use crate::memory_store::MemoryStore;
+use crate::timestamp::parse_rfc3339;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+struct FixedClock {
+    wall_ns: i64,
+    monotonic_ns: u64,
+}
+
+impl Clock for FixedClock {
+    fn wall_ns(&self) -> i64 {
+        self.wall_ns
+    }
+    fn monotonic_ns(&self) -> u64 {
+        self.monotonic_ns
+    }
+}
+
+const NOW: &str = "2026-11-25T00:00:00Z";
+
+fn hash(raw: &str) -> String {
+    KeyHash::of(raw.as_bytes()).to_hex()
+}
+
+fn config_text() -> String {
+    format!(
+        r#"{{
+      "keys": [
+        {{"id": "pro", "sha256": "{}", "tenant": "acme", "scopes": ["leads:read", "leads:write", "mcp:tools"],
+          "plan": "pro", "env": "live", "expires_at": "2027-01-31T00:00:00Z"}},
+        {{"id": "free", "sha256": "{}", "tenant": "acme", "scopes": ["leads:*", "mcp:*"], "plan": "free"}},
+        {{"id": "revoked", "sha256": "{}", "tenant": "acme", "revoked": true}},
+        {{"id": "expired", "sha256": "{}", "tenant": "acme", "expires_at": "{NOW}"}},
+        {{"id": "limited", "sha256": "{}", "tenant": "t", "scopes": ["*"],
+          "rate_limits": {{"*": {{"requests": 1, "period_seconds": 60, "burst": 2}}}}}}
+      ],
+      "plans": {{
+        "pro": {{"scopes": ["leads:*", "mcp:*"]}},
+        "free": {{"scopes": ["leads:read"]}}
+      }},
+      "rules": [
+        {{"path_prefix": "/healthz", "public": true}},
+        {{"path_prefix": "/api/v1/leads", "methods": ["GET", "HEAD"], "scope": "leads:read"}},
+        {{"path_prefix": "/api/v1/leads", "methods": ["POST"], "scope": "leads:write"}},
+        {{"path": "/mcp", "scope": "mcp:tools"}},
+        {{"path": "/admin", "scope": "admin"}}
+      ]
+    }}"#,
+        hash("sk_live_pro"),
+        hash("sk_live_free"),
+        hash("sk_live_revoked"),
+        hash("sk_live_expired"),
+        hash("sk_live_limited")
+    )
+}
+
+struct Fixture {
+    store: MemoryStore,
+    gateway: Gateway,
+    clock: FixedClock,
+}
+
+fn fixture_with(text: &str) -> Fixture {
+    let store = MemoryStore::new();
+    let config = Config::parse(text.as_bytes()).unwrap().unwrap();
+    let Publication::Ready(table) = publish(&store, &[1; 32], &config, 0).unwrap() else {
+        panic!("pending")
+    };
+    let clock = FixedClock {
+        wall_ns: parse_rfc3339(NOW).unwrap(),
+        monotonic_ns: 1_000,
+    };
+    Fixture {
+        store,
+        gateway: Gateway::new(config, table),
+        clock,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(&config_text())
+}
+
+impl Fixture {
+    fn decide(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
+        let mut pairs: Vec<HeaderPair<'_>> =
+            vec![(b":method", method.as_bytes()), (b":path", path.as_bytes())];
+        pairs.extend(headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        self.gateway
+            .decide(&RequestHead::from_pairs(&pairs), &self.store, &self.clock)
+    }
+}
+
+fn code(decision: &Decision) -> Option<&'static str> {
+    decision
+        .result
+        .as_ref()
+        .err()
+        .map(|denial| denial.code.as_str())
+}
+
+#[test]
+fn every_denial_row_of_section_3_is_decided() {
+    let f = fixture();
+    /// Name, method, path, headers, expected error code.
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        Option<&'a str>,
+    );
+    let cases: [Case<'_>; 13] = [
+        (
+            "invalid path",
+            "GET",
+            "/api/v1/%2e%2e/%2e%2e/..",
+            &[],
+            Some("invalid_path"),
+        ),
+        (
+            "missing",
+            "GET",
+            "/api/v1/leads",
+            &[],
+            Some("missing_credentials"),
+        ),
+        (
+            "malformed",
+            "GET",
+            "/api/v1/leads",
+            &[("x-api-key", "bad key")],
+            Some("malformed_credentials"),
+        ),
+        (
+            "conflicting",
+            "GET",
+            "/api/v1/leads",
+            &[
+                ("x-api-key", "sk_live_pro"),
+                ("authorization", "Bearer sk_live_free"),
+            ],
+            Some("conflicting_credentials"),
+        ),
+        (
+            "invalid",
+            "GET",
+            "/api/v1/leads",
+            &[("x-api-key", "sk_live_nobody")],
+            Some("invalid_key"),
+        ),
+        (
+            "revoked",
+            "GET",
+            "/api/v1/leads",
+            &[("x-api-key", "sk_live_revoked")],
+            Some("key_revoked"),
+        ),
+        (
+            "expired at the instant",
+            "GET",
+            "/x",
+            &[("x-api-key", "sk_live_expired")],
+            Some("key_expired"),
+        ),
+        (
+            "insufficient scope",
+            "GET",
+            "/admin",
+            &[("x-api-key", "sk_live_pro")],
+            Some("insufficient_scope"),
+        ),
+        (
+            "plan upgrade",
+            "POST",
+            "/api/v1/leads",
+            &[("x-api-key", "sk_live_free")],
+            Some("plan_upgrade_required"),
+        ),
+        (
+            "allowed",
+            "GET",
+            "/api/v1/leads/7",
+            &[("x-api-key", "sk_live_pro")],
+            None,
+        ),
+        (
+            "allowed no rule",
+            "DELETE",
+            "/anything",
+            &[("authorization", "ApiKey sk_live_free")],
+            None,
+        ),
+        ("public without key", "GET", "/healthz", &[], None),
+        (
+            "public with a bad key",
+            "GET",
+            "/healthz",
+            &[("x-api-key", "bad key")],
+            None,
+        ),
+    ];
+    for (name, method, path, headers, expected) in cases {
+        assert_eq!(
+            code(&f.decide(method, path, headers)),
+            expected,
+            "case {name:?}"
+        );
+    }
+}
+
+#[test]
+fn denials_before_the_key_is_known_say_nothing_of_keys() {
+    let f = fixture();
+    let decision = f.decide("GET", "/api/v1/leads", &[("x-api-key", "sk_live_nobody")]);
+    assert_eq!((decision.key_id, decision.tenant), (None, None));
+    let decision = f.decide("GET", "/admin", &[("x-api-key", "sk_live_pro")]);
+    assert_eq!(decision.key_id.as_deref(), Some("pro"));
+    assert_eq!(decision.scope.as_deref(), Some("admin"));
+}
+
+#[test]
+fn scope_denials_carry_the_scope_plan_and_bearer_flag() {
+    let f = fixture();
+    let denial = f
+        .decide("GET", "/admin", &[("authorization", "Bearer sk_live_pro")])
+        .result
+        .unwrap_err();
+    assert_eq!(
+        (denial.scope.as_deref(), denial.via_bearer),
+        (Some("admin"), true)
+    );
+    let denial = f
+        .decide("POST", "/api/v1/leads", &[("x-api-key", "sk_live_free")])
+        .result
+        .unwrap_err();
+    assert_eq!(
+        (denial.scope.as_deref(), denial.plan.as_deref()),
+        (Some("leads:write"), Some("free"))
+    );
+}
+
+#[test]
+fn an_allowed_request_gets_identity_headers_and_loses_its_credential() {
+    let f = fixture();
+    let allow = f
+        .decide(
+            "GET",
+            "/api/v1/leads",
+            &[("authorization", "Bearer sk_live_pro")],
+        )
+        .result
+        .unwrap();
+    assert_eq!(allow.edits.remove, vec![b"authorization".to_vec()]);
+    assert_eq!(allow.edits.authorization, None);
+    assert_eq!(
+        allow.edits.add,
+        vec![
+            ("x-api-key-id", "pro".to_owned()),
+            ("x-api-tenant", "acme".to_owned()),
+            (
+                "x-api-scopes",
+                "leads:read leads:write mcp:tools".to_owned()
+            ),
+            ("x-api-plan", "pro".to_owned()),
+            ("x-api-env", "live".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn effective_scopes_are_narrowed_by_the_plan() {
+    let f = fixture();
+    let allow = f
+        .decide("GET", "/api/v1/leads", &[("x-api-key", "sk_live_free")])
+        .result
+        .unwrap();
+    assert!(
+        allow
+            .edits
+            .add
+            .contains(&("x-api-scopes", "leads:read".to_owned())),
+        "{:?}",
+        allow.edits.add
+    );
+}
+
+#[test]
+fn forged_identity_headers_are_removed_in_every_spelling_even_on_public_routes() {
+    let f = fixture();
+    let forged = [
+        ("x-api-key-id", "admin"),
+        ("X-Api-Tenant", "other"),
+        ("x_api_scopes", "*"),
+        ("x-api_plan", "scale"),
+        ("X_API_ENV", "live"),
+        ("x_api_key", "sk_live_pro"),
+    ];
+    for path in ["/healthz", "/api/v1/leads"] {
+        let mut headers = forged.to_vec();
+        headers.push(("x-api-key", "sk_live_pro"));
+        let allow = f.decide("GET", path, &headers).result.unwrap();
+        let removed: Vec<String> = allow
+            .edits
+            .remove
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        for (name, _) in &forged {
+            assert!(
+                removed.iter().any(|r| r == name),
+                "{path}: {name} not removed from {removed:?}"
+            );
+        }
+        assert!(
+            removed.iter().any(|r| r == "x-api-key"),
+            "{path}: credential kept"
+        );
+    }
+}
+
+#[test]
+fn other_authorization_schemes_are_kept_for_the_upstream() {
+    let f = fixture();
+    let allow = f
+        .decide(
+            "GET",
+            "/healthz",
+            &[("authorization", "Basic abc, Bearer sk_live_pro")],
+        )
+        .result
+        .unwrap();
+    assert_eq!(allow.edits.remove, vec![b"authorization".to_vec()]);
+    assert_eq!(
+        allow.edits.authorization.as_deref(),
+        Some(b"Basic abc".as_slice())
+    );
+    let allow = f
+        .decide("GET", "/healthz", &[("authorization", "Basic abc")])
+        .result
+        .unwrap();
+    assert!(
+        allow.edits.remove.is_empty(),
+        "a foreign Authorization was touched"
+    );
+}
+
+#[test]
+fn forward_credential_keeps_the_credential() {
+    let text = config_text().replacen("\"keys\"", "\"forward_credential\": true, \"keys\"", 1);
+    let f = fixture_with(&text);
+    let allow = f
+        .decide("GET", "/api/v1/leads", &[("x-api-key", "sk_live_pro")])
+        .result
+        .unwrap();
+    assert!(allow.edits.remove.is_empty());
+}
+
+#[test]
+fn a_changed_path_is_rewritten_with_its_query() {
+    let f = fixture();
+    let allow = f
+        .decide(
+            "GET",
+            "/api//v1/./%6ceads?x=1",
+            &[("x-api-key", "sk_live_pro")],
+        )
+        .result
+        .unwrap();
+    assert_eq!(
+        allow.edits.path.as_deref(),
+        Some(b"/api/v1/leads?x=1".as_slice())
+    );
+    assert_eq!(
+        f.decide("GET", "/api/v1/leads?x=1", &[("x-api-key", "sk_live_pro")])
+            .result
+            .unwrap()
+            .edits
+            .path,
+        None
+    );
+}
+
+#[test]
+fn rules_see_the_normalised_path() {
+    let f = fixture();
+    let decision = f.decide(
+        "POST",
+        "/api/v1/x/../leads",
+        &[("x-api-key", "sk_live_free")],
+    );
+    assert_eq!(code(&decision), Some("plan_upgrade_required"));
+}
+
+#[test]
+fn the_burst_is_admitted_then_429_with_its_headers() {
+    let f = fixture();
+    let headers = [("x-api-key", "sk_live_limited")];
+    assert_eq!(code(&f.decide("GET", "/x", &headers)), None);
+    assert_eq!(code(&f.decide("GET", "/x", &headers)), None);
+    let denial = f.decide("GET", "/x", &headers).result.unwrap_err();
+    assert_eq!(denial.code, ErrorCode::RateLimited);
+    assert_eq!(denial.scope.as_deref(), Some("*"));
+    assert_eq!(denial.retry_after, Some(60));
+    let report = denial.rate_limit.unwrap();
+    assert_eq!(
+        (
+            report.pattern.as_str(),
+            report.quota,
+            report.window_seconds,
+            report.remaining
+        ),
+        ("*", 1, 60, 0)
+    );
+}
+
+#[test]
+fn denials_before_the_rate_limit_step_take_no_token() {
+    let f = fixture();
+    for _ in 0..5 {
+        assert_eq!(
+            code(&f.decide(
+                "GET",
+                "/x",
+                &[("x-api-key", "sk_live_limited"), ("x-api-key", "other")]
+            )),
+            Some("conflicting_credentials")
+        );
+    }
+    assert_eq!(
+        code(&f.decide("GET", "/x", &[("x-api-key", "sk_live_limited")])),
+        None
+    );
+}
+
+#[test]
+fn ratelimit_headers_on_allowed_responses_only_when_always() {
+    let f = fixture();
+    assert_eq!(
+        f.decide("GET", "/x", &[("x-api-key", "sk_live_limited")])
+            .result
+            .unwrap()
+            .rate_limit,
+        None
+    );
+    let text = config_text().replacen(
+        "\"keys\"",
+        "\"rate_limit_headers\": \"always\", \"keys\"",
+        1,
+    );
+    let f = fixture_with(&text);
+    let report = f
+        .decide("GET", "/x", &[("x-api-key", "sk_live_limited")])
+        .result
+        .unwrap()
+        .rate_limit
+        .unwrap();
+    assert_eq!((report.remaining, report.reset_seconds), (1, 60));
+}
+
+#[test]
+fn contention_denies_and_is_reported() {
+    let f = fixture();
+    f.store.inject_conflicts(u32::MAX);
+    let decision = f.decide("GET", "/x", &[("x-api-key", "sk_live_limited")]);
+    assert_eq!(code(&decision), Some("rate_limited"));
+    assert!(decision.contention);
+}

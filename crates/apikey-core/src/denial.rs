@@ -1,0 +1,484 @@
+//! Denials as clients see them (contract §3): status, JSON body, headers.
+//!
+//! Every denial is `application/json` with one `error` object; 401s carry a
+//! `WWW-Authenticate` challenge for each enabled scheme, 429s carry
+//! `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` headers. A
+//! body never contains the presented key: nothing here is given it.
+
+use crate::credentials::{Scheme, Schemes};
+
+/// Every error code of contract §3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 400: the path cannot be matched safely.
+    InvalidPath,
+    /// 401: no credential in an enabled scheme.
+    MissingCredentials,
+    /// 401: bad characters, too long, not one of `key_prefixes`.
+    MalformedCredentials,
+    /// 401: two different keys in one request.
+    ConflictingCredentials,
+    /// 401: no key with that hash.
+    InvalidKey,
+    /// 401: the key was revoked.
+    KeyRevoked,
+    /// 401: the key's `expires_at` has passed.
+    KeyExpired,
+    /// 403: the key does not hold the rule's scope.
+    InsufficientScope,
+    /// 403: the key holds it, its plan does not grant it.
+    PlanUpgradeRequired,
+    /// 429: the bucket is empty.
+    RateLimited,
+    /// 503: no valid configuration yet.
+    NotConfigured,
+    /// 503: the fleet's rate-limit service failed and `on_failure` is `deny`.
+    RateLimiterUnavailable,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics.
+    pub const ALL: [Self; 12] = [
+        Self::InvalidPath,
+        Self::MissingCredentials,
+        Self::MalformedCredentials,
+        Self::ConflictingCredentials,
+        Self::InvalidKey,
+        Self::KeyRevoked,
+        Self::KeyExpired,
+        Self::InsufficientScope,
+        Self::PlanUpgradeRequired,
+        Self::RateLimited,
+        Self::NotConfigured,
+        Self::RateLimiterUnavailable,
+    ];
+
+    /// The `error.code` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidPath => "invalid_path",
+            Self::MissingCredentials => "missing_credentials",
+            Self::MalformedCredentials => "malformed_credentials",
+            Self::ConflictingCredentials => "conflicting_credentials",
+            Self::InvalidKey => "invalid_key",
+            Self::KeyRevoked => "key_revoked",
+            Self::KeyExpired => "key_expired",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::PlanUpgradeRequired => "plan_upgrade_required",
+            Self::RateLimited => "rate_limited",
+            Self::NotConfigured => "not_configured",
+            Self::RateLimiterUnavailable => "rate_limiter_unavailable",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> u32 {
+        match self {
+            Self::InvalidPath => 400,
+            Self::MissingCredentials
+            | Self::MalformedCredentials
+            | Self::ConflictingCredentials
+            | Self::InvalidKey
+            | Self::KeyRevoked
+            | Self::KeyExpired => 401,
+            Self::InsufficientScope | Self::PlanUpgradeRequired => 403,
+            Self::RateLimited => 429,
+            Self::NotConfigured | Self::RateLimiterUnavailable => 503,
+        }
+    }
+}
+
+/// The state of the bucket a request counted against, for the `RateLimit`
+/// headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitReport {
+    /// The bucket's pattern (the policy name).
+    pub pattern: String,
+    /// `requests` of the limit.
+    pub quota: u64,
+    /// `period_seconds` of the limit.
+    pub window_seconds: u64,
+    /// Whole tokens left after this request.
+    pub remaining: u64,
+    /// Seconds until the next whole token, at least 1.
+    pub reset_seconds: u64,
+}
+
+impl RateLimitReport {
+    /// `RateLimit-Policy` and `RateLimit` header values.
+    pub fn headers(&self) -> [(&'static str, String); 2] {
+        [
+            (
+                "ratelimit-policy",
+                format!(
+                    "\"{}\";q={};w={}",
+                    self.pattern, self.quota, self.window_seconds
+                ),
+            ),
+            (
+                "ratelimit",
+                format!(
+                    "\"{}\";r={};t={}",
+                    self.pattern, self.remaining, self.reset_seconds
+                ),
+            ),
+        ]
+    }
+}
+
+/// Why a request was denied, with what the body and headers need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// The error.
+    pub code: ErrorCode,
+    /// The scope the request needed (403; `*` for a 429 without one).
+    pub scope: Option<String>,
+    /// The key's plan (403 `plan_upgrade_required`).
+    pub plan: Option<String>,
+    /// Whether a Bearer credential came with the request (403 challenge).
+    pub via_bearer: bool,
+    /// The bucket (429).
+    pub rate_limit: Option<RateLimitReport>,
+    /// Seconds to wait (429).
+    pub retry_after: Option<u64>,
+}
+
+impl Denial {
+    /// A denial with no extra fields.
+    pub fn new(code: ErrorCode) -> Self {
+        Self {
+            code,
+            scope: None,
+            plan: None,
+            via_bearer: false,
+            rate_limit: None,
+            retry_after: None,
+        }
+    }
+}
+
+/// A local reply for Envoy to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u32,
+    /// Response headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON body.
+    pub body: String,
+}
+
+/// Per-configuration text of denials, built once at configure time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DenialText {
+    realm: String,
+    challenge_401: String,
+    missing_message: String,
+}
+
+impl Default for DenialText {
+    /// The text before any configuration: every scheme, realm `api`.
+    fn default() -> Self {
+        Self::new(Schemes::ALL, "api")
+    }
+}
+
+impl DenialText {
+    /// Precomputes the challenges and hints for the enabled `schemes`.
+    pub fn new(schemes: Schemes, realm: &str) -> Self {
+        let mut challenges = Vec::new();
+        let mut hints = Vec::new();
+        for scheme in Scheme::ALL.into_iter().filter(|s| schemes.contains(*s)) {
+            match scheme {
+                Scheme::Bearer => {
+                    challenges.push(format!("Bearer realm=\"{realm}\""));
+                    hints.push("Authorization: Bearer <key>");
+                }
+                Scheme::ApiKey => {
+                    challenges.push(format!("ApiKey realm=\"{realm}\""));
+                    hints.push("Authorization: ApiKey <key>");
+                }
+                Scheme::XApiKey => hints.push("X-API-Key: <key>"),
+            }
+        }
+        // RFC 9110 requires at least one challenge on a 401.
+        if challenges.is_empty() {
+            challenges.push(format!("ApiKey realm=\"{realm}\", header=\"X-API-Key\""));
+        }
+        Self {
+            realm: realm.to_owned(),
+            challenge_401: challenges.join(", "),
+            missing_message: format!(
+                "This request needs an API key. Send it as {}.",
+                hints.join(" or ")
+            ),
+        }
+    }
+
+    /// Renders `denial` for the request whose `x-request-id` is `request_id`.
+    pub fn render(&self, denial: &Denial, request_id: Option<&[u8]>) -> Reply {
+        let code = denial.code;
+        let scope = denial.scope.as_deref().unwrap_or("*");
+        let message = match code {
+            ErrorCode::InvalidPath => "The request path cannot be matched safely.".to_owned(),
+            ErrorCode::MissingCredentials => self.missing_message.clone(),
+            ErrorCode::MalformedCredentials => "The API key is malformed.".to_owned(),
+            ErrorCode::ConflictingCredentials => {
+                "The request carries more than one different API key.".to_owned()
+            }
+            ErrorCode::InvalidKey => "The API key is not valid.".to_owned(),
+            ErrorCode::KeyRevoked => "The API key has been revoked.".to_owned(),
+            ErrorCode::KeyExpired => "The API key has expired.".to_owned(),
+            ErrorCode::InsufficientScope => format!("This key does not hold the scope {scope}."),
+            ErrorCode::PlanUpgradeRequired => format!(
+                "The {} plan does not include the scope {scope}; upgrade the plan to use it.",
+                denial.plan.as_deref().unwrap_or("current")
+            ),
+            ErrorCode::RateLimited => format!(
+                "Rate limit exceeded for {scope}. Retry after {} seconds.",
+                denial.retry_after.unwrap_or(1)
+            ),
+            ErrorCode::NotConfigured => {
+                "The API gateway has not received its configuration yet.".to_owned()
+            }
+            ErrorCode::RateLimiterUnavailable => {
+                "The rate-limit service is unavailable.".to_owned()
+            }
+        };
+        let mut body = String::with_capacity(160);
+        body.push_str("{\"error\":{\"code\":\"");
+        body.push_str(code.as_str());
+        body.push_str("\",\"message\":");
+        push_json_string(&mut body, message.as_bytes());
+        match code {
+            ErrorCode::InsufficientScope => push_field(&mut body, "required_scope", scope),
+            ErrorCode::PlanUpgradeRequired => {
+                push_field(&mut body, "required_scope", scope);
+                push_field(
+                    &mut body,
+                    "plan",
+                    denial.plan.as_deref().unwrap_or_default(),
+                );
+            }
+            ErrorCode::RateLimited => {
+                push_field(&mut body, "scope", scope);
+                body.push_str(&format!(
+                    ",\"retry_after\":{}",
+                    denial.retry_after.unwrap_or(1)
+                ));
+            }
+            _ => {}
+        }
+        body.push_str(",\"request_id\":");
+        match request_id {
+            Some(id) => push_json_string(&mut body, id),
+            None => body.push_str("null"),
+        }
+        body.push_str("}}");
+
+        let mut headers = vec![
+            ("content-type", "application/json".to_owned()),
+            ("cache-control", "no-store".to_owned()),
+        ];
+        match code.status() {
+            401 => headers.push(("www-authenticate", self.challenge_401.clone())),
+            403 if code == ErrorCode::InsufficientScope && denial.via_bearer => headers.push((
+                "www-authenticate",
+                format!(
+                    "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{scope}\"",
+                    self.realm
+                ),
+            )),
+            429 => {
+                headers.push(("retry-after", denial.retry_after.unwrap_or(1).to_string()));
+                if let Some(report) = &denial.rate_limit {
+                    headers.extend(report.headers());
+                }
+            }
+            _ => {}
+        }
+        Reply {
+            status: code.status(),
+            headers,
+            body,
+        }
+    }
+}
+
+fn push_field(body: &mut String, name: &str, value: &str) {
+    body.push_str(",\"");
+    body.push_str(name);
+    body.push_str("\":");
+    push_json_string(body, value.as_bytes());
+}
+
+/// Appends `bytes` as a JSON string; invalid UTF-8 becomes U+FFFD and
+/// control characters are escaped, so client-chosen text (a request id)
+/// cannot break the document.
+fn push_json_string(out: &mut String, bytes: &[u8]) {
+    out.push('"');
+    for c in String::from_utf8_lossy(bytes).chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn error(reply: &Reply) -> Value {
+        let document: Value = serde_json::from_str(&reply.body).expect("the body is JSON");
+        document["error"].clone()
+    }
+
+    #[test]
+    fn every_code_renders_valid_json_with_its_status() {
+        let text = DenialText::default();
+        for code in ErrorCode::ALL {
+            let reply = text.render(&Denial::new(code), Some(b"req-1"));
+            assert_eq!(reply.status, code.status(), "{code:?}");
+            let error = error(&reply);
+            assert_eq!(error["code"], code.as_str());
+            assert_eq!(error["request_id"], "req-1");
+            assert!(
+                error["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{code:?}"
+            );
+            assert_eq!(header(&reply, "content-type"), Some("application/json"));
+        }
+    }
+
+    #[test]
+    fn every_401_carries_a_challenge_per_enabled_scheme() {
+        let cases = [
+            (Schemes::ALL, "Bearer realm=\"api\", ApiKey realm=\"api\""),
+            (Schemes::NONE.with(Scheme::Bearer), "Bearer realm=\"api\""),
+            (
+                Schemes::NONE.with(Scheme::XApiKey),
+                "ApiKey realm=\"api\", header=\"X-API-Key\"",
+            ),
+            (
+                Schemes::NONE.with(Scheme::ApiKey).with(Scheme::XApiKey),
+                "ApiKey realm=\"api\"",
+            ),
+        ];
+        for (schemes, expected) in cases {
+            let reply =
+                DenialText::new(schemes, "api").render(&Denial::new(ErrorCode::InvalidKey), None);
+            assert_eq!(
+                header(&reply, "www-authenticate"),
+                Some(expected),
+                "{schemes:?}"
+            );
+        }
+        let reply =
+            DenialText::new(Schemes::ALL, "crm").render(&Denial::new(ErrorCode::KeyExpired), None);
+        assert_eq!(
+            header(&reply, "www-authenticate"),
+            Some("Bearer realm=\"crm\", ApiKey realm=\"crm\"")
+        );
+    }
+
+    #[test]
+    fn insufficient_scope_names_the_scope_and_challenges_bearer_clients() {
+        let denial = Denial {
+            scope: Some("leads:write".into()),
+            via_bearer: true,
+            ..Denial::new(ErrorCode::InsufficientScope)
+        };
+        let reply = DenialText::default().render(&denial, None);
+        assert_eq!(error(&reply)["required_scope"], "leads:write");
+        assert_eq!(
+            error(&reply)["message"],
+            "This key does not hold the scope leads:write."
+        );
+        assert_eq!(
+            header(&reply, "www-authenticate"),
+            Some("Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"leads:write\"")
+        );
+        let reply = DenialText::default().render(
+            &Denial {
+                via_bearer: false,
+                ..denial
+            },
+            None,
+        );
+        assert_eq!(header(&reply, "www-authenticate"), None);
+    }
+
+    #[test]
+    fn plan_upgrade_names_scope_and_plan() {
+        let denial = Denial {
+            scope: Some("mcp:tools".into()),
+            plan: Some("free".into()),
+            ..Denial::new(ErrorCode::PlanUpgradeRequired)
+        };
+        let error = error(&DenialText::default().render(&denial, None));
+        assert_eq!(
+            (error["required_scope"].as_str(), error["plan"].as_str()),
+            (Some("mcp:tools"), Some("free"))
+        );
+    }
+
+    #[test]
+    fn rate_limited_carries_retry_after_and_ratelimit_headers() {
+        let report = RateLimitReport {
+            pattern: "leads:*".into(),
+            quota: 10,
+            window_seconds: 60,
+            remaining: 0,
+            reset_seconds: 6,
+        };
+        let denial = Denial {
+            scope: Some("leads:read".into()),
+            retry_after: Some(6),
+            rate_limit: Some(report),
+            ..Denial::new(ErrorCode::RateLimited)
+        };
+        let reply = DenialText::default().render(&denial, None);
+        assert_eq!(error(&reply)["scope"], "leads:read");
+        assert_eq!(error(&reply)["retry_after"], 6);
+        assert_eq!(header(&reply, "retry-after"), Some("6"));
+        assert_eq!(
+            header(&reply, "ratelimit-policy"),
+            Some("\"leads:*\";q=10;w=60")
+        );
+        assert_eq!(header(&reply, "ratelimit"), Some("\"leads:*\";r=0;t=6"));
+    }
+
+    #[test]
+    fn hostile_request_ids_cannot_break_the_body() {
+        let reply = DenialText::default().render(
+            &Denial::new(ErrorCode::InvalidKey),
+            Some(b"a\"b\\c\n\x00\xff\xfe}"),
+        );
+        assert_eq!(
+            error(&reply)["request_id"],
+            "a\"b\\c\n\u{0}\u{fffd}\u{fffd}}"
+        );
+        let reply = DenialText::default().render(&Denial::new(ErrorCode::InvalidKey), None);
+        assert_eq!(error(&reply)["request_id"], Value::Null);
+    }
+}

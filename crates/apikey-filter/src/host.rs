@@ -1,0 +1,293 @@
+//! Every host call the filter makes, each mapped to a `Result` once, here.
+//!
+//! The SDK's `hostcalls` helpers `panic!` on an unexpected status and turn
+//! header names into `String` (panicking on non-UTF-8 bytes); a panic traps
+//! the VM and fails every later request on its worker. So the few calls the
+//! filter needs are declared directly against the proxy-wasm ABI, take and
+//! return bytes, and report a status as an error the caller decides on.
+
+use std::ptr::null_mut;
+
+use apikey_core::decision::Clock;
+use apikey_core::key_table::{SharedStore, StoreError};
+
+/// A host status other than `Ok`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostError(pub u32);
+
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+const CAS_MISMATCH: u32 = 8;
+
+const REQUEST_HEADERS: u32 = 0;
+const RESPONSE_HEADERS: u32 = 2;
+const PLUGIN_CONFIGURATION: u32 = 7;
+
+/// proxy-wasm log levels.
+#[derive(Clone, Copy, Debug)]
+#[repr(u32)]
+pub enum Level {
+    /// Routine events (configuration loaded).
+    Info = 2,
+    /// Something an operator should look at.
+    Warn = 3,
+    /// A refused configuration, a trap.
+    Critical = 5,
+}
+
+// The SDK declares these imports too, with its own enum types for the
+// same `u32`s; ours keep statuses as plain numbers so no unknown value can
+// become an invalid enum.
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message: *const u8, size: usize) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_add_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+    fn proxy_send_local_response(
+        status: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *mut *mut u8,
+        value_size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer: u32,
+        start: usize,
+        max_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+}
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    /// WASI's clock; Envoy answers the monotonic id with its process-wide
+    /// steady clock, so every worker reads the same timeline.
+    fn clock_time_get(id: u32, precision: u64, time: *mut u64) -> u16;
+}
+
+const WASI_CLOCK_MONOTONIC: u32 = 1;
+
+fn check(status: u32) -> Result<(), HostError> {
+    if status == OK {
+        Ok(())
+    } else {
+        Err(HostError(status))
+    }
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's
+/// `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes).
+fn owned(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the host wrote `size` bytes into memory it obtained from the
+    // module's allocator for exactly `size` bytes, and hands it over.
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// Writes a log line. Failing to log is not worth failing a request over.
+pub fn log(level: Level, message: &str) {
+    // SAFETY: pointer and length describe a live string.
+    let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+}
+
+fn header_pairs(map: u32) -> Result<Vec<u8>, HostError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: out-pointers are valid for writes.
+    check(unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) })?;
+    Ok(owned(data, size))
+}
+
+/// The request headers, serialised (parse with `apikey_core::header_map`).
+pub fn request_headers() -> Result<Vec<u8>, HostError> {
+    header_pairs(REQUEST_HEADERS)
+}
+
+/// Removes every value of a request header.
+pub fn remove_request_header(name: &[u8]) -> Result<(), HostError> {
+    // SAFETY: pointer and length describe a live slice.
+    check(unsafe { proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()) })
+}
+
+/// Adds a request header value.
+pub fn add_request_header(name: &[u8], value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths describe live slices.
+    check(unsafe {
+        proxy_add_header_map_value(
+            REQUEST_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+/// Sets a request header (or pseudo-header such as `:path`) to one value.
+pub fn replace_request_header(name: &[u8], value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths describe live slices.
+    check(unsafe {
+        proxy_replace_header_map_value(
+            REQUEST_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+/// Sets a response header to one value.
+pub fn replace_response_header(name: &[u8], value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths describe live slices.
+    check(unsafe {
+        proxy_replace_header_map_value(
+            RESPONSE_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+/// Answers the request locally; `details` shows in Envoy's
+/// `%RESPONSE_CODE_DETAILS%`.
+pub fn send_local_response(
+    status: u32,
+    details: &str,
+    headers: &[u8],
+    body: &[u8],
+) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths describe live buffers.
+    check(unsafe {
+        proxy_send_local_response(
+            status,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    })
+}
+
+/// The plugin configuration, whole.
+pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: out-pointers are valid for writes.
+    match unsafe {
+        proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, usize::MAX, &mut data, &mut size)
+    } {
+        OK => Ok(owned(data, size)),
+        // No configuration at all is the empty configuration.
+        NOT_FOUND => Ok(Vec::new()),
+        status => Err(HostError(status)),
+    }
+}
+
+/// Asks for `on_tick` every `period_ms` (0 stops it).
+pub fn set_tick_period(period_ms: u32) -> Result<(), HostError> {
+    // SAFETY: plain value call.
+    check(unsafe { proxy_set_tick_period_milliseconds(period_ms) })
+}
+
+/// Process-wide shared data, the home of the key table and the buckets.
+pub struct SharedData;
+
+impl SharedStore for SharedData {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        let mut cas = 0;
+        // SAFETY: the key is a live string; out-pointers are valid.
+        match unsafe {
+            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        } {
+            OK => Ok(Some((owned(data, size), cas))),
+            NOT_FOUND => Ok(None),
+            status => Err(StoreError::Host(status)),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        // SAFETY: key and value are live buffers.
+        match unsafe {
+            proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+        } {
+            OK => Ok(()),
+            CAS_MISMATCH => Err(StoreError::CasMismatch),
+            status => Err(StoreError::Host(status)),
+        }
+    }
+}
+
+/// The host's clocks.
+pub struct HostClock;
+
+impl HostClock {
+    /// Monotonic nanoseconds (0 if the host refuses, which only stops
+    /// buckets from refilling: it never mints tokens).
+    pub fn monotonic() -> u64 {
+        let mut time = 0;
+        // SAFETY: the out-pointer is valid for writes.
+        let _ = unsafe { clock_time_get(WASI_CLOCK_MONOTONIC, 1, &mut time) };
+        time
+    }
+}
+
+impl Clock for HostClock {
+    fn wall_ns(&self) -> i64 {
+        let mut time = 0;
+        // SAFETY: the out-pointer is valid for writes.
+        if unsafe { proxy_get_current_time_nanoseconds(&mut time) } != OK {
+            // Without a wall clock, fail closed: every expiring key is expired.
+            return i64::MAX;
+        }
+        i64::try_from(time).unwrap_or(i64::MAX)
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        Self::monotonic()
+    }
+}

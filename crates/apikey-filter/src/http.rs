@@ -1,0 +1,142 @@
+//! The HTTP context: one request, decided by the core, applied to Envoy.
+//!
+//! It reads the request header map in one host call as bytes, asks the
+//! gateway for a decision, and either sends the JSON denial or applies the
+//! header edits (forged identity and credential headers out, identity
+//! headers in, `:path` normalised). Nothing here decides anything.
+
+use std::rc::Rc;
+
+use apikey_core::decision::{Allow, Gateway, HeaderEdits, RequestHead};
+use apikey_core::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
+use apikey_core::header_map;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use crate::host::{self, HostClock, Level, SharedData};
+
+/// One request's context.
+pub struct RequestContext {
+    gateway: Option<Rc<Gateway>>,
+    /// `RateLimit` headers for the response, when configured.
+    rate_limit: Option<RateLimitReport>,
+}
+
+impl RequestContext {
+    /// A context serving `gateway` (`None`: not configured).
+    pub fn new(gateway: Option<Rc<Gateway>>) -> Self {
+        Self {
+            gateway,
+            rate_limit: None,
+        }
+    }
+
+    fn decide(&mut self) -> Action {
+        let Some(gateway) = self.gateway.clone() else {
+            return deny(
+                &DenialText::default().render(&Denial::new(ErrorCode::NotConfigured), None),
+                ErrorCode::NotConfigured,
+            );
+        };
+        let buffer = match host::request_headers() {
+            Ok(buffer) => buffer,
+            Err(error) => {
+                return fail_closed(&gateway, &format!("request headers unreadable ({error:?})"))
+            }
+        };
+        let Ok(pairs) = header_map::parse(&buffer) else {
+            return fail_closed(&gateway, "request header map malformed");
+        };
+        let request = RequestHead::from_pairs(&pairs);
+        let decision = gateway.decide(&request, &SharedData, &HostClock);
+        match decision.result {
+            Ok(allow) => self.forward(allow),
+            Err(denial) => deny(&gateway.render(&denial, request.request_id), denial.code),
+        }
+    }
+
+    fn forward(&mut self, allow: Allow) -> Action {
+        if let Err(error) = apply(&allow.edits) {
+            // Forwarding with a credential or forged header left in would be
+            // worse than failing the request.
+            host::log(
+                Level::Warn,
+                &format!("apikey: header edit failed ({error:?}); request refused"),
+            );
+            let reply = DenialText::default().render(&Denial::new(ErrorCode::NotConfigured), None);
+            return deny(&reply, ErrorCode::NotConfigured);
+        }
+        self.rate_limit = allow.rate_limit;
+        Action::Continue
+    }
+}
+
+fn apply(edits: &HeaderEdits) -> Result<(), host::HostError> {
+    for name in &edits.remove {
+        host::remove_request_header(name)?;
+    }
+    if let Some(authorization) = &edits.authorization {
+        host::add_request_header(b"authorization", authorization)?;
+    }
+    for (name, value) in &edits.add {
+        host::add_request_header(name.as_bytes(), value.as_bytes())?;
+    }
+    if let Some(path) = &edits.path {
+        host::replace_request_header(b":path", path)?;
+    }
+    Ok(())
+}
+
+fn fail_closed(gateway: &Gateway, reason: &str) -> Action {
+    host::log(Level::Warn, &format!("apikey: {reason}; request refused"));
+    deny(
+        &gateway.render(&Denial::new(ErrorCode::NotConfigured), None),
+        ErrorCode::NotConfigured,
+    )
+}
+
+fn deny(reply: &Reply, code: ErrorCode) -> Action {
+    let headers = header_map::serialise(
+        &reply
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect::<Vec<_>>(),
+    );
+    let details = match code {
+        ErrorCode::NotConfigured => "apikey_not_configured",
+        _ => "apikey_denied",
+    };
+    if let Err(error) =
+        host::send_local_response(reply.status, details, &headers, reply.body.as_bytes())
+    {
+        host::log(
+            Level::Critical,
+            &format!("apikey: cannot send the denial ({error:?})"),
+        );
+    }
+    Action::Pause
+}
+
+impl Context for RequestContext {}
+
+impl HttpContext for RequestContext {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.decide()
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(report) = self.rate_limit.take() {
+            for (name, value) in report.headers() {
+                if let Err(error) = host::replace_response_header(name.as_bytes(), value.as_bytes())
+                {
+                    host::log(
+                        Level::Warn,
+                        &format!("apikey: cannot set {name} ({error:?})"),
+                    );
+                }
+            }
+        }
+        Action::Continue
+    }
+}

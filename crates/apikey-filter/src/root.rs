@@ -1,0 +1,183 @@
+//! The root context: validates each configuration and publishes its keys.
+//!
+//! Envoy creates a root context per configuration in every worker VM (and
+//! once on the main thread to validate it). `on_configure` refuses an
+//! invalid configuration by returning `false`, so Envoy keeps the previous
+//! filter. A valid one is published into shared data once per process; a
+//! worker that finds another worker still writing the same table keeps
+//! serving this VM's previous table and polls on its tick until the new one
+//! is complete.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use apikey_core::config::Config;
+use apikey_core::decision::Gateway;
+use apikey_core::key_hash::KeyHash;
+use apikey_core::key_table::{self, Digest, Publication};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+
+use crate::host::{self, HostClock, Level, SharedData};
+use crate::http::RequestContext;
+
+/// How often a worker waiting for another's table checks on it.
+const PENDING_POLL_MS: u32 = 50;
+
+thread_local! {
+    /// The newest gateway this VM has served, for root contexts whose own
+    /// table is still being written by another worker.
+    static LATEST_READY: RefCell<Option<Rc<Gateway>>> = const { RefCell::new(None) };
+    /// Counts configurations seen by this VM, so an outdated root context
+    /// stops polling instead of publishing a superseded table.
+    static CONFIGURE_SEQUENCE: Cell<u64> = const { Cell::new(0) };
+}
+
+enum State {
+    /// No configuration, or the empty one: every request gets 503.
+    Unconfigured,
+    /// Valid, but another worker is still writing its table.
+    Pending { config: Box<Config>, digest: Digest },
+    /// Serving.
+    Ready(Rc<Gateway>),
+}
+
+/// One configuration's root context.
+pub struct ConfigContext {
+    state: State,
+    sequence: u64,
+}
+
+impl ConfigContext {
+    /// A root context before `on_configure`.
+    pub fn new() -> Self {
+        Self {
+            state: State::Unconfigured,
+            sequence: 0,
+        }
+    }
+
+    /// The gateway requests of this configuration use now.
+    fn gateway(&self) -> Option<Rc<Gateway>> {
+        match &self.state {
+            State::Ready(gateway) => Some(Rc::clone(gateway)),
+            State::Pending { .. } => LATEST_READY.with(|latest| latest.borrow().clone()),
+            State::Unconfigured => None,
+        }
+    }
+
+    /// Publishes (or finds) the table; `false` when the store refused.
+    fn publish(&mut self, config: Box<Config>, digest: Digest) -> bool {
+        match key_table::publish(&SharedData, &digest, &config, HostClock::monotonic()) {
+            Ok(Publication::Ready(table)) => {
+                let keys = config.keys.len();
+                let gateway = Rc::new(Gateway::new(*config, table));
+                LATEST_READY.with(|latest| *latest.borrow_mut() = Some(Rc::clone(&gateway)));
+                host::log(
+                    Level::Info,
+                    &format!(
+                        "apikey: configuration loaded: {keys} keys, table generation {}",
+                        table.generation
+                    ),
+                );
+                self.state = State::Ready(gateway);
+                let _ = host::set_tick_period(0);
+                true
+            }
+            Ok(Publication::Pending) => {
+                self.state = State::Pending { config, digest };
+                if host::set_tick_period(PENDING_POLL_MS).is_err() {
+                    host::log(
+                        Level::Warn,
+                        "apikey: cannot set a tick; the pending table will not be polled",
+                    );
+                }
+                true
+            }
+            Err(error) => {
+                host::log(
+                    Level::Critical,
+                    &format!("apikey: configuration refused: key table not published: {error:?}"),
+                );
+                false
+            }
+        }
+    }
+}
+
+impl Default for ConfigContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Context for ConfigContext {}
+
+impl RootContext for ConfigContext {
+    fn on_configure(&mut self, _configuration_size: usize) -> bool {
+        self.sequence = CONFIGURE_SEQUENCE.with(|sequence| {
+            let next = sequence.get().saturating_add(1);
+            sequence.set(next);
+            next
+        });
+        let bytes = match host::plugin_configuration() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                host::log(
+                    Level::Critical,
+                    &format!("apikey: configuration refused: unreadable ({error:?})"),
+                );
+                return false;
+            }
+        };
+        match Config::parse(&bytes) {
+            Err(error) => {
+                host::log(
+                    Level::Critical,
+                    &format!("apikey: configuration refused: {error}"),
+                );
+                false
+            }
+            Ok(None) => {
+                host::log(
+                    Level::Info,
+                    "apikey: empty configuration: answering 503 not_configured",
+                );
+                self.state = State::Unconfigured;
+                true
+            }
+            Ok(Some(config)) => self.publish(Box::new(config), *KeyHash::of(&bytes).as_bytes()),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let superseded = CONFIGURE_SEQUENCE.with(Cell::get) != self.sequence;
+        match std::mem::replace(&mut self.state, State::Unconfigured) {
+            State::Pending { .. } if superseded => {
+                let _ = host::set_tick_period(0);
+            }
+            State::Pending { config, digest } => {
+                // A store error here leaves the previous table serving; the
+                // next tick tries again.
+                if !self.publish(config, digest) {
+                    host::log(
+                        Level::Warn,
+                        "apikey: pending table still not published; retrying",
+                    );
+                }
+            }
+            other => {
+                self.state = other;
+                let _ = host::set_tick_period(0);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(RequestContext::new(self.gateway())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

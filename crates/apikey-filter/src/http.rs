@@ -32,22 +32,21 @@ impl RequestContext {
     }
 
     fn decide(&mut self) -> Action {
-        let Some(gateway) = self.gateway.clone() else {
-            return deny(
-                &DenialText::default().render(&Denial::new(ErrorCode::NotConfigured), None),
-                ErrorCode::NotConfigured,
-            );
-        };
         let buffer = match host::request_headers() {
             Ok(buffer) => buffer,
-            Err(error) => {
-                return fail_closed(&gateway, &format!("request headers unreadable ({error:?})"))
-            }
+            Err(error) => return fail_closed(&format!("request headers unreadable ({error:?})")),
         };
         let Ok(pairs) = header_map::parse(&buffer) else {
-            return fail_closed(&gateway, "request header map malformed");
+            return fail_closed("request header map malformed");
         };
         let request = RequestHead::from_pairs(&pairs);
+        let Some(gateway) = self.gateway.clone() else {
+            let denial = Denial::new(ErrorCode::NotConfigured);
+            return deny(
+                &DenialText::default().render(&denial, request.request_id),
+                denial.code,
+            );
+        };
         let decision = gateway.decide(&request, &SharedData, &HostClock);
         match decision.result {
             Ok(allow) => self.forward(allow),
@@ -59,12 +58,7 @@ impl RequestContext {
         if let Err(error) = apply(&allow.edits) {
             // Forwarding with a credential or forged header left in would be
             // worse than failing the request.
-            host::log(
-                Level::Warn,
-                &format!("apikey: header edit failed ({error:?}); request refused"),
-            );
-            let reply = DenialText::default().render(&Denial::new(ErrorCode::NotConfigured), None);
-            return deny(&reply, ErrorCode::NotConfigured);
+            return fail_closed(&format!("header edit failed ({error:?})"));
         }
         self.rate_limit = allow.rate_limit;
         Action::Continue
@@ -87,12 +81,11 @@ fn apply(edits: &HeaderEdits) -> Result<(), host::HostError> {
     Ok(())
 }
 
-fn fail_closed(gateway: &Gateway, reason: &str) -> Action {
-    host::log(Level::Warn, &format!("apikey: {reason}; request refused"));
-    deny(
-        &gateway.render(&Denial::new(ErrorCode::NotConfigured), None),
-        ErrorCode::NotConfigured,
-    )
+/// Refuses a request the filter cannot decide or forward safely.
+fn fail_closed(reason: &str) -> Action {
+    host::log(Level::Warn, &format!("{reason}; request refused"));
+    let denial = Denial::new(ErrorCode::NotConfigured);
+    deny(&DenialText::default().render(&denial, None), denial.code)
 }
 
 fn deny(reply: &Reply, code: ErrorCode) -> Action {
@@ -112,7 +105,7 @@ fn deny(reply: &Reply, code: ErrorCode) -> Action {
     {
         host::log(
             Level::Critical,
-            &format!("apikey: cannot send the denial ({error:?})"),
+            &format!("cannot send the denial ({error:?})"),
         );
     }
     Action::Pause
@@ -130,10 +123,7 @@ impl HttpContext for RequestContext {
             for (name, value) in report.headers() {
                 if let Err(error) = host::replace_response_header(name.as_bytes(), value.as_bytes())
                 {
-                    host::log(
-                        Level::Warn,
-                        &format!("apikey: cannot set {name} ({error:?})"),
-                    );
+                    host::log(Level::Warn, &format!("cannot set {name} ({error:?})"));
                 }
             }
         }

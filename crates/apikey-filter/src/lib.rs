@@ -21,7 +21,7 @@ mod entry {
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Info);
         std::panic::set_hook(Box::new(|info| {
-            host::log(host::Level::Critical, &format!("apikey: panic: {info}"));
+            host::log(host::Level::Critical, &format!("panic: {info}"));
         }));
         proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::ConfigContext::new()) });
     }}

@@ -76,7 +76,7 @@ impl ConfigContext {
                 host::log(
                     Level::Info,
                     &format!(
-                        "apikey: configuration loaded: {keys} keys, table generation {}",
+                        "configuration loaded: {keys} keys, table generation {}",
                         table.generation
                     ),
                 );
@@ -89,7 +89,7 @@ impl ConfigContext {
                 if host::set_tick_period(PENDING_POLL_MS).is_err() {
                     host::log(
                         Level::Warn,
-                        "apikey: cannot set a tick; the pending table will not be polled",
+                        "cannot set a tick; the pending table will not be polled",
                     );
                 }
                 true
@@ -97,7 +97,7 @@ impl ConfigContext {
             Err(error) => {
                 host::log(
                     Level::Critical,
-                    &format!("apikey: configuration refused: key table not published: {error:?}"),
+                    &format!("configuration refused: key table not published: {error:?}"),
                 );
                 false
             }
@@ -125,23 +125,20 @@ impl RootContext for ConfigContext {
             Err(error) => {
                 host::log(
                     Level::Critical,
-                    &format!("apikey: configuration refused: unreadable ({error:?})"),
+                    &format!("configuration refused: unreadable ({error:?})"),
                 );
                 return false;
             }
         };
         match Config::parse(&bytes) {
             Err(error) => {
-                host::log(
-                    Level::Critical,
-                    &format!("apikey: configuration refused: {error}"),
-                );
+                host::log(Level::Critical, &format!("configuration refused: {error}"));
                 false
             }
             Ok(None) => {
                 host::log(
                     Level::Info,
-                    "apikey: empty configuration: answering 503 not_configured",
+                    "empty configuration: answering 503 not_configured",
                 );
                 self.state = State::Unconfigured;
                 true
@@ -160,10 +157,7 @@ impl RootContext for ConfigContext {
                 // A store error here leaves the previous table serving; the
                 // next tick tries again.
                 if !self.publish(config, digest) {
-                    host::log(
-                        Level::Warn,
-                        "apikey: pending table still not published; retrying",
-                    );
+                    host::log(Level::Warn, "pending table still not published; retrying");
                 }
             }
             other => {

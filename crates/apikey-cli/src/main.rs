@@ -1,0 +1,3 @@
+//! `apikey`: the key-management command line (being written).
+
+fn main() {}

@@ -56,7 +56,9 @@ pub struct TableRef {
 /// The result of publishing a configuration's keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Publication {
-    /// The table is complete and can serve requests.
+    /// This call wrote the table; it is complete and can serve requests.
+    Written(TableRef),
+    /// Another worker had written the table; it can serve requests.
     Ready(TableRef),
     /// Another worker is writing this table; ask again later.
     Pending,
@@ -237,7 +239,7 @@ pub fn publish(
             return Ok(Publication::Pending);
         }
         create_bucket_entries(store, config)?;
-        return mark_ready(store, index, &claim);
+        return mark_written(store, index, &claim);
     }
     Err(StoreError::Contention)
 }
@@ -296,7 +298,7 @@ fn is_limited(key: &KeySpec, config: &Config) -> bool {
             .is_some_and(|plan| !plan.rate_limits.is_empty())
 }
 
-fn mark_ready(
+fn mark_written(
     store: &dyn SharedStore,
     index: usize,
     claim: &Bank,
@@ -311,7 +313,7 @@ fn mark_ready(
         }
         bank.state = BankState::Ready;
         match store.set(HEAD_KEY, &head.encode(), cas) {
-            Ok(()) => return Ok(Publication::Ready(table_ref(index, claim.generation))),
+            Ok(()) => return Ok(Publication::Written(table_ref(index, claim.generation))),
             Err(StoreError::CasMismatch) => continue,
             Err(error) => return Err(error),
         }

@@ -14,6 +14,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::host::{self, HostClock, Level, SharedData};
+use crate::metrics;
 
 /// One request's context.
 pub struct RequestContext {
@@ -48,6 +49,9 @@ impl RequestContext {
             );
         };
         let decision = gateway.decide(&request, &SharedData, &HostClock);
+        if decision.cas_conflicts > 0 || decision.contention {
+            metrics::bucket_contention(decision.cas_conflicts, decision.contention);
+        }
         match decision.result {
             Ok(allow) => self.forward(allow),
             Err(denial) => deny(&gateway.render(&denial, request.request_id), denial.code),
@@ -61,6 +65,7 @@ impl RequestContext {
             return fail_closed(&format!("header edit failed ({error:?})"));
         }
         self.rate_limit = allow.rate_limit;
+        metrics::allowed();
         Action::Continue
     }
 }
@@ -89,6 +94,7 @@ fn fail_closed(reason: &str) -> Action {
 }
 
 fn deny(reply: &Reply, code: ErrorCode) -> Action {
+    metrics::denied(code);
     let headers = header_map::serialise(
         &reply
             .headers

@@ -20,6 +20,7 @@ use proxy_wasm::types::ContextType;
 
 use crate::host::{self, HostClock, Level, SharedData};
 use crate::http::RequestContext;
+use crate::metrics;
 
 /// How often a worker waiting for another's table checks on it.
 const PENDING_POLL_MS: u32 = 50;
@@ -69,8 +70,12 @@ impl ConfigContext {
     /// Publishes (or finds) the table; `false` when the store refused.
     fn publish(&mut self, config: Box<Config>, digest: Digest) -> bool {
         match key_table::publish(&SharedData, &digest, &config, HostClock::monotonic()) {
-            Ok(Publication::Ready(table)) => {
+            Ok(publication @ (Publication::Ready(table) | Publication::Written(table))) => {
+                if matches!(publication, Publication::Written(_)) {
+                    metrics::config_accepted();
+                }
                 let keys = config.keys.len();
+                metrics::keys_loaded(keys);
                 let gateway = Rc::new(Gateway::new(*config, table));
                 LATEST_READY.with(|latest| *latest.borrow_mut() = Some(Rc::clone(&gateway)));
                 host::log(
@@ -115,6 +120,7 @@ impl Context for ConfigContext {}
 
 impl RootContext for ConfigContext {
     fn on_configure(&mut self, _configuration_size: usize) -> bool {
+        metrics::define_all();
         self.sequence = CONFIGURE_SEQUENCE.with(|sequence| {
             let next = sequence.get().saturating_add(1);
             sequence.set(next);
@@ -133,6 +139,7 @@ impl RootContext for ConfigContext {
         match Config::parse(&bytes) {
             Err(error) => {
                 host::log(Level::Critical, &format!("configuration refused: {error}"));
+                metrics::config_refused(KeyHash::of(&bytes).as_bytes());
                 false
             }
             Ok(None) => {

@@ -69,8 +69,8 @@ struct Fixture {
 fn fixture_with(text: &str) -> Fixture {
     let store = MemoryStore::new();
     let config = Config::parse(text.as_bytes()).unwrap().unwrap();
-    let Publication::Ready(table) = publish(&store, &[1; 32], &config, 0).unwrap() else {
-        panic!("pending")
+    let Publication::Written(table) = publish(&store, &[1; 32], &config, 0).unwrap() else {
+        panic!("not written")
     };
     let clock = FixedClock {
         wall_ns: parse_rfc3339(NOW).unwrap(),

@@ -12,9 +12,9 @@ use crate::config::{Config, RateLimitHeaders};
 use crate::credentials::{self, CredentialError, Extraction, KeyFormat};
 use crate::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
 use crate::header_map::HeaderPair;
+use crate::key_cache::{KeyCache, KeyEntry};
 use crate::key_hash::KeyHash;
-use crate::key_record::{self, KeyRecord};
-use crate::key_table::{record_key, SharedStore, TableRef};
+use crate::key_table::{SharedStore, TableRef};
 use crate::path;
 use crate::rate_limit;
 use crate::rules::Requirement;
@@ -131,6 +131,7 @@ pub struct Gateway {
     config: Config,
     table: TableRef,
     text: DenialText,
+    keys: KeyCache,
 }
 
 impl Gateway {
@@ -143,6 +144,7 @@ impl Gateway {
             config,
             table,
             text,
+            keys: KeyCache::default(),
         }
     }
 
@@ -216,20 +218,15 @@ impl Gateway {
             }
         };
         let hash = KeyHash::of(presented.key);
-        let bytes = match store.get(&record_key(self.table.bank, &hash)) {
-            Ok(Some((bytes, _))) => bytes,
+        let record = match self.keys.lookup(store, self.table, &hash) {
+            Ok(Some(record)) => record,
             Ok(None) => return Decision::deny(Denial::new(ErrorCode::InvalidKey)),
             // The table cannot be read: fail closed, as if unconfigured.
             Err(_) => return Decision::deny(Denial::new(ErrorCode::NotConfigured)),
         };
-        let Some(record) =
-            key_record::decode(&bytes).filter(|r| r.generation == self.table.generation)
-        else {
-            return Decision::deny(Denial::new(ErrorCode::InvalidKey));
-        };
         let mut decision = Decision::deny(Denial::new(ErrorCode::InvalidKey));
-        decision.key_id = Some(record.id.to_owned());
-        decision.tenant = Some(record.tenant.to_owned());
+        decision.key_id = Some(record.id.clone());
+        decision.tenant = Some(record.tenant.clone());
         let plan = self.config.plan(record.plan);
         let denial = |code| Denial {
             scope: scope.map(str::to_owned),
@@ -264,8 +261,7 @@ impl Gateway {
                 return decision;
             }
         }
-        let own_limits = record.limit_table();
-        let limit = rate_limit::select(&own_limits, plan.map(|plan| &plan.rate_limits), scope);
+        let limit = rate_limit::select(&record.limits, plan.map(|plan| &plan.rate_limits), scope);
         let mut report = None;
         if let Some((pattern, limit)) = limit {
             match take_token(store, &record, pattern, limit, clock, &mut decision) {
@@ -349,7 +345,7 @@ impl Gateway {
 /// response, or the seconds to wait.
 fn take_token(
     store: &dyn SharedStore,
-    record: &KeyRecord<'_>,
+    record: &KeyEntry,
     pattern: &ScopePattern,
     limit: &rate_limit::Limit,
     clock: &dyn Clock,
@@ -357,7 +353,7 @@ fn take_token(
 ) -> Result<RateLimitReport, u64> {
     match bucket_store::take(
         store,
-        record.id,
+        &record.id,
         pattern.as_str(),
         limit,
         clock.monotonic_ns(),
@@ -401,17 +397,17 @@ fn bucket_report(
     }
 }
 
-fn identity_headers(record: &KeyRecord<'_>, plan: Option<&str>) -> Vec<(&'static str, String)> {
+fn identity_headers(record: &KeyEntry, plan: Option<&str>) -> Vec<(&'static str, String)> {
     let mut headers = vec![
-        ("x-api-key-id", record.id.to_owned()),
-        ("x-api-tenant", record.tenant.to_owned()),
-        ("x-api-scopes", record.scopes_header.to_owned()),
+        ("x-api-key-id", record.id.clone()),
+        ("x-api-tenant", record.tenant.clone()),
+        ("x-api-scopes", record.scopes_header.clone()),
     ];
     if let Some(plan) = plan {
         headers.push(("x-api-plan", plan.to_owned()));
     }
-    if let Some(env) = record.env {
-        headers.push(("x-api-env", env.to_owned()));
+    if let Some(env) = &record.env {
+        headers.push(("x-api-env", env.clone()));
     }
     headers
 }

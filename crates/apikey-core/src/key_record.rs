@@ -10,7 +10,7 @@
 
 use crate::config::{KeySpec, Plan, PlanIndex};
 use crate::rate_limit::{Limit, LimitTable};
-use crate::scope::{effective_scopes, pattern_matches, ScopePattern};
+use crate::scope::{effective_scopes, ScopePattern};
 use crate::timestamp::UnixNanos;
 
 const FORMAT_VERSION: u8 = 1;
@@ -149,26 +149,6 @@ pub fn decode(bytes: &[u8]) -> Option<KeyRecord<'_>> {
     })
 }
 
-impl KeyRecord<'_> {
-    /// Whether a held pattern matches `scope`.
-    pub fn holds(&self, scope: &str) -> bool {
-        // Held patterns were validated when the record was written.
-        self.held
-            .iter()
-            .any(|pattern| pattern_matches(pattern, scope))
-    }
-
-    /// The key's own limits as a table.
-    pub fn limit_table(&self) -> LimitTable {
-        LimitTable::new(
-            self.limits
-                .iter()
-                .filter_map(|(pattern, limit)| Some((ScopePattern::parse(pattern).ok()?, *limit)))
-                .collect(),
-        )
-    }
-}
-
 fn put_count(out: &mut Vec<u8>, count: usize) {
     // Configurations bound every list far below u16::MAX entries per key.
     out.extend_from_slice(&u16::try_from(count).unwrap_or(u16::MAX).to_le_bytes());
@@ -272,7 +252,6 @@ mod tests {
                 }
             )]
         );
-        assert!(record.holds("anything"));
     }
 
     #[test]
@@ -285,7 +264,7 @@ mod tests {
             (false, None, None, None)
         );
         assert_eq!(record.scopes_header, "");
-        assert!(!record.holds("x"));
+        assert!(record.held.is_empty());
     }
 
     #[test]

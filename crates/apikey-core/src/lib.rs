@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod decision;
 pub mod denial;
 pub mod header_map;
+pub mod key_cache;
 pub mod key_hash;
 pub mod key_record;
 pub mod key_table;

@@ -1,0 +1,229 @@
+//! A per-worker cache of the key entries one configuration has looked up.
+//!
+//! Reading a record from shared data costs a host call, a copy into the VM
+//! and a decode on every request. A record can only change with a new
+//! configuration, and every configuration gets a new `Gateway` with a new,
+//! empty cache, so an entry never outlives the table it was read from:
+//! revocations and removals apply as soon as the new configuration does.
+//! Only keys found in the table are cached (a client spraying random keys
+//! cannot fill it), and the cache is bounded: when full it is emptied.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::config::PlanIndex;
+use crate::key_hash::KeyHash;
+use crate::key_record::{self, KeyRecord};
+use crate::key_table::{record_key, SharedStore, StoreError, TableRef};
+use crate::rate_limit::LimitTable;
+use crate::scope::{pattern_matches, ScopePattern};
+use crate::timestamp::UnixNanos;
+
+/// How many keys one worker keeps per configuration (about 300 bytes each).
+pub const CAPACITY: usize = 16_384;
+
+/// A key's table entry, decoded once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// `x-api-key-id`.
+    pub id: String,
+    /// `x-api-tenant`.
+    pub tenant: String,
+    /// `x-api-env`.
+    pub env: Option<String>,
+    /// `x-api-scopes`.
+    pub scopes_header: String,
+    /// Held scope patterns.
+    pub held: Vec<String>,
+    /// Its plan.
+    pub plan: Option<PlanIndex>,
+    /// Revoked.
+    pub revoked: bool,
+    /// Expiry.
+    pub expires_at: Option<UnixNanos>,
+    /// Its own limits.
+    pub limits: LimitTable,
+}
+
+impl KeyEntry {
+    fn from_record(record: &KeyRecord<'_>) -> Self {
+        Self {
+            id: record.id.to_owned(),
+            tenant: record.tenant.to_owned(),
+            env: record.env.map(str::to_owned),
+            scopes_header: record.scopes_header.to_owned(),
+            held: record.held.iter().map(|p| (*p).to_owned()).collect(),
+            plan: record.plan,
+            revoked: record.revoked,
+            expires_at: record.expires_at,
+            limits: LimitTable::new(
+                record
+                    .limits
+                    .iter()
+                    .filter_map(|(pattern, limit)| {
+                        Some((ScopePattern::parse(pattern).ok()?, *limit))
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether a held pattern matches `scope`.
+    pub fn holds(&self, scope: &str) -> bool {
+        self.held
+            .iter()
+            .any(|pattern| pattern_matches(pattern, scope))
+    }
+}
+
+/// The cache of one configuration in one worker.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: RefCell<HashMap<[u8; 32], Rc<KeyEntry>>>,
+}
+
+impl core::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "KeyCache({} entries)", self.entries.borrow().len())
+    }
+}
+
+impl KeyCache {
+    /// The entry of `hash` in `table`: from the cache, else from the store.
+    /// A record of another generation (left by an older table) is absent.
+    pub fn lookup(
+        &self,
+        store: &dyn SharedStore,
+        table: TableRef,
+        hash: &KeyHash,
+    ) -> Result<Option<Rc<KeyEntry>>, StoreError> {
+        if let Some(entry) = self.entries.borrow().get(hash.as_bytes()) {
+            return Ok(Some(Rc::clone(entry)));
+        }
+        let Some((bytes, _)) = store.get(&record_key(table.bank, hash))? else {
+            return Ok(None);
+        };
+        let Some(record) = key_record::decode(&bytes).filter(|r| r.generation == table.generation)
+        else {
+            return Ok(None);
+        };
+        let entry = Rc::new(KeyEntry::from_record(&record));
+        let mut entries = self.entries.borrow_mut();
+        if entries.len() >= CAPACITY {
+            entries.clear();
+        }
+        entries.insert(*hash.as_bytes(), Rc::clone(&entry));
+        Ok(Some(entry))
+    }
+
+    /// How many entries are cached.
+    pub fn len(&self) -> usize {
+        self.entries.borrow().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.borrow().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::key_table::{publish, Publication};
+    use crate::memory_store::MemoryStore;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn published(store: &MemoryStore, raw_keys: &[&str], digest: u8) -> TableRef {
+        let keys: Vec<String> = raw_keys
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                format!(
+                    r#"{{"id": "k{i}", "sha256": "{}", "tenant": "t"}}"#,
+                    KeyHash::of(raw.as_bytes()).to_hex()
+                )
+            })
+            .collect();
+        let config = Config::parse(format!(r#"{{"keys": [{}]}}"#, keys.join(",")).as_bytes())
+            .unwrap()
+            .unwrap();
+        match publish(store, &[digest; 32], &config, 0).unwrap() {
+            Publication::Written(table) | Publication::Ready(table) => table,
+            Publication::Pending => panic!("pending"),
+        }
+    }
+
+    #[test]
+    fn a_second_lookup_reads_nothing_from_the_store() {
+        let store = MemoryStore::new();
+        let table = published(&store, &["a"], 1);
+        let cache = KeyCache::default();
+        let hash = KeyHash::of(b"a");
+        assert_eq!(
+            cache.lookup(&store, table, &hash).unwrap().unwrap().id,
+            "k0"
+        );
+        // Overwrite the stored record: a cached entry must not read it again.
+        store
+            .set(&record_key(table.bank, &hash), b"garbage", 0)
+            .unwrap();
+        assert_eq!(
+            cache.lookup(&store, table, &hash).unwrap().unwrap().id,
+            "k0"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_not_cached() {
+        let store = MemoryStore::new();
+        let table = published(&store, &["a"], 1);
+        let cache = KeyCache::default();
+        for i in 0..100 {
+            assert!(cache
+                .lookup(&store, table, &KeyHash::of(format!("spray{i}").as_bytes()))
+                .unwrap()
+                .is_none());
+        }
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn records_of_another_generation_are_absent() {
+        let store = MemoryStore::new();
+        let first = published(&store, &["a"], 1);
+        published(&store, &["b"], 2);
+        let third = published(&store, &["c"], 3);
+        assert_eq!(third.bank, first.bank);
+        let cache = KeyCache::default();
+        assert!(
+            cache
+                .lookup(&store, third, &KeyHash::of(b"a"))
+                .unwrap()
+                .is_none(),
+            "a key of table 1 answered in table 3"
+        );
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let store = MemoryStore::new();
+        let raw: Vec<String> = (0..CAPACITY + 5).map(|i| format!("key{i}")).collect();
+        let table = published(
+            &store,
+            &raw.iter().map(String::as_str).collect::<Vec<_>>(),
+            1,
+        );
+        let cache = KeyCache::default();
+        for key in &raw {
+            assert!(cache
+                .lookup(&store, table, &KeyHash::of(key.as_bytes()))
+                .unwrap()
+                .is_some());
+        }
+        assert!(cache.len() <= CAPACITY);
+    }
+}

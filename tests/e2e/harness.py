@@ -1,0 +1,554 @@
+"""Runs the real thing for end-to-end tests: Envoy 1.40 with the built Wasm
+module, in front of an upstream that echoes what it received.
+
+The bootstrap is the one the project ships (envoy/envoy.yaml), with only
+ports and paths substituted, so a test exercises the listener, the edge
+settings and the ECDS wiring users run. Plugin configurations travel the
+way a control plane sends them: an ECDS file renamed into a watched
+directory. Requests are written byte by byte (HTTP/1.1 on a socket, h2c
+through the `h2` state machine with validation off), so tests can send the
+malformed and hostile input a real client library would refuse to.
+
+    with Gateway(build_module(), config={"keys": [...]}) as gw:
+        assert gw.request("GET", "/x", [("X-API-Key", "sk_live_...")]).status == 200
+        assert gw.push({"keys": []}) is True
+
+Every wait polls with a deadline and, when it gives up or Envoy dies,
+raises GatewayError carrying the tail of Envoy's log.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import re
+import selectors
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import h2.config
+import h2.connection
+import h2.events
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP = REPO_ROOT / "envoy" / "envoy.yaml"
+ECHO_UPSTREAM = Path(__file__).resolve().with_name("echo_upstream.py")
+ECHO_MARKER = "x-echo-upstream"  # set by echo_upstream.py on every answer
+ECDS_FILE = "apikey.yaml"
+FILTER_NAME = "apikey"
+ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}."
+# A DiscoveryResponse with no resource: Envoy needs the ECDS file to exist
+# at start-up, counts this one as a rejected update and serves default_config.
+NOTHING_YET = {"resources": []}
+LOG_TAIL_LINES = 40
+
+Header = tuple["str | bytes", "str | bytes"]
+
+
+class GatewayError(RuntimeError):
+    """Envoy or the upstream failed, or a wait ran out of time."""
+
+
+def envoy_binary() -> Path:
+    """The Envoy that scripts/setup.sh installed (ENVOY_BIN overrides)."""
+    path = Path(os.environ.get("ENVOY_BIN") or REPO_ROOT / ".venv" / "bin" / "envoy")
+    if not path.exists():
+        raise GatewayError(f"{path} not found: run scripts/setup.sh")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1, for a test that must name one
+    before anything listens on it (the gateway itself binds port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@functools.cache
+def build_module() -> Path:
+    """Builds the release filter once per test session and returns the
+    .wasm path; APIKEY_WASM names a prebuilt module instead."""
+    override = os.environ.get("APIKEY_WASM")
+    if override:
+        return Path(override).resolve()
+    command = ["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "apikey-filter"]
+    built = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    if built.returncode != 0:
+        raise GatewayError(f"{' '.join(command)} failed:\n{built.stderr[-4000:]}")
+    return REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "apikey_filter.wasm"
+
+
+# --- the bootstrap ---------------------------------------------------------
+
+def _named(items: Iterable[dict], name: str, what: str) -> dict:
+    for item in items:
+        if item.get("name") == name:
+            return item
+    raise GatewayError(f"{BOOTSTRAP} has no {what} named {name!r}")
+
+
+def _connection_manager(bootstrap: dict) -> dict:
+    listener = _named(bootstrap["static_resources"]["listeners"], "ingress", "listener")
+    filters = listener["filter_chains"][0]["filters"]
+    return _named(filters, "envoy.filters.network.http_connection_manager", "network filter")["typed_config"]
+
+
+def _apikey_discovery(bootstrap: dict) -> dict:
+    """The `config_discovery` block of the apikey HTTP filter."""
+    return _named(_connection_manager(bootstrap)["http_filters"], FILTER_NAME, "HTTP filter")["config_discovery"]
+
+
+def load_bootstrap(path: Path = BOOTSTRAP) -> dict:
+    with open(path, encoding="utf-8") as file:
+        return yaml.safe_load(file)
+
+
+def ecds_path(bootstrap: dict) -> Path:
+    """The ECDS file the bootstrap watches (relative to Envoy's working directory)."""
+    return Path(_apikey_discovery(bootstrap)["config_source"]["path_config_source"]["path"])
+
+
+def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: bool = True) -> dict:
+    """envoy/envoy.yaml with this gateway's module, ECDS directory and
+    upstream; listener and admin on port 0 of 127.0.0.1 (Envoy picks free
+    ports, so gateways never race for one).
+
+    edge=False drops Envoy's own path and header-name hardening (contract
+    §5), so that tests of the filter's path handling see raw paths."""
+    bootstrap = load_bootstrap()
+    bootstrap["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    listener = _named(bootstrap["static_resources"]["listeners"], "ingress", "listener")
+    listener["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    cluster = _named(bootstrap["static_resources"]["clusters"], "upstream", "cluster")
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    endpoint["address"]["socket_address"].update(address="127.0.0.1", port_value=upstream_port)
+    discovery = _apikey_discovery(bootstrap)
+    discovery["config_source"]["path_config_source"] = {
+        "path": str(ecds_dir / ECDS_FILE),
+        "watched_directory": {"path": str(ecds_dir)},
+    }
+    discovery["default_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(module)
+    if not edge:
+        manager = _connection_manager(bootstrap)
+        for setting in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action"):
+            manager.pop(setting, None)
+        manager.get("common_http_protocol_options", {}).pop("headers_with_underscores_action", None)
+    return bootstrap
+
+
+# --- the ECDS file ---------------------------------------------------------
+
+def configuration_text(config: dict | str) -> str:
+    """The plugin configuration as the filter receives it: dicts as JSON,
+    strings as they are (so tests can send invalid or empty text)."""
+    return config if isinstance(config, str) else json.dumps(config)
+
+
+def ecds_document(bootstrap: dict, config: dict | str) -> dict:
+    """A DiscoveryResponse carrying the bootstrap's default Wasm filter
+    (same module, vm_id and root_id) with `config` as its configuration."""
+    wasm = copy.deepcopy(_apikey_discovery(bootstrap)["default_config"])
+    wasm["config"]["configuration"]["value"] = configuration_text(config)
+    return {"resources": [{
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": FILTER_NAME,
+        "typed_config": wasm,
+    }]}
+
+
+def write_ecds(path: Path, document: dict) -> None:
+    """Replaces the ECDS file atomically: Envoy's watched_directory reacts to
+    the rename, and never reads a half-written file. JSON is valid YAML,
+    and json.dumps escapes the configuration string safely."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(document), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+# --- responses -------------------------------------------------------------
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]  # names lower-cased, latin-1 decoded, in order
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header, or None."""
+        return next((value for key, value in self.headers if key == name.lower()), None)
+
+    @property
+    def json(self) -> Any:
+        """The body parsed as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    @property
+    def upstream(self) -> dict | None:
+        """What the echo upstream received, when the request reached it."""
+        return self.json if self.header(ECHO_MARKER) else None
+
+
+def _to_bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def parse_http1_response(data: bytes) -> Response:
+    """Parses one HTTP/1.1 response read to EOF (the request said close)."""
+    head, separator, body = data.partition(b"\r\n\r\n")
+    if not separator:
+        raise GatewayError(f"incomplete HTTP response: {data[:300]!r}")
+    status_line, *lines = head.split(b"\r\n")
+    headers = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
+    response = Response(int(status_line.split(b" ", 2)[1]), headers, body)
+    if (response.header("transfer-encoding") or "").lower() == "chunked":
+        response.body = _dechunk(body)
+    return response
+
+
+def _dechunk(body: bytes) -> bytes:
+    chunks, rest = [], body
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";", 1)[0], 16)
+        if size == 0:
+            return b"".join(chunks)
+        chunks.append(rest[:size])
+        rest = rest[size + 2:]
+
+
+# --- the gateway -----------------------------------------------------------
+
+_work_root: Path | None = None
+
+
+def set_work_root(path: Path) -> None:
+    """Where gateways keep their files (pytest's tmp dir, set by conftest)."""
+    global _work_root
+    _work_root = path
+
+
+def _new_workdir() -> Path:
+    test = os.environ.get("PYTEST_CURRENT_TEST", "gateway").split(" ")[0].split("::")[-1]
+    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", test)[:60] + "-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_work_root))
+
+
+@dataclass
+class Gateway:
+    """Envoy with the module and an echo upstream, as a context manager.
+
+    config: dict (sent as JSON), str (sent as is) or None (no configuration
+    yet, so the default_config serves: 503 not_configured). A configuration
+    given here must be accepted, or entering the gateway fails.
+    """
+
+    module: Path
+    config: dict | str | None = None
+    concurrency: int = 2
+    edge: bool = True
+    log_level: str = "info"
+    timeout: float = 60.0  # bounds start-up and each push (a 100k-key table takes seconds)
+    workdir: Path = field(default_factory=_new_workdir)
+
+    def __post_init__(self):
+        self.ecds_dir = self.workdir / "ecds"
+        self.log_path = self.workdir / "envoy.log"
+        self._envoy: subprocess.Popen | None = None
+        self._upstream: subprocess.Popen | None = None
+        self._last_document: dict | None = None
+        self.admin_address = ""
+        self.port = 0
+        self.upstream_port = 0
+
+    def __enter__(self) -> Gateway:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        self.ecds_dir.mkdir(parents=True)
+        self._start_upstream()
+        bootstrap = render_bootstrap(Path(self.module), self.ecds_dir, self.upstream_port, self.edge)
+        self._bootstrap = bootstrap
+        initial = NOTHING_YET if self.config is None else ecds_document(bootstrap, self.config)
+        write_ecds(self.ecds_dir / ECDS_FILE, initial)
+        self._last_document = initial
+        bootstrap_path = self.workdir / "bootstrap.json"
+        bootstrap_path.write_text(json.dumps(bootstrap, indent=1), encoding="utf-8")
+        self._start_envoy(bootstrap_path)
+        self._wait_for_initial_configuration()
+
+    def stop(self) -> None:
+        """Stops Envoy and the upstream; safe to call more than once."""
+        for process in (self._envoy, self._upstream):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+
+    def running(self) -> bool:
+        """Whether Envoy or the upstream is still running."""
+        return any(process is not None and process.poll() is None for process in (self._envoy, self._upstream))
+
+    def _start_upstream(self) -> None:
+        """The echo upstream binds port 0 and prints the port it got."""
+        log_path = self.workdir / "upstream.log"
+        with open(log_path, "wb") as log:
+            self._upstream = subprocess.Popen([sys.executable, str(ECHO_UPSTREAM), "--port", "0"],
+                                              stdout=subprocess.PIPE, stderr=log)
+        line = _read_line(self._upstream.stdout, timeout=10)
+        self._upstream.stdout.close()  # it prints nothing else
+        match = re.fullmatch(rb"listening on 127\.0\.0\.1:(\d+)\n", line)
+        if not match:
+            raise GatewayError(f"the echo upstream did not start: {line!r}, see {log_path}")
+        self.upstream_port = int(match.group(1))
+
+    def _start_envoy(self, bootstrap_path: Path) -> None:
+        address_file = self.workdir / "admin-address"
+        command = [
+            str(envoy_binary()), "-c", str(bootstrap_path),
+            "--concurrency", str(self.concurrency),
+            "-l", self.log_level,
+            "--admin-address-path", str(address_file),
+            # No hot restart, so no shared-memory base id: any number of
+            # gateways run side by side and none leaves /dev/shm behind.
+            "--disable-hot-restart",
+        ]
+        with open(self.log_path, "wb") as log:
+            self._envoy = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        self._wait("Envoy to write its admin address", lambda: address_file.read_text().strip())
+        self.admin_address = address_file.read_text().strip()
+        self._wait("the admin /ready to say LIVE", lambda: self._admin_text("/ready") == "LIVE\n")
+        self.port = self._listener_port()
+        self._wait("the listener to accept connections", self._listener_accepts)
+
+    def _wait_for_initial_configuration(self) -> None:
+        """The listener serves the default_config at once; the ECDS file is
+        read right after. Wait for it, so a test sees its configuration."""
+        if self.config is None:
+            self._wait("Envoy to read the empty ECDS file", lambda: self._ecds_counters()["update_rejected"] >= 1)
+            return
+        self._wait("the initial configuration to be accepted or refused",
+                   lambda: self._ecds_counters()["update_attempt"] >= 1
+                   and self._ecds_counters()["update_success"] + self._ecds_counters()["update_rejected"] >= 1)
+        if self._ecds_counters()["update_rejected"]:
+            raise GatewayError(f"Envoy refused the initial configuration\n{self._log_tail()}")
+        self._wait("every worker to apply the initial configuration",
+                   lambda: self._ecds_counters()["config_reload"] >= 1)
+
+    # -- configuration --
+
+    def push(self, config: dict | str) -> bool:
+        """Sends a configuration through ECDS; True once every worker applies
+        it, False when Envoy refuses it (and keeps the previous one).
+
+        Envoy skips a configuration identical to the last one it received,
+        even a refused one, and reports that as a success: pushing the same
+        configuration twice in a row is refused here instead."""
+        document = ecds_document(self._bootstrap, config)
+        if document == self._last_document:
+            raise ValueError("Envoy ignores a configuration identical to the last one it received")
+        before = self._ecds_counters()
+        write_ecds(self.ecds_dir / ECDS_FILE, document)
+        self._last_document = document
+
+        def decided():
+            now = self._ecds_counters()
+            return now["update_success"] > before["update_success"] or now["update_rejected"] > before["update_rejected"]
+
+        self._wait("Envoy to accept or refuse the configuration", decided)
+        if self._ecds_counters()["update_rejected"] > before["update_rejected"]:
+            return False
+        # config_reload counts updates that every worker has applied.
+        self._wait("every worker to apply the configuration",
+                   lambda: self._ecds_counters()["config_reload"] > before["config_reload"])
+        return True
+
+    def _ecds_counters(self) -> dict[str, int]:
+        return {name[len(ECDS_STATS):]: value for name, value in self.stats(ECDS_STATS).items()}
+
+    # -- requests --
+
+    def request(self, method: str, path: str | bytes, headers: Sequence[Header] = (),
+                body: bytes | None = None, http2: bool = False, timeout: float = 10.0) -> Response:
+        """One request on a new connection. Names and values may be str
+        (UTF-8) or bytes (sent exactly); nothing is validated or normalised,
+        except that HTTP/2 header names are lower-cased as the protocol requires."""
+        if http2:
+            return self._request_h2c(method, path, headers, body, timeout)
+        lines = [_to_bytes(method) + b" " + _to_bytes(path) + b" HTTP/1.1"]
+        names = {_to_bytes(name).lower() for name, _ in headers}
+        if b"host" not in names:
+            lines.append(b"host: localhost")
+        if b"connection" not in names:
+            lines.append(b"connection: close")
+        if body is not None and b"content-length" not in names:
+            lines.append(b"content-length: " + str(len(body)).encode())
+        lines += [_to_bytes(name) + b": " + _to_bytes(value) for name, value in headers]
+        return parse_http1_response(self.raw(b"\r\n".join(lines) + b"\r\n\r\n" + (body or b""), timeout))
+
+    def raw(self, data: bytes, timeout: float = 10.0) -> bytes:
+        """Sends bytes to the listener and returns everything Envoy answers
+        until it closes the connection (send `connection: close`)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(data)
+            chunks = []
+            deadline = time.monotonic() + timeout
+            while chunk := self._recv_before(sock, deadline):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _recv_before(self, sock: socket.socket, deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GatewayError("Envoy did not close the connection in time (did the request say close?)")
+        sock.settimeout(remaining)
+        try:
+            return sock.recv(65536)
+        except ConnectionResetError:
+            return b""
+        except socket.timeout:
+            raise GatewayError(f"no answer from Envoy within the timeout\n{self._log_tail()}") from None
+
+    def _request_h2c(self, method, path, headers, body, timeout) -> Response:
+        """HTTP/2 with prior knowledge, validation off so any bytes go out."""
+        config = h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False, validate_inbound_headers=False)
+        connection = h2.connection.H2Connection(config=config)
+        request_headers = [(b":method", _to_bytes(method)), (b":scheme", b"http"),
+                           (b":authority", b"localhost"), (b":path", _to_bytes(path))]
+        request_headers += [(_to_bytes(name).lower(), _to_bytes(value)) for name, value in headers]
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            connection.initiate_connection()
+            stream = connection.get_next_available_stream_id()
+            connection.send_headers(stream, request_headers, end_stream=body is None)
+            if body is not None:
+                connection.send_data(stream, body, end_stream=True)
+            sock.sendall(connection.data_to_send())
+            return self._read_h2_response(sock, connection, stream, time.monotonic() + timeout)
+
+    def _read_h2_response(self, sock, connection, stream, deadline) -> Response:
+        status, response_headers, body = 0, [], bytearray()
+        while True:
+            data = self._recv_before(sock, deadline)
+            if not data:
+                raise GatewayError("Envoy closed the HTTP/2 connection before the response ended")
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    for name, value in event.headers:
+                        if name == b":status":
+                            status = int(value)
+                        else:
+                            response_headers.append((name.decode("latin-1"), value.decode("latin-1")))
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                    return Response(status, response_headers, bytes(body))
+                elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    raise GatewayError(f"Envoy reset the HTTP/2 stream: {event}")
+            sock.sendall(connection.data_to_send())
+
+    # -- observation --
+
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        """Envoy's counters and gauges (histograms and text stats left out)."""
+        query = "/stats?format=json"
+        if prefix:
+            query += "&filter=" + urllib.parse.quote("^" + re.escape(prefix))
+        entries = json.loads(self._admin_text(query))["stats"]
+        return {entry["name"]: entry["value"] for entry in entries
+                if isinstance(entry.get("value"), int)}
+
+    def log_text(self) -> str:
+        """Everything Envoy logged so far (its stdout access log included)."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def _log_tail(self) -> str:
+        lines = self.log_text().splitlines()[-LOG_TAIL_LINES:]
+        return f"--- last lines of {self.log_path} ---\n" + "\n".join(lines)
+
+    def _admin_text(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://{self.admin_address}{path}", timeout=5) as answer:
+            return answer.read().decode()
+
+    def _listener_port(self) -> int:
+        listeners = json.loads(self._admin_text("/listeners?format=json"))["listener_statuses"]
+        return _named(listeners, "ingress", "listener")["local_address"]["socket_address"]["port_value"]
+
+    def _listener_accepts(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def _wait(self, what: str, condition: Callable[[], Any], timeout: float | None = None) -> None:
+        """Polls `condition` until it is truthy; raises when Envoy exits or
+        the deadline passes. Admin errors while Envoy starts count as 'not yet'."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            if self._envoy is not None and self._envoy.poll() is not None:
+                raise GatewayError(f"Envoy exited ({self._envoy.returncode}) while waiting for {what}\n{self._log_tail()}")
+            try:
+                if condition():
+                    return
+            except OSError:  # not listening yet (URLError is an OSError too)
+                pass
+            if time.monotonic() > deadline:
+                raise GatewayError(f"timed out waiting for {what}\n{self._log_tail()}")
+            time.sleep(0.02)
+
+
+def _read_line(stream, timeout: float) -> bytes:
+    """One line from a child's pipe, or b"" if none comes in time."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            return b""
+    return stream.readline()
+
+
+def main(argv: Sequence[str]) -> None:
+    """`harness.py write-ecds BOOTSTRAP CONFIG`: writes CONFIG (a JSON file)
+    as the plugin configuration into the ECDS file BOOTSTRAP watches, the
+    way Gateway.push does. scripts/demo.sh uses it."""
+    if len(argv) != 3 or argv[0] != "write-ecds":
+        sys.exit(main.__doc__)
+    bootstrap = load_bootstrap(Path(argv[1]))
+    config = json.loads(Path(argv[2]).read_text(encoding="utf-8"))
+    write_ecds(ecds_path(bootstrap), ecds_document(bootstrap, config))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

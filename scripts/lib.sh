@@ -11,6 +11,10 @@ ENVOY="$VENV/bin/envoy"
 ENVOY_VERSION="1.40.0"
 WASM_TARGET="wasm32-wasip1"
 WASM_MODULE="$REPO_ROOT/target/$WASM_TARGET/release/apikey_filter.wasm"
+# Host tools built from source (wasm-bindgen-cli) live outside the repo, so a
+# fresh clone (CI) reuses them instead of spending minutes rebuilding them.
+TOOLS_ROOT="${APIKEY_TOOLS_ROOT:-$HOME/.cache/apikey-gateway/tools}"
+WASM_BINDGEN_TEST_RUNNER="$TOOLS_ROOT/bin/wasm-bindgen-test-runner"
 
 # step TITLE: a header that makes each stage of a long log easy to find.
 step() {
@@ -21,6 +25,12 @@ step() {
 die() {
   printf 'error: %s\n' "$*" >&2
   exit 1
+}
+
+# locked_version CRATE: the version of CRATE that Cargo.lock pins.
+locked_version() {
+  awk -v crate="$1" '$0 == "name = \"" crate "\"" { getline; gsub(/version = |"/, ""); print; exit }' \
+    "$REPO_ROOT/Cargo.lock"
 }
 
 require_command() {

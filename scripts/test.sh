@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Every check the project has, in the order a failure is cheapest to find:
+# formatting, lints (host and wasm32), unit tests (native, then the core
+# compiled to wasm32 under Node), the release module, the shipped Envoy
+# configurations, and finally the end-to-end tests against a real Envoy.
+# CI runs exactly this (.ci/run). To add a check, add a function and a line
+# to main.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+setup() {
+  step "setup"
+  bash scripts/setup.sh
+}
+
+check_format() {
+  step "cargo fmt --check"
+  cargo fmt --all --check
+}
+
+lint_host() {
+  step "clippy (host)"
+  cargo clippy --workspace --all-targets -- -D warnings
+}
+
+lint_wasm() {
+  step "clippy (wasm32-wasip1, the filter as Envoy loads it)"
+  cargo clippy -p apikey-filter --target "$WASM_TARGET" -- -D warnings
+}
+
+unit_tests() {
+  step "unit tests (native)"
+  cargo test --workspace
+}
+
+unit_tests_wasm32() {
+  step "core unit tests (wasm32-unknown-unknown, under Node)"
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$WASM_BINDGEN_TEST_RUNNER" \
+    cargo test -p apikey-core --target wasm32-unknown-unknown
+}
+
+release_module() {
+  step "release module"
+  build_module
+  printf '%s: %s bytes\n' "${WASM_MODULE#"$REPO_ROOT"/}" "$(stat -c %s "$WASM_MODULE")"
+}
+
+# The configurations under envoy/ name their files relative to the repository
+# root (envoy/ecds/README.md). Validate each from a scratch root holding the
+# module just built and an empty ECDS file, so the repository is untouched.
+validate_envoy_configs() (
+  step "envoy --mode validate"
+  local scratch config
+  scratch="$(mktemp -d)"
+  trap 'rm -rf "$scratch"' EXIT
+  mkdir -p "$scratch/envoy/ecds" "$scratch/$(dirname "${WASM_MODULE#"$REPO_ROOT"/}")"
+  echo '{"resources": []}' >"$scratch/envoy/ecds/apikey.yaml"
+  ln -s "$WASM_MODULE" "$scratch/${WASM_MODULE#"$REPO_ROOT"/}"
+  for config in "$REPO_ROOT"/envoy/*.yaml; do
+    (cd "$scratch" && "$ENVOY" --mode validate -c "$config" --log-level warn) ||
+      die "Envoy refuses ${config#"$REPO_ROOT"/}"
+  done
+)
+
+e2e_tests() {
+  step "end-to-end tests (real Envoy $ENVOY_VERSION)"
+  "$VENV_PYTHON" -m pytest -v tests/e2e
+}
+
+main() {
+  setup
+  check_format
+  lint_host
+  lint_wasm
+  unit_tests
+  unit_tests_wasm32
+  release_module
+  validate_envoy_configs
+  e2e_tests
+}
+
+main "$@"

@@ -8,6 +8,7 @@
 //! moves bytes between Envoy and these functions, so every behaviour can be
 //! tested natively and, compiled to wasm32, under `wasm-bindgen-test`.
 
+pub mod audit;
 pub mod bucket_store;
 pub mod config;
 pub mod credentials;

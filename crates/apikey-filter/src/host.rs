@@ -91,6 +91,12 @@ extern "C" {
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
 }
 
 #[link(wasm_import_module = "wasi_snapshot_preview1")]
@@ -224,6 +230,15 @@ pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
         NOT_FOUND => Ok(Vec::new()),
         status => Err(HostError(status)),
     }
+}
+
+/// Stores `value` in the request's filter state as `wasm.<name>`, where
+/// access logs can print it (`%FILTER_STATE(wasm.<name>:PLAIN)%`).
+pub fn set_filter_state(name: &str, value: &[u8]) -> Result<(), HostError> {
+    // Envoy takes a one-segment path as the name itself (a trailing NUL
+    // would become part of the name).
+    // SAFETY: pointers and lengths describe live buffers.
+    check(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// Asks for `on_tick` every `period_ms` (0 stops it).

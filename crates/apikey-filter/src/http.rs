@@ -7,6 +7,7 @@
 
 use std::rc::Rc;
 
+use apikey_core::audit;
 use apikey_core::decision::{Allow, Gateway, HeaderEdits, RequestHead};
 use apikey_core::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
 use apikey_core::header_map;
@@ -42,6 +43,7 @@ impl RequestContext {
         };
         let request = RequestHead::from_pairs(&pairs);
         let Some(gateway) = self.gateway.clone() else {
+            record_audit(&audit::not_configured());
             let denial = Denial::new(ErrorCode::NotConfigured);
             return deny(
                 &DenialText::default().render(&denial, request.request_id),
@@ -52,6 +54,7 @@ impl RequestContext {
         if decision.cas_conflicts > 0 || decision.contention {
             metrics::bucket_contention(decision.cas_conflicts, decision.contention);
         }
+        record_audit(&audit::record(&decision));
         match decision.result {
             Ok(allow) => self.forward(allow),
             Err(denial) => deny(&gateway.render(&denial, request.request_id), denial.code),
@@ -67,6 +70,17 @@ impl RequestContext {
         self.rate_limit = allow.rate_limit;
         metrics::allowed();
         Action::Continue
+    }
+}
+
+/// Leaves the audit record for the access log; a failure costs the log
+/// line its fields, not the request.
+fn record_audit(record: &str) {
+    if let Err(error) = host::set_filter_state(audit::FILTER_STATE_NAME, record.as_bytes()) {
+        host::log(
+            Level::Warn,
+            &format!("cannot record the audit fields ({error:?})"),
+        );
     }
 }
 
@@ -102,12 +116,10 @@ fn deny(reply: &Reply, code: ErrorCode) -> Action {
             .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
             .collect::<Vec<_>>(),
     );
-    let details = match code {
-        ErrorCode::NotConfigured => "apikey_not_configured",
-        _ => "apikey_denied",
-    };
+    // `%RESPONSE_CODE_DETAILS%` in access logs: `apikey_invalid_key`, …
+    let details = format!("apikey_{}", code.as_str());
     if let Err(error) =
-        host::send_local_response(reply.status, details, &headers, reply.body.as_bytes())
+        host::send_local_response(reply.status, &details, &headers, reply.body.as_bytes())
     {
         host::log(
             Level::Critical,

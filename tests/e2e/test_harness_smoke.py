@@ -14,7 +14,7 @@ import pytest
 
 import echo_upstream
 from conftest import make_key
-from harness import Gateway, GatewayError
+from harness import REPO_ROOT, Gateway, GatewayError
 
 KEY = "sk_live_Smoke000000000000000000"
 CONFIG = {"keys": [make_key(KEY, id="key_smoke", tenant="smoke")]}
@@ -116,3 +116,9 @@ def test_leaving_the_gateway_stops_envoy_and_the_upstream(wasm_module):
     with Gateway(wasm_module) as gw:
         assert gw.running()
     assert not gw.running()
+
+
+def test_the_demo_configuration_is_accepted(wasm_module):
+    demo = json.loads((REPO_ROOT / "envoy" / "demo-config.json").read_text(encoding="utf-8"))
+    with Gateway(wasm_module, config=None) as gw:
+        assert gw.push(demo) is True, gw.log_text()[-2000:]

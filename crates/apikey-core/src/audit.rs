@@ -87,6 +87,7 @@ mod tests {
         let allow = Allow {
             edits: Default::default(),
             rate_limit: None,
+            fleet: None,
         };
         let parsed: Value =
             serde_json::from_str(&record(&decision(Ok(allow), Some("key_1")))).unwrap();

@@ -14,9 +14,11 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::credentials::{Scheme, Schemes};
+use crate::fleet::{Fleet, OnFailure};
 use crate::key_hash::KeyHash;
 use crate::path;
 use crate::rate_limit::{Limit, LimitTable, MAX_PERIOD_SECONDS, MAX_REQUESTS};
+use crate::rls_codec::Unit;
 use crate::rules::{PathMatch, Requirement, Rule, RuleSet};
 use crate::scope::{check_scope_name, ScopePattern};
 use crate::timestamp::{parse_rfc3339, UnixNanos};
@@ -122,6 +124,8 @@ pub struct Config {
     pub realm: String,
     /// When `RateLimit` headers are sent.
     pub rate_limit_headers: RateLimitHeaders,
+    /// The fleet's shared rate-limit service (contract §6).
+    pub fleet: Option<Fleet>,
 }
 
 impl Config {
@@ -203,6 +207,16 @@ struct RawConfig {
     rate_limit_headers: Option<String>,
     #[serde(default)]
     case_insensitive_paths: bool,
+    fleet: Option<RawFleet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    cluster: String,
+    domain: String,
+    timeout_ms: Option<u64>,
+    on_failure: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +298,10 @@ impl RawConfig {
             }
             keys.push(key);
         }
+        let fleet = match self.fleet {
+            None => None,
+            Some(raw) => Some(raw.validate(&plans, &keys)?),
+        };
         let rules = self
             .rules
             .into_iter()
@@ -300,6 +318,7 @@ impl RawConfig {
             key_prefixes: validate_prefixes(self.key_prefixes)?,
             forward_credential: self.forward_credential,
             realm: validate_realm(self.realm)?,
+            fleet,
             rate_limit_headers: match self.rate_limit_headers.as_deref() {
                 None | Some("denied") => RateLimitHeaders::Denied,
                 Some("always") => RateLimitHeaders::Always,
@@ -310,6 +329,83 @@ impl RawConfig {
                     ))
                 }
             },
+        })
+    }
+}
+
+impl RawFleet {
+    /// A fleet needs a cluster and a domain, a bounded timeout, and limits
+    /// whose periods the service can count (its units are a second, a
+    /// minute, an hour and a day).
+    fn validate(self, plans: &[Plan], keys: &[KeySpec]) -> Result<Fleet, ConfigError> {
+        let valid_name = |name: &str| {
+            !name.is_empty() && name.len() <= MAX_LABEL_LEN && !name.chars().any(char::is_control)
+        };
+        if !valid_name(&self.cluster) {
+            return Err(refuse(
+                "fleet.cluster",
+                "must name an Envoy cluster (1 to 256 bytes)",
+            ));
+        }
+        if !valid_name(&self.domain) {
+            return Err(refuse(
+                "fleet.domain",
+                "must be 1 to 256 bytes without control characters",
+            ));
+        }
+        let timeout_ms = match self.timeout_ms {
+            None => 50,
+            Some(ms @ 1..=60_000) => ms as u32,
+            Some(ms) => {
+                return Err(refuse(
+                    "fleet.timeout_ms",
+                    format!("must be from 1 to 60000, got {ms}"),
+                ))
+            }
+        };
+        let on_failure = match self.on_failure.as_deref() {
+            None | Some("local") => OnFailure::Local,
+            Some("deny") => OnFailure::Deny,
+            Some(other) => {
+                return Err(refuse(
+                    "fleet.on_failure",
+                    format!(
+                        "{other:?} is not \"local\" or \"deny\" (there is no fail-open choice)"
+                    ),
+                ))
+            }
+        };
+        let tables = plans
+            .iter()
+            .map(|plan| {
+                (
+                    format!("plans.{}.rate_limits", plan.name),
+                    &plan.rate_limits,
+                )
+            })
+            .chain(
+                keys.iter()
+                    .enumerate()
+                    .map(|(i, key)| (format!("keys[{i}].rate_limits"), &key.rate_limits)),
+            );
+        for (field, table) in tables {
+            for (pattern, limit) in table.entries() {
+                if Unit::of_period(limit.period_seconds).is_none() {
+                    return Err(refuse(
+                        format!("{field}.{}.period_seconds", pattern.as_str()),
+                        format!(
+                            "must be 1, 60, 3600 or 86400 with a fleet, got {}",
+                            limit.period_seconds
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Fleet {
+            cluster: self.cluster,
+            domain: self.domain,
+            timeout_ms,
+            on_failure,
         })
     }
 }

@@ -11,6 +11,7 @@ use crate::bucket_store::{self, Outcome};
 use crate::config::{Config, RateLimitHeaders};
 use crate::credentials::{self, CredentialError, Extraction, KeyFormat};
 use crate::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
+use crate::fleet::{Fleet, FleetQuery};
 use crate::header_map::HeaderPair;
 use crate::key_cache::{KeyCache, KeyEntry};
 use crate::key_hash::KeyHash;
@@ -92,6 +93,10 @@ pub struct Allow {
     pub edits: HeaderEdits,
     /// `RateLimit` headers for the response, when configured to send them.
     pub rate_limit: Option<RateLimitReport>,
+    /// The question for the fleet's rate-limit service, when one is
+    /// configured and the request counted against a limit: the request
+    /// goes upstream only once the service agrees (contract §6).
+    pub fleet: Option<FleetQuery>,
 }
 
 /// The decision and what it learnt, for the edge, metrics and the audit log.
@@ -148,6 +153,11 @@ impl Gateway {
         }
     }
 
+    /// The fleet's rate-limit service, when configured.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.config.fleet.as_ref()
+    }
+
     /// The table this gateway reads.
     pub fn table(&self) -> TableRef {
         self.table
@@ -187,6 +197,7 @@ impl Gateway {
                     result: Ok(Allow {
                         edits,
                         rate_limit: None,
+                        fleet: None,
                     }),
                     ..Decision::deny(Denial::new(ErrorCode::InvalidKey))
                 };
@@ -263,9 +274,21 @@ impl Gateway {
         }
         let limit = rate_limit::select(&record.limits, plan.map(|plan| &plan.rate_limits), scope);
         let mut report = None;
+        let mut fleet = None;
         if let Some((pattern, limit)) = limit {
             match take_token(store, &record, pattern, limit, clock, &mut decision) {
-                Ok(taken) => report = Some(taken),
+                Ok(taken) => {
+                    report = Some(taken);
+                    fleet = self.config.fleet.as_ref().and_then(|fleet| {
+                        FleetQuery::new(
+                            fleet,
+                            &record.id,
+                            pattern.as_str(),
+                            limit,
+                            scope.unwrap_or(rate_limit::NO_SCOPE),
+                        )
+                    });
+                }
                 Err(retry_after) => {
                     decision.result = Err(Denial {
                         scope: Some(scope.unwrap_or(rate_limit::NO_SCOPE).to_owned()),
@@ -283,7 +306,11 @@ impl Gateway {
         ));
         let rate_limit =
             report.filter(|_| self.config.rate_limit_headers == RateLimitHeaders::Always);
-        decision.result = Ok(Allow { edits, rate_limit });
+        decision.result = Ok(Allow {
+            edits,
+            rate_limit,
+            fleet,
+        });
         decision
     }
 

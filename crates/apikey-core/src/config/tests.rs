@@ -437,3 +437,47 @@ fn not_json_is_refused_with_a_position() {
         assert!(!error.reason.is_empty(), "for {text:?}");
     }
 }
+
+#[test]
+fn a_fleet_is_validated_and_defaults_apply() {
+    let mut document = example();
+    document["fleet"] = json!({"cluster": "ratelimit", "domain": "apikey"});
+    let fleet = parse(&document).unwrap().fleet.unwrap();
+    assert_eq!(
+        (fleet.timeout_ms, fleet.on_failure),
+        (50, crate::fleet::OnFailure::Local)
+    );
+    assert_refused(
+        "fleet no domain",
+        |d| d["fleet"] = json!({"cluster": "c"}),
+        "fleet",
+        "missing field `domain`",
+    );
+    assert_refused(
+        "fleet empty cluster",
+        |d| d["fleet"] = json!({"cluster": "", "domain": "d"}),
+        "fleet.cluster",
+        "cluster",
+    );
+    assert_refused(
+        "fleet timeout",
+        |d| d["fleet"] = json!({"cluster": "c", "domain": "d", "timeout_ms": 0}),
+        "fleet.timeout_ms",
+        "from 1",
+    );
+    assert_refused(
+        "fleet open",
+        |d| d["fleet"] = json!({"cluster": "c", "domain": "d", "on_failure": "allow"}),
+        "fleet.on_failure",
+        "no fail-open",
+    );
+    assert_refused(
+        "fleet period",
+        |d| {
+            d["fleet"] = json!({"cluster": "c", "domain": "d"});
+            d["plans"]["pro"]["rate_limits"]["*"]["period_seconds"] = json!(30);
+        },
+        "plans.pro.rate_limits.*.period_seconds",
+        "1, 60, 3600 or 86400",
+    );
+}

@@ -85,16 +85,16 @@ impl FleetQuery {
         })
     }
 
-    /// What the service's answer means: `Ok(())` to let the request
+    /// What the service's answer means: `None` to let the request
     /// through, or the denial. `answer` is `None` for a failure (a gRPC
     /// error, a timeout, an undecodable body, an unknown cluster, an open
     /// circuit); an answer other than OK or OVER_LIMIT is a failure too.
-    pub fn outcome(&self, answer: Option<&Answer>, on_failure: OnFailure) -> Result<(), Denial> {
+    pub fn outcome(&self, answer: Option<&Answer>, on_failure: OnFailure) -> Option<Denial> {
         match answer.map(|a| (a.overall, a.reset_seconds)) {
-            Some((Code::Ok, _)) => Ok(()),
+            Some((Code::Ok, _)) => None,
             Some((Code::OverLimit, reset)) => {
                 let retry_after = reset.unwrap_or(self.limit.period_seconds).max(1);
-                Err(Denial {
+                Some(Denial {
                     scope: Some(self.scope.clone()),
                     retry_after: Some(retry_after),
                     rate_limit: Some(RateLimitReport {
@@ -108,8 +108,8 @@ impl FleetQuery {
                 })
             }
             Some((Code::Unknown, _)) | None => match on_failure {
-                OnFailure::Local => Ok(()),
-                OnFailure::Deny => Err(Denial::new(ErrorCode::RateLimiterUnavailable)),
+                OnFailure::Local => None,
+                OnFailure::Deny => Some(Denial::new(ErrorCode::RateLimiterUnavailable)),
             },
         }
     }
@@ -254,7 +254,7 @@ mod tests {
                 }),
                 OnFailure::Deny
             ),
-            Ok(())
+            None
         );
     }
 
@@ -267,7 +267,7 @@ mod tests {
             }),
             OnFailure::Local,
         );
-        let denial = denial.unwrap_err();
+        let denial = denial.unwrap();
         assert_eq!(
             (denial.code, denial.retry_after, denial.scope.as_deref()),
             (ErrorCode::RateLimited, Some(7), Some("leads:read"))
@@ -292,7 +292,7 @@ mod tests {
             }),
             OnFailure::Local,
         );
-        assert_eq!(none.unwrap_err().retry_after, Some(60));
+        assert_eq!(none.unwrap().retry_after, Some(60));
         let zero = query().outcome(
             Some(&Answer {
                 overall: Code::OverLimit,
@@ -300,7 +300,7 @@ mod tests {
             }),
             OnFailure::Local,
         );
-        assert_eq!(zero.unwrap_err().retry_after, Some(1));
+        assert_eq!(zero.unwrap().retry_after, Some(1));
     }
 
     #[test]
@@ -312,10 +312,8 @@ mod tests {
                 reset_seconds: None,
             }),
         ] {
-            assert_eq!(query().outcome(answer.as_ref(), OnFailure::Local), Ok(()));
-            let denial = query()
-                .outcome(answer.as_ref(), OnFailure::Deny)
-                .unwrap_err();
+            assert_eq!(query().outcome(answer.as_ref(), OnFailure::Local), None);
+            let denial = query().outcome(answer.as_ref(), OnFailure::Deny).unwrap();
             assert_eq!(denial.code, ErrorCode::RateLimiterUnavailable);
         }
     }

@@ -341,10 +341,14 @@ impl RawFleet {
         let valid_name = |name: &str| {
             !name.is_empty() && name.len() <= MAX_LABEL_LEN && !name.chars().any(char::is_control)
         };
-        if !valid_name(&self.cluster) {
+        let cluster_char = |b: u8| b.is_ascii_alphanumeric() || b"_.:-".contains(&b);
+        if self.cluster.is_empty()
+            || self.cluster.len() > 120
+            || !self.cluster.bytes().all(cluster_char)
+        {
             return Err(refuse(
                 "fleet.cluster",
-                "must name an Envoy cluster (1 to 256 bytes)",
+                "must name an Envoy cluster: 1 to 120 of A-Z a-z 0-9 _ . : -",
             ));
         }
         if !valid_name(&self.domain) {

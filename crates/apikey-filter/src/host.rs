@@ -22,6 +22,8 @@ const CAS_MISMATCH: u32 = 8;
 const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
 const PLUGIN_CONFIGURATION: u32 = 7;
+const GRPC_RECEIVE_BUFFER: u32 = 5;
+const STREAM_REQUEST: u32 = 0;
 
 /// proxy-wasm log levels.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +93,7 @@ extern "C" {
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_continue_stream(stream: u32) -> u32;
     fn proxy_set_property(
         path: *const u8,
         path_size: usize,
@@ -239,6 +242,39 @@ pub fn set_filter_state(name: &str, value: &[u8]) -> Result<(), HostError> {
     // would become part of the name).
     // SAFETY: pointers and lengths describe live buffers.
     check(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// Resumes a request paused in `on_http_request_headers`.
+pub fn resume_request() -> Result<(), HostError> {
+    // SAFETY: plain value call.
+    check(unsafe { proxy_continue_stream(STREAM_REQUEST) })
+}
+
+/// The body of a gRPC call's response.
+pub fn grpc_response_body(size: usize) -> Result<Vec<u8>, HostError> {
+    let mut data = null_mut();
+    let mut len = 0;
+    // SAFETY: out-pointers are valid for writes.
+    check(unsafe { proxy_get_buffer_bytes(GRPC_RECEIVE_BUFFER, 0, size, &mut data, &mut len) })?;
+    Ok(owned(data, len))
+}
+
+/// The `grpc_service` argument of a gRPC call for `cluster`: a serialised
+/// `envoy.config.core.v3.GrpcService { envoy_grpc { cluster_name } }`.
+/// Envoy answers a bare cluster name it does not know with a status the
+/// SDK's dispatcher panics on; a `GrpcService` makes an unknown cluster fail
+/// the call itself (a gRPC error the filter handles). The configuration
+/// bounds cluster names to 120 visible ASCII bytes, so the serialised form
+/// is ASCII and can travel as the SDK's `&str`.
+pub fn grpc_service_for_cluster(cluster: &str) -> String {
+    let name = cluster.get(..cluster.len().min(120)).unwrap_or_default();
+    let mut out = String::with_capacity(name.len() + 4);
+    out.push('\n');
+    out.push(char::from(u8::try_from(name.len() + 2).unwrap_or(122)));
+    out.push('\n');
+    out.push(char::from(u8::try_from(name.len()).unwrap_or(120)));
+    out.push_str(name);
+    out
 }
 
 /// Asks for `on_tick` every `period_ms` (0 stops it).

@@ -3,25 +3,43 @@
 //! It reads the request header map in one host call as bytes, asks the
 //! gateway for a decision, and either sends the JSON denial or applies the
 //! header edits (forged identity and credential headers out, identity
-//! headers in, `:path` normalised). Nothing here decides anything.
+//! headers in, `:path` normalised). With a fleet configured, a request its
+//! local bucket admitted is paused while the shared rate-limit service is
+//! asked, and resumed or denied when it answers. Nothing here decides
+//! anything.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use apikey_core::audit;
-use apikey_core::decision::{Allow, Gateway, HeaderEdits, RequestHead};
+use apikey_core::decision::{Allow, Decision, Gateway, HeaderEdits, RequestHead};
 use apikey_core::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
+use apikey_core::fleet::{self, FleetQuery};
 use apikey_core::header_map;
+use apikey_core::rls_codec;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::host::{self, HostClock, Level, SharedData};
-use crate::metrics;
+use crate::metrics::{self, FleetEvent};
 
 /// One request's context.
 pub struct RequestContext {
     gateway: Option<Rc<Gateway>>,
     /// `RateLimit` headers for the response, when configured.
     rate_limit: Option<RateLimitReport>,
+    /// An allowed request waiting for the fleet's answer.
+    waiting: Option<Waiting>,
+}
+
+/// What is kept while the fleet's rate-limit service is asked.
+struct Waiting {
+    gateway: Rc<Gateway>,
+    decision: Decision,
+    allow: Allow,
+    query: FleetQuery,
+    request_id: Option<Vec<u8>>,
+    asked_at_ns: u64,
 }
 
 impl RequestContext {
@@ -30,6 +48,7 @@ impl RequestContext {
         Self {
             gateway,
             rate_limit: None,
+            waiting: None,
         }
     }
 
@@ -50,14 +69,38 @@ impl RequestContext {
                 denial.code,
             );
         };
-        let decision = gateway.decide(&request, &SharedData, &HostClock);
+        let mut decision = gateway.decide(&request, &SharedData, &HostClock);
         if decision.cas_conflicts > 0 || decision.contention {
             metrics::bucket_contention(decision.cas_conflicts, decision.contention);
         }
-        record_audit(&audit::record(&decision));
-        match decision.result {
-            Ok(allow) => self.forward(allow),
-            Err(denial) => deny(&gateway.render(&denial, request.request_id), denial.code),
+        let result = std::mem::replace(
+            &mut decision.result,
+            Err(Denial::new(ErrorCode::InvalidKey)),
+        );
+        match result {
+            Ok(mut allow) => match allow.fleet.take() {
+                Some(query) => {
+                    let request_id = request.request_id.map(<[u8]>::to_vec);
+                    self.ask_fleet(Waiting {
+                        gateway,
+                        decision,
+                        allow,
+                        query,
+                        request_id,
+                        asked_at_ns: 0,
+                    })
+                }
+                None => {
+                    decision.result = Ok(allow.clone());
+                    record_audit(&audit::record(&decision));
+                    self.forward(allow)
+                }
+            },
+            Err(denial) => {
+                decision.result = Err(denial.clone());
+                record_audit(&audit::record(&decision));
+                deny(&gateway.render(&denial, request.request_id), denial.code)
+            }
         }
     }
 
@@ -71,16 +114,95 @@ impl RequestContext {
         metrics::allowed();
         Action::Continue
     }
-}
 
-/// Leaves the audit record for the access log; a failure costs the log
-/// line its fields, not the request.
-fn record_audit(record: &str) {
-    if let Err(error) = host::set_filter_state(audit::FILTER_STATE_NAME, record.as_bytes()) {
-        host::log(
-            Level::Warn,
-            &format!("cannot record the audit fields ({error:?})"),
+    /// Pauses the request and asks the fleet's service, unless its circuit
+    /// is open or the call cannot be made (then `on_failure` decides now).
+    fn ask_fleet(&mut self, mut waiting: Waiting) -> Action {
+        let Some(fleet) = waiting.gateway.fleet().cloned() else {
+            return self.settle(waiting, None);
+        };
+        let now = HostClock::monotonic();
+        if !fleet::read_circuit(&SharedData, &fleet.cluster)
+            .is_ok_and(|circuit| circuit.allows_call(now))
+        {
+            metrics::fleet(FleetEvent::SkippedOpenCircuit);
+            return self.settle(waiting, None);
+        }
+        metrics::fleet(FleetEvent::Call);
+        let target = host::grpc_service_for_cluster(&fleet.cluster);
+        let called = self.dispatch_grpc_call(
+            &target,
+            fleet::SERVICE,
+            fleet::METHOD,
+            Vec::new(),
+            Some(&waiting.query.message),
+            Duration::from_millis(u64::from(fleet.timeout_ms)),
         );
+        match called {
+            Ok(_token) => {
+                waiting.asked_at_ns = now;
+                self.waiting = Some(waiting);
+                Action::Pause
+            }
+            Err(status) => {
+                host::log(
+                    Level::Warn,
+                    &format!(
+                        "rate-limit service call to {:?} not made ({status:?})",
+                        fleet.cluster
+                    ),
+                );
+                self.record_failure(&fleet.cluster, now, false);
+                self.settle(waiting, None)
+            }
+        }
+    }
+
+    /// Counts a failed call and opens the circuit after five in a row.
+    fn record_failure(&self, cluster: &str, now: u64, timed_out: bool) {
+        metrics::fleet(if timed_out {
+            FleetEvent::Timeout
+        } else {
+            FleetEvent::Failure
+        });
+        let before = fleet::read_circuit(&SharedData, cluster).unwrap_or_default();
+        if let Ok(after) = fleet::record_result(&SharedData, cluster, false, now) {
+            if after.open_until_ns != before.open_until_ns && !after.allows_call(now) {
+                metrics::fleet(FleetEvent::CircuitOpened);
+                host::log(
+                    Level::Warn,
+                    &format!("rate-limit service {cluster:?} failing: not asked for 10 s"),
+                );
+            }
+        }
+    }
+
+    /// Applies the fleet's answer (`None`: a failure) to a waiting request.
+    fn settle(&mut self, mut waiting: Waiting, answer: Option<&rls_codec::Answer>) -> Action {
+        let on_failure = waiting
+            .gateway
+            .fleet()
+            .map_or(fleet::OnFailure::Local, |f| f.on_failure);
+        match waiting.query.outcome(answer, on_failure) {
+            None => {
+                waiting.decision.result = Ok(waiting.allow.clone());
+                record_audit(&audit::record(&waiting.decision));
+                self.forward(waiting.allow)
+            }
+            Some(denial) => {
+                waiting.decision.result = Err(denial.clone());
+                record_audit(&audit::record(&waiting.decision));
+                if denial.code == ErrorCode::RateLimited {
+                    metrics::fleet(FleetEvent::OverLimit);
+                }
+                deny(
+                    &waiting
+                        .gateway
+                        .render(&denial, waiting.request_id.as_deref()),
+                    denial.code,
+                )
+            }
+        }
     }
 }
 
@@ -98,6 +220,17 @@ fn apply(edits: &HeaderEdits) -> Result<(), host::HostError> {
         host::replace_request_header(b":path", path)?;
     }
     Ok(())
+}
+
+/// Leaves the audit record for the access log; a failure costs the log
+/// line its fields, not the request.
+fn record_audit(record: &str) {
+    if let Err(error) = host::set_filter_state(audit::FILTER_STATE_NAME, record.as_bytes()) {
+        host::log(
+            Level::Warn,
+            &format!("cannot record the audit fields ({error:?})"),
+        );
+    }
 }
 
 /// Refuses a request the filter cannot decide or forward safely.
@@ -129,7 +262,42 @@ fn deny(reply: &Reply, code: ErrorCode) -> Action {
     Action::Pause
 }
 
-impl Context for RequestContext {}
+impl Context for RequestContext {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let Some(waiting) = self.waiting.take() else {
+            return;
+        };
+        let now = HostClock::monotonic();
+        let answer = if status_code == 0 {
+            host::grpc_response_body(response_size)
+                .ok()
+                .and_then(|body| rls_codec::decode_response(&body).ok())
+        } else {
+            None
+        };
+        let cluster = waiting
+            .gateway
+            .fleet()
+            .map(|f| (f.cluster.clone(), f.timeout_ms));
+        if let Some((cluster, timeout_ms)) = cluster {
+            if FleetQuery::is_success(answer.as_ref()) {
+                let _ = fleet::record_result(&SharedData, &cluster, true, now);
+            } else {
+                let elapsed_ms = now.saturating_sub(waiting.asked_at_ns) / 1_000_000;
+                self.record_failure(&cluster, now, elapsed_ms >= u64::from(timeout_ms));
+            }
+        }
+        let action = self.settle(waiting, answer.as_ref());
+        if matches!(action, Action::Continue) {
+            if let Err(error) = host::resume_request() {
+                host::log(
+                    Level::Critical,
+                    &format!("cannot resume the request ({error:?})"),
+                );
+            }
+        }
+    }
+}
 
 impl HttpContext for RequestContext {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {

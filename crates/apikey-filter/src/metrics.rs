@@ -35,6 +35,46 @@ struct Ids {
     config_accepted: Option<u32>,
     config_refused: Option<u32>,
     keys_loaded: Option<u32>,
+    fleet: [Option<u32>; FleetEvent::ALL.len()],
+}
+
+/// What happened when asking the fleet's rate-limit service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetEvent {
+    /// A call was made.
+    Call,
+    /// The service answered OVER_LIMIT.
+    OverLimit,
+    /// The call failed (error status, bad answer, unknown cluster).
+    Failure,
+    /// The call timed out.
+    Timeout,
+    /// Five failures in a row opened the circuit.
+    CircuitOpened,
+    /// A request was not asked because the circuit was open.
+    SkippedOpenCircuit,
+}
+
+impl FleetEvent {
+    const ALL: [Self; 6] = [
+        Self::Call,
+        Self::OverLimit,
+        Self::Failure,
+        Self::Timeout,
+        Self::CircuitOpened,
+        Self::SkippedOpenCircuit,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Call => "apikey.fleet.calls",
+            Self::OverLimit => "apikey.fleet.over_limit",
+            Self::Failure => "apikey.fleet.failures",
+            Self::Timeout => "apikey.fleet.timeouts",
+            Self::CircuitOpened => "apikey.fleet.circuit_opened",
+            Self::SkippedOpenCircuit => "apikey.fleet.skipped_open_circuit",
+        }
+    }
 }
 
 thread_local! {
@@ -71,6 +111,7 @@ fn with_ids(use_ids: impl FnOnce(&Ids)) {
             config_accepted: define(COUNTER, "apikey.config.accepted"),
             config_refused: define(COUNTER, "apikey.config.refused"),
             keys_loaded: define(GAUGE, "apikey.keys_loaded"),
+            fleet: FleetEvent::ALL.map(|event| define(COUNTER, event.name())),
         });
         use_ids(ids);
     });
@@ -108,6 +149,12 @@ pub fn bucket_contention(conflicts: u32, denied: bool) {
             increment(ids.contention_denials, 1);
         }
     });
+}
+
+/// One fleet event.
+pub fn fleet(event: FleetEvent) {
+    let index = FleetEvent::ALL.iter().position(|e| *e == event);
+    with_ids(|ids| increment(index.and_then(|i| ids.fleet.get(i).copied().flatten()), 1));
 }
 
 /// A configuration published as a new table (counted by the publisher).

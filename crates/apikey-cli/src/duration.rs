@@ -15,7 +15,9 @@ pub const SECOND_NANOS: i64 = 1_000_000_000;
 /// ```
 pub fn parse_duration(text: &str) -> Result<i64, String> {
     let shape = || {
-        format!("bad duration {text:?}: use a number and a unit (s, m, h, d, w), such as 30d or 1h30m")
+        format!(
+            "bad duration {text:?}: use a number and a unit (s, m, h, d, w), such as 30d or 1h30m"
+        )
     };
     if text.is_empty() {
         return Err(shape());
@@ -83,7 +85,9 @@ mod tests {
 
     #[test]
     fn a_number_without_a_unit_or_an_unknown_unit_is_refused() {
-        for text in ["", "30", "d", "1h30", "3y", "1.5h", "-1h", " 1h", "1 h", "１h"] {
+        for text in [
+            "", "30", "d", "1h30", "3y", "1.5h", "-1h", " 1h", "1 h", "１h",
+        ] {
             assert!(parse_duration(text).is_err(), "accepted {text:?}");
         }
     }

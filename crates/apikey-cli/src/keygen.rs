@@ -120,6 +120,34 @@ pub fn check_tenant_in_key(tenant: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The prefix of a new key. Plain: `base`, or `sk_<env>_` (env `live` when
+/// none is given). With the tenant spelled in (the seeds' `sydx_<tenant>_…`
+/// form): `base` (default `sydx_`), the tenant, `_`.
+pub fn choose_prefix(
+    base: Option<&str>,
+    tenant_in_key: Option<&str>,
+    env: Option<&str>,
+) -> Result<String, String> {
+    let prefix = match (base, tenant_in_key) {
+        (base, Some(tenant)) => {
+            check_tenant_in_key(tenant)?;
+            let base = base.unwrap_or("sydx_");
+            check_prefix(base)?;
+            format!("{base}{tenant}_")
+        }
+        (Some(base), None) => {
+            check_prefix(base)?;
+            base.to_owned()
+        }
+        (None, None) => {
+            let prefix = format!("sk_{}_", env.unwrap_or("live"));
+            check_prefix(&prefix).map_err(|error| format!("{error}; pass --prefix"))?;
+            prefix
+        }
+    };
+    Ok(prefix)
+}
+
 /// A new key: `prefix` followed by 24 random base62 characters.
 pub fn new_key(random: &mut dyn RandomSource, prefix: &str) -> Result<SecretKey, RandomError> {
     Ok(SecretKey(format!(
@@ -255,7 +283,14 @@ mod tests {
 
     #[test]
     fn hints_of_other_shapes_give_no_prefix() {
-        for other in ["", "sk_live_", "sk_live_AbC...9Mn0", "…9Mn0", "Ab…9Mn0", "sk_AbC…9M"] {
+        for other in [
+            "",
+            "sk_live_",
+            "sk_live_AbC...9Mn0",
+            "…9Mn0",
+            "Ab…9Mn0",
+            "sk_AbC…9M",
+        ] {
             assert_eq!(prefix_from_hint(other), None, "hint {other:?}");
         }
     }
@@ -277,6 +312,26 @@ mod tests {
         for good in ["sk_live_", "crm_", "syx_live_", "sydx_acme_"] {
             assert!(check_prefix(good).is_ok(), "refused {good:?}");
         }
+    }
+
+    #[test]
+    fn the_default_prefix_follows_the_env_and_the_tenant_form_defaults_to_sydx() {
+        assert_eq!(choose_prefix(None, None, None).unwrap(), "sk_live_");
+        assert_eq!(choose_prefix(None, None, Some("test")).unwrap(), "sk_test_");
+        assert_eq!(
+            choose_prefix(Some("crm_"), None, Some("test")).unwrap(),
+            "crm_"
+        );
+        assert_eq!(
+            choose_prefix(None, Some("acme"), None).unwrap(),
+            "sydx_acme_"
+        );
+        assert_eq!(
+            choose_prefix(Some("ak_"), Some("acme"), None).unwrap(),
+            "ak_acme_"
+        );
+        assert!(choose_prefix(None, None, Some("my env")).is_err());
+        assert!(choose_prefix(None, Some("acme corp"), None).is_err());
     }
 
     #[test]

@@ -48,12 +48,13 @@ ECHO_MARKER = "x-echo-upstream"  # set by echo_upstream.py on every answer
 ECDS_FILE = "apikey.yaml"
 FILTER_NAME = "apikey"
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}."
+ECDS_COUNTERS = ("update_success", "update_rejected", "config_reload")
 # A DiscoveryResponse with no resource: Envoy needs the ECDS file to exist
 # at start-up, counts this one as a rejected update and serves default_config.
 NOTHING_YET = {"resources": []}
 LOG_TAIL_LINES = 40
 
-Header = tuple["str | bytes", "str | bytes"]
+Header = tuple[str | bytes, str | bytes]
 
 
 class GatewayError(RuntimeError):
@@ -84,7 +85,7 @@ def build_module() -> Path:
     if override:
         return Path(override).resolve()
     command = ["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "apikey-filter"]
-    built = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    built = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
     if built.returncode != 0:
         raise GatewayError(f"{' '.join(command)} failed:\n{built.stderr[-4000:]}")
     return REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "apikey_filter.wasm"
@@ -96,7 +97,7 @@ def _named(items: Iterable[dict], name: str, what: str) -> dict:
     for item in items:
         if item.get("name") == name:
             return item
-    raise GatewayError(f"{BOOTSTRAP} has no {what} named {name!r}")
+    raise GatewayError(f"no {what} named {name!r}")
 
 
 def _connection_manager(bootstrap: dict) -> dict:
@@ -273,7 +274,8 @@ class Gateway:
         self.log_path = self.workdir / "envoy.log"
         self._envoy: subprocess.Popen | None = None
         self._upstream: subprocess.Popen | None = None
-        self._last_document: dict | None = None
+        self._bootstrap: dict = {}
+        self._last_document: dict = {}
         self.admin_address = ""
         self.port = 0
         self.upstream_port = 0
@@ -352,18 +354,12 @@ class Gateway:
         self._wait("the listener to accept connections", self._listener_accepts)
 
     def _wait_for_initial_configuration(self) -> None:
-        """The listener serves the default_config at once; the ECDS file is
-        read right after. Wait for it, so a test sees its configuration."""
-        if self.config is None:
-            self._wait("Envoy to read the empty ECDS file", lambda: self._ecds_counters()["update_rejected"] >= 1)
-            return
-        self._wait("the initial configuration to be accepted or refused",
-                   lambda: self._ecds_counters()["update_attempt"] >= 1
-                   and self._ecds_counters()["update_success"] + self._ecds_counters()["update_rejected"] >= 1)
-        if self._ecds_counters()["update_rejected"]:
+        """The listener serves the default_config at once and reads the ECDS
+        file right after: wait for that, so a test starts from its
+        configuration (or, with none, from the refused empty file)."""
+        accepted = self._await_update(before={name: 0 for name in ECDS_COUNTERS})
+        if self.config is not None and not accepted:
             raise GatewayError(f"Envoy refused the initial configuration\n{self._log_tail()}")
-        self._wait("every worker to apply the initial configuration",
-                   lambda: self._ecds_counters()["config_reload"] >= 1)
 
     # -- configuration --
 
@@ -380,7 +376,15 @@ class Gateway:
         before = self._ecds_counters()
         write_ecds(self.ecds_dir / ECDS_FILE, document)
         self._last_document = document
+        return self._await_update(before)
 
+    def _await_update(self, before: dict[str, int]) -> bool:
+        """Waits for the ECDS update after the counters `before`: False when
+        refused, True once accepted and applied on every worker.
+
+        update_success and update_rejected say what the main thread decided;
+        config_reload counts updates every worker has switched to (Envoy
+        bumps it on some refusals too, so it is read only after a success)."""
         def decided():
             now = self._ecds_counters()
             return now["update_success"] > before["update_success"] or now["update_rejected"] > before["update_rejected"]
@@ -388,13 +392,13 @@ class Gateway:
         self._wait("Envoy to accept or refuse the configuration", decided)
         if self._ecds_counters()["update_rejected"] > before["update_rejected"]:
             return False
-        # config_reload counts updates that every worker has applied.
         self._wait("every worker to apply the configuration",
                    lambda: self._ecds_counters()["config_reload"] > before["config_reload"])
         return True
 
     def _ecds_counters(self) -> dict[str, int]:
-        return {name[len(ECDS_STATS):]: value for name, value in self.stats(ECDS_STATS).items()}
+        stats = self.stats(ECDS_STATS)
+        return {name: stats[ECDS_STATS + name] for name in ECDS_COUNTERS}
 
     # -- requests --
 

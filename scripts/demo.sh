@@ -45,13 +45,19 @@ cleanup() {
 wait_for() {
   local what="$1" deadline=$((SECONDS + 30)) pid
   shift
-  until "$@" >/dev/null 2>&1; do
+  while true; do
     for pid in "${PIDS[@]}"; do
       kill -0 "$pid" 2>/dev/null || die "a demo process exited while waiting for $what (is the port in use?)"
     done
+    "$@" >/dev/null 2>&1 && return
     ((SECONDS < deadline)) || die "timed out waiting for $what"
     sleep 0.1
   done
+}
+
+# Ours, not some other server that already held the port.
+echo_upstream_answers() {
+  curl -sfI http://127.0.0.1:8080/ | grep -qi '^x-echo-upstream:'
 }
 
 configuration_applied() {
@@ -67,7 +73,7 @@ start() {
   trap 'exit 130' INT TERM
   "$VENV_PYTHON" tests/e2e/echo_upstream.py --port 8080 >/dev/null &
   PIDS+=($!)
-  wait_for "the echo upstream on 127.0.0.1:8080" curl -sf http://127.0.0.1:8080/
+  wait_for "the echo upstream on 127.0.0.1:8080" echo_upstream_answers
   mkdir -p "$(dirname "$ENVOY_LOG")"
   "$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l warning >"$ENVOY_LOG" 2>&1 &
   PIDS+=($!)

@@ -17,7 +17,8 @@ import argparse
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-HEADER_NAME = "x-echo-upstream"
+# On every answer, so a client can tell the upstream's answers from Envoy's.
+MARKER_HEADER = "x-echo-upstream"
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -50,7 +51,7 @@ class EchoHandler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
-        self.send_header(HEADER_NAME, "1")
+        self.send_header(MARKER_HEADER, "1")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

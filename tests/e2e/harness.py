@@ -41,10 +41,11 @@ import h2.connection
 import h2.events
 import yaml
 
+from echo_upstream import MARKER_HEADER
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = REPO_ROOT / "envoy" / "envoy.yaml"
 ECHO_UPSTREAM = Path(__file__).resolve().with_name("echo_upstream.py")
-ECHO_MARKER = "x-echo-upstream"  # set by echo_upstream.py on every answer
 ECDS_FILE = "apikey.yaml"
 FILTER_NAME = "apikey"
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}."
@@ -201,7 +202,7 @@ class Response:
     @property
     def upstream(self) -> dict | None:
         """What the echo upstream received, when the request reached it."""
-        return self.json if self.header(ECHO_MARKER) else None
+        return self.json if self.header(MARKER_HEADER) else None
 
 
 def _to_bytes(value: str | bytes) -> bytes:

@@ -358,7 +358,7 @@ class Gateway:
         """The listener serves the default_config at once and reads the ECDS
         file right after: wait for that, so a test starts from its
         configuration (or, with none, from the refused empty file)."""
-        accepted = self._await_update(before={name: 0 for name in ECDS_COUNTERS})
+        accepted = self.await_update(before={name: 0 for name in ECDS_COUNTERS})
         if self.config is not None and not accepted:
             raise GatewayError(f"Envoy refused the initial configuration\n{self._log_tail()}")
 
@@ -374,30 +374,33 @@ class Gateway:
         document = ecds_document(self._bootstrap, config)
         if document == self._last_document:
             raise ValueError("Envoy ignores a configuration identical to the last one it received")
-        before = self._ecds_counters()
+        before = self.ecds_counters()
         write_ecds(self.ecds_dir / ECDS_FILE, document)
         self._last_document = document
-        return self._await_update(before)
+        return self.await_update(before)
 
-    def _await_update(self, before: dict[str, int]) -> bool:
-        """Waits for the ECDS update after the counters `before`: False when
+    def await_update(self, before: dict[str, int]) -> bool:
+        """Waits for the ECDS update after the counters `before` (taken with
+        ecds_counters() before the file changed; push() does this, and a test
+        whose ECDS file another program writes calls it itself): False when
         refused, True once accepted and applied on every worker.
 
         update_success and update_rejected say what the main thread decided;
         config_reload counts updates every worker has switched to (Envoy
         bumps it on some refusals too, so it is read only after a success)."""
         def decided():
-            now = self._ecds_counters()
+            now = self.ecds_counters()
             return now["update_success"] > before["update_success"] or now["update_rejected"] > before["update_rejected"]
 
         self._wait("Envoy to accept or refuse the configuration", decided)
-        if self._ecds_counters()["update_rejected"] > before["update_rejected"]:
+        if self.ecds_counters()["update_rejected"] > before["update_rejected"]:
             return False
         self._wait("every worker to apply the configuration",
-                   lambda: self._ecds_counters()["config_reload"] > before["config_reload"])
+                   lambda: self.ecds_counters()["config_reload"] > before["config_reload"])
         return True
 
-    def _ecds_counters(self) -> dict[str, int]:
+    def ecds_counters(self) -> dict[str, int]:
+        """The ECDS counters await_update() compares."""
         stats = self.stats(ECDS_STATS)
         return {name: stats[ECDS_STATS + name] for name in ECDS_COUNTERS}
 

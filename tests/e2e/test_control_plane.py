@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ECDS_FILE, ECDS_STATS, REPO_ROOT, Gateway, GatewayError
+from harness import ECDS_FILE, REPO_ROOT, Gateway, GatewayError
 
 PLANS = {
     "pro": {"scopes": ["leads:*"], "rate_limits": {"*": {"requests": 1000, "period_seconds": 1}}},
@@ -72,32 +72,15 @@ class ControlPlane:
     def change(self, *args: str) -> str:
         """Runs a mutating command and waits until every worker applies
         the ECDS file it wrote; returns stdout."""
-        before = self.counters()
+        before = self.gw.ecds_counters()
         out = self.ok(*args)
-        self.wait_applied(before)
+        assert self.gw.await_update(before), f"Envoy refused the ECDS file of apikey {args}"
         return out
 
     def create(self, *args: str) -> tuple[str, str]:
         """A new key: (id, raw key)."""
         shown = json.loads(self.change("--json", "create", *args))
         return shown["id"], shown["key"]
-
-    def counters(self) -> dict[str, int]:
-        stats = self.gw.stats(ECDS_STATS)
-        return {name: stats.get(ECDS_STATS + name, 0)
-                for name in ("update_success", "update_rejected", "config_reload")}
-
-    def wait_applied(self, before: dict[str, int], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            now = self.counters()
-            if now["update_rejected"] > before["update_rejected"]:
-                raise AssertionError(f"Envoy refused the CLI's ECDS file\n{self.gw.log_text()[-3000:]}")
-            if now["update_success"] > before["update_success"] and now["config_reload"] > before["config_reload"]:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the CLI's ECDS file was not applied: {before} -> {now}")
-            time.sleep(0.02)
 
 
 def call(gw: Gateway, key: str, path: str = LEADS):

@@ -134,6 +134,11 @@ pub enum Command {
     },
     /// Check the state file.
     Validate,
+    /// Per-key activity from an access log.
+    Usage {
+        /// The JSON access log (`-` for standard input).
+        log: String,
+    },
     /// Write a deployment document.
     Render {
         /// Which.
@@ -170,6 +175,8 @@ commands:
          [--name N] [--env E]
   delete ID
   validate
+  usage [--log FILE]         per key from Envoy's JSON access log (default: standard input):
+                             requests, allowed, denials by code, last used
   render ecds [--out FILE]
   render istio [--out FILE] [--name apikey] [--namespace istio-system]
          [--selector app=istio-ingressgateway] [--url oci://...]
@@ -224,6 +231,7 @@ fn command_options(command: &str) -> Option<&'static [(&'static str, Kind)]> {
             ("tenant-prefix", Flag),
         ],
         "list" => &[("tenant", Value)],
+        "usage" => &[("log", Value)],
         "rotate" => &[
             ("grace", Value),
             ("prefix", Value),
@@ -457,6 +465,9 @@ fn build(
         "revoke" => Command::Revoke { id: id(tokens)? },
         "delete" => Command::Delete { id: id(tokens)? },
         "validate" => Command::Validate,
+        "usage" => Command::Usage {
+            log: tokens.take("log").unwrap_or_else(|| "-".to_owned()),
+        },
         "rotate" => Command::Rotate {
             id: id(tokens)?,
             grace: parse_duration(

@@ -110,6 +110,7 @@ pub fn run(invocation: Invocation, io: &mut Io<'_>) -> Result<(), CliError> {
             ecds
         }
         Command::Validate => validate(globals, io),
+        Command::Usage { log } => usage_report(globals, &log, io),
         Command::Render { target, out } => render_to(globals, &target, out.as_deref(), io),
     }
 }
@@ -281,6 +282,22 @@ fn show_key(
     } else {
         say(io.out, issued.key.expose())
     }
+}
+
+/// `usage`: reads an access log (not the state file: it needs no lock).
+fn usage_report(globals: &Globals, log: &str, io: &mut Io<'_>) -> Result<(), CliError> {
+    let report = if log == "-" {
+        crate::usage::summarise(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(log).map_err(|e| refused(format!("{log}: {e}")))?;
+        crate::usage::summarise(std::io::BufReader::new(file))
+    }
+    .map_err(|e| refused(format!("{log}: {e}")))?;
+    if globals.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| refused(e.to_string()))?;
+        return say(io.out, &text);
+    }
+    say(io.out, crate::usage::table(&report).trim_end())
 }
 
 fn list(globals: &Globals, tenant: Option<&str>, io: &mut Io<'_>) -> Result<(), CliError> {

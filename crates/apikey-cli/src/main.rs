@@ -15,6 +15,7 @@ mod keygen;
 mod render;
 mod state;
 mod store;
+mod usage;
 
 use std::io::Write;
 use std::process::ExitCode;

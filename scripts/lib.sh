@@ -42,3 +42,21 @@ build_module() {
   (cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" -p apikey-filter)
   [[ -f "$WASM_MODULE" ]] || die "cargo built, but $WASM_MODULE is missing"
 }
+
+# apt_install PACKAGE...: installs the Debian packages not yet installed
+# (quietly; root or sudo). Dies naming the packages when apt cannot.
+apt_install() {
+  local missing=() package
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  ((${#missing[@]})) || return 0
+  local sudo=()
+  [[ "$(id -u)" == 0 ]] || sudo=(sudo)
+  echo "installing Debian packages: ${missing[*]}"
+  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; then
+    "${sudo[@]}" apt-get update -qq >/dev/null || true
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+      die "apt-get could not install ${missing[*]}"
+  fi
+}

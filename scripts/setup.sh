@@ -82,3 +82,12 @@ ensure_rust
 ensure_wasm_bindgen_runner
 ensure_venv
 check_envoy
+
+# Each later part of the product that needs more (Redis, Podman, the
+# nightly toolchain, a load generator) installs it from its own file, so the
+# parts stay apart. Each file defines its functions and calls them.
+for part in "$REPO_ROOT"/scripts/setup.d/*.sh; do
+  [[ -e "$part" ]] || continue
+  # shellcheck source=/dev/null
+  source "$part"
+done

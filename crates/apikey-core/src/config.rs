@@ -1,7 +1,7 @@
 //! The plugin configuration (contract §1): parsing, validation, compilation.
 //!
-//! A control plane sends JSON. It is parsed into `Raw*` types that refuse
-//! unknown fields and duplicate names, then validated field by field into a
+//! A control plane sends JSON. It is read (by [`crate::json`]) into `Raw*`
+//! types that refuse unknown fields and names given twice, then validated field by field into a
 //! [`Config`] whose rules, plans and limits are indexed for the request
 //! path. Any problem rejects the whole configuration with one
 //! [`ConfigError`] naming the field (`keys[3].plan: unknown plan "gold"`),
@@ -10,11 +10,9 @@
 use core::fmt;
 use std::collections::HashSet;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
-
 use crate::credentials::{Scheme, Schemes};
 use crate::fleet::{Fleet, OnFailure};
+use crate::json::{JsonError, Path, Reader};
 use crate::key_hash::KeyHash;
 use crate::path;
 use crate::rate_limit::{Limit, LimitTable, MAX_PERIOD_SECONDS, MAX_REQUESTS};
@@ -136,16 +134,9 @@ impl Config {
         if text.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        let mut deserializer = serde_json::Deserializer::from_slice(text);
-        let raw: RawConfig =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-                let field = error.path().to_string();
-                let field = if field == "." { String::new() } else { field };
-                refuse(field, error.into_inner().to_string())
-            })?;
-        deserializer
-            .end()
-            .map_err(|error| refuse("", error.to_string()))?;
+        let mut reader = Reader::new(text);
+        let raw = RawConfig::read(&mut reader)?;
+        reader.end()?;
         raw.validate().map(Some)
     }
 
@@ -155,32 +146,72 @@ impl Config {
     }
 }
 
-/// A JSON object read in order, refusing a name given twice (serde's maps
-/// would silently keep the last, so `{"pro": A, "pro": B}` would mean B).
+impl From<JsonError> for ConfigError {
+    fn from(error: JsonError) -> Self {
+        Self {
+            field: error.field,
+            reason: error.reason,
+        }
+    }
+}
+
+/// Stores a field's value, refusing a field given twice (`{"id": A, "id":
+/// B}` would otherwise silently mean B).
+fn once<T>(slot: &mut Option<T>, path: &Path<'_>, value: T) -> Result<(), JsonError> {
+    if slot.is_some() {
+        return Err(JsonError::at(path, "is given twice"));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Reads an optional field: `null` leaves it out.
+fn optional<'a, T>(
+    reader: &mut Reader<'a>,
+    slot: &mut Option<T>,
+    path: &Path<'_>,
+    read: impl FnOnce(&mut Reader<'a>, &Path<'_>) -> Result<T, JsonError>,
+) -> Result<(), JsonError> {
+    if reader.null()? {
+        return Ok(());
+    }
+    let value = read(reader, path)?;
+    once(slot, path, value)
+}
+
+/// The refusal of a field the schema does not have.
+fn unknown_field(path: &Path<'_>, name: &str, expected: &str) -> JsonError {
+    JsonError::at(
+        path,
+        format!("unknown field `{name}`, expected one of {expected}"),
+    )
+}
+
+/// The refusal of a required field left out.
+fn missing(path: &Path<'_>, name: &str) -> JsonError {
+    JsonError::at(path, format!("missing field `{name}`"))
+}
+
+/// A JSON object read in order, refusing a name given twice.
 #[derive(Debug)]
 struct UniqueMap<V>(Vec<(String, V)>);
 
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct UniqueVisitor<V>(core::marker::PhantomData<V>);
-        impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueVisitor<V> {
-            type Value = UniqueMap<V>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
+impl<V> UniqueMap<V> {
+    fn read<'a>(
+        reader: &mut Reader<'a>,
+        path: &Path<'_>,
+        mut value: impl FnMut(&mut Reader<'a>, &Path<'_>) -> Result<V, JsonError>,
+    ) -> Result<Self, JsonError> {
+        let mut entries: Vec<(String, V)> = Vec::new();
+        reader.object(path, |reader, name, field| {
+            if entries.iter().any(|(seen, _)| seen == name) {
+                return Err(JsonError::at(path, format!("{name:?} is given twice")));
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries: Vec<(String, V)> = Vec::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    if entries.iter().any(|(seen, _)| *seen == name) {
-                        return Err(serde::de::Error::custom(format!("{name:?} is given twice")));
-                    }
-                    let value = map.next_value()?;
-                    entries.push((name, value));
-                }
-                Ok(UniqueMap(entries))
-            }
-        }
-        deserializer.deserialize_map(UniqueVisitor(core::marker::PhantomData))
+            let entry = value(reader, field)?;
+            entries.push((name.to_owned(), entry));
+            Ok(())
+        })?;
+        Ok(Self(entries))
     }
 }
 
@@ -190,28 +221,65 @@ impl<V> Default for UniqueMap<V> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawConfig {
-    #[serde(default)]
-    keys: Vec<RawKey>,
-    #[serde(default)]
-    plans: UniqueMap<RawPlan>,
-    #[serde(default)]
-    rules: Vec<RawRule>,
+    keys: Option<Vec<RawKey>>,
+    plans: Option<UniqueMap<RawPlan>>,
+    rules: Option<Vec<RawRule>>,
     schemes: Option<Vec<String>>,
     key_prefixes: Option<Vec<String>>,
-    #[serde(default)]
-    forward_credential: bool,
+    forward_credential: Option<bool>,
     realm: Option<String>,
     rate_limit_headers: Option<String>,
-    #[serde(default)]
-    case_insensitive_paths: bool,
+    case_insensitive_paths: Option<bool>,
     fleet: Option<RawFleet>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawConfig {
+    const FIELDS: &'static str = "`keys`, `plans`, `rules`, `schemes`, `key_prefixes`, \
+        `forward_credential`, `realm`, `rate_limit_headers`, `case_insensitive_paths`, `fleet`";
+
+    fn read(reader: &mut Reader<'_>) -> Result<Self, JsonError> {
+        let mut raw = Self::default();
+        reader.object(&Path::Root, |reader, name, path| match name {
+            "keys" => optional(reader, &mut raw.keys, path, |reader, path| {
+                let mut keys = Vec::new();
+                reader.array(path, |reader, path| {
+                    keys.push(RawKey::read(reader, path)?);
+                    Ok(())
+                })?;
+                Ok(keys)
+            }),
+            "plans" => optional(reader, &mut raw.plans, path, |reader, path| {
+                UniqueMap::read(reader, path, RawPlan::read)
+            }),
+            "rules" => optional(reader, &mut raw.rules, path, |reader, path| {
+                let mut rules = Vec::new();
+                reader.array(path, |reader, path| {
+                    rules.push(RawRule::read(reader, path)?);
+                    Ok(())
+                })?;
+                Ok(rules)
+            }),
+            "schemes" => optional(reader, &mut raw.schemes, path, Reader::strings),
+            "key_prefixes" => optional(reader, &mut raw.key_prefixes, path, Reader::strings),
+            "forward_credential" => {
+                optional(reader, &mut raw.forward_credential, path, Reader::bool)
+            }
+            "realm" => optional(reader, &mut raw.realm, path, Reader::string),
+            "rate_limit_headers" => {
+                optional(reader, &mut raw.rate_limit_headers, path, Reader::string)
+            }
+            "case_insensitive_paths" => {
+                optional(reader, &mut raw.case_insensitive_paths, path, Reader::bool)
+            }
+            "fleet" => optional(reader, &mut raw.fleet, path, RawFleet::read),
+            _ => Err(unknown_field(path, name, Self::FIELDS)),
+        })?;
+        Ok(raw)
+    }
+}
+
 struct RawFleet {
     cluster: String,
     domain: String,
@@ -219,58 +287,175 @@ struct RawFleet {
     on_failure: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawFleet {
+    fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
+        let (mut cluster, mut domain, mut timeout_ms, mut on_failure) = (None, None, None, None);
+        reader.object(path, |reader, name, field| match name {
+            "cluster" => optional(reader, &mut cluster, field, Reader::string),
+            "domain" => optional(reader, &mut domain, field, Reader::string),
+            "timeout_ms" => optional(reader, &mut timeout_ms, field, Reader::u64),
+            "on_failure" => optional(reader, &mut on_failure, field, Reader::string),
+            _ => Err(unknown_field(
+                field,
+                name,
+                "`cluster`, `domain`, `timeout_ms`, `on_failure`",
+            )),
+        })?;
+        Ok(Self {
+            cluster: cluster.ok_or_else(|| missing(path, "cluster"))?,
+            domain: domain.ok_or_else(|| missing(path, "domain"))?,
+            timeout_ms,
+            on_failure,
+        })
+    }
+}
+
 struct RawKey {
     id: String,
     sha256: String,
     tenant: String,
-    #[serde(default)]
     scopes: Vec<String>,
     plan: Option<String>,
     env: Option<String>,
     expires_at: Option<String>,
-    #[serde(default)]
     revoked: bool,
     name: Option<String>,
     hint: Option<String>,
     /// Extension: when the key was made, for people (the CLI's `list`).
     created_at: Option<String>,
-    #[serde(default)]
     rate_limits: UniqueMap<RawLimit>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawKey {
+    const FIELDS: &'static str = "`id`, `sha256`, `tenant`, `scopes`, `plan`, `env`, \
+        `expires_at`, `revoked`, `name`, `hint`, `created_at`, `rate_limits`";
+
+    fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
+        let (mut id, mut sha256, mut tenant, mut scopes) = (None, None, None, None);
+        let (mut plan, mut env, mut expires_at, mut revoked) = (None, None, None, None);
+        let (mut name, mut hint, mut created_at, mut rate_limits) = (None, None, None, None);
+        reader.object(path, |reader, field_name, field| match field_name {
+            "id" => optional(reader, &mut id, field, Reader::string),
+            "sha256" => optional(reader, &mut sha256, field, Reader::string),
+            "tenant" => optional(reader, &mut tenant, field, Reader::string),
+            "scopes" => optional(reader, &mut scopes, field, Reader::strings),
+            "plan" => optional(reader, &mut plan, field, Reader::string),
+            "env" => optional(reader, &mut env, field, Reader::string),
+            "expires_at" => optional(reader, &mut expires_at, field, Reader::string),
+            "revoked" => optional(reader, &mut revoked, field, Reader::bool),
+            "name" => optional(reader, &mut name, field, Reader::string),
+            "hint" => optional(reader, &mut hint, field, Reader::string),
+            "created_at" => optional(reader, &mut created_at, field, Reader::string),
+            "rate_limits" => optional(reader, &mut rate_limits, field, |reader, path| {
+                UniqueMap::read(reader, path, RawLimit::read)
+            }),
+            _ => Err(unknown_field(field, field_name, Self::FIELDS)),
+        })?;
+        Ok(Self {
+            id: id.ok_or_else(|| missing(path, "id"))?,
+            sha256: sha256.ok_or_else(|| missing(path, "sha256"))?,
+            tenant: tenant.ok_or_else(|| missing(path, "tenant"))?,
+            scopes: scopes.unwrap_or_default(),
+            plan,
+            env,
+            expires_at,
+            revoked: revoked.unwrap_or(false),
+            name,
+            hint,
+            created_at,
+            rate_limits: rate_limits.unwrap_or_default(),
+        })
+    }
+}
+
 struct RawPlan {
     scopes: Option<Vec<String>>,
-    #[serde(default)]
     rate_limits: UniqueMap<RawLimit>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawPlan {
+    fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
+        let (mut scopes, mut rate_limits) = (None, None);
+        reader.object(path, |reader, name, field| match name {
+            "scopes" => optional(reader, &mut scopes, field, Reader::strings),
+            "rate_limits" => optional(reader, &mut rate_limits, field, |reader, path| {
+                UniqueMap::read(reader, path, RawLimit::read)
+            }),
+            _ => Err(unknown_field(field, name, "`scopes`, `rate_limits`")),
+        })?;
+        Ok(Self {
+            scopes,
+            rate_limits: rate_limits.unwrap_or_default(),
+        })
+    }
+}
+
 struct RawLimit {
     requests: u64,
     period_seconds: u64,
     burst: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawLimit {
+    fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
+        let (mut requests, mut period_seconds, mut burst) = (None, None, None);
+        reader.object(path, |reader, name, field| match name {
+            "requests" => optional(reader, &mut requests, field, Reader::u64),
+            "period_seconds" => optional(reader, &mut period_seconds, field, Reader::u64),
+            "burst" => optional(reader, &mut burst, field, Reader::u64),
+            _ => Err(unknown_field(
+                field,
+                name,
+                "`requests`, `period_seconds`, `burst`",
+            )),
+        })?;
+        Ok(Self {
+            requests: requests.ok_or_else(|| missing(path, "requests"))?,
+            period_seconds: period_seconds.ok_or_else(|| missing(path, "period_seconds"))?,
+            burst,
+        })
+    }
+}
+
 struct RawRule {
     path: Option<String>,
     path_prefix: Option<String>,
     methods: Option<Vec<String>>,
-    #[serde(default)]
     public: bool,
     scope: Option<String>,
+}
+
+impl RawRule {
+    fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
+        let (mut rule_path, mut path_prefix, mut methods, mut public, mut scope) =
+            (None, None, None, None, None);
+        reader.object(path, |reader, name, field| match name {
+            "path" => optional(reader, &mut rule_path, field, Reader::string),
+            "path_prefix" => optional(reader, &mut path_prefix, field, Reader::string),
+            "methods" => optional(reader, &mut methods, field, Reader::strings),
+            "public" => optional(reader, &mut public, field, Reader::bool),
+            "scope" => optional(reader, &mut scope, field, Reader::string),
+            _ => Err(unknown_field(
+                field,
+                name,
+                "`path`, `path_prefix`, `methods`, `public`, `scope`",
+            )),
+        })?;
+        Ok(Self {
+            path: rule_path,
+            path_prefix,
+            methods,
+            public: public.unwrap_or(false),
+            scope,
+        })
+    }
 }
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         let plans = self
             .plans
+            .unwrap_or_default()
             .0
             .into_iter()
             .map(|(name, plan)| plan.validate(name))
@@ -278,10 +463,11 @@ impl RawConfig {
         if plans.len() > usize::from(PlanIndex::MAX) {
             return Err(refuse("plans", format!("at most {} plans", PlanIndex::MAX)));
         }
-        let mut ids = HashSet::with_capacity(self.keys.len());
-        let mut hashes = HashSet::with_capacity(self.keys.len());
-        let mut keys = Vec::with_capacity(self.keys.len());
-        for (index, raw) in self.keys.into_iter().enumerate() {
+        let raw_keys = self.keys.unwrap_or_default();
+        let mut ids = HashSet::with_capacity(raw_keys.len());
+        let mut hashes = HashSet::with_capacity(raw_keys.len());
+        let mut keys = Vec::with_capacity(raw_keys.len());
+        for (index, raw) in raw_keys.into_iter().enumerate() {
             let field = format!("keys[{index}]");
             let key = raw.validate(&field, &plans)?;
             if !ids.insert(key.id.clone()) {
@@ -302,21 +488,21 @@ impl RawConfig {
             None => None,
             Some(raw) => Some(raw.validate(&plans, &keys)?),
         };
+        let case_insensitive_paths = self.case_insensitive_paths.unwrap_or(false);
         let rules = self
             .rules
+            .unwrap_or_default()
             .into_iter()
             .enumerate()
-            .map(|(index, rule)| {
-                rule.validate(&format!("rules[{index}]"), self.case_insensitive_paths)
-            })
+            .map(|(index, rule)| rule.validate(&format!("rules[{index}]"), case_insensitive_paths))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             keys,
             plans,
-            rules: RuleSet::new(rules, self.case_insensitive_paths),
+            rules: RuleSet::new(rules, case_insensitive_paths),
             schemes: validate_schemes(self.schemes)?,
             key_prefixes: validate_prefixes(self.key_prefixes)?,
-            forward_credential: self.forward_credential,
+            forward_credential: self.forward_credential.unwrap_or(false),
             realm: validate_realm(self.realm)?,
             fleet,
             rate_limit_headers: match self.rate_limit_headers.as_deref() {

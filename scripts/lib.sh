@@ -37,10 +37,15 @@ require_command() {
   command -v "$1" >/dev/null 2>&1 || die "$1 not found on PATH: $2"
 }
 
-# build_module: the release Wasm module Envoy loads.
+# build_module: the release Wasm module Envoy loads: cargo's output with the
+# callbacks the filter does not use dropped and wasm-opt applied
+# (scripts/finish_module.py says why). Cargo re-links its output on every
+# build, so the finish runs every time (about a second).
 build_module() {
   (cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" -p apikey-filter)
   [[ -f "$WASM_MODULE" ]] || die "cargo built, but $WASM_MODULE is missing"
+  python3 "$REPO_ROOT/scripts/finish_module.py" "$WASM_MODULE" >/dev/null ||
+    die "scripts/finish_module.py could not finish $WASM_MODULE"
 }
 
 # apt_install PACKAGE...: installs the Debian packages not yet installed

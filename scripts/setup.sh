@@ -78,7 +78,14 @@ check_envoy() {
   [[ "$version" == *"/$ENVOY_VERSION/"* ]] || die "expected Envoy $ENVOY_VERSION, $ENVOY says: $version"
 }
 
+# wasm-opt finishes the module (scripts/finish_module.py).
+ensure_binaryen() {
+  command -v wasm-opt >/dev/null 2>&1 || apt_install binaryen
+  require_command wasm-opt "install binaryen (Debian: apt-get install binaryen)"
+}
+
 ensure_rust
+ensure_binaryen
 ensure_wasm_bindgen_runner
 ensure_venv
 check_envoy

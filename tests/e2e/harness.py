@@ -89,7 +89,13 @@ def build_module() -> Path:
     built = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
     if built.returncode != 0:
         raise GatewayError(f"{' '.join(command)} failed:\n{built.stderr[-4000:]}")
-    return REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "apikey_filter.wasm"
+    module = REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "apikey_filter.wasm"
+    # The module as shipped: unused callbacks dropped, wasm-opt applied.
+    finish = [sys.executable, str(REPO_ROOT / "scripts" / "finish_module.py"), str(module)]
+    finished = subprocess.run(finish, capture_output=True, text=True, timeout=300)
+    if finished.returncode != 0:
+        raise GatewayError(f"finishing {module} failed:\n{finished.stderr[-4000:]}")
+    return module
 
 
 # --- the bootstrap ---------------------------------------------------------

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 6's benchmark, in one command: builds the apikey filter and the
+# empty filter (bench/empty-filter), then drives Envoy (one worker, core 1)
+# with wrk (core 0) through every set-up, interleaved round by round, and
+# regenerates docs/performance.md and docs/performance.png (bench/bench.py
+# says how each number is taken).
+#
+#   scripts/bench.sh            the full run (~10-15 min: 10, 100k and 1M keys)
+#   scripts/bench.sh --quick    a ~2-minute smoke (small tables, short runs)
+#   scripts/bench.sh --rounds 7 --seconds 20   longer runs; --help lists all
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+[[ -x "$ENVOY" ]] || die "$ENVOY missing: run scripts/setup.sh"
+require_command wrk "run scripts/setup.sh (scripts/setup.d/bench.sh installs it)"
+require_command taskset "run scripts/setup.sh (util-linux)"
+"$VENV_PYTHON" -c "import matplotlib" 2>/dev/null || die "matplotlib missing from $VENV: run scripts/setup.sh"
+(($(nproc) >= 2)) || echo "warning: fewer than 2 cores; Envoy and wrk will share one" >&2
+
+step "building the modules (release, $WASM_TARGET)"
+build_module
+(cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" -p empty-filter)
+
+step "benchmark"
+cd "$REPO_ROOT"
+exec "$VENV_PYTHON" bench/bench.py "$@"

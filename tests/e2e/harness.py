@@ -128,13 +128,16 @@ def ecds_path(bootstrap: dict) -> Path:
     return Path(_apikey_discovery(bootstrap)["config_source"]["path_config_source"]["path"])
 
 
-def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: bool = True) -> dict:
+def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: bool = True,
+                     ratelimit_port: int | None = None) -> dict:
     """envoy/envoy.yaml with this gateway's module, ECDS directory and
     upstream; listener and admin on port 0 of 127.0.0.1 (Envoy picks free
     ports, so gateways never race for one).
 
     edge=False drops Envoy's own path and header-name hardening (contract
-    §5), so that tests of the filter's path handling see raw paths."""
+    §5), so that tests of the filter's path handling see raw paths.
+    ratelimit_port points the `ratelimit` cluster (contract §6) at a
+    rate-limit service on that port of 127.0.0.1."""
     bootstrap = load_bootstrap()
     bootstrap["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
     listener = _named(bootstrap["static_resources"]["listeners"], "ingress", "listener")
@@ -153,6 +156,10 @@ def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: boo
         for setting in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action"):
             manager.pop(setting, None)
         manager.get("common_http_protocol_options", {}).pop("headers_with_underscores_action", None)
+    if ratelimit_port is not None:
+        ratelimit = _named(bootstrap["static_resources"]["clusters"], "ratelimit", "cluster")
+        endpoint = ratelimit["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["address"]["socket_address"].update(address="127.0.0.1", port_value=ratelimit_port)
     return bootstrap
 
 
@@ -295,6 +302,7 @@ class Gateway:
     log_level: str = "info"
     timeout: float = 60.0  # bounds start-up and each push (a 100k-key table takes seconds)
     workdir: Path = field(default_factory=_new_workdir)
+    ratelimit_port: int | None = None  # the `ratelimit` cluster's port (fleet limits, §6)
 
     def __post_init__(self):
         self.ecds_dir = self.workdir / "ecds"
@@ -323,7 +331,8 @@ class Gateway:
     def start(self) -> None:
         self.ecds_dir.mkdir(parents=True)
         self._start_upstream()
-        bootstrap = render_bootstrap(Path(self.module), self.ecds_dir, self.upstream_port, self.edge)
+        bootstrap = render_bootstrap(Path(self.module), self.ecds_dir, self.upstream_port, self.edge,
+                                     self.ratelimit_port)
         self._bootstrap = bootstrap
         initial = NOTHING_YET if self.config is None else ecds_document(bootstrap, self.config)
         write_ecds(self.ecds_dir / ECDS_FILE, initial)

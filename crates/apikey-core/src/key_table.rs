@@ -191,6 +191,23 @@ fn read_head(store: &dyn SharedStore) -> Result<(Head, u32), StoreError> {
     }
 }
 
+/// The complete table of the configuration whose bytes hash to `digest`,
+/// when some worker has already written it. A worker that finds one needs
+/// no key from the configuration: the same bytes were fully validated by
+/// the worker that wrote it.
+pub fn ready_table(
+    store: &dyn SharedStore,
+    digest: &Digest,
+) -> Result<Option<TableRef>, StoreError> {
+    let (head, _) = read_head(store)?;
+    Ok(head
+        .banks
+        .iter()
+        .enumerate()
+        .find(|(_, bank)| bank.digest == *digest && bank.state == BankState::Ready)
+        .map(|(index, bank)| table_ref(index, bank.generation)))
+}
+
 /// Makes the keys of `config` (whose bytes hash to `digest`) available to
 /// every worker, writing them only when no worker has yet. `now_ns` is a
 /// monotonic clock reading, used to recognise an abandoned claim.

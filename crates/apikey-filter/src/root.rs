@@ -14,7 +14,7 @@ use std::rc::Rc;
 use apikey_core::config::Config;
 use apikey_core::decision::Gateway;
 use apikey_core::key_hash::KeyHash;
-use apikey_core::key_table::{self, Digest, Publication};
+use apikey_core::key_table::{self, Digest, Publication, TableRef};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
@@ -67,6 +67,22 @@ impl ConfigContext {
         }
     }
 
+    /// Serves `config`, whose `keys` are in the complete shared `table`.
+    fn serve(&mut self, config: Config, table: TableRef, keys: usize) {
+        metrics::keys_loaded(keys);
+        let gateway = Rc::new(Gateway::new(config, table));
+        LATEST_READY.with(|latest| *latest.borrow_mut() = Some(Rc::clone(&gateway)));
+        host::log(
+            Level::Info,
+            &format!(
+                "configuration loaded: {keys} keys, table generation {}",
+                table.generation
+            ),
+        );
+        self.state = State::Ready(gateway);
+        let _ = host::set_tick_period(0);
+    }
+
     /// Publishes (or finds) the table; `false` when the store refused.
     fn publish(&mut self, config: Box<Config>, digest: Digest) -> bool {
         match key_table::publish(&SharedData, &digest, &config, HostClock::monotonic()) {
@@ -75,18 +91,7 @@ impl ConfigContext {
                     metrics::config_accepted();
                 }
                 let keys = config.keys.len();
-                metrics::keys_loaded(keys);
-                let gateway = Rc::new(Gateway::new(*config, table));
-                LATEST_READY.with(|latest| *latest.borrow_mut() = Some(Rc::clone(&gateway)));
-                host::log(
-                    Level::Info,
-                    &format!(
-                        "configuration loaded: {keys} keys, table generation {}",
-                        table.generation
-                    ),
-                );
-                self.state = State::Ready(gateway);
-                let _ = host::set_tick_period(0);
+                self.serve(*config, table, keys);
                 true
             }
             Ok(Publication::Pending) => {
@@ -136,6 +141,14 @@ impl RootContext for ConfigContext {
                 return false;
             }
         };
+        let digest = *KeyHash::of(&bytes).as_bytes();
+        if let Ok(Some(table)) = key_table::ready_table(&SharedData, &digest) {
+            // Another worker wrote these exact bytes' table: read the rest.
+            if let Ok(Some((config, keys))) = Config::parse_published(&bytes) {
+                self.serve(config, table, keys);
+                return true;
+            }
+        }
         match Config::parse(&bytes) {
             Err(error) => {
                 host::log(Level::Critical, &format!("configuration refused: {error}"));
@@ -150,7 +163,7 @@ impl RootContext for ConfigContext {
                 self.state = State::Unconfigured;
                 true
             }
-            Ok(Some(config)) => self.publish(Box::new(config), *KeyHash::of(&bytes).as_bytes()),
+            Ok(Some(config)) => self.publish(Box::new(config), digest),
         }
     }
 

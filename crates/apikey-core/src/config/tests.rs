@@ -481,3 +481,22 @@ fn a_fleet_is_validated_and_defaults_apply() {
         "1, 60, 3600 or 86400",
     );
 }
+
+#[test]
+fn a_published_configuration_is_read_without_its_keys_but_otherwise_in_full() {
+    let text = example().to_string();
+    let (config, key_count) = Config::parse_published(text.as_bytes()).unwrap().unwrap();
+    let full = Config::parse(text.as_bytes()).unwrap().unwrap();
+    assert_eq!(key_count, 1);
+    assert!(config.keys.is_empty());
+    assert_eq!(
+        Config {
+            keys: Vec::new(),
+            ..full
+        },
+        config
+    );
+    let mut bad_rule = example();
+    bad_rule["rules"][1]["methods"] = json!(["get"]);
+    assert!(Config::parse_published(bad_rule.to_string().as_bytes()).is_err());
+}

@@ -95,7 +95,7 @@ def timed(gateway: Gateway, raw: str):
     return response, time.monotonic() - started
 
 
-def assert_fleet_429(response, seconds_left: float) -> None:
+def assert_fleet_429(response, seconds_left: float, quota: int) -> None:
     """The contract's 429 for a fleet OVER_LIMIT (§3, §6)."""
     assert response.status == 429, (response.status, response.body)
     error = response.json["error"]
@@ -105,6 +105,7 @@ def assert_fleet_429(response, seconds_left: float) -> None:
     assert abs(retry_after - math.ceil(seconds_left)) <= 2, (retry_after, seconds_left)
     assert response.header("retry-after") == str(retry_after)
     assert response.header("ratelimit") == f'"*";r=0;t={retry_after}'
+    assert response.header("ratelimit-policy") == f'"*";q={quota};w={PERIOD}'
     assert response.header("content-type") == "application/json"
 
 
@@ -128,7 +129,7 @@ def test_two_gateways_admit_exactly_n_of_2n(wasm_module, redis, server_factory, 
         assert statuses.count(200) == n, f"admitted {statuses.count(200)} of {2 * n}, limit {n}: {statuses}"
         assert statuses.count(429) == n, statuses
         for denied in (r for r in responses if r.status == 429):
-            assert_fleet_429(denied, seconds_left)
+            assert_fleet_429(denied, seconds_left, quota=n)
         per_gateway = [sum(1 for gw, r in zip(targets, responses) if gw is g and r.status == 200)
                        for g in (first, second)]
         stats = fleet_stats(first, second)
@@ -155,7 +156,7 @@ def test_a_killed_server_follows_on_failure_and_the_circuit_opens_and_closes(was
         clear_of_window_edge(margin=40)
         seconds_left = PERIOD - time.time() % PERIOD
         assert [timed(gw, raw)[0].status for _ in range(2)] == [200, 200]
-        assert_fleet_429(timed(gw, raw)[0], seconds_left)  # the fleet's limit, not the local burst
+        assert_fleet_429(timed(gw, raw)[0], seconds_left, quota=2)  # the fleet's limit, not the local burst
 
         server.kill()
         bound = timeout_ms / 1000 + 0.5
@@ -183,7 +184,7 @@ def test_a_killed_server_follows_on_failure_and_the_circuit_opens_and_closes(was
 
         # Closed after 10 s: asked again, and the fleet's count stood (3 of 2).
         time.sleep(max(0.0, opened_at + 10.3 - time.monotonic()))
-        assert_fleet_429(timed(gw, raw)[0], PERIOD - time.time() % PERIOD)
+        assert_fleet_429(timed(gw, raw)[0], PERIOD - time.time() % PERIOD, quota=2)
         stats = fleet_stats(gw)
         assert (stats["calls"], stats["circuit_opened"]) == (9, 1), stats
         assert revived.metrics()["requests"] == 1

@@ -283,8 +283,13 @@ impl Context for RequestContext {
             if FleetQuery::is_success(answer.as_ref()) {
                 let _ = fleet::record_result(&SharedData, &cluster, true, now);
             } else {
+                // Envoy reports a timeout as status 14, like a refused
+                // connection, and its timer can fire a little before
+                // `timeout_ms` by our clock: a failure at 90% of the
+                // timeout or later is counted as one.
                 let elapsed_ms = now.saturating_sub(waiting.asked_at_ns) / 1_000_000;
-                self.record_failure(&cluster, now, elapsed_ms >= u64::from(timeout_ms));
+                let timed_out = elapsed_ms.saturating_mul(10) >= u64::from(timeout_ms) * 9;
+                self.record_failure(&cluster, now, timed_out);
             }
         }
         let action = self.settle(waiting, answer.as_ref());

@@ -1,0 +1,129 @@
+//! Path normalisation (contract §5) on arbitrary request targets.
+//!
+//! Properties, for every input:
+//! - `normalise` never panics;
+//! - an accepted path is canonical: it starts with `/`, holds no `//`,
+//!   `/./` or `/../`, does not end in `/.` or `/..`, holds no `?`, `\`,
+//!   control byte or encoded `/` or `\`, keeps no escape of an unreserved
+//!   character and spells every kept escape in upper-case hex;
+//! - it is idempotent: normalising the output again gives the same path and
+//!   reports no change;
+//! - the query (from the first `?`) is set aside byte for byte, and the
+//!   upstream target is the canonical path followed by it;
+//! - a path reported unchanged is exactly what the client sent;
+//! - an accepted input held no raw `\`, control byte or encoded separator.
+#![no_main]
+
+use apikey_core::path::normalise;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|target: &[u8]| check(target));
+
+fn check(target: &[u8]) {
+    let Ok(once) = normalise(target) else {
+        return;
+    };
+    let split = target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len());
+    let (sent_path, sent_query) = target.split_at(split);
+    let path: &[u8] = &once.path;
+
+    assert_eq!(
+        once.query, sent_query,
+        "the query must be set aside unchanged"
+    );
+    assert_eq!(
+        once.target(),
+        [path, sent_query].concat(),
+        "target = path + query"
+    );
+    if !once.changed() {
+        assert_eq!(path, sent_path, "an unchanged path must be the one sent");
+    }
+    assert_canonical(path);
+    assert_input_was_safe(sent_path);
+
+    let twice = normalise(path).unwrap_or_else(|e| {
+        panic!(
+            "normalised path {:?} refused: {e:?}",
+            String::from_utf8_lossy(path)
+        )
+    });
+    assert_eq!(
+        twice.path.as_ref(),
+        path,
+        "normalisation must be idempotent"
+    );
+    assert!(
+        !twice.changed(),
+        "a canonical path must come back unchanged"
+    );
+    assert!(twice.query.is_empty());
+}
+
+fn assert_canonical(path: &[u8]) {
+    let shown = String::from_utf8_lossy(path);
+    assert_eq!(path.first(), Some(&b'/'), "{shown:?} must start with /");
+    for bad in [&b"//"[..], b"/./", b"/../"] {
+        assert!(
+            !path.windows(bad.len()).any(|w| w == bad),
+            "{shown:?} holds {:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert!(
+        !path.ends_with(b"/.") && !path.ends_with(b"/.."),
+        "{shown:?} ends in a dot segment"
+    );
+    assert!(
+        path.split(|&b| b == b'/').all(|s| s != b"." && s != b".."),
+        "{shown:?} holds a dot segment"
+    );
+    assert!(
+        !path
+            .iter()
+            .any(|&b| b == b'?' || b == b'\\' || b < 0x20 || b == 0x7F),
+        "{shown:?} holds ?, \\ or a control byte"
+    );
+    let mut rest = path;
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        let escape = rest
+            .get(at + 1..at + 3)
+            .unwrap_or_else(|| panic!("{shown:?} holds a truncated escape"));
+        assert!(
+            escape
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b)),
+            "{shown:?} keeps an escape not in upper-case hex"
+        );
+        let byte = u8::from_str_radix(std::str::from_utf8(escape).unwrap_or("00"), 16).unwrap_or(0);
+        assert!(
+            !(byte.is_ascii_alphanumeric()
+                || b"-._~/\\".contains(&byte)
+                || byte < 0x20
+                || byte == 0x7F),
+            "{shown:?} keeps the escape %{} (unreserved, a separator or a control byte)",
+            String::from_utf8_lossy(escape)
+        );
+        rest = &rest[at + 3..];
+    }
+}
+
+fn assert_input_was_safe(sent_path: &[u8]) {
+    let shown = String::from_utf8_lossy(sent_path);
+    assert!(
+        !sent_path
+            .iter()
+            .any(|&b| b == b'\\' || b < 0x20 || b == 0x7F),
+        "{shown:?} was accepted with a backslash or a control byte"
+    );
+    let lower = sent_path.to_ascii_lowercase();
+    for separator in [&b"%2f"[..], b"%5c"] {
+        assert!(
+            !lower.windows(3).any(|w| w == separator),
+            "{shown:?} was accepted with an encoded separator"
+        );
+    }
+}

@@ -56,6 +56,11 @@ DOC = REPO / "docs" / "performance.md"
 CHART = REPO / "docs" / "performance.png"
 WORK = REPO / ".work" / "bench"
 RESULTS = WORK / "results.json"
+# The empty filter finished like the apikey filter (scripts/finish_module.py:
+# the same unused callbacks dropped from its exports, wasm-opt): the floor
+# for a filter that enters the VM as often as ours.
+FINISH_MODULE = REPO / "scripts" / "finish_module.py"
+EMPTY_FINISHED_WASM = WORK / "empty_filter.finished.wasm"
 
 ENVOY_CORE = "1"
 WRK_CORE = "0"
@@ -330,6 +335,21 @@ class Envoy:
         os.replace(temporary, path)
         return start
 
+    def time_to_apply(self, configuration: str, timeout: float) -> float:
+        """Pushes `configuration` and waits until every worker switched to
+        it (ECDS update_success and config_reload both counted up)."""
+        before = self.ecds_counters()
+        start = self.push(configuration)
+
+        def applied():
+            now = self.ecds_counters(timeout=timeout)
+            if now.get("update_rejected", 0) > before.get("update_rejected", 0):
+                raise BenchError(f"{self.name}: Envoy refused the configuration\n{self.log_tail()}")
+            return (now.get("update_success", 0) > before.get("update_success", 0)
+                    and now.get("config_reload", 0) > before.get("config_reload", 0))
+
+        return self.wait("the configuration to be applied", applied, timeout) - start
+
     def time_to_enforcement(self, configuration: str, key: str, timeout: float) -> dict:
         """Pushes `configuration` and polls until `key` gets 200. Also notes
         when Envoy's main thread accepted the update (a separate poller:
@@ -465,6 +485,15 @@ def measure_tables(sizes: list[int], log) -> tuple[dict, dict[int, Envoy]]:
                 kept[size] = envoy
             else:
                 envoy.stop()
+        # Envoy's own floor: the same ECDS file for the empty filter, which
+        # never reads its configuration (file read, parse, every worker switched).
+        bootstrap = render_bootstrap("wasm", WORK / f"floor-{table_label(size)}-c1", EMPTY_WASM)
+        floor = Envoy(f"floor-{table_label(size)}", bootstrap, 1, ENVOY_CORE, initial=NOTHING_YET).start()
+        applied = floor.time_to_apply(first, timeout)
+        entry["envoy_floor"] = {"applied_s": applied, "rss_kb": floor.memory_kb()["VmRSS"]}
+        log(f"  empty filter (Envoy's floor): applied after {applied:.2f} s; "
+            f"RSS {entry['envoy_floor']['rss_kb'] / 1024:.0f} MB")
+        floor.stop()
         tables[str(size)] = entry
     return tables, kept
 
@@ -490,13 +519,22 @@ def run(args) -> dict:
     empty_bootstrap = render_bootstrap("wasm", WORK / "empty-c1", EMPTY_WASM)
     empty = Envoy("empty", empty_bootstrap, initial=ecds_document(empty_bootstrap, "")).start()
     empty.wait("the empty filter's ECDS update", lambda: empty.ecds_counters().get("update_success", 0) >= 1, 60)
+    finished = finish_empty_module()
+    if finished:
+        finished_bootstrap = render_bootstrap("wasm", WORK / "empty-finished-c1", finished)
+        empty_finished = Envoy("empty-finished", finished_bootstrap,
+                               initial=ecds_document(finished_bootstrap, "")).start()
+        empty_finished.wait("the ECDS update", lambda: empty_finished.ecds_counters().get("update_success", 0) >= 1, 60)
 
     smallest = table_envoys[sizes[0]]
     setups = [
         Setup("direct", "no filter (direct_response)", direct, BENCH_KEY, 200),
         Setup("native", "native api_key_auth + local_ratelimit", native, BENCH_KEY, 200),
-        Setup("empty", "empty Wasm filter", empty, BENCH_KEY, 200),
+        Setup("empty", "empty Wasm filter (as the SDK builds it)", empty, BENCH_KEY, 200),
     ]
+    if finished:
+        setups.append(Setup("empty-finished", "empty Wasm filter, finished like apikey (same exports)",
+                            empty_finished, BENCH_KEY, 200))
     for size in sizes:
         setups.append(Setup(f"apikey-{table_label(size)}", f"apikey, {table_label(size)} keys, allowed",
                             table_envoys[size], BENCH_KEY, 200))
@@ -556,6 +594,20 @@ def run(args) -> dict:
     }
 
 
+def finish_empty_module() -> Path | None:
+    """A copy of the empty filter run through scripts/finish_module.py, or
+    None when the project has no such step."""
+    if not FINISH_MODULE.exists():
+        return None
+    shutil.copyfile(EMPTY_WASM, EMPTY_FINISHED_WASM)
+    done = subprocess.run([sys.executable, str(FINISH_MODULE), str(EMPTY_FINISHED_WASM)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"warning: {FINISH_MODULE.name} failed on the empty filter: {done.stderr[-500:]}", file=sys.stderr)
+        return None
+    return EMPTY_FINISHED_WASM
+
+
 # --- facts about the machine and the build -----------------------------------
 
 def machine() -> dict:
@@ -589,14 +641,36 @@ def git_head() -> str:
     return head if len(head) <= 80 else head[:79] + "…"
 
 
+def envoy_like_headers(key: str) -> list[list[str]]:
+    """The request map the filter sees for wrk's request through this
+    bootstrap (Envoy adds the x-forwarded-*, x-envoy-internal and x-request-id)."""
+    return [[":authority", "127.0.0.1:10000"], [":path", PATH], [":method", "GET"], [":scheme", "http"],
+            ["x-api-key", key], ["x-forwarded-for", "127.0.0.1"], ["x-forwarded-proto", "http"],
+            ["x-envoy-internal", "true"], ["x-request-id", "2b3f5a8e-6c1d-4f0a-9e7b-5d4c3b2a1f00"]]
+
+
 def hostcall_counts() -> dict | None:
     """Host calls per request, counted by bench/hostcalls.mjs (the module
     under Node with a counting proxy-wasm host), when Node is there."""
     script = REPO / "bench" / "hostcalls.mjs"
     if not script.exists() or shutil.which("node") is None:
         return None
-    out = subprocess.run(["node", str(script), str(FILTER_WASM), str(EMPTY_WASM)],
-                         capture_output=True, text=True, timeout=300)
+    modules = {"filter": str(FILTER_WASM), "empty": str(EMPTY_WASM)}
+    if EMPTY_FINISHED_WASM.exists():
+        modules["empty-finished"] = str(EMPTY_FINISHED_WASM)
+    requests = [{"name": "empty Wasm filter (as the SDK builds it)", "module": "empty",
+                 "headers": envoy_like_headers(BENCH_KEY)}]
+    if "empty-finished" in modules:
+        requests.append({"name": "empty Wasm filter, finished like apikey", "module": "empty-finished",
+                         "headers": envoy_like_headers(BENCH_KEY)})
+    requests += [
+        {"name": "apikey: allowed", "module": "filter", "headers": envoy_like_headers(BENCH_KEY)},
+        {"name": "apikey: invalid key → 401", "module": "filter", "headers": envoy_like_headers(INVALID_KEY)},
+        {"name": "apikey: burst-1 key → 429", "module": "filter", "headers": envoy_like_headers(SLOW_KEY), "before": 1},
+    ]
+    spec = WORK / "hostcalls-spec.json"
+    spec.write_text(json.dumps({"modules": modules, "configuration": plugin_config(10), "requests": requests}))
+    out = subprocess.run(["node", str(script), str(spec)], capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         print(f"hostcalls.mjs failed: {out.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -733,16 +807,21 @@ def render_markdown(results: dict, fleet_section: str | None) -> str:
         lines.append(f"| {target} | {measured} | {ratio} | {'**held**' if held else '**missed**'} |")
     hostcalls = results.get("hostcalls")
     if hostcalls:
+        columns = hostcalls["columns"]
+        short = [c.replace("(callback) ", "↩ ").replace("proxy_", "") for c in columns]
         lines += ["", "## Host calls per request", "",
-                  "Counted by `bench/hostcalls.mjs`: the release module under Node with a proxy-wasm host that "
-                  "counts every import the module calls, for the same requests and configuration as above "
-                  "(10 keys). Envoy's cost per call differs by call (platform notes: ~0.7 µs a plain call, "
-                  "~3 µs + a copy for a shared-data read).", "",
-                  "| request | " + " | ".join(hostcalls["columns"]) + " |",
-                  "|---|" + "---:|" * len(hostcalls["columns"])]
+                  "Counted by `bench/hostcalls.mjs`: the release modules under Node with a proxy-wasm host that "
+                  "counts every import a module calls, for the requests above (10 keys, the header map Envoy "
+                  "hands the filter for wrk's request). *VM entries* are the callbacks the host makes into the "
+                  "module per request (context create, request and response headers, done, log, delete — only "
+                  "those the module exports); ↩ `on_memory_allocate` is the module's allocator called back by "
+                  "the host for each buffer it copies in (header map, shared-data values).", "",
+                  "| request | VM entries | host calls | bytes in / out | " + " | ".join(f"`{c}`" for c in short) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(columns)]
         for row in hostcalls["rows"]:
-            lines.append(f"| {row['name']} | " + " | ".join(str(row['calls'].get(c, 0)) for c in hostcalls["columns"])
-                         + " |")
+            total = sum(v for k, v in row["calls"].items() if not k.startswith("(callback)"))
+            lines.append(f"| {row['name']} | {row['vm_entries']} | {total} | {row['bytes_in']} / {row['bytes_out']} | "
+                         + " | ".join(str(row['calls'].get(c, 0)) for c in columns) + " |")
     lines += ["", "![throughput and memory by set-up](performance.png)", ""]
     notes = results.get("notes")
     if notes:

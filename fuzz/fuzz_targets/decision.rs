@@ -25,7 +25,9 @@
 //! - a request allowed without a key is one a public rule matched, and
 //!   carries no identity header;
 //! - every allowed request has every forged identity header removed, in any
-//!   spelling, and its credential removed unless `forward_credential`;
+//!   spelling, and its credential removed unless `forward_credential`, and
+//!   goes upstream with the normalised path (rewritten exactly when
+//!   normalisation changed it);
 //! - a denial's reply never contains a presented key;
 //! - over the sequence, the rate-limited key is admitted at most
 //!   `burst + rate × (latest − earliest monotonic reading)` times.
@@ -312,6 +314,11 @@ fn check(
     let normalised = path::normalise(head.path)
         .unwrap_or_else(|e| panic!("allowed a path the filter refuses: {e:?}"));
     let requirement = config.rules.route(head.method, &normalised.path);
+    assert_eq!(
+        allow.edits.path,
+        normalised.changed().then(|| normalised.target()),
+        "the upstream must get the normalised path exactly when it changed"
+    );
 
     // Forged identity headers are gone in every spelling, public or not.
     for &(name, _) in head.headers {

@@ -129,7 +129,7 @@ def ecds_path(bootstrap: dict) -> Path:
 
 
 def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: bool = True,
-                     ratelimit_port: int | None = None) -> dict:
+                     ratelimit_port: int | None = None, ecds_file: str = ECDS_FILE) -> dict:
     """envoy/envoy.yaml with this gateway's module, ECDS directory and
     upstream; listener and admin on port 0 of 127.0.0.1 (Envoy picks free
     ports, so gateways never race for one).
@@ -137,7 +137,9 @@ def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: boo
     edge=False drops Envoy's own path and header-name hardening (contract
     §5), so that tests of the filter's path handling see raw paths.
     ratelimit_port points the `ratelimit` cluster (contract §6) at a
-    rate-limit service on that port of 127.0.0.1."""
+    rate-limit service on that port of 127.0.0.1. ecds_file names the
+    watched file; Envoy picks its parser by the extension (`apikey.pb`:
+    binary protobuf, as the CLI's --ecds-format pb writes)."""
     bootstrap = load_bootstrap()
     bootstrap["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
     listener = _named(bootstrap["static_resources"]["listeners"], "ingress", "listener")
@@ -147,7 +149,7 @@ def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: boo
     endpoint["address"]["socket_address"].update(address="127.0.0.1", port_value=upstream_port)
     discovery = _apikey_discovery(bootstrap)
     discovery["config_source"]["path_config_source"] = {
-        "path": str(ecds_dir / ECDS_FILE),
+        "path": str(ecds_dir / ecds_file),
         "watched_directory": {"path": str(ecds_dir)},
     }
     discovery["default_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(module)
@@ -303,6 +305,9 @@ class Gateway:
     timeout: float = 60.0  # bounds start-up and each push (a 100k-key table takes seconds)
     workdir: Path = field(default_factory=_new_workdir)
     ratelimit_port: int | None = None  # the `ratelimit` cluster's port (fleet limits, §6)
+    # The watched ECDS file. With `apikey.pb` (binary protobuf) the harness
+    # writes only the empty "nothing yet" file; the CLI writes the rest.
+    ecds_file: str = ECDS_FILE
 
     def __post_init__(self):
         self.ecds_dir = self.workdir / "ecds"
@@ -332,10 +337,16 @@ class Gateway:
         self.ecds_dir.mkdir(parents=True)
         self._start_upstream()
         bootstrap = render_bootstrap(Path(self.module), self.ecds_dir, self.upstream_port, self.edge,
-                                     self.ratelimit_port)
+                                     self.ratelimit_port, self.ecds_file)
         self._bootstrap = bootstrap
         initial = NOTHING_YET if self.config is None else ecds_document(bootstrap, self.config)
-        write_ecds(self.ecds_dir / ECDS_FILE, initial)
+        if self._protobuf_ecds():
+            if self.config is not None:
+                raise ValueError("a gateway watching apikey.pb starts with no configuration")
+            # An empty DiscoveryResponse encodes as no bytes at all.
+            (self.ecds_dir / self.ecds_file).write_bytes(b"")
+        else:
+            write_ecds(self.ecds_dir / self.ecds_file, initial)
         self._last_document = initial
         bootstrap_path = self.workdir / "bootstrap.json"
         bootstrap_path.write_text(json.dumps(bootstrap, indent=1), encoding="utf-8")
@@ -406,13 +417,18 @@ class Gateway:
         Envoy skips a configuration identical to the last one it received,
         even a refused one, and reports that as a success: pushing the same
         configuration twice in a row is refused here instead."""
+        if self._protobuf_ecds():
+            raise ValueError("the harness writes JSON ECDS files; write apikey.pb with the CLI")
         document = ecds_document(self._bootstrap, config)
         if document == self._last_document:
             raise ValueError("Envoy ignores a configuration identical to the last one it received")
         before = self.ecds_counters()
-        write_ecds(self.ecds_dir / ECDS_FILE, document)
+        write_ecds(self.ecds_dir / self.ecds_file, document)
         self._last_document = document
         return self.await_update(before)
+
+    def _protobuf_ecds(self) -> bool:
+        return self.ecds_file.endswith(".pb")
 
     def await_update(self, before: dict[str, int]) -> bool:
         """Waits for the ECDS update after the counters `before` (taken with

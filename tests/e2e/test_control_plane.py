@@ -193,3 +193,32 @@ def test_invalid_hand_edited_state_is_refused_by_cli_and_filter_and_old_table_st
     assert gw.push(edited) is False
     assert code(call(gw, live_key)) == "200"
     assert code(call(gw, gone_key)) == "key_revoked"
+
+
+def test_protobuf_ecds_file_is_enforced_like_the_yaml_one(wasm_module, tmp_path):
+    """--ecds-format pb: the same DiscoveryResponse as binary protobuf, for
+    a bootstrap that watches apikey.pb (Envoy reads it without a text
+    parser, which is what keeps a 1,000,000-key table's update fast).
+    Envoy decides what the bytes mean, so this is proven only here."""
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps(PLANS))
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps(RULES))
+    with Gateway(wasm_module, config=None, ecds_file="apikey.pb") as gw:
+        control = ControlPlane(gw, wasm_module)
+        control.globals += ["--ecds-format", "pb"]
+        assert code(call(gw, "sk_live_x")) == "not_configured"
+        control.change("init", "--plans", str(plans), "--rules", str(rules))
+        key_id, key = control.create("--tenant", "acme", "--scopes", "leads:read", "--plan", "pro",
+                                     "--name", "protobuf")
+        assert not (gw.ecds_dir / ECDS_FILE).exists(), "pb must write apikey.pb, not apikey.yaml"
+        assert code(call(gw, key)) == "200"
+        assert code(call(gw, key + "x")) == "invalid_key"
+
+        rendered = tmp_path / "rendered.pb"
+        control.ok("render", "ecds", "--out", str(rendered))
+        assert rendered.read_bytes() == (gw.ecds_dir / "apikey.pb").read_bytes(), \
+            "render ecds must write the bytes the CLI published"
+
+        control.change("revoke", key_id)
+        wait_for_code(gw, key, "key_revoked", within=ENFORCED_WITHIN)

@@ -5,7 +5,8 @@
 //! or `--name=value`, may come before or after the subcommand, and may not
 //! be repeated; `--` ends options (for an id that starts with `-`). Global
 //! options fall back to environment variables (`APIKEY_STATE`,
-//! `APIKEY_ECDS_DIR`, `APIKEY_WASM`, `APIKEY_MAX_KEYS_PER_TENANT`). Every
+//! `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_WASM`,
+//! `APIKEY_MAX_KEYS_PER_TENANT`). Every
 //! mistake is a [`CliError::Usage`] naming the flag, and values are checked
 //! here (durations, dates, numbers) so a bad one never reaches the state.
 
@@ -16,7 +17,7 @@ use apikey_core::timestamp::parse_rfc3339;
 
 use crate::duration::parse_duration;
 use crate::error::{usage, CliError};
-use crate::render::{self, IstioOptions};
+use crate::render::{self, EcdsFormat, IstioOptions};
 use crate::state::{Expiry, KeyUpdate};
 
 /// The default state file, in the working directory.
@@ -33,6 +34,8 @@ pub struct Globals {
     pub state: PathBuf,
     /// When set, every change also writes the ECDS file here.
     pub ecds_dir: Option<PathBuf>,
+    /// How the ECDS file is written (and so its name).
+    pub ecds_format: EcdsFormat,
     /// The module path written into ECDS resources.
     pub wasm: String,
     /// Machine-readable output.
@@ -186,6 +189,8 @@ commands:
 global options (flag, else environment variable):
   --state FILE               APIKEY_STATE, default ./apikey-state.json
   --ecds-dir DIR             APIKEY_ECDS_DIR: every change also writes DIR/apikey.yaml
+  --ecds-format yaml|pb      APIKEY_ECDS_FORMAT, default yaml; pb writes DIR/apikey.pb,
+                             binary protobuf Envoy reads without a text parser (large tables)
   --wasm PATH                APIKEY_WASM: module path in the ECDS resource,
                              default target/wasm32-wasip1/release/apikey_filter.wasm
   --max-keys-per-tenant N    APIKEY_MAX_KEYS_PER_TENANT, default 25 active keys
@@ -203,6 +208,7 @@ enum Kind {
 const GLOBAL_OPTIONS: &[(&str, Kind)] = &[
     ("state", Kind::Value),
     ("ecds-dir", Kind::Value),
+    ("ecds-format", Kind::Value),
     ("wasm", Kind::Value),
     ("json", Kind::Flag),
     ("max-keys-per-tenant", Kind::Value),
@@ -394,6 +400,14 @@ pub fn parse(
             .take("ecds-dir")
             .or_else(|| env("APIKEY_ECDS_DIR"))
             .map(PathBuf::from),
+        ecds_format: match tokens
+            .take("ecds-format")
+            .or_else(|| env("APIKEY_ECDS_FORMAT"))
+        {
+            None => EcdsFormat::default(),
+            Some(text) => EcdsFormat::parse(&text)
+                .ok_or_else(|| usage(format!("--ecds-format {text:?} must be yaml or pb")))?,
+        },
         wasm: tokens
             .take("wasm")
             .or_else(|| env("APIKEY_WASM"))

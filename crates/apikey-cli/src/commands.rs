@@ -130,16 +130,17 @@ fn mutate<T>(
     Ok((result, publish(globals, &state)))
 }
 
-/// Writes `<ecds-dir>/apikey.yaml` when an ECDS directory is set.
+/// Writes `<ecds-dir>/apikey.yaml` (or `apikey.pb`) when an ECDS directory
+/// is set.
 fn publish(globals: &Globals, state: &State) -> Result<(), CliError> {
     let Some(dir) = &globals.ecds_dir else {
         return Ok(());
     };
-    let document = render::ecds_document(&state.to_compact()?, &globals.wasm)
+    let document = render::ecds_file(&state.to_compact()?, &globals.wasm, globals.ecds_format)
         .map_err(|error| refused(format!("cannot render the ECDS file: {error}")))?;
     store::write_atomic(
-        &dir.join(render::ECDS_FILE),
-        document.as_bytes(),
+        &dir.join(globals.ecds_format.file_name()),
+        &document,
         store::PUBLIC_MODE,
     )
     .map_err(|error| {
@@ -398,14 +399,15 @@ fn render_to(
 ) -> Result<(), CliError> {
     let state = load(&globals.state)?;
     let failed = |error: serde_json::Error| refused(format!("cannot render: {error}"));
-    let text = match target {
+    let bytes = match target {
         RenderTarget::Ecds => {
-            render::ecds_document(&state.to_compact()?, &globals.wasm).map_err(failed)?
+            render::ecds_file(&state.to_compact()?, &globals.wasm, globals.ecds_format)
+                .map_err(failed)?
         }
         RenderTarget::Config => {
             let mut text = serde_json::to_string_pretty(&state).map_err(failed)?;
             text.push('\n');
-            text
+            text.into_bytes()
         }
         RenderTarget::Istio(options) => {
             if options.url == render::IstioOptions::default().url {
@@ -414,14 +416,16 @@ fn render_to(
                     "apikey: no --url (or APIKEY_WASM_URL): spec.url is a placeholder to replace with where Istio fetches the module",
                 )?;
             }
-            render::istio_wasm_plugin(&state, options).map_err(failed)?
+            render::istio_wasm_plugin(&state, options)
+                .map_err(failed)?
+                .into_bytes()
         }
     };
     match out {
-        Some(path) => store::write_atomic(path, text.as_bytes(), store::PUBLIC_MODE),
+        Some(path) => store::write_atomic(path, &bytes, store::PUBLIC_MODE),
         None => io
             .out
-            .write_all(text.as_bytes())
+            .write_all(&bytes)
             .map_err(|error| refused(format!("cannot write to stdout: {error}"))),
     }
 }

@@ -10,6 +10,7 @@
 mod args;
 mod commands;
 mod duration;
+mod ecds_protobuf;
 mod error;
 mod keygen;
 mod render;

@@ -1,11 +1,12 @@
 //! The documents that carry the configuration to a proxy.
 //!
-//! - The Envoy ECDS file (`apikey.yaml` in the watched directory): a
-//!   `DiscoveryResponse` holding one `TypedExtensionConfig` named `apikey`
-//!   whose Wasm filter has the same name, root id, VM id and runtime as the
-//!   bootstrap's `default_config` (envoy/envoy.yaml), and the plugin
-//!   configuration as a compact JSON string. The VM id must match: the key
-//!   table lives in that VM id's shared data.
+//! - The Envoy ECDS file (`apikey.yaml` in the watched directory, or
+//!   `apikey.pb`, see [`EcdsFormat`]): a `DiscoveryResponse` holding one
+//!   `TypedExtensionConfig` named `apikey` whose Wasm filter has the same
+//!   name, root id, VM id and runtime as the bootstrap's `default_config`
+//!   (envoy/envoy.yaml), and the plugin configuration as a compact JSON
+//!   string. The VM id must match: the key table lives in that VM id's
+//!   shared data.
 //! - The Istio `WasmPlugin` (`extensions.istio.io/v1alpha1`), with the
 //!   configuration object as `pluginConfig`.
 //!
@@ -15,10 +16,53 @@
 
 use serde::Serialize;
 
-/// The name of the ECDS file in the watched directory.
-pub const ECDS_FILE: &str = "apikey.yaml";
+use crate::ecds_protobuf::ecds_protobuf;
+
 /// The filter's name, root id and VM id, as in envoy/envoy.yaml.
 pub const FILTER_NAME: &str = "apikey";
+/// The Wasm runtime, as in envoy/envoy.yaml.
+pub const RUNTIME: &str = "envoy.wasm.runtime.v8";
+/// The type of the ECDS resource.
+pub const TYPED_EXTENSION_CONFIG_TYPE: &str =
+    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+/// The type of the resource's filter configuration.
+pub const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// The type of the plugin configuration's wrapper.
+pub const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// How the ECDS file is written. Envoy chooses the parser of a watched
+/// file by its extension, so the format is also the file's name, and the
+/// bootstrap's `path_config_source.path` must name the same one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EcdsFormat {
+    /// `apikey.yaml`: one line of JSON (valid YAML), readable, what
+    /// envoy/envoy.yaml watches. Envoy's text parsing of it grows with the
+    /// table: about 26 s of its main thread for 1,000,000 keys.
+    #[default]
+    Yaml,
+    /// `apikey.pb`: the same document as binary protobuf, which Envoy
+    /// reads without a text parser; for tables of 100,000 keys and more.
+    Protobuf,
+}
+
+impl EcdsFormat {
+    /// `yaml` or `pb`, as `--ecds-format` spells them.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "yaml" => Some(Self::Yaml),
+            "pb" => Some(Self::Protobuf),
+            _ => None,
+        }
+    }
+
+    /// The ECDS file's name in the watched directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Yaml => "apikey.yaml",
+            Self::Protobuf => "apikey.pb",
+        }
+    }
+}
 /// The module path envoy/envoy.yaml loads, relative to the repository root
 /// where Envoy is started.
 pub const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/apikey_filter.wasm";
@@ -80,22 +124,22 @@ struct StringValue<'a> {
 pub fn ecds_document(configuration: &str, wasm: &str) -> Result<String, serde_json::Error> {
     let document = Discovery {
         resources: [Resource {
-            type_url: "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            type_url: TYPED_EXTENSION_CONFIG_TYPE,
             name: FILTER_NAME,
             typed_config: TypedConfig {
-                type_url: "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                type_url: WASM_TYPE,
                 config: PluginConfig {
                     name: FILTER_NAME,
                     root_id: FILTER_NAME,
                     vm_config: VmConfig {
                         vm_id: FILTER_NAME,
-                        runtime: "envoy.wasm.runtime.v8",
+                        runtime: RUNTIME,
                         code: Code {
                             local: Local { filename: wasm },
                         },
                     },
                     configuration: StringValue {
-                        type_url: "type.googleapis.com/google.protobuf.StringValue",
+                        type_url: STRING_VALUE_TYPE,
                         value: configuration,
                     },
                 },
@@ -105,6 +149,18 @@ pub fn ecds_document(configuration: &str, wasm: &str) -> Result<String, serde_js
     let mut text = serde_json::to_string(&document)?;
     text.push('\n');
     Ok(text)
+}
+
+/// The ECDS file's bytes in `format`.
+pub fn ecds_file(
+    configuration: &str,
+    wasm: &str,
+    format: EcdsFormat,
+) -> Result<Vec<u8>, serde_json::Error> {
+    match format {
+        EcdsFormat::Yaml => ecds_document(configuration, wasm).map(String::into_bytes),
+        EcdsFormat::Protobuf => Ok(ecds_protobuf(configuration, wasm)),
+    }
 }
 
 /// Where and how Istio installs the plugin.

@@ -42,12 +42,14 @@ fn global_options_fall_back_to_the_environment_and_flags_win() {
         "APIKEY_ECDS_DIR" => Some("/env/ecds".to_owned()),
         "APIKEY_WASM" => Some("/env/m.wasm".to_owned()),
         "APIKEY_MAX_KEYS_PER_TENANT" => Some("3".to_owned()),
+        "APIKEY_ECDS_FORMAT" => Some("pb".to_owned()),
         _ => None,
     };
     let args = ["list".to_owned()];
     let globals = parse(&args, &env).unwrap().globals;
     assert_eq!(globals.state, PathBuf::from("/env/state.json"));
     assert_eq!(globals.ecds_dir, Some(PathBuf::from("/env/ecds")));
+    assert_eq!(globals.ecds_format, EcdsFormat::Protobuf);
     assert_eq!(globals.wasm, "/env/m.wasm");
     assert_eq!(globals.max_keys, 3);
     let args: Vec<String> = ["list", "--state", "flag.json"].map(str::to_owned).to_vec();
@@ -62,6 +64,8 @@ fn defaults_apply_without_flags_or_environment() {
     let globals = parse_line("list").unwrap().globals;
     assert_eq!(globals.state, PathBuf::from("apikey-state.json"));
     assert_eq!(globals.ecds_dir, None);
+    assert_eq!(globals.ecds_format, EcdsFormat::Yaml);
+    assert_eq!(globals.ecds_format.file_name(), "apikey.yaml");
     assert_eq!(globals.wasm, render::DEFAULT_WASM);
     assert_eq!(globals.max_keys, 25);
 }
@@ -101,6 +105,7 @@ fn mistakes_are_usage_errors_naming_the_flag() {
         ("list --max-keys-per-tenant 0", "positive"),
         ("list -x", "unknown option -x"),
         ("list --json=yes", "takes no value"),
+        ("list --ecds-format json", "must be yaml or pb"),
     ];
     for (line, expected) in cases {
         let message = usage_message(line);

@@ -72,9 +72,16 @@ class EchoHandler(BaseHTTPRequestHandler):
         """Silent: Envoy's access log already records every request."""
 
 
+class EchoServer(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections when Envoy's workers open
+    # dozens at once (a burst admitted under load); a dropped SYN is retried
+    # after 1 s, which is Envoy's connect_timeout, and the client gets 503.
+    request_queue_size = 1024
+
+
 def serve(port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
     """Binds the echo server; the caller runs serve_forever() (or a thread does)."""
-    server = ThreadingHTTPServer((host, port), EchoHandler)
+    server = EchoServer((host, port), EchoHandler)
     server.daemon_threads = True
     return server
 

@@ -4,8 +4,9 @@
 //! - `normalise` never panics;
 //! - an accepted path is canonical: it starts with `/`, holds no `//`,
 //!   `/./` or `/../`, does not end in `/.` or `/..`, holds no `?`, `\`,
-//!   control byte or encoded `/` or `\`, keeps no escape of an unreserved
-//!   character and spells every kept escape in upper-case hex;
+//!   control byte, raw byte above ASCII or encoded `/` or `\`, keeps no
+//!   escape of an unreserved character and spells every kept escape in
+//!   upper-case hex;
 //! - it is idempotent: normalising the output again gives the same path and
 //!   reports no change;
 //! - the query (from the first `?`) is set aside byte for byte, and the
@@ -84,8 +85,8 @@ fn assert_canonical(path: &[u8]) {
     assert!(
         !path
             .iter()
-            .any(|&b| b == b'?' || b == b'\\' || b < 0x20 || b == 0x7F),
-        "{shown:?} holds ?, \\ or a control byte"
+            .any(|&b| b == b'?' || b == b'\\' || b < 0x20 || b >= 0x7F),
+        "{shown:?} holds ?, \\, a control byte or a raw byte above ASCII"
     );
     let mut rest = path;
     while let Some(at) = rest.iter().position(|&b| b == b'%') {

@@ -7,9 +7,18 @@
 //! the client sent, the upstream is sent the canonical path too.
 //!
 //! Canonical means: query set aside, percent-encoded unreserved characters
-//! decoded (other escapes kept, hex upper-cased per RFC 3986 §6.2.2.1), `.`
-//! and `..` segments resolved (§5.2.4) and repeated `/` merged. Anything
-//! whose meaning an upstream might read differently is refused instead.
+//! decoded (other escapes kept, hex upper-cased per RFC 3986 §6.2.2.1), raw
+//! bytes 0x80–0xFF percent-encoded, `.` and `..` segments resolved (§5.2.4)
+//! and repeated `/` merged. Anything whose meaning an upstream might read
+//! differently is refused instead.
+//!
+//! Raw bytes above ASCII are not allowed in a URI (RFC 3986 §2) and upstreams
+//! read them differently: Python's `http.server` splits its request line on
+//! U+0085 and U+00A0, so `/api/v1/admin\x85` reached a rule-less path in the
+//! filter and `/api/v1/admin` upstream. Envoy's `normalize_path` encodes them
+//! (its HTTP/1 codec refuses them, HTTP/2 passes them), and so does the
+//! filter, so it matches and forwards the same path behind a proxy without
+//! that setting.
 
 use std::borrow::Cow;
 
@@ -115,6 +124,9 @@ fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             0x00..=0x1F | 0x7F => return Err(PathError::ControlByte),
+            0x80..=0xFF => {
+                out.extend_from_slice(&[b'%', hex_digit(byte >> 4), hex_digit(byte & 0x0F)])
+            }
             _ => out.push(byte),
         }
     }
@@ -305,10 +317,32 @@ mod tests {
     }
 
     #[test]
-    fn bytes_above_ascii_pass_through() {
+    fn raw_bytes_above_ascii_are_percent_encoded_so_no_rule_is_dodged() {
+        // Issue 8's adversarial table: over HTTP/2 without Envoy's
+        // normalize_path, `/api/v1/admin\x85` skipped an `/api/v1/admin`
+        // rule and a Python upstream served `/api/v1/admin`.
+        let cases: [(&[u8], &str); 4] = [
+            (b"/api/v1/admin\x85", "/api/v1/admin%85"),
+            (b"/api/v1/admin\xa0", "/api/v1/admin%A0"),
+            ("/caf\u{e9}".as_bytes(), "/caf%C3%A9"),
+            (b"/\x80\xff/%c3%a9", "/%80%FF/%C3%A9"),
+        ];
+        for (input, expected) in cases {
+            let normalised = normalise(input).unwrap();
+            assert_eq!(
+                normalised.path.as_ref(),
+                expected.as_bytes(),
+                "normalising {:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert!(normalised.changed(), "{expected}: :path must be rewritten");
+        }
+        // The query is still forwarded as sent.
+        assert_eq!(normalise(b"/a?\xff").unwrap().query, b"?\xff");
+        // Raw and encoded spellings are one path, so a rule matches both.
         assert_eq!(
-            normalise("/caf\u{e9}".as_bytes()).unwrap().path.as_ref(),
-            "/caf\u{e9}".as_bytes()
+            normalise("/caf\u{e9}".as_bytes()).unwrap().path,
+            normalise(b"/caf%c3%a9").unwrap().path
         );
     }
 }

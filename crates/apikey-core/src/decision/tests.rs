@@ -388,6 +388,26 @@ fn a_changed_path_is_rewritten_with_its_query() {
 }
 
 #[test]
+fn raw_bytes_above_ascii_go_upstream_percent_encoded() {
+    // A Python upstream splits its request line on U+0085 and U+00A0: sent
+    // raw, `/api/v1/admin\u{85}` would dodge an `/api/v1/admin` rule here
+    // and be served as `/api/v1/admin` there (issue 8's adversarial table).
+    let f = fixture();
+    let allow = f
+        .decide(
+            "GET",
+            "/x/admin\u{85}?q=\u{a0}",
+            &[("x-api-key", "sk_live_pro")],
+        )
+        .result
+        .unwrap();
+    assert_eq!(
+        allow.edits.path.as_deref(),
+        Some("/x/admin%C2%85?q=\u{a0}".as_bytes())
+    );
+}
+
+#[test]
 fn rules_see_the_normalised_path() {
     let f = fixture();
     let decision = f.decide(

@@ -221,7 +221,7 @@ def audit_decisions(log: str) -> set[tuple[str | None, str]]:
 
 def test_the_container_log_carries_the_json_audit_feed(stack):
     # The access log is the container's standard output (envoy/envoy.yaml),
-    # which Envoy flushes about once a second.
+    # flushed once a second (the compose file's --file-flush-interval-msec).
     expected = {("key_compose", "allowed"), ("key_compose", "key_revoked"), (None, "missing_credentials")}
     stack.wait("the audit records of the requests sent",
                lambda: expected <= audit_decisions(stack.logs()), timeout=10)

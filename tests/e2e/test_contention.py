@@ -58,10 +58,12 @@ class Bucket:
 
 
 # Different shapes, so a bucket that borrowed another's rate or burst shows.
+# Each takes at least 2 s to refill from empty, so only a stall of 2 s (not
+# a busy machine's usual hiccups) could let one fill up and lose tokens.
 BUCKETS = [
     Bucket("sk_live_Contention00000000000ka", burst=20, per_second=10),
-    Bucket("sk_live_Contention00000000000kb", burst=20, per_second=10),
-    Bucket("sk_live_Contention00000000000kc", burst=5, per_second=20),
+    Bucket("sk_live_Contention00000000000kb", burst=30, per_second=15),
+    Bucket("sk_live_Contention00000000000kc", burst=40, per_second=20),
     Bucket("sk_live_Contention00000000000kd", burst=40, per_second=5),
 ]
 

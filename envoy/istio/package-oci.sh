@@ -52,7 +52,7 @@ while (($#)); do
   esac
 done
 
-[[ -f "$WASM" ]] || die "$WASM not found: build it (bash -c 'source scripts/lib.sh; build_module')"
+[[ -f "$WASM" ]] || die "$WASM not found: build it with scripts/build.sh"
 [[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$ ]] || die "'$TAG' is not a valid OCI tag"
 require_command python3 "it writes the image layout"
 

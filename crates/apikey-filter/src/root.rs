@@ -47,6 +47,8 @@ enum State {
 pub struct ConfigContext {
     state: State,
     sequence: u64,
+    /// Whether this root context set a tick period (to poll a pending table).
+    ticking: bool,
 }
 
 impl ConfigContext {
@@ -55,6 +57,7 @@ impl ConfigContext {
         Self {
             state: State::Unconfigured,
             sequence: 0,
+            ticking: false,
         }
     }
 
@@ -64,6 +67,18 @@ impl ConfigContext {
             State::Ready(gateway) => Some(Rc::clone(gateway)),
             State::Pending { .. } => LATEST_READY.with(|latest| latest.borrow().clone()),
             State::Unconfigured => None,
+        }
+    }
+
+    /// Stops this root context's tick, if it set one. Only a context that
+    /// polled has a tick to stop: Envoy keeps a timer entry for every root
+    /// context that ever set a period, even 0, and never removes it, so
+    /// setting 0 on every configuration grew Envoy's heap with every update
+    /// (about 65 bytes per worker; docs/reliability.md).
+    fn stop_ticking(&mut self) {
+        if self.ticking {
+            let _ = host::set_tick_period(0);
+            self.ticking = false;
         }
     }
 
@@ -79,8 +94,8 @@ impl ConfigContext {
                 table.generation
             ),
         );
+        self.stop_ticking();
         self.state = State::Ready(gateway);
-        let _ = host::set_tick_period(0);
     }
 
     /// Publishes (or finds) the table; `false` when the store refused.
@@ -96,6 +111,7 @@ impl ConfigContext {
             }
             Ok(Publication::Pending) => {
                 self.state = State::Pending { config, digest };
+                self.ticking = true;
                 if host::set_tick_period(PENDING_POLL_MS).is_err() {
                     host::log(
                         Level::Warn,
@@ -170,9 +186,7 @@ impl RootContext for ConfigContext {
     fn on_tick(&mut self) {
         let superseded = CONFIGURE_SEQUENCE.with(Cell::get) != self.sequence;
         match std::mem::replace(&mut self.state, State::Unconfigured) {
-            State::Pending { .. } if superseded => {
-                let _ = host::set_tick_period(0);
-            }
+            State::Pending { .. } if superseded => self.stop_ticking(),
             State::Pending { config, digest } => {
                 // A store error here leaves the previous table serving; the
                 // next tick tries again.
@@ -182,7 +196,7 @@ impl RootContext for ConfigContext {
             }
             other => {
                 self.state = other;
-                let _ = host::set_tick_period(0);
+                self.stop_ticking();
             }
         }
     }

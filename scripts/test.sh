@@ -77,6 +77,13 @@ e2e_tests() {
   "$VENV_PYTHON" -m pytest -v tests/e2e
 }
 
+# One minute of the soak (docs/reliability.md): a new configuration every
+# second under load; no 5xx, no stale decision, memory flat.
+soak_smoke() {
+  step "soak (1 minute)"
+  bash scripts/soak.sh 1
+}
+
 main() {
   setup
   check_format
@@ -88,6 +95,7 @@ main() {
   validate_envoy_configs
   fuzz_smoke
   e2e_tests
+  soak_smoke
 }
 
 main "$@"

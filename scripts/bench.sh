@@ -21,6 +21,11 @@ require_command taskset "run scripts/setup.sh (util-linux)"
 step "building the modules (release, $WASM_TARGET)"
 build_module
 (cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" -p empty-filter)
+# The CLI: bench.py checks its protobuf ECDS encoder against the CLI's.
+(cd "$REPO_ROOT" && cargo build --quiet --release -p apikey-cli)
+# The host-call probe is its own workspace (a measuring tool, not the product's).
+(cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" \
+  --manifest-path bench/hostcall-probe/Cargo.toml --target-dir target/hostcall-probe)
 
 step "benchmark"
 cd "$REPO_ROOT"

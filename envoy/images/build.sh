@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds, from what this machine already has, the two images
+# Builds, from what this machine already has, the images
 # envoy/docker-compose.yaml runs, for machines that cannot pull them (ours
 # reach no registry):
 #
@@ -12,6 +12,13 @@
 #                  with its standard library and the libraries its modules
 #                  link, FROM scratch; the compose file runs the e2e tests'
 #                  echo upstream (tests/e2e/echo_upstream.py) in it.
+#   $REDIS_IMAGE   (default localhost/apikey-redis:7) this host's
+#                  redis-server and its libraries, FROM scratch, for the
+#                  `fleet` profile (the official redis:7 runs the same
+#                  command line).
+#   $RATELIMIT_IMAGE (default localhost/apikey-ratelimit:latest) the
+#                  project's rate-limit server (crates/apikey-ratelimit),
+#                  built here in release, and its libraries, FROM scratch.
 #
 # Idempotent and fast when the images exist: each image carries a label
 # naming what it was built from (Envoy's version string; the Python
@@ -25,6 +32,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 
 ENVOY_IMAGE="${ENVOY_IMAGE:-envoyproxy/envoy:v$ENVOY_VERSION}"
 PYTHON_IMAGE="${PYTHON_IMAGE:-localhost/apikey-python:3}"
+REDIS_IMAGE="${REDIS_IMAGE:-localhost/apikey-redis:7}"
+RATELIMIT_IMAGE="${RATELIMIT_IMAGE:-localhost/apikey-ratelimit:latest}"
 BUILT_FROM_LABEL="io.apikey-gateway.built-from"
 FORCE=0
 
@@ -154,12 +163,52 @@ EOF
   build "$PYTHON_IMAGE" "$version" "$context"
 }
 
+# build_binary_image IMAGE BINARY SOURCE: one dynamically linked binary at
+# /usr/local/bin with the libraries `ldd` lists, FROM scratch, no
+# entrypoint (the compose file names the binary, as it would for the
+# official images whose entrypoints take a command).
+build_binary_image() {
+  local image="$1" binary="$2" source="$3" context
+  needs_build "$image" "$source" || return 0
+  context="$(mktemp -d)"
+  # shellcheck disable=SC2064  # expand now: the trap must remove this directory
+  trap "rm -rf '$context'" RETURN
+  mkdir -p "$context/root/usr/local/bin" "$context/root/tmp" "$context/root/data"
+  chmod 1777 "$context/root/tmp" "$context/root/data"
+  cp -L "$binary" "$context/root/usr/local/bin/"
+  copy_libraries_of "$binary" "$context/root"
+  cat >"$context/Containerfile" <<'EOF'
+FROM scratch
+COPY root/ /
+ENV PATH=/usr/local/bin
+WORKDIR /data
+EOF
+  build "$image" "$source" "$context"
+}
+
+build_redis_image() {
+  require_command redis-server "run scripts/setup.sh (scripts/setup.d/redis.sh)"
+  local binary
+  binary="$(command -v redis-server)"
+  build_binary_image "$REDIS_IMAGE" "$binary" \
+    "redis $("$binary" --version | grep -o 'v=[0-9.]*') $(sha256sum <"$binary" | cut -c1-16)"
+}
+
+build_ratelimit_image() {
+  (cd "$REPO_ROOT" && cargo build --quiet --release -p apikey-ratelimit) ||
+    die "cargo build --release -p apikey-ratelimit failed"
+  local binary="$REPO_ROOT/target/release/apikey-ratelimit"
+  build_binary_image "$RATELIMIT_IMAGE" "$binary" "apikey-ratelimit $(sha256sum <"$binary" | cut -c1-16)"
+}
+
 main() {
   [[ "${1:-}" == "--force" ]] && FORCE=1
   require_command "$ENGINE" "install podman (scripts/setup.d/podman.sh) or Docker"
   require_command ldd "the images carry the libraries ldd lists"
   build_envoy_image
   build_python_image
+  build_redis_image
+  build_ratelimit_image
 }
 
 main "$@"

@@ -607,14 +607,16 @@ def _read_line(stream, timeout: float) -> bytes:
 
 
 def main(argv: Sequence[str]) -> None:
-    """`harness.py write-ecds BOOTSTRAP CONFIG`: writes CONFIG (a JSON file)
-    as the plugin configuration into the ECDS file BOOTSTRAP watches, the
-    way Gateway.push does. scripts/demo.sh uses it."""
-    if len(argv) != 3 or argv[0] != "write-ecds":
+    """`harness.py write-ecds BOOTSTRAP CONFIG [ECDS_FILE]`: writes CONFIG (a
+    JSON file) as the plugin configuration into the ECDS file BOOTSTRAP
+    watches (or into ECDS_FILE: the compose fleet's directory), the way
+    Gateway.push does. scripts/demo.sh uses it."""
+    if len(argv) not in (3, 4) or argv[0] != "write-ecds":
         sys.exit(main.__doc__)
     bootstrap = load_bootstrap(Path(argv[1]))
     config = json.loads(Path(argv[2]).read_text(encoding="utf-8"))
-    write_ecds(ecds_path(bootstrap), ecds_document(bootstrap, config))
+    target = Path(argv[3]) if len(argv) == 4 else ecds_path(bootstrap)
+    write_ecds(target, ecds_document(bootstrap, config))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""The compose demo's `fleet` profile, run for real (issue 10): two gateways,
+a replica of apikey-ratelimit in each one's network namespace and one Redis,
+under podman-compose with the images envoy/images/build.sh builds locally.
+
+A key limited to N requests per window, asked 2N times alternately through
+the two gateways, is admitted exactly N times: each gateway's local bucket
+would admit N on its own, so the count is the fleet's. The configuration
+says `on_failure: deny`, so a gateway that could not reach its rate-limit
+service (or the service its Redis) would answer 503, never pass as a
+success. `down` leaves nothing of the project behind.
+
+Podman and podman-compose come from scripts/setup.d/podman.sh; without
+them these tests fail, they do not skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import harness
+from harness import REPO_ROOT
+from test_compose import BUILD_IMAGES, COMPOSE_FILE, PODMAN_COMPOSE, run
+
+PROJECT = f"apikey-fleet-test-{os.getpid()}"
+PROJECT_LABEL = f"io.podman.compose.project={PROJECT}"
+LIMITED_KEY = "sk_live_FleetLimited000000000000"
+READY_KEY = "sk_live_FleetReady00000000000000"
+N = 10
+# An hour's window: the requests below take seconds, so they straddle a
+# window edge only when started in the hour's last seconds (avoided below).
+PERIOD = 3600
+
+
+def key(raw: str, key_id: str, requests: int) -> dict:
+    return {"id": key_id, "sha256": hashlib.sha256(raw.encode()).hexdigest(), "tenant": "fleet",
+            "rate_limits": {"*": {"requests": requests, "period_seconds": PERIOD}}}
+
+
+CONFIG = {
+    "keys": [key(LIMITED_KEY, "key_fleet_limited", N), key(READY_KEY, "key_fleet_ready", 100_000)],
+    "fleet": {"cluster": "ratelimit", "domain": "apikey", "timeout_ms": 1000, "on_failure": "deny"},
+}
+
+
+class FleetStack:
+    """The compose project with the fleet profile, on free host ports."""
+
+    def __init__(self, demo_ecds: os.PathLike, fleet_ecds: os.PathLike, module: os.PathLike):
+        self.ports = {name: harness.free_port() for name in
+                      ("GATEWAY_PORT", "ADMIN_PORT", "FLEET_A_PORT", "FLEET_B_PORT",
+                       "FLEET_A_ADMIN_PORT", "FLEET_B_ADMIN_PORT")}
+        self.env = {**os.environ, "APIKEY_ECDS_DIR": str(demo_ecds), "APIKEY_FLEET_ECDS_DIR": str(fleet_ecds),
+                    "APIKEY_WASM": str(module), **{name: str(port) for name, port in self.ports.items()}}
+        self.gateways = [self.ports["FLEET_A_PORT"], self.ports["FLEET_B_PORT"]]
+        self.admins = [self.ports["FLEET_A_ADMIN_PORT"], self.ports["FLEET_B_ADMIN_PORT"]]
+
+    def compose(self, *args: str, timeout: float = 120) -> str:
+        return run(PODMAN_COMPOSE, "-p", PROJECT, "--profile", "fleet", "-f", COMPOSE_FILE, *args,
+                   env=self.env, timeout=timeout)
+
+    def logs(self) -> str:
+        names = run("podman", "ps", "-a", "--filter", f"label={PROJECT_LABEL}", "--format", "{{.Names}}").split()
+        out = []
+        for name in names:
+            if "gateway-" in name or "ratelimit" in name or "redis" in name:
+                done = subprocess.run(["podman", "logs", "--tail", "15", name], capture_output=True, text=True,
+                                      timeout=60)
+                out.append(f"--- {name}\n{done.stdout}{done.stderr}")
+        return "\n".join(out)
+
+    @staticmethod
+    def get(port: int, path: str, raw_key: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            connection.request("GET", path, headers={"Authorization": f"Bearer {raw_key}"} if raw_key else {})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def fleet_stat(self, name: str) -> int:
+        total = 0
+        for admin in self.admins:
+            _, body = self.get(admin, f"/stats?filter=apikey.fleet.{name}$")
+            total += sum(int(line.rsplit(":", 1)[1]) for line in body.decode().splitlines() if ":" in line)
+        return total
+
+
+def project_containers() -> list[str]:
+    return run("podman", "ps", "-a", "--filter", f"label={PROJECT_LABEL}", "--format", "{{.Names}}").split()
+
+
+@pytest.fixture(scope="module")
+def fleet(wasm_module, tmp_path_factory):
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run scripts/setup.sh (scripts/setup.d/podman.sh)")
+    if not PODMAN_COMPOSE.exists():
+        pytest.fail(f"{PODMAN_COMPOSE} is missing: run scripts/setup.sh (scripts/setup.d/podman.sh)")
+    run("bash", BUILD_IMAGES, timeout=1800)  # builds the release rate-limit server on a fresh clone
+    demo_ecds = tmp_path_factory.mktemp("demo-ecds")
+    harness.write_ecds(demo_ecds / harness.ECDS_FILE, harness.NOTHING_YET)
+    fleet_ecds = tmp_path_factory.mktemp("fleet-ecds")
+    bootstrap = harness.load_bootstrap()
+    harness.write_ecds(fleet_ecds / harness.ECDS_FILE, harness.ecds_document(bootstrap, CONFIG))
+    stack = FleetStack(demo_ecds, fleet_ecds, wasm_module)
+    assert not project_containers(), f"containers of {PROJECT} exist before the test"
+    try:
+        stack.compose("up", "-d")
+        # 200 for a key the fleet must be asked about proves the whole
+        # path: Envoy, the filter's configuration, the server beside it and
+        # Redis (with on_failure deny, any broken link answers 503).
+        deadline = time.monotonic() + 60
+        for port in stack.gateways:
+            while True:
+                try:
+                    status, body = stack.get(port, "/api/v1/leads", READY_KEY)
+                except OSError as error:
+                    status, body = 0, str(error).encode()
+                if status == 200:
+                    break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"gateway :{port} still answers {status} {body[:300]!r}\n{stack.logs()}")
+                time.sleep(0.2)
+        yield stack
+    finally:
+        subprocess.run([str(PODMAN_COMPOSE), "-p", PROJECT, "--profile", "fleet", "-f", str(COMPOSE_FILE), "down"],
+                       cwd=REPO_ROOT, env=stack.env, capture_output=True, timeout=120)
+
+
+def test_two_gateways_admit_exactly_n_of_2n_requests(fleet):
+    remaining = PERIOD - time.time() % PERIOD
+    if remaining < 30:
+        time.sleep(remaining + 1)
+    over_limit_before = fleet.fleet_stat("over_limit")
+    answers = []
+    for i in range(2 * N):
+        port = fleet.gateways[i % 2]
+        status, body = fleet.get(port, "/api/v1/leads", LIMITED_KEY)
+        answers.append((port, status, body))
+    admitted = [a for a in answers if a[1] == 200]
+    limited = [a for a in answers if a[1] == 429]
+    assert len(admitted) == N and len(limited) == N, \
+        f"{len(admitted)} admitted, {len(limited)} limited, others {[a for a in answers if a[1] not in (200, 429)]}"
+    for _, _, body in limited:
+        error = json.loads(body)["error"]
+        assert error["code"] == "rate_limited" and error["retry_after"] >= 1, error
+    assert {port for port, _, _ in admitted} == set(fleet.gateways), "one gateway admitted everything"
+    # Each gateway's local bucket (burst N) admitted all its requests; the
+    # fleet's service turned N of them down.
+    assert fleet.fleet_stat("over_limit") - over_limit_before == N
+
+
+def test_down_leaves_nothing_running(fleet):
+    assert len(project_containers()) == 9, "the fleet profile runs 9 containers (demo 2, fleet 7)"
+    fleet.compose("down", timeout=120)
+    assert project_containers() == [], "containers of the project survived down"
+    pods = run("podman", "pod", "ps", "--filter", f"label={PROJECT_LABEL}", "--format", "{{.Name}}").split()
+    assert pods == [], f"pods of the project survived down: {pods}"
+    networks = run("podman", "network", "ls", "--format", "{{.Name}}").split()
+    assert not [n for n in networks if n.startswith(PROJECT)], f"networks survived down: {networks}"

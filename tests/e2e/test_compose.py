@@ -130,13 +130,20 @@ def wait_enforced(stack: Stack, pushed_at: float, headers: dict[str, str], statu
         time.sleep(0.01)
 
 
-@pytest.fixture(scope="module")
-def stack(wasm_module, tmp_path_factory):
+def require_podman() -> None:
+    """Fails (never skips) the test when Podman or podman-compose is missing."""
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed: run scripts/setup.sh (scripts/setup.d/podman.sh)")
     if not PODMAN_COMPOSE.exists():
         pytest.fail(f"{PODMAN_COMPOSE} is missing: run scripts/setup.sh (scripts/setup.d/podman.sh)")
-    run("bash", BUILD_IMAGES, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def stack(wasm_module, tmp_path_factory):
+    require_podman()
+    # Builds the release rate-limit server too (the fleet profile's image)
+    # on a fresh clone.
+    run("bash", BUILD_IMAGES, timeout=1800)
     ecds_dir = tmp_path_factory.mktemp("compose-ecds")
     # Envoy refuses to start without the file; this one means "nothing yet".
     harness.write_ecds(ecds_dir / harness.ECDS_FILE, harness.NOTHING_YET)

@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import time
 
@@ -27,7 +26,7 @@ import pytest
 
 import harness
 from harness import REPO_ROOT
-from test_compose import BUILD_IMAGES, COMPOSE_FILE, PODMAN_COMPOSE, run
+from test_compose import BUILD_IMAGES, COMPOSE_FILE, PODMAN_COMPOSE, require_podman, run
 
 PROJECT = f"apikey-fleet-test-{os.getpid()}"
 PROJECT_LABEL = f"io.podman.compose.project={PROJECT}"
@@ -100,10 +99,7 @@ def project_containers() -> list[str]:
 
 @pytest.fixture(scope="module")
 def fleet(wasm_module, tmp_path_factory):
-    if shutil.which("podman") is None:
-        pytest.fail("podman is not installed: run scripts/setup.sh (scripts/setup.d/podman.sh)")
-    if not PODMAN_COMPOSE.exists():
-        pytest.fail(f"{PODMAN_COMPOSE} is missing: run scripts/setup.sh (scripts/setup.d/podman.sh)")
+    require_podman()
     run("bash", BUILD_IMAGES, timeout=1800)  # builds the release rate-limit server on a fresh clone
     demo_ecds = tmp_path_factory.mktemp("demo-ecds")
     harness.write_ecds(demo_ecds / harness.ECDS_FILE, harness.NOTHING_YET)

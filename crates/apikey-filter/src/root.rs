@@ -168,7 +168,7 @@ impl RootContext for ConfigContext {
         match Config::parse(&bytes) {
             Err(error) => {
                 host::log(Level::Critical, &format!("configuration refused: {error}"));
-                metrics::config_refused(KeyHash::of(&bytes).as_bytes());
+                metrics::config_refused(&digest);
                 false
             }
             Ok(None) => {

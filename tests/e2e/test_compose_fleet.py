@@ -7,7 +7,10 @@ the two gateways, is admitted exactly N times: each gateway's local bucket
 would admit N on its own, so the count is the fleet's. The configuration
 says `on_failure: deny`, so a gateway that could not reach its rate-limit
 service (or the service its Redis) would answer 503, never pass as a
-success. `down` leaves nothing of the project behind.
+success. The configuration is renamed into the fleet's own ECDS directory
+once both gateways run, as an operator would push it: both enforce it, and
+the demo gateway, which watches another directory, never sees it. `down`
+leaves nothing of the project behind.
 
 Podman and podman-compose come from scripts/setup.d/podman.sh; without
 them these tests fail, they do not skip.
@@ -85,12 +88,38 @@ class FleetStack:
         finally:
             connection.close()
 
+    def wait_for(self, port: int, raw_key: str, status: int, code: str | None, timeout: float) -> None:
+        """Waits until the gateway on `port` answers `status` (and the error
+        `code`, when given) for a request with `raw_key`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got, body = self.get(port, "/api/v1/leads", raw_key)
+            except OSError as error:
+                got, body = 0, str(error).encode()
+            if got == status and (code is None or error_code(body) == code):
+                return
+            if time.monotonic() > deadline:
+                wanted = f"{status} {code}" if code else str(status)
+                pytest.fail(f"gateway :{port} answers {got} {body[:300]!r}, not {wanted}, after {timeout} s\n"
+                            f"{self.logs()}")
+            time.sleep(0.1)
+
     def fleet_stat(self, name: str) -> int:
         total = 0
         for admin in self.admins:
             _, body = self.get(admin, f"/stats?filter=apikey.fleet.{name}$")
             total += sum(int(line.rsplit(":", 1)[1]) for line in body.decode().splitlines() if ":" in line)
         return total
+
+
+def error_code(body: bytes) -> str | None:
+    """The contract's error code in a body, None when the body has none
+    (Envoy's own plain-text 503 while it starts)."""
+    try:
+        return json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def project_containers() -> list[str]:
@@ -104,27 +133,22 @@ def fleet(wasm_module, tmp_path_factory):
     demo_ecds = tmp_path_factory.mktemp("demo-ecds")
     harness.write_ecds(demo_ecds / harness.ECDS_FILE, harness.NOTHING_YET)
     fleet_ecds = tmp_path_factory.mktemp("fleet-ecds")
-    bootstrap = harness.load_bootstrap()
-    harness.write_ecds(fleet_ecds / harness.ECDS_FILE, harness.ecds_document(bootstrap, CONFIG))
+    # Envoy does not start without the file; this one means "nothing yet".
+    harness.write_ecds(fleet_ecds / harness.ECDS_FILE, harness.NOTHING_YET)
     stack = FleetStack(demo_ecds, fleet_ecds, wasm_module)
     assert not project_containers(), f"containers of {PROJECT} exist before the test"
     try:
         stack.compose("up", "-d")
-        # 200 for a key the fleet must be asked about proves the whole
-        # path: Envoy, the filter's configuration, the server beside it and
-        # Redis (with on_failure deny, any broken link answers 503).
-        deadline = time.monotonic() + 60
         for port in stack.gateways:
-            while True:
-                try:
-                    status, body = stack.get(port, "/api/v1/leads", READY_KEY)
-                except OSError as error:
-                    status, body = 0, str(error).encode()
-                if status == 200:
-                    break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"gateway :{port} still answers {status} {body[:300]!r}\n{stack.logs()}")
-                time.sleep(0.2)
+            stack.wait_for(port, READY_KEY, 503, "not_configured", timeout=60)
+        # Temporary file, then rename: what the CLI and write-ecds do.
+        harness.write_ecds(fleet_ecds / harness.ECDS_FILE, harness.ecds_document(harness.load_bootstrap(), CONFIG))
+        # 200 for a key the fleet must be asked about proves the whole
+        # path: the watched directory, the filter's configuration, the
+        # server beside each gateway and Redis (with on_failure deny, any
+        # broken link answers 503).
+        for port in stack.gateways:
+            stack.wait_for(port, READY_KEY, 200, None, timeout=15)
         yield stack
     finally:
         subprocess.run([str(PODMAN_COMPOSE), "-p", PROJECT, "--profile", "fleet", "-f", str(COMPOSE_FILE), "down"],
@@ -152,6 +176,11 @@ def test_two_gateways_admit_exactly_n_of_2n_requests(fleet):
     # Each gateway's local bucket (burst N) admitted all its requests; the
     # fleet's service turned N of them down.
     assert fleet.fleet_stat("over_limit") - over_limit_before == N
+
+
+def test_the_demo_gateway_never_sees_the_fleets_configuration(fleet):
+    status, body = fleet.get(fleet.ports["GATEWAY_PORT"], "/api/v1/leads", READY_KEY)
+    assert status == 503 and json.loads(body)["error"]["code"] == "not_configured", (status, body[:300])
 
 
 def test_down_leaves_nothing_running(fleet):

@@ -20,7 +20,14 @@ Method (the numbers are only worth their method):
   over a run, divided by the requests wrk completed in it; memory is VmRSS.
 - Configuration to enforcement: an ECDS file is renamed into the watched
   directory; the time runs until a request with a key that exists only in
-  the new configuration is answered 200.
+  the new configuration is answered 200. The largest table is measured as
+  the shipped default `apikey.yaml` and again as `apikey.pb` (what
+  `apikey --ecds-format pb` writes; the encoder here is checked against the
+  CLI's bytes at the start of every run).
+- The machine is shared: a full run first waits (up to an hour) for a
+  1-minute load average below 0.8 and says in the report whether it got one.
+  The modules are copied before anything is measured, so a build in the same
+  checkout cannot swap them mid-run.
 """
 
 from __future__ import annotations
@@ -264,6 +271,10 @@ def ecds_protobuf(document: dict) -> bytes:
     resource = document["resources"][0]
     config = resource["typed_config"]["config"]
     vm = config["vm_config"]
+    unencoded = (set(config) - {"name", "root_id", "vm_config", "configuration", "fail_open"}
+                 | set(vm) - {"vm_id", "runtime", "code"} | ({"fail_open"} if config.get("fail_open") else set()))
+    if unencoded:
+        raise BenchError(f"ecds_protobuf does not encode {sorted(unencoded)}")
     vm_config = (_field(1, vm["vm_id"]) + _field(2, vm["runtime"])
                  + _field(3, _field(1, _field(1, vm["code"]["local"]["filename"]))))
     plugin = (_field(1, config["name"]) + _field(2, config["root_id"]) + _field(3, vm_config)
@@ -277,19 +288,36 @@ def ecds_protobuf(document: dict) -> bytes:
 CLI = REPO / "target" / "release" / "apikey"
 
 
-def check_protobuf_matches_cli() -> None:
+def check_protobuf_matches_cli() -> dict:
     """The `.pb` rows measure what users deploy only if this encoder writes
-    the CLI's bytes: render one small state both ways and compare."""
+    the CLI's bytes. With a 10-key table of the bench's own as the CLI's
+    state: the CLI's text ECDS document must be the one ecds_document()
+    builds for the configuration the CLI serves (the JSON `fail_open: false`
+    of envoy/envoy.yaml is protobuf's default, so no field goes unencoded),
+    and ecds_protobuf() of it must equal, byte for byte, the file
+    `apikey --ecds-format pb render ecds --out F` writes."""
+    bootstrap = render_bootstrap("wasm", WORK / "pb-check", FILTER_WASM)
     with tempfile.TemporaryDirectory() as scratch:
         state = Path(scratch) / "state.json"
-        state.write_text(json.dumps({"keys": [{"id": "k1", "sha256": hashlib.sha256(b"x").hexdigest(),
-                                               "tenant": "t", "scopes": ["a:b"]}], "plans": {}}))
-        base = [str(CLI), "--state", str(state), "--wasm", "/m.wasm"]
-        text = subprocess.run(base + ["render", "ecds"], check=True, capture_output=True, text=True).stdout
-        binary = subprocess.run(base + ["--ecds-format", "pb", "render", "ecds"], check=True,
-                                capture_output=True).stdout
-    if ecds_protobuf(json.loads(text)) != binary:
+        state.write_text(plugin_config(10), encoding="utf-8")
+        out_yaml, out_pb = Path(scratch) / "apikey.yaml", Path(scratch) / "apikey.pb"
+        base = [str(CLI), "--state", str(state), "--wasm", str(FILTER_WASM)]
+        subprocess.run(base + ["render", "ecds", "--out", str(out_yaml)], check=True, capture_output=True)
+        subprocess.run(base + ["--ecds-format", "pb", "render", "ecds", "--out", str(out_pb)], check=True,
+                       capture_output=True)
+        text, binary = json.loads(out_yaml.read_text(encoding="utf-8")), out_pb.read_bytes()
+    served = text["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+    ours = ecds_document(bootstrap, served)
+    ours_config = ours["resources"][0]["typed_config"]["config"]
+    if ours_config.get("fail_open") is False:
+        del ours_config["fail_open"]
+    if ours != text:
+        raise BenchError("bench.py's ECDS document differs from `apikey render ecds` (a field the .pb encoder "
+                         f"would not carry?):\n{json.dumps(ours)[:600]}\n{json.dumps(text)[:600]}")
+    mine = ecds_protobuf(ecds_document(bootstrap, served))
+    if mine != binary:
         raise BenchError("bench.py's ecds_protobuf differs from `apikey --ecds-format pb render ecds`")
+    return {"keys": 10, "bytes": len(binary), "sha256": hashlib.sha256(binary).hexdigest()}
 
 
 def write_ecds(path: Path, document: dict) -> None:
@@ -593,8 +621,9 @@ def measure_tables(sizes: list[int], log) -> tuple[dict, dict[int, Envoy]]:
 
 def protobuf_delivery(size: int, first: str, update: str, timeout: float, log) -> dict:
     """The largest table again, delivered as a binary-protobuf ECDS file
-    (`apikey.pb`) instead of the shipped JSON-in-`.yaml`: what is left when
-    Envoy's text parsing is taken out (--concurrency 1)."""
+    (`apikey.pb`, what `apikey --ecds-format pb` writes) instead of the
+    shipped default `apikey.yaml`: first load and update at --concurrency 4
+    and 1, and Envoy's own part (the empty filter, --concurrency 1)."""
     out = {}
     bootstrap = render_bootstrap("wasm", WORK / f"pb-floor-{table_label(size)}-c1", EMPTY_WASM, ecds_file="apikey.pb")
     floor = Envoy(f"pb-floor-{table_label(size)}", bootstrap, 1, ENVOY_CORE, initial=NOTHING_YET,
@@ -604,17 +633,23 @@ def protobuf_delivery(size: int, first: str, update: str, timeout: float, log) -
         out["floor_rss_kb"] = floor.memory_kb()["VmRSS"]
     finally:
         floor.stop()
-    bootstrap = render_bootstrap("wasm", WORK / f"pb-apikey-{table_label(size)}-c1", FILTER_WASM, ecds_file="apikey.pb")
-    envoy = Envoy(f"pb-apikey-{table_label(size)}", bootstrap, 1, ENVOY_CORE, initial=NOTHING_YET,
-                  ecds_file="apikey.pb").start()
-    try:
-        out["first_load"] = envoy.time_to_enforcement(first, BENCH_KEY, timeout)
-        out["update"] = envoy.time_to_enforcement(update, new_key(size), timeout)
-        out["rss_kb"] = envoy.memory_kb()["VmRSS"]
-    finally:
-        envoy.stop()
-    log(f"  as binary protobuf (.pb): empty filter applied after {out['floor_applied_s']:.2f} s; apikey first load "
-        f"{out['first_load']['enforced_s']:.2f} s, update {out['update']['enforced_s']:.2f} s")
+    log(f"  as binary protobuf (.pb): empty filter applied after {out['floor_applied_s']:.2f} s")
+    for concurrency, cores in ((4, "0,1"), (1, ENVOY_CORE)):
+        bootstrap = render_bootstrap("wasm", WORK / f"pb-apikey-{table_label(size)}-c{concurrency}", FILTER_WASM,
+                                     ecds_file="apikey.pb")
+        envoy = Envoy(f"pb-apikey-{table_label(size)}", bootstrap, concurrency, cores, initial=NOTHING_YET,
+                      ecds_file="apikey.pb").start()
+        try:
+            load = envoy.time_to_enforcement(first, BENCH_KEY, timeout)
+            rss_loaded = envoy.memory_kb()["VmRSS"]
+            upd = envoy.time_to_enforcement(update, new_key(size), timeout)
+            memory = envoy.memory_kb()
+        finally:
+            envoy.stop()
+        out[f"c{concurrency}"] = {"first_load": load, "update": upd, "rss_kb_after_load": rss_loaded,
+                                  "rss_kb": memory["VmRSS"], "hwm_kb": memory["VmHWM"]}
+        log(f"  as binary protobuf (.pb), --concurrency {concurrency}: first load {load['enforced_s']:.2f} s, "
+            f"update {upd['enforced_s']:.2f} s; RSS {memory['VmRSS'] / 1024:.0f} MB")
     return out
 
 
@@ -626,10 +661,12 @@ def run(args) -> dict:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - t0:7.1f}s] {message}", flush=True)
 
-    for path in (FILTER_WASM, EMPTY_WASM):
-        if not path.exists():
-            raise BenchError(f"{path} missing: scripts/bench.sh builds it")
-    check_protobuf_matches_cli()
+    git = git_head()
+    snapshot_modules()
+    protobuf_check = check_protobuf_matches_cli()
+    log(f"bench.py's .pb encoder writes the CLI's bytes ({protobuf_check['keys']}-key table, "
+        f"{protobuf_check['bytes']:,} bytes)")
+    quiet = wait_for_quiet(args.quiet_load, args.quiet_wait, log)
     sizes = [10, 1_000, 10_000] if args.quick else [10, 100_000, 1_000_000]
     tables, table_envoys = measure_tables(sizes, log)
 
@@ -721,9 +758,51 @@ def run(args) -> dict:
         "started": started.isoformat(timespec="seconds"), "finished": finished.isoformat(timespec="seconds"),
         "wall_s": time.monotonic() - t0,
         "machine": machine(), "envoy_version": envoy_version(), "modules": module_sizes(),
-        "git": git_head(), "setups": summary, "runs": runs, "tables": tables,
-        "hostcalls": hostcalls, "probe": probe,
+        "git": git, "setups": summary, "runs": runs, "tables": tables,
+        "hostcalls": hostcalls, "probe": probe, "protobuf_check": protobuf_check, "quiet": quiet,
     }
+
+
+def snapshot_modules() -> None:
+    """Copies the modules scripts/bench.sh just built into the bench's own
+    directory and measures the copies: the checkout is shared, and another
+    build rewrites target/ in place (cargo re-links, then the finish step)
+    while a long run is still starting Envoys."""
+    global FILTER_WASM, EMPTY_WASM
+    snapshot = WORK / "modules"
+    snapshot.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in (FILTER_WASM, EMPTY_WASM):
+        if not path.exists():
+            raise BenchError(f"{path} missing: scripts/bench.sh builds it")
+        copy_path = snapshot / path.name
+        if path != copy_path:
+            shutil.copyfile(path, copy_path)
+        copies.append(copy_path)
+    FILTER_WASM, EMPTY_WASM = copies
+
+
+def load_1min() -> float:
+    with open("/proc/loadavg") as file:
+        return float(file.read().split()[0])
+
+
+def wait_for_quiet(threshold: float, limit_s: float, log, poll_s: float = 30) -> dict:
+    """Waits (up to `limit_s`, polling every `poll_s`) until the 1-minute
+    load average is below `threshold`: the machine is shared, and a run on
+    a busy one measures the neighbours. Never refuses to run: what it found
+    goes into the report's method section."""
+    started = time.monotonic()
+    load = load_1min()
+    if limit_s > 0 and load >= threshold:
+        log(f"waiting for a quiet machine: 1-minute load {load:.2f} (≥ {threshold}), up to {limit_s / 60:.0f} min")
+    while limit_s > 0 and load >= threshold and time.monotonic() - started < limit_s:
+        time.sleep(poll_s)
+        load = load_1min()
+        log(f"  1-minute load {load:.2f}")
+    waited = time.monotonic() - started
+    return {"threshold": threshold, "limit_s": limit_s, "waited_s": waited, "load": load,
+            "quiet": load < threshold}
 
 
 def finish_module(source: Path, target: Path) -> Path | None:
@@ -828,10 +907,22 @@ def module_sizes() -> dict:
     return {"apikey_filter.wasm": FILTER_WASM.stat().st_size, "empty_filter.wasm": EMPTY_WASM.stat().st_size}
 
 
+# What the measured build and run are made of: uncommitted changes here mean
+# the numbers are not those of the commit named in the report.
+MEASURED_PATHS = ["crates", "bench", "Cargo.toml", "Cargo.lock", "scripts/finish_module.py", "scripts/bench.sh",
+                  "envoy/envoy.yaml"]
+
+
 def git_head() -> str:
     out = subprocess.run(["git", "log", "-1", "--format=%h %s"], capture_output=True, text=True, cwd=REPO)
     head = out.stdout.strip()
-    return head if len(head) <= 80 else head[:79] + "…"
+    head = head if len(head) <= 80 else head[:79] + "…"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *MEASURED_PATHS],
+                           capture_output=True, text=True, cwd=REPO).stdout.split("\n")
+    dirty = sorted({line[3:] for line in dirty if line.strip()})
+    if dirty:
+        head += "` plus uncommitted changes to `" + "`, `".join(dirty)
+    return head
 
 
 def envoy_like_headers(key: str) -> list[list[str]]:
@@ -917,6 +1008,70 @@ def judged_ratio(results: dict, numerator: str, denominator: str) -> tuple[float
                       f"{', '.join(f'{r:.2f}' for r in capacity_rounds)}")
 
 
+ENFORCE_LIMIT_S = 10
+
+
+def worst_enforcement(delivery: dict) -> tuple[float, str]:
+    """The slowest of first load and update at --concurrency 1 and 4, and
+    the measured times as text."""
+    times = []
+    parts = []
+    for c in ("c1", "c4"):
+        if c in delivery:
+            e = delivery[c]
+            times += [e["first_load"]["enforced_s"], e["update"]["enforced_s"]]
+            parts.append(f"--concurrency {c[1:]}: first load {e['first_load']['enforced_s']:.1f} s, "
+                         f"update {e['update']['enforced_s']:.1f} s")
+    return max(times), "; ".join(parts)
+
+
+def enforcement_verdicts(table: dict, large: str, floor: dict | None, config_mb: float) -> list[dict]:
+    """The 10 s target once per delivery: the shipped default `apikey.yaml`
+    and, when measured, `apikey.pb` (`--ecds-format pb`); each judged on its
+    slowest first load or update at either concurrency."""
+    worst_yaml, measured_yaml = worst_enforcement(table)
+    rows = [{"delivery": "apikey.yaml", "worst": worst_yaml, "measured": measured_yaml, "floor": floor and floor["applied_s"],
+             "accepted": table["c1"]["first_load"]["accepted_s"]}]
+    pb = table.get("protobuf")
+    if pb and "c1" in pb:
+        worst_pb, measured_pb = worst_enforcement(pb)
+        rows.append({"delivery": "apikey.pb", "worst": worst_pb, "measured": measured_pb,
+                     "floor": pb["floor_applied_s"], "accepted": pb["c1"]["first_load"]["accepted_s"]})
+    meeting = [r["delivery"] for r in rows if r["worst"] <= ENFORCE_LIMIT_S]
+    if len(rows) == 1:
+        summary = ""
+    elif not meeting:
+        summary = "Neither delivery meets the target. "
+    elif len(meeting) == len(rows):
+        summary = "Both deliveries meet the target. "
+    else:
+        summary = f"Only `{meeting[0]}` meets the target. "
+    out = []
+    for r in rows:
+        if r["delivery"] == "apikey.yaml":
+            target = (f"{large} keys configured → enforced within {ENFORCE_LIMIT_S} s, as the shipped default "
+                      "`apikey.yaml`")
+            parser = "JSON through the `.yaml` loader"
+        else:
+            target = f"{large} keys configured → enforced within {ENFORCE_LIMIT_S} s, as `apikey.pb` (`--ecds-format pb`)"
+            parser = "binary protobuf, no text parser"
+        bound = summary + f"Slowest of first load and update at either concurrency ({r['measured']})."
+        if r["floor"] is not None:
+            bound += (f" Envoy alone takes {r['floor']:.1f} s to read this {config_mb:.0f} MB ECDS file ({parser}) "
+                      "and hand it to the worker (the empty filter given the same file, --concurrency 1)")
+            if r["accepted"] is not None:
+                bound += (f"; Envoy's main thread counted the update after {r['accepted']:.1f} s (--concurrency 1, "
+                          "first load), so the filter's own configure in the main thread's VM (hash, parse and "
+                          f"validate the configuration, publish the table into shared data) is ~"
+                          f"{max(r['accepted'] - r['floor'], 0):.1f} s of it, and the workers, which find the "
+                          "table published, the rest")
+            bound += "."
+        out.append({"target": target, "measured": r["measured"],
+                    "ratio": f"{r['worst']:.1f} s ({r['worst'] / ENFORCE_LIMIT_S:.2f}× the limit)",
+                    "held": r["worst"] <= ENFORCE_LIMIT_S, "bound": bound})
+    return out
+
+
 def verdicts(results: dict) -> list[dict]:
     by_name = {s["name"]: s for s in results["setups"]}
     sizes = results["sizes"]
@@ -975,24 +1130,28 @@ def verdicts(results: dict) -> list[dict]:
                 "measured": f"{_mb(c4['rss_kb'])} / {_mb(c1['rss_kb'])} RSS", "ratio": f"{ratio:.2f}×",
                 "held": ratio <= 1.2, "bound": bound})
 
-    worst = max(c1["update"]["enforced_s"], c1["first_load"]["enforced_s"])
-    bound = ""
-    if floor:
-        bound = (f"Envoy alone takes {floor['applied_s']:.1f} s to read this {config_mb:.0f} MB ECDS file (JSON "
-                 "through the `.yaml` loader) and hand it to the worker (the empty filter's update); the "
-                 f"filter's own configure is the rest, ~{max(worst - floor['applied_s'], 0):.1f} s.")
-    pb = table_large.get("protobuf")
-    if pb:
-        bound += (f" Delivered as binary protobuf (`apikey.pb`, same content) Envoy's part drops to "
-                  f"{pb['floor_applied_s']:.1f} s and the filter's table is enforced after "
-                  f"{pb['first_load']['enforced_s']:.1f} s (first load) / {pb['update']['enforced_s']:.1f} s (update).")
-    out.append({"target": f"{large} keys configured → enforced within 10 s (--concurrency 1)",
-                "measured": f"first load {c1['first_load']['enforced_s']:.1f} s, update {c1['update']['enforced_s']:.1f} s",
-                "ratio": f"{worst:.1f} s ({worst / 10:.1f}× the limit)", "held": worst <= 10, "bound": bound})
+    out += enforcement_verdicts(table_large, large, floor, config_mb)
     out.append({"target": "Release .wasm under 300 KB", "measured": f"{wasm:,} bytes ({wasm / 1024:.0f} KiB)",
                 "ratio": f"{wasm / WASM_SIZE_TARGET:.2f}× the limit", "held": wasm < WASM_SIZE_TARGET,
                 "bound": "After scripts/finish_module.py (unused callbacks dropped, wasm-opt)."})
     return out
+
+
+def quiet_note(quiet: dict | None) -> str:
+    """The method section's line on how busy the shared machine was."""
+    if not quiet:
+        return "- Machine load before the run: not recorded."
+    waited = f" after waiting {quiet['waited_s'] / 60:.1f} min" if quiet["waited_s"] >= 1 else ""
+    if quiet["quiet"]:
+        return (f"- The machine is shared with other engineers' builds and tests; the run started when it was quiet: "
+                f"1-minute load average {quiet['load']:.2f} (< {quiet['threshold']}){waited}.")
+    if quiet["limit_s"] <= 0:
+        return (f"- The run did not wait for a quiet machine (1-minute load average {quiet['load']:.2f} at the "
+                "start).")
+    return (f"- **The machine never got quiet**: after waiting {quiet['waited_s'] / 60:.0f} min the 1-minute load "
+            f"average was still {quiet['load']:.2f} (≥ {quiet['threshold']}), and the run went ahead anyway. Other "
+            "work shared the cores: absolute numbers are lower than on a quiet machine; ratios within a round "
+            "compare set-ups that ran seconds apart.")
 
 
 def render_markdown(results: dict, fleet_section: str | None) -> str:
@@ -1018,6 +1177,7 @@ def render_markdown(results: dict, fleet_section: str | None) -> str:
         f"- {results['rounds']} rounds × ({results['seconds']} s + {results['latency_seconds']} s) per set-up, interleaved (each round drives every "
         f"set-up once, in a rotated order) after a {results['warmup']} s warm-up each; medians over rounds. "
         "Ratios are within this run, so drift on the shared machine hits all set-ups alike.",
+        quiet_note(results.get("quiet")),
         "- Bootstrap: `envoy/envoy.yaml` (edge settings, the ECDS wiring and `vm_id`) with the route answering "
         "by `direct_response` after the filters (no upstream is measured) and no access log. The Wasm filters "
         "get their configuration by ECDS, as shipped.",
@@ -1092,15 +1252,34 @@ def render_markdown(results: dict, fleet_section: str | None) -> str:
         lines.append(f"| {size:,} | {t['c4']['rss_kb'] / t['c1']['rss_kb']:.2f}× | "
                      f"{_fmt_s(floor.get('applied_s'))} | {_mb(floor['rss_kb']) if floor else '–'} |")
     pb = results["tables"][str(results["sizes"][-1])].get("protobuf")
-    if pb:
+    if pb and "c1" in pb:
         size = results["sizes"][-1]
-        lines += ["", f"The {size:,}-key table once more as a binary-protobuf ECDS file (`apikey.pb`: the same "
-                  "DiscoveryResponse, which Envoy reads without a text parser), `--concurrency 1`:", "",
-                  "| delivery | empty filter: applied after | apikey first load: accepted / enforced | "
-                  "apikey update: accepted / enforced | apikey RSS |", "|---|---:|---:|---:|---:|",
-                  f"| `apikey.pb` | {_fmt_s(pb['floor_applied_s'])} | {_fmt_s(pb['first_load']['accepted_s'])} / "
-                  f"{_fmt_s(pb['first_load']['enforced_s'])} | {_fmt_s(pb['update']['accepted_s'])} / "
-                  f"{_fmt_s(pb['update']['enforced_s'])} | {_mb(pb['rss_kb'])} |"]
+        t = results["tables"][str(size)]
+        check = results.get("protobuf_check")
+        lines += ["", f"The {size:,}-key table once more, delivered as a binary-protobuf ECDS file (`apikey.pb`, "
+                  "what `apikey --ecds-format pb` writes: the same DiscoveryResponse, which Envoy reads without a "
+                  "text parser) beside the shipped default `apikey.yaml` (rows above). "
+                  + (f"bench.py's encoder was checked in this run to write, for a {check['keys']}-key table, the "
+                     f"CLI's bytes exactly ({check['bytes']:,} bytes, equal to `apikey --ecds-format pb render "
+                     "ecds --out F`). " if check else "")
+                  + f"Envoy alone (the empty filter) applied the `.pb` file after {_fmt_s(pb['floor_applied_s'])} "
+                  f"(`.yaml`: {_fmt_s(t.get('envoy_floor', {}).get('applied_s'))}).", "",
+                  "| delivery | concurrency | first load: accepted / enforced | update: accepted / enforced | "
+                  "RSS after first load | RSS after update | peak RSS |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for delivery, source in (("`apikey.yaml`", t), ("`apikey.pb`", pb)):
+            for c in ("c1", "c4"):
+                if c not in source:
+                    continue
+                e = source[c]
+                lines.append(
+                    f"| {delivery} | {c[1:]} | {_fmt_s(e['first_load']['accepted_s'])} / "
+                    f"{_fmt_s(e['first_load']['enforced_s'])} | {_fmt_s(e['update']['accepted_s'])} / "
+                    f"{_fmt_s(e['update']['enforced_s'])} | {_mb(e['rss_kb_after_load'])} | {_mb(e['rss_kb'])} | "
+                    f"{_mb(e['hwm_kb'])} |")
+        if "c4" in pb:
+            lines += ["", f"RSS --concurrency 4 ÷ --concurrency 1 after the update: `apikey.yaml` "
+                      f"{t['c4']['rss_kb'] / t['c1']['rss_kb']:.2f}×, `apikey.pb` "
+                      f"{pb['c4']['rss_kb'] / pb['c1']['rss_kb']:.2f}×."]
     lines += ["", "## Targets (issue 6)", "",
               "Throughput ratios are medians of the per-round ratios (the two set-ups ran in the same round). "
               "The machine is shared, so throughput moves from round to round; CPU per request does not move "
@@ -1241,6 +1420,10 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float)
     parser.add_argument("--probe-rounds", type=int, help="rounds of the host-call probe (0 skips it)")
     parser.add_argument("--probe-seconds", type=float)
+    parser.add_argument("--quiet-load", type=float, default=0.8,
+                        help="start measuring once the 1-minute load average is below this")
+    parser.add_argument("--quiet-wait", type=float,
+                        help="seconds to wait for that at most, then run anyway (default 3600; --quick: 0)")
     parser.add_argument("--render-only", action="store_true",
                         help=f"regenerate the report from {RESULTS.relative_to(REPO)} without running")
     args = parser.parse_args()
@@ -1254,6 +1437,8 @@ def main() -> int:
     if args.probe_rounds is None:
         args.probe_rounds = 1 if args.quick else 4
     args.probe_seconds = args.probe_seconds or (2 if args.quick else 4)
+    if args.quiet_wait is None:
+        args.quiet_wait = 0 if args.quick else 3600
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so no Envoy outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

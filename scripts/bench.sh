@@ -5,7 +5,9 @@
 # regenerates docs/performance.md and docs/performance.png (bench/bench.py
 # says how each number is taken).
 #
-#   scripts/bench.sh            the full run (~10-15 min: 10, 100k and 1M keys)
+#   scripts/bench.sh            the full run (~15 min: 10, 100k and 1M keys, the 1M
+#                               table also as apikey.pb), after waiting up to an hour
+#                               for a 1-minute load average below 0.8 (--quiet-wait S)
 #   scripts/bench.sh --quick    a ~2-minute smoke (small tables, short runs)
 #   scripts/bench.sh --rounds 7 --seconds 20   longer runs; --help lists all
 set -euo pipefail

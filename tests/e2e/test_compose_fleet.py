@@ -4,7 +4,10 @@ under podman-compose with the images envoy/images/build.sh builds locally.
 
 A key limited to N requests per window, asked 2N times alternately through
 the two gateways, is admitted exactly N times: each gateway's local bucket
-would admit N on its own, so the count is the fleet's. The configuration
+would admit N on its own, so the count is the fleet's. Every 200 comes
+from the gateway's own echo upstream, every refusal is the contract's 429
+(body, Retry-After, RateLimit and RateLimit-Policy), and each gateway asked
+its replica about each of its N requests without a failure. The configuration
 says `on_failure: deny`, so a gateway that could not reach its rate-limit
 service (or the service its Redis) would answer 503, never pass as a
 success. The configuration is renamed into the fleet's own ECDS directory
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import math
 import os
 import subprocess
 import time
@@ -79,14 +83,20 @@ class FleetStack:
         return "\n".join(out)
 
     @staticmethod
-    def get(port: int, path: str, raw_key: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
+    def request(port: int, path: str, raw_key: str | None = None,
+                timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers (lower-case names) and body of a GET."""
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         try:
             connection.request("GET", path, headers={"Authorization": f"Bearer {raw_key}"} if raw_key else {})
             response = connection.getresponse()
-            return response.status, response.read()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:
             connection.close()
+
+    def get(self, port: int, path: str, raw_key: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
+        status, _, body = self.request(port, path, raw_key, timeout)
+        return status, body
 
     def wait_for(self, port: int, raw_key: str, status: int, code: str | None, timeout: float) -> None:
         """Waits until the gateway on `port` answers `status` (and the error
@@ -105,12 +115,13 @@ class FleetStack:
                             f"{self.logs()}")
             time.sleep(0.1)
 
-    def fleet_stat(self, name: str) -> int:
-        total = 0
+    def fleet_stats(self, name: str) -> list[int]:
+        """The filter's counter `apikey.fleet.<name>` on each fleet gateway."""
+        counts = []
         for admin in self.admins:
             _, body = self.get(admin, f"/stats?filter=apikey.fleet.{name}$")
-            total += sum(int(line.rsplit(":", 1)[1]) for line in body.decode().splitlines() if ":" in line)
-        return total
+            counts.append(sum(int(line.rsplit(":", 1)[1]) for line in body.decode().splitlines() if ":" in line))
+        return counts
 
 
 def error_code(body: bytes) -> str | None:
@@ -159,23 +170,41 @@ def test_two_gateways_admit_exactly_n_of_2n_requests(fleet):
     remaining = PERIOD - time.time() % PERIOD
     if remaining < 30:
         time.sleep(remaining + 1)
-    over_limit_before = fleet.fleet_stat("over_limit")
+    names = ("calls", "over_limit", "failures", "timeouts")
+    before = {name: fleet.fleet_stats(name) for name in names}
     answers = []
     for i in range(2 * N):
         port = fleet.gateways[i % 2]
-        status, body = fleet.get(port, "/api/v1/leads", LIMITED_KEY)
-        answers.append((port, status, body))
+        answers.append((port, *fleet.request(port, "/api/v1/leads", LIMITED_KEY)))
+    seconds_left = PERIOD - time.time() % PERIOD
     admitted = [a for a in answers if a[1] == 200]
     limited = [a for a in answers if a[1] == 429]
     assert len(admitted) == N and len(limited) == N, \
         f"{len(admitted)} admitted, {len(limited)} limited, others {[a for a in answers if a[1] not in (200, 429)]}"
-    for _, _, body in limited:
+    assert {port for port, *_ in admitted} == set(fleet.gateways), "one gateway admitted everything"
+    for port, _, headers, body in admitted:
+        assert headers.get("x-echo-upstream") == "1", f":{port} answered 200 without its echo upstream: {body[:200]!r}"
+    # The contract's 429 (§3), as a fleet OVER_LIMIT gives it (§6): the
+    # seconds left in the server's hour window, rounded up, as retry_after
+    # (the containers read the host's clock; the requests take well under
+    # a second).
+    for port, _, headers, body in limited:
         error = json.loads(body)["error"]
-        assert error["code"] == "rate_limited" and error["retry_after"] >= 1, error
-    assert {port for port, _, _ in admitted} == set(fleet.gateways), "one gateway admitted everything"
-    # Each gateway's local bucket (burst N) admitted all its requests; the
-    # fleet's service turned N of them down.
-    assert fleet.fleet_stat("over_limit") - over_limit_before == N
+        retry_after = error["retry_after"]
+        assert (error["code"], error["scope"]) == ("rate_limited", "*"), (port, error)
+        assert abs(retry_after - math.ceil(seconds_left)) <= 2, (port, retry_after, seconds_left)
+        assert headers["content-type"] == "application/json", (port, headers)
+        assert headers.get("retry-after") == str(retry_after), (port, headers)
+        assert headers.get("ratelimit") == f'"*";r=0;t={retry_after}', (port, headers)
+        assert headers.get("ratelimit-policy") == f'"*";q={N};w={PERIOD}', (port, headers)
+    # Each gateway's local bucket (burst N) admitted all N of its requests
+    # and asked the replica beside it about each; the replicas, counting in
+    # the one Redis, turned N of the 2N down, and nothing failed.
+    after = {name: fleet.fleet_stats(name) for name in names}
+    delta = {name: [a - b for a, b in zip(after[name], before[name])] for name in names}
+    assert delta["calls"] == [N, N], delta
+    assert sum(delta["over_limit"]) == N, delta
+    assert delta["failures"] == [0, 0] and delta["timeouts"] == [0, 0], delta
 
 
 def test_the_demo_gateway_never_sees_the_fleets_configuration(fleet):

@@ -6,8 +6,8 @@ ports, so it collides with no other test or demo: it must answer 503
 not_configured before any configuration (the bootstrap's default_config),
 enforce a configuration renamed into the mounted ECDS directory within 1 s
 of the rename (contract §4), answer the contract's 200 and 401, write the
-audit feed to the container's log, and leave no container, pod or network
-behind after `down`.
+audit feed to the container's log, start none of the `fleet` profile's
+services, and leave no container, pod or network behind after `down`.
 
 Podman and podman-compose come from scripts/setup.d/podman.sh; without
 them these tests fail, they do not skip.
@@ -232,6 +232,14 @@ def test_the_container_log_carries_the_json_audit_feed(stack):
     expected = {("key_compose", "allowed"), ("key_compose", "key_revoked"), (None, "missing_credentials")}
     stack.wait("the audit records of the requests sent",
                lambda: expected <= audit_decisions(stack.logs()), timeout=10)
+
+
+def test_without_the_fleet_profile_only_the_gateway_and_its_upstream_run(stack):
+    # The fleet profile's services (envoy/docker-compose.yaml) start only
+    # with --profile fleet; the demo stays the two containers it was.
+    services = run("podman", "ps", "-a", "--filter", f"label={PROJECT_LABEL}",
+                   "--format", '{{ index .Labels "com.docker.compose.service" }}').split()
+    assert sorted(services) == ["gateway", "upstream"], services
 
 
 def test_down_leaves_nothing_running(stack):

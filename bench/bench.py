@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -667,8 +668,12 @@ def run(args) -> dict:
     log(f"bench.py's .pb encoder writes the CLI's bytes ({protobuf_check['keys']}-key table, "
         f"{protobuf_check['bytes']:,} bytes)")
     quiet = wait_for_quiet(args.quiet_load, args.quiet_wait, log)
+    account_start = cpu_account()
     sizes = [10, 1_000, 10_000] if args.quick else [10, 100_000, 1_000_000]
     tables, table_envoys = measure_tables(sizes, log)
+    account_tables = cpu_account()
+    neighbours = {"tables": neighbour_cores(account_start, account_tables)}
+    log(f"other processes kept {neighbours['tables']:.2f} cores busy while the tables were measured")
 
     log("starting the comparison set-ups")
     native_keys = [BENCH_KEY] + [f"sk_live_filler_{i:010d}" for i in range(9)]
@@ -713,7 +718,9 @@ def run(args) -> dict:
     for setup in setups:
         run_wrk(setup.envoy, setup.key, args.warmup, args.connections)
     runs: dict[str, list[dict]] = {setup.name: [] for setup in setups}
+    neighbours["rounds"] = []
     for round_index in range(rounds):
+        account_round = cpu_account()
         order = setups[round_index % len(setups):] + setups[:round_index % len(setups)]
         for setup in order:
             # Throughput and CPU at many connections (Envoy as busy as the one
@@ -729,8 +736,15 @@ def run(args) -> dict:
                 f"{result['busy']:.2f}) cpu {result['cpu_us_per_request']:.1f} us/req; p50 {result['p50_ms']:.3f} ms "
                 f"p99 {result['p99_ms']:.3f} ms; rss {result['rss_kb'] / 1024:.0f} MB"
                 + (f" WRONG STATUS {wrong}" if wrong else ""))
+        neighbours["rounds"].append(neighbour_cores(account_round, cpu_account()))
+        log(f"round {round_index + 1}/{rounds}: other processes kept {neighbours['rounds'][-1]:.2f} cores busy")
     cleanup()
+    account_probe = cpu_account()
     probe = run_probe(args, hostcalls, log) if args.probe_rounds else None
+    account_end = cpu_account()
+    neighbours["probe"] = neighbour_cores(account_probe, account_end)
+    neighbours["whole"] = neighbour_cores(account_start, account_end)
+    neighbours["steal"] = (account_end["steal"] - account_start["steal"]) / max(account_end["t"] - account_start["t"], 1e-9)
     finished = datetime.datetime.now(datetime.timezone.utc)
 
     summary = []
@@ -760,6 +774,7 @@ def run(args) -> dict:
         "machine": machine(), "envoy_version": envoy_version(), "modules": module_sizes(),
         "git": git, "setups": summary, "runs": runs, "tables": tables,
         "hostcalls": hostcalls, "probe": probe, "protobuf_check": protobuf_check, "quiet": quiet,
+        "neighbours": neighbours,
     }
 
 
@@ -785,6 +800,34 @@ def snapshot_modules() -> None:
 def load_1min() -> float:
     with open("/proc/loadavg") as file:
         return float(file.read().split()[0])
+
+
+def cpu_account() -> dict:
+    """The machine's busy CPU seconds (/proc/stat: user, nice, system, irq,
+    softirq; steal apart) and this run's own: bench.py, its reaped children
+    (wrk, stopped Envoys, node) and the Envoys still running. Two of these
+    give what the neighbours used in between (neighbour_cores)."""
+    with open("/proc/stat") as file:
+        ticks = [int(v) for v in file.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    ours = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+    for envoy in list(LIVE):
+        try:
+            ours += envoy.cpu_seconds()
+        except OSError:
+            pass
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+    return {"t": time.monotonic(), "busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz,
+            "ours": ours}
+
+
+def neighbour_cores(before: dict, after: dict) -> float:
+    """The cores other processes kept busy on average between two accounts."""
+    wall = after["t"] - before["t"]
+    if wall <= 0:
+        return 0.0
+    return max((after["busy"] - before["busy"]) - (after["ours"] - before["ours"]), 0.0) / wall
 
 
 def wait_for_quiet(threshold: float, limit_s: float, log, poll_s: float = 30) -> dict:
@@ -1154,6 +1197,21 @@ def quiet_note(quiet: dict | None) -> str:
             "compare set-ups that ran seconds apart.")
 
 
+def neighbour_note(neighbours: dict | None) -> str:
+    """The method section's line on what other processes used meanwhile."""
+    if not neighbours:
+        return "- CPU used by other processes during the run: not recorded."
+    rounds = neighbours.get("rounds", [])
+    return ("- CPU other processes used during the run (the machine's busy time in `/proc/stat` less this run's "
+            f"own), in cores of 2: {neighbours['whole']:.2f} over the whole run; {neighbours['tables']:.2f} while "
+            "the key tables were measured; "
+            + (f"{statistics.median(rounds):.2f} (median) in the throughput rounds, per round "
+               f"{', '.join(f'{v:.2f}' for v in rounds)}; " if rounds else "")
+            + (f"{neighbours['probe']:.2f} in the host-call probe" if "probe" in neighbours else "")
+            + (f"; the hypervisor stole {neighbours['steal']:.2f}" if neighbours.get("steal", 0) >= 0.01 else "")
+            + ".")
+
+
 def render_markdown(results: dict, fleet_section: str | None) -> str:
     m = results["machine"]
     by_name = {s["name"]: s for s in results["setups"]}
@@ -1178,6 +1236,7 @@ def render_markdown(results: dict, fleet_section: str | None) -> str:
         f"set-up once, in a rotated order) after a {results['warmup']} s warm-up each; medians over rounds. "
         "Ratios are within this run, so drift on the shared machine hits all set-ups alike.",
         quiet_note(results.get("quiet")),
+        neighbour_note(results.get("neighbours")),
         "- Bootstrap: `envoy/envoy.yaml` (edge settings, the ECDS wiring and `vm_id`) with the route answering "
         "by `direct_response` after the filters (no upstream is measured) and no access log. The Wasm filters "
         "get their configuration by ECDS, as shipped.",

@@ -1169,8 +1169,13 @@ def verdicts(results: dict) -> list[dict]:
     if floor:
         bound += (f" Envoy alone (the empty filter given the same file) holds {floor['rss_kb'] / 1024:,.0f} MB "
                   "at --concurrency 1.")
+    pb = table_large.get("protobuf")
+    if pb and "c1" in pb and "c4" in pb:
+        bound += (f" Delivered as `apikey.pb` the ratio is {pb['c4']['rss_kb'] / pb['c1']['rss_kb']:.3f}× "
+                  f"({_mb(pb['c4']['rss_kb'])} / {_mb(pb['c1']['rss_kb'])}; "
+                  f"{(pb['c4']['rss_kb'] - pb['c1']['rss_kb']) / 3 / 1024:,.0f} MB per added worker).")
     out.append({"target": f"{large}-key memory at --concurrency 4 ≤ 1.2 × --concurrency 1",
-                "measured": f"{_mb(c4['rss_kb'])} / {_mb(c1['rss_kb'])} RSS", "ratio": f"{ratio:.2f}×",
+                "measured": f"{_mb(c4['rss_kb'])} / {_mb(c1['rss_kb'])} RSS", "ratio": f"{ratio:.3f}×",
                 "held": ratio <= 1.2, "bound": bound})
 
     out += enforcement_verdicts(table_large, large, floor, config_mb)

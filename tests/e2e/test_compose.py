@@ -113,8 +113,20 @@ class Stack:
         pytest.fail(f"timed out waiting for {what}; gateway log:\n{self.logs()[-3000:]}")
 
 
-def project_containers() -> list[str]:
-    return run("podman", "ps", "-a", "--filter", f"label={PROJECT_LABEL}", "--format", "{{.Names}}").split()
+def project_containers(project: str = PROJECT) -> list[str]:
+    """The names of the compose project's containers, running or not."""
+    return run("podman", "ps", "-a", "--filter", f"label=io.podman.compose.project={project}",
+               "--format", "{{.Names}}").split()
+
+
+def assert_nothing_left(project: str = PROJECT) -> None:
+    """No container, pod or network of the compose project survives."""
+    assert project_containers(project) == [], "containers of the project survived down"
+    pods = run("podman", "pod", "ps", "--filter", f"label=io.podman.compose.project={project}",
+               "--format", "{{.Name}}").split()
+    assert pods == [], f"pods of the project survived down: {pods}"
+    networks = run("podman", "network", "ls", "--format", "{{.Name}}").split()
+    assert not [n for n in networks if n.startswith(project)], f"networks survived down: {networks}"
 
 
 def wait_enforced(stack: Stack, pushed_at: float, headers: dict[str, str], status: int) -> float:
@@ -248,11 +260,7 @@ def test_down_leaves_nothing_running(stack):
     stack.compose("down", timeout=120)
     took = time.monotonic() - started
     print(f"down took {took:.1f} s")
-    assert project_containers() == [], "containers of the project survived down"
-    pods = run("podman", "pod", "ps", "--filter", f"label={PROJECT_LABEL}", "--format", "{{.Name}}").split()
-    assert pods == [], f"pods of the project survived down: {pods}"
-    networks = run("podman", "network", "ls", "--format", "{{.Name}}").split()
-    assert not [n for n in networks if n.startswith(PROJECT)], f"networks survived down: {networks}"
+    assert_nothing_left()
     with pytest.raises(OSError):
         stack.request("/healthz", timeout=1)
     # Both containers stop on their stop signal; one waiting out the 10 s

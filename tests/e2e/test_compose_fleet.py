@@ -33,10 +33,10 @@ import pytest
 
 import harness
 from harness import REPO_ROOT
-from test_compose import BUILD_IMAGES, COMPOSE_FILE, PODMAN_COMPOSE, require_podman, run
+from test_compose import (BUILD_IMAGES, COMPOSE_FILE, PODMAN_COMPOSE, assert_nothing_left, project_containers,
+                          require_podman, run)
 
 PROJECT = f"apikey-fleet-test-{os.getpid()}"
-PROJECT_LABEL = f"io.podman.compose.project={PROJECT}"
 LIMITED_KEY = "sk_live_FleetLimited000000000000"
 READY_KEY = "sk_live_FleetReady00000000000000"
 N = 10
@@ -73,7 +73,7 @@ class FleetStack:
                    env=self.env, timeout=timeout)
 
     def logs(self) -> str:
-        names = run("podman", "ps", "-a", "--filter", f"label={PROJECT_LABEL}", "--format", "{{.Names}}").split()
+        names = project_containers(PROJECT)
         out = []
         for name in names:
             if "gateway-" in name or "ratelimit" in name or "redis" in name:
@@ -133,10 +133,6 @@ def error_code(body: bytes) -> str | None:
         return None
 
 
-def project_containers() -> list[str]:
-    return run("podman", "ps", "-a", "--filter", f"label={PROJECT_LABEL}", "--format", "{{.Names}}").split()
-
-
 @pytest.fixture(scope="module")
 def fleet(wasm_module, tmp_path_factory):
     require_podman()
@@ -147,7 +143,7 @@ def fleet(wasm_module, tmp_path_factory):
     # Envoy does not start without the file; this one means "nothing yet".
     harness.write_ecds(fleet_ecds / harness.ECDS_FILE, harness.NOTHING_YET)
     stack = FleetStack(demo_ecds, fleet_ecds, wasm_module)
-    assert not project_containers(), f"containers of {PROJECT} exist before the test"
+    assert not project_containers(PROJECT), f"containers of {PROJECT} exist before the test"
     try:
         stack.compose("up", "-d")
         for port in stack.gateways:
@@ -213,10 +209,6 @@ def test_the_demo_gateway_never_sees_the_fleets_configuration(fleet):
 
 
 def test_down_leaves_nothing_running(fleet):
-    assert len(project_containers()) == 9, "the fleet profile runs 9 containers (demo 2, fleet 7)"
+    assert len(project_containers(PROJECT)) == 9, "the fleet profile runs 9 containers (demo 2, fleet 7)"
     fleet.compose("down", timeout=120)
-    assert project_containers() == [], "containers of the project survived down"
-    pods = run("podman", "pod", "ps", "--filter", f"label={PROJECT_LABEL}", "--format", "{{.Name}}").split()
-    assert pods == [], f"pods of the project survived down: {pods}"
-    networks = run("podman", "network", "ls", "--format", "{{.Name}}").split()
-    assert not [n for n in networks if n.startswith(PROJECT)], f"networks survived down: {networks}"
+    assert_nothing_left(PROJECT)

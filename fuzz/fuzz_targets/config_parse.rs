@@ -56,7 +56,7 @@ fn names_document_level(reason: &str) -> bool {
 
 fn revalidate(config: &Config) {
     let store = MemoryStore::new();
-    let table = match publish(&store, &[7; 32], config, 0) {
+    let table = match publish(&store, &[7; 32], config, b"", 0) {
         Ok(Publication::Written(table)) => table,
         other => panic!("an accepted configuration did not publish: {other:?}"),
     };

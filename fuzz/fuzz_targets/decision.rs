@@ -227,7 +227,7 @@ fn run(input: &[u8]) {
         .map_or(0, |n| usize::from(n % 2 != 0));
     let config = &configs()[variant];
     let store = MemoryStore::new();
-    let table = match publish(&store, &[9; 32], config, 0) {
+    let table = match publish(&store, &[9; 32], config, b"", 0) {
         Ok(Publication::Written(table)) => table,
         other => panic!("the fixed configuration did not publish: {other:?}"),
     };

@@ -9,6 +9,7 @@
 
 use core::fmt;
 use std::collections::HashSet;
+use std::ops::Range;
 
 use crate::credentials::{Scheme, Schemes};
 use crate::fleet::{Fleet, OnFailure};
@@ -131,31 +132,31 @@ impl Config {
     /// "nothing loaded yet" state and yields `Ok(None)`; `{}` is a
     /// configuration with no keys.
     pub fn parse(text: &[u8]) -> Result<Option<Self>, ConfigError> {
-        if text.iter().all(u8::is_ascii_whitespace) {
-            return Ok(None);
-        }
-        let mut reader = Reader::new(text);
-        let raw = RawConfig::read(&mut reader, KeyReading::Validate)?;
-        reader.end()?;
-        raw.validate().map(Some)
+        Ok(Self::parse_with_settings(text)?.map(|(config, _)| config))
     }
 
-    /// Parses a configuration whose keys are already published: the exact
-    /// bytes were validated in full by the worker that wrote the table (it
-    /// is named by their digest), so the `keys` array is only counted, not
-    /// read. Everything else is validated as [`Config::parse`] does. This
-    /// spares each worker a copy of a large table: with 1,000,000 keys,
-    /// seconds of parsing and hundreds of MB of VM memory that Wasm never
-    /// gives back.
-    pub fn parse_published(text: &[u8]) -> Result<Option<(Self, usize)>, ConfigError> {
+    /// Parses a configuration as [`Config::parse`] does, and also returns
+    /// its *settings*: the same text with the `keys` array emptied (`[]`).
+    /// Once the keys are in the shared table, the settings are all another
+    /// worker needs: it parses a few hundred bytes instead of the whole
+    /// text, and never holds a copy of a large table (with 1,000,000 keys,
+    /// 160 MB of VM memory that Wasm never gives back).
+    pub fn parse_with_settings(text: &[u8]) -> Result<Option<(Self, Vec<u8>)>, ConfigError> {
         if text.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
         let mut reader = Reader::new(text);
-        let raw = RawConfig::read(&mut reader, KeyReading::Count)?;
+        let mut raw = RawConfig::read(&mut reader)?;
         reader.end()?;
-        let key_count = raw.key_count;
-        raw.validate().map(|config| Some((config, key_count)))
+        let settings = match raw.keys_span.take() {
+            Some(span) => {
+                let (before, rest) = text.split_at(span.start.min(text.len()));
+                let after = rest.get(span.len()..).unwrap_or_default();
+                [before, b"[]", after].concat()
+            }
+            None => text.to_vec(),
+        };
+        raw.validate().map(|config| Some((config, settings)))
     }
 
     /// The plan at `index`.
@@ -239,18 +240,11 @@ impl<V> Default for UniqueMap<V> {
     }
 }
 
-/// Whether the `keys` array is read and validated, or only counted.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum KeyReading {
-    Validate,
-    Count,
-}
-
 #[derive(Default)]
 struct RawConfig {
     keys: Option<Vec<RawKey>>,
-    /// The number of keys, when they were only counted.
-    key_count: usize,
+    /// Where the `keys` value lies in the text (for the settings).
+    keys_span: Option<Range<usize>>,
     plans: Option<UniqueMap<RawPlan>>,
     rules: Option<Vec<RawRule>>,
     schemes: Option<Vec<String>>,
@@ -266,21 +260,22 @@ impl RawConfig {
     const FIELDS: &'static str = "`keys`, `plans`, `rules`, `schemes`, `key_prefixes`, \
         `forward_credential`, `realm`, `rate_limit_headers`, `case_insensitive_paths`, `fleet`";
 
-    fn read(reader: &mut Reader<'_>, keys: KeyReading) -> Result<Self, JsonError> {
+    fn read(reader: &mut Reader<'_>) -> Result<Self, JsonError> {
         let mut raw = Self::default();
         reader.object(&Path::Root, |reader, name, path| match name {
-            "keys" if keys == KeyReading::Count => {
-                raw.key_count = reader.skip_value()?;
+            "keys" => {
+                let start = reader.position();
+                optional(reader, &mut raw.keys, path, |reader, path| {
+                    let mut keys = Vec::new();
+                    reader.array(path, |reader, path| {
+                        keys.push(RawKey::read(reader, path)?);
+                        Ok(())
+                    })?;
+                    Ok(keys)
+                })?;
+                raw.keys_span = Some(start..reader.position());
                 Ok(())
             }
-            "keys" => optional(reader, &mut raw.keys, path, |reader, path| {
-                let mut keys = Vec::new();
-                reader.array(path, |reader, path| {
-                    keys.push(RawKey::read(reader, path)?);
-                    Ok(())
-                })?;
-                Ok(keys)
-            }),
             "plans" => optional(reader, &mut raw.plans, path, |reader, path| {
                 UniqueMap::read(reader, path, RawPlan::read)
             }),

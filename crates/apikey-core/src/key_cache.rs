@@ -151,7 +151,7 @@ mod tests {
         let config = Config::parse(format!(r#"{{"keys": [{}]}}"#, keys.join(",")).as_bytes())
             .unwrap()
             .unwrap();
-        match publish(store, &[digest; 32], &config, 0).unwrap() {
+        match publish(store, &[digest; 32], &config, b"", 0).unwrap() {
             Publication::Written(table) | Publication::Ready(table) => table,
             Publication::Pending => panic!("pending"),
         }

@@ -13,12 +13,18 @@
 //!   generation, creates the rate-limit entries of new keys, and marks the
 //!   bank complete; a worker that finds `D` being written by another waits
 //!   (the edge polls on its tick) and serves its previous table meanwhile;
+//! - beside each bank, a *settings* entry holds the configuration text with
+//!   its `keys` emptied, so a worker that finds the table complete parses a
+//!   few hundred bytes, not the whole configuration;
 //! - a request reads one record; a record whose generation differs from the
 //!   table it expects (a key removed or changed since) counts as absent, so
 //!   a removed key never authenticates again.
 //!
 //! Storage stays bounded: two banks of one record per key hash ever loaded,
-//! and one rate-limit entry per key id, whatever the number of updates.
+//! two settings entries, and one rate-limit entry per key id, whatever the
+//! number of updates.
+
+use sha2::{Digest as _, Sha256};
 
 use crate::config::{Config, KeySpec};
 use crate::key_hash::KeyHash;
@@ -67,7 +73,55 @@ pub enum Publication {
 /// The SHA-256 of a configuration's bytes, naming its table.
 pub type Digest = [u8; 32];
 
+/// Computes a configuration's [`Digest`] from its bytes piece by piece, so
+/// a worker can name a large configuration without holding all of it.
+#[derive(Clone, Default)]
+pub struct Digester {
+    sha256: Sha256,
+    length: u64,
+}
+
+impl Digester {
+    /// Adds the next piece of the configuration.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.sha256.update(piece);
+        self.length = self.length.saturating_add(piece.len() as u64);
+    }
+
+    /// How many bytes were added.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// The digest of everything added.
+    pub fn finish(self) -> Digest {
+        self.sha256.finalize().into()
+    }
+}
+
+/// The digest of a whole configuration.
+pub fn digest(text: &[u8]) -> Digest {
+    let mut digester = Digester::default();
+    digester.update(text);
+    digester.finish()
+}
+
+/// A complete table found in shared data, with what a worker needs besides
+/// its keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyTable {
+    /// Where its records are.
+    pub table: TableRef,
+    /// How many keys it holds.
+    pub key_count: usize,
+    /// The configuration text with its `keys` emptied
+    /// ([`Config::parse_with_settings`]).
+    pub settings: Vec<u8>,
+}
+
 const HEAD_KEY: &str = "apikey.v1.head";
+const SETTINGS_KEYS: [&str; 2] = ["apikey.v1.b0.settings", "apikey.v1.b1.settings"];
+const SETTINGS_VERSION: u8 = 1;
 const HEAD_VERSION: u8 = 1;
 /// A claim older than this is presumed abandoned (its writer trapped).
 const STALE_CLAIM_NS: u64 = 60_000_000_000;
@@ -192,29 +246,80 @@ fn read_head(store: &dyn SharedStore) -> Result<(Head, u32), StoreError> {
 }
 
 /// The complete table of the configuration whose bytes hash to `digest`,
-/// when some worker has already written it. A worker that finds one needs
-/// no key from the configuration: the same bytes were fully validated by
-/// the worker that wrote it.
+/// when some worker has already written it, with its settings. A worker
+/// that finds one needs no key from the configuration: the same bytes were
+/// fully validated by the worker that wrote it. `None` also when the
+/// settings entry no longer describes that table (it was overwritten by a
+/// newer publication in between): the caller then reads the configuration
+/// itself.
 pub fn ready_table(
     store: &dyn SharedStore,
     digest: &Digest,
-) -> Result<Option<TableRef>, StoreError> {
+) -> Result<Option<ReadyTable>, StoreError> {
     let (head, _) = read_head(store)?;
-    Ok(head
+    let Some((index, bank)) = head
         .banks
         .iter()
         .enumerate()
         .find(|(_, bank)| bank.digest == *digest && bank.state == BankState::Ready)
-        .map(|(index, bank)| table_ref(index, bank.generation)))
+    else {
+        return Ok(None);
+    };
+    let table = table_ref(index, bank.generation);
+    let Some(settings_key) = SETTINGS_KEYS.get(index) else {
+        return Ok(None);
+    };
+    let Some((bytes, _)) = store.get(settings_key)? else {
+        return Ok(None);
+    };
+    Ok(
+        decode_settings(&bytes, digest, table.generation).map(|(key_count, settings)| ReadyTable {
+            table,
+            key_count,
+            settings: settings.to_vec(),
+        }),
+    )
+}
+
+/// A bank's settings entry: the digest and generation it belongs to, the
+/// key count, then the settings text.
+fn encode_settings(digest: &Digest, generation: u64, key_count: usize, settings: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 32 + 16 + settings.len());
+    out.push(SETTINGS_VERSION);
+    out.extend_from_slice(digest);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&(key_count as u64).to_le_bytes());
+    out.extend_from_slice(settings);
+    out
+}
+
+/// The key count and settings text of an entry written for exactly
+/// (`digest`, `generation`).
+fn decode_settings<'a>(
+    bytes: &'a [u8],
+    digest: &Digest,
+    generation: u64,
+) -> Option<(usize, &'a [u8])> {
+    let (&version, rest) = bytes.split_first()?;
+    let (stored_digest, rest) = rest.split_first_chunk::<32>()?;
+    let (stored_generation, rest) = rest.split_first_chunk::<8>()?;
+    let (key_count, settings) = rest.split_first_chunk::<8>()?;
+    let matches = version == SETTINGS_VERSION
+        && stored_digest == digest
+        && u64::from_le_bytes(*stored_generation) == generation;
+    let key_count = usize::try_from(u64::from_le_bytes(*key_count)).ok()?;
+    matches.then_some((key_count, settings))
 }
 
 /// Makes the keys of `config` (whose bytes hash to `digest`) available to
-/// every worker, writing them only when no worker has yet. `now_ns` is a
-/// monotonic clock reading, used to recognise an abandoned claim.
+/// every worker, with its `settings` ([`Config::parse_with_settings`]),
+/// writing them only when no worker has yet. `now_ns` is a monotonic clock
+/// reading, used to recognise an abandoned claim.
 pub fn publish(
     store: &dyn SharedStore,
     digest: &Digest,
     config: &Config,
+    settings: &[u8],
     now_ns: u64,
 ) -> Result<Publication, StoreError> {
     for _ in 0..MAX_ATTEMPTS {
@@ -256,6 +361,10 @@ pub fn publish(
             return Ok(Publication::Pending);
         }
         create_bucket_entries(store, config)?;
+        if let Some(settings_key) = SETTINGS_KEYS.get(index) {
+            let entry = encode_settings(digest, generation, config.keys.len(), settings);
+            store.set(settings_key, &entry, 0)?;
+        }
         return mark_written(store, index, &claim);
     }
     Err(StoreError::Contention)

@@ -222,11 +222,18 @@ pub fn send_local_response(
 
 /// The plugin configuration, whole.
 pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
+    plugin_configuration_piece(0, usize::MAX)
+}
+
+/// Up to `max_size` bytes of the plugin configuration from byte `start`
+/// (fewer at its end). `start` must not pass the end: Envoy 1.40 does not
+/// check it.
+pub fn plugin_configuration_piece(start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {
     let mut data = null_mut();
     let mut size = 0;
     // SAFETY: out-pointers are valid for writes.
     match unsafe {
-        proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, usize::MAX, &mut data, &mut size)
+        proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, start, max_size, &mut data, &mut size)
     } {
         OK => Ok(owned(data, size)),
         // No configuration at all is the empty configuration.

@@ -7,14 +7,19 @@
 //! worker that finds another worker still writing the same table keeps
 //! serving this VM's previous table and polls on its tick until the new one
 //! is complete.
+//!
+//! A configuration is first only hashed, read in pieces: when its table is
+//! already complete (the usual case for a worker, as the main thread wrote
+//! it), the published settings replace it, and the VM never holds the whole
+//! text. Wasm memory never shrinks, so a 160 MB table read whole by every
+//! worker would cost 160 MB per worker for the life of the process.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use apikey_core::config::Config;
 use apikey_core::decision::Gateway;
-use apikey_core::key_hash::KeyHash;
-use apikey_core::key_table::{self, Digest, Publication, TableRef};
+use apikey_core::key_table::{self, Digest, Digester, Publication, TableRef};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
@@ -24,6 +29,10 @@ use crate::metrics;
 
 /// How often a worker waiting for another's table checks on it.
 const PENDING_POLL_MS: u32 = 50;
+
+/// How much of the configuration is copied into the VM at a time while
+/// hashing it.
+const HASH_PIECE_BYTES: usize = 1 << 20;
 
 thread_local! {
     /// The newest gateway this VM has served, for root contexts whose own
@@ -38,7 +47,11 @@ enum State {
     /// No configuration, or the empty one: every request gets 503.
     Unconfigured,
     /// Valid, but another worker is still writing its table.
-    Pending { config: Box<Config>, digest: Digest },
+    Pending {
+        config: Box<Config>,
+        digest: Digest,
+        settings: Vec<u8>,
+    },
     /// Serving.
     Ready(Rc<Gateway>),
 }
@@ -99,8 +112,14 @@ impl ConfigContext {
     }
 
     /// Publishes (or finds) the table; `false` when the store refused.
-    fn publish(&mut self, config: Box<Config>, digest: Digest) -> bool {
-        match key_table::publish(&SharedData, &digest, &config, HostClock::monotonic()) {
+    fn publish(&mut self, config: Box<Config>, digest: Digest, settings: Vec<u8>) -> bool {
+        match key_table::publish(
+            &SharedData,
+            &digest,
+            &config,
+            &settings,
+            HostClock::monotonic(),
+        ) {
             Ok(publication @ (Publication::Ready(table) | Publication::Written(table))) => {
                 if matches!(publication, Publication::Written(_)) {
                     metrics::config_accepted();
@@ -110,7 +129,11 @@ impl ConfigContext {
                 true
             }
             Ok(Publication::Pending) => {
-                self.state = State::Pending { config, digest };
+                self.state = State::Pending {
+                    config,
+                    digest,
+                    settings,
+                };
                 self.ticking = true;
                 if host::set_tick_period(PENDING_POLL_MS).is_err() {
                     host::log(
@@ -140,32 +163,40 @@ impl Default for ConfigContext {
 impl Context for ConfigContext {}
 
 impl RootContext for ConfigContext {
-    fn on_configure(&mut self, _configuration_size: usize) -> bool {
+    fn on_configure(&mut self, configuration_size: usize) -> bool {
         metrics::define_all();
         self.sequence = CONFIGURE_SEQUENCE.with(|sequence| {
             let next = sequence.get().saturating_add(1);
             sequence.set(next);
             next
         });
-        let bytes = match host::plugin_configuration() {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                host::log(
-                    Level::Critical,
-                    &format!("configuration refused: unreadable ({error:?})"),
-                );
-                return false;
-            }
+        let (digest, hashed) = match configuration_digest(configuration_size) {
+            Ok(hashed) => hashed,
+            Err(error) => return refuse_unreadable(error),
         };
-        let digest = *KeyHash::of(&bytes).as_bytes();
-        if let Ok(Some(table)) = key_table::ready_table(&SharedData, &digest) {
-            // Another worker wrote these exact bytes' table: read the rest.
-            if let Ok(Some((config, keys))) = Config::parse_published(&bytes) {
-                self.serve(config, table, keys);
+        if let Ok(Some(ready)) = key_table::ready_table(&SharedData, &digest) {
+            // Another context wrote these exact bytes' table: its settings
+            // are the rest of the configuration.
+            if let Ok(Some(config)) = Config::parse(&ready.settings) {
+                self.serve(config, ready.table, ready.key_count);
                 return true;
             }
         }
-        match Config::parse(&bytes) {
+        let bytes = match host::plugin_configuration() {
+            Ok(bytes) => bytes,
+            Err(error) => return refuse_unreadable(error),
+        };
+        if bytes.len() as u64 != hashed {
+            host::log(
+                Level::Critical,
+                &format!(
+                    "configuration refused: {} bytes read, {hashed} hashed",
+                    bytes.len()
+                ),
+            );
+            return false;
+        }
+        match Config::parse_with_settings(&bytes) {
             Err(error) => {
                 host::log(Level::Critical, &format!("configuration refused: {error}"));
                 metrics::config_refused(&digest);
@@ -179,7 +210,10 @@ impl RootContext for ConfigContext {
                 self.state = State::Unconfigured;
                 true
             }
-            Ok(Some(config)) => self.publish(Box::new(config), digest),
+            Ok(Some((config, settings))) => {
+                drop(bytes);
+                self.publish(Box::new(config), digest, settings)
+            }
         }
     }
 
@@ -187,10 +221,14 @@ impl RootContext for ConfigContext {
         let superseded = CONFIGURE_SEQUENCE.with(Cell::get) != self.sequence;
         match std::mem::replace(&mut self.state, State::Unconfigured) {
             State::Pending { .. } if superseded => self.stop_ticking(),
-            State::Pending { config, digest } => {
+            State::Pending {
+                config,
+                digest,
+                settings,
+            } => {
                 // A store error here leaves the previous table serving; the
                 // next tick tries again.
-                if !self.publish(config, digest) {
+                if !self.publish(config, digest, settings) {
                     host::log(Level::Warn, "pending table still not published; retrying");
                 }
             }
@@ -208,4 +246,30 @@ impl RootContext for ConfigContext {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// The digest of the plugin configuration of `size` bytes, and how many
+/// bytes it covers, read a piece at a time.
+fn configuration_digest(size: usize) -> Result<(Digest, u64), host::HostError> {
+    let mut digester = Digester::default();
+    let mut start = 0;
+    while start < size {
+        let piece = host::plugin_configuration_piece(start, HASH_PIECE_BYTES.min(size - start))?;
+        if piece.is_empty() {
+            break;
+        }
+        digester.update(&piece);
+        start += piece.len();
+    }
+    let hashed = digester.length();
+    Ok((digester.finish(), hashed))
+}
+
+/// Refuses a configuration the host would not hand over.
+fn refuse_unreadable(error: host::HostError) -> bool {
+    host::log(
+        Level::Critical,
+        &format!("configuration refused: unreadable ({error:?})"),
+    );
+    false
 }

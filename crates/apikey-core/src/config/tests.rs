@@ -483,20 +483,39 @@ fn a_fleet_is_validated_and_defaults_apply() {
 }
 
 #[test]
-fn a_published_configuration_is_read_without_its_keys_but_otherwise_in_full() {
+fn the_settings_are_the_configuration_without_its_keys() {
     let text = example().to_string();
-    let (config, key_count) = Config::parse_published(text.as_bytes()).unwrap().unwrap();
-    let full = Config::parse(text.as_bytes()).unwrap().unwrap();
-    assert_eq!(key_count, 1);
-    assert!(config.keys.is_empty());
+    let (full, settings) = Config::parse_with_settings(text.as_bytes())
+        .unwrap()
+        .unwrap();
+    assert_eq!(full.keys.len(), 1);
+    let settings_text = String::from_utf8(settings.clone()).unwrap();
+    assert!(
+        settings_text.contains(r#""keys":[]"#),
+        "keys not emptied in {settings_text}"
+    );
+    let mut expected = example();
+    expected["keys"] = json!([]);
+    let reparsed: serde_json::Value = serde_json::from_slice(&settings).unwrap();
+    assert_eq!(reparsed, expected, "the settings changed more than `keys`");
+    let from_settings = Config::parse(&settings).unwrap().unwrap();
     assert_eq!(
         Config {
             keys: Vec::new(),
             ..full
         },
-        config
+        from_settings
     );
-    let mut bad_rule = example();
-    bad_rule["rules"][1]["methods"] = json!(["get"]);
-    assert!(Config::parse_published(bad_rule.to_string().as_bytes()).is_err());
+}
+
+#[test]
+fn settings_keep_the_text_whole_when_keys_are_null_or_absent() {
+    for text in [r#"{"keys": null, "realm": "r"}"#, r#"{"realm": "r"}"#] {
+        let (config, settings) = Config::parse_with_settings(text.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert!(config.keys.is_empty());
+        let parsed = Config::parse(&settings).unwrap().unwrap();
+        assert_eq!(parsed, config, "settings of {text} parse differently");
+    }
 }

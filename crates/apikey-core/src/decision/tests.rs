@@ -69,7 +69,7 @@ struct Fixture {
 fn fixture_with(text: &str) -> Fixture {
     let store = MemoryStore::new();
     let config = Config::parse(text.as_bytes()).unwrap().unwrap();
-    let Publication::Written(table) = publish(&store, &[1; 32], &config, 0).unwrap() else {
+    let Publication::Written(table) = publish(&store, &[1; 32], &config, b"", 0).unwrap() else {
         panic!("not written")
     };
     let clock = FixedClock {

@@ -52,6 +52,7 @@ fn a_published_table_answers_lookups() {
             &store,
             &digest(1),
             &config(&[("a", "key-a"), ("b", "key-b")]),
+            b"",
             0,
         )
         .unwrap(),
@@ -65,12 +66,12 @@ fn a_published_table_answers_lookups() {
 fn publishing_the_same_configuration_again_writes_nothing() {
     let store = MemoryStore::new();
     let config = config(&[("a", "key-a")]);
-    let Publication::Written(first) = publish(&store, &digest(1), &config, 0).unwrap() else {
+    let Publication::Written(first) = publish(&store, &digest(1), &config, b"", 0).unwrap() else {
         panic!("the first publication did not write the table")
     };
     let writes = store.writes();
     assert_eq!(
-        publish(&store, &digest(1), &config, 5).unwrap(),
+        publish(&store, &digest(1), &config, b"", 5).unwrap(),
         Publication::Ready(first)
     );
     assert_eq!(
@@ -88,14 +89,15 @@ fn a_removed_key_never_authenticates_again() {
             &store,
             &digest(1),
             &config(&[("a", "key-a"), ("b", "key-b")]),
+            b"",
             0,
         )
         .unwrap(),
     );
-    let middle = ready(publish(&store, &digest(2), &config(&[("a", "key-a")]), 0).unwrap());
+    let middle = ready(publish(&store, &digest(2), &config(&[("a", "key-a")]), b"", 0).unwrap());
     assert_eq!(lookup(&store, middle, "key-b"), None);
     // The third table reuses the first bank, where key-b's old record stays.
-    let newest = ready(publish(&store, &digest(3), &config(&[("c", "key-c")]), 0).unwrap());
+    let newest = ready(publish(&store, &digest(3), &config(&[("c", "key-c")]), b"", 0).unwrap());
     assert_eq!(newest.bank, old.bank);
     assert_eq!(
         lookup(&store, newest, "key-b"),
@@ -110,8 +112,8 @@ fn a_removed_key_never_authenticates_again() {
 #[test]
 fn the_previous_table_keeps_serving_while_the_next_is_written() {
     let store = MemoryStore::new();
-    let first = ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), 0).unwrap());
-    let second = ready(publish(&store, &digest(2), &config(&[("b", "key-b")]), 0).unwrap());
+    let first = ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"", 0).unwrap());
+    let second = ready(publish(&store, &digest(2), &config(&[("b", "key-b")]), b"", 0).unwrap());
     assert_ne!(first.bank, second.bank);
     assert_eq!(
         lookup(&store, first, "key-a").as_deref(),
@@ -124,10 +126,13 @@ fn the_previous_table_keeps_serving_while_the_next_is_written() {
 fn a_configuration_that_comes_back_reuses_its_bank() {
     let store = MemoryStore::new();
     let a = config(&[("a", "key-a")]);
-    let first = ready(publish(&store, &digest(1), &a, 0).unwrap());
-    ready(publish(&store, &digest(2), &config(&[("b", "key-b")]), 0).unwrap());
+    let first = ready(publish(&store, &digest(1), &a, b"", 0).unwrap());
+    ready(publish(&store, &digest(2), &config(&[("b", "key-b")]), b"", 0).unwrap());
     let writes = store.writes();
-    assert_eq!(ready(publish(&store, &digest(1), &a, 0).unwrap()), first);
+    assert_eq!(
+        ready(publish(&store, &digest(1), &a, b"", 0).unwrap()),
+        first
+    );
     assert_eq!(store.writes(), writes, "A -> B -> A rewrote A");
 }
 
@@ -146,30 +151,30 @@ fn a_table_being_written_by_another_worker_is_pending_until_ready() {
     };
     store.set(HEAD_KEY, &head.encode(), 0).unwrap();
     assert_eq!(
-        publish(&store, &digest(1), &config, 200).unwrap(),
+        publish(&store, &digest(1), &config, b"", 200).unwrap(),
         Publication::Pending
     );
     // The claim is abandoned after a minute: the next worker takes it over.
-    let table = ready(publish(&store, &digest(1), &config, 100 + STALE_CLAIM_NS).unwrap());
+    let table = ready(publish(&store, &digest(1), &config, b"", 100 + STALE_CLAIM_NS).unwrap());
     assert_eq!(lookup(&store, table, "key-a").as_deref(), Some("a"));
 }
 
 #[test]
 fn cas_conflicts_on_the_head_are_retried() {
     let store = MemoryStore::new();
-    ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), 0).unwrap());
+    ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"", 0).unwrap());
     store.inject_conflicts(3);
-    let table = ready(publish(&store, &digest(2), &config(&[("b", "key-b")]), 0).unwrap());
+    let table = ready(publish(&store, &digest(2), &config(&[("b", "key-b")]), b"", 0).unwrap());
     assert_eq!(lookup(&store, table, "key-b").as_deref(), Some("b"));
 }
 
 #[test]
 fn endless_conflicts_end_in_an_error_not_a_loop() {
     let store = MemoryStore::new();
-    ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), 0).unwrap());
+    ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"", 0).unwrap());
     store.inject_conflicts(u32::MAX);
     assert_eq!(
-        publish(&store, &digest(2), &config(&[]), 0),
+        publish(&store, &digest(2), &config(&[]), b"", 0),
         Err(StoreError::Contention)
     );
 }
@@ -177,7 +182,7 @@ fn endless_conflicts_end_in_an_error_not_a_loop() {
 #[test]
 fn bucket_entries_exist_for_limited_keys_before_the_table_is_ready() {
     let store = MemoryStore::new();
-    ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), 0).unwrap());
+    ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"", 0).unwrap());
     assert_eq!(
         store.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
         Some(EMPTY_BUCKETS.to_vec())
@@ -188,7 +193,7 @@ fn bucket_entries_exist_for_limited_keys_before_the_table_is_ready() {
 fn existing_bucket_entries_are_left_alone() {
     let store = MemoryStore::new();
     store.set(&buckets_key("a"), b"in use", 0).unwrap();
-    ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), 0).unwrap());
+    ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"", 0).unwrap());
     assert_eq!(
         store.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
         Some(b"in use".to_vec())
@@ -202,16 +207,60 @@ fn storage_stays_bounded_over_many_updates() {
     let mut after_warm_up = 0;
     for round in 0..50u8 {
         let present = &keys[usize::from(round % 3)..];
-        ready(publish(&store, &digest(round), &config(present), 0).unwrap());
+        ready(publish(&store, &digest(round), &config(present), b"", 0).unwrap());
         if round == 5 {
             after_warm_up = store.len();
         }
     }
     assert_eq!(store.len(), after_warm_up, "entries grew with updates");
     assert!(
-        after_warm_up <= 1 + 2 * 3 + 3,
-        "more than head + 2 banks x 3 hashes + 3 bucket entries"
+        after_warm_up <= 1 + 2 * 3 + 3 + 2,
+        "more than head + 2 banks x 3 hashes + 3 bucket entries + 2 settings"
     );
+}
+
+#[test]
+fn a_ready_table_comes_with_its_settings_and_key_count() {
+    let store = MemoryStore::new();
+    assert_eq!(ready_table(&store, &digest(1)).unwrap(), None);
+    let keys = config(&[("a", "key-a"), ("b", "key-b")]);
+    let table = ready(publish(&store, &digest(1), &keys, b"{\"keys\":[]}", 0).unwrap());
+    let found = ready_table(&store, &digest(1))
+        .unwrap()
+        .expect("no ready table");
+    assert_eq!(found.table, table);
+    assert_eq!(found.key_count, 2);
+    assert_eq!(found.settings, b"{\"keys\":[]}");
+    assert_eq!(ready_table(&store, &digest(2)).unwrap(), None);
+}
+
+#[test]
+fn settings_overwritten_by_a_newer_table_are_not_taken_for_the_older_one() {
+    let store = MemoryStore::new();
+    let table = ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"one", 0).unwrap());
+    // Another publication that reused the bank wrote its own settings there
+    // between a worker's read of the head and of the settings.
+    let settings_key = SETTINGS_KEYS[usize::from(table.bank)];
+    let newer = encode_settings(&digest(2), table.generation + 2, 1, b"two");
+    store.set(settings_key, &newer, 0).unwrap();
+    assert_eq!(ready_table(&store, &digest(1)).unwrap(), None);
+    let same_digest_other_generation = encode_settings(&digest(1), table.generation + 2, 1, b"two");
+    store
+        .set(settings_key, &same_digest_other_generation, 0)
+        .unwrap();
+    assert_eq!(ready_table(&store, &digest(1)).unwrap(), None);
+}
+
+#[test]
+fn a_digest_taken_in_pieces_equals_the_whole_digest() {
+    let text = b"{\"keys\": [], \"realm\": \"pieces\"}";
+    let mut digester = Digester::default();
+    for piece in text.chunks(7) {
+        digester.update(piece);
+    }
+    assert_eq!(digester.length(), text.len() as u64);
+    assert_eq!(digester.finish(), super::digest(text));
+    assert_eq!(super::digest(text), *KeyHash::of(text).as_bytes());
 }
 
 #[test]

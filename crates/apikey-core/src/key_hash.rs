@@ -24,7 +24,15 @@ impl KeyHash {
             return Err("must be 64 hexadecimal digits");
         }
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).map_err(|_| "must be 64 hexadecimal digits")?;
+        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            let (Some(high), Some(low)) = (
+                pair.first().copied().and_then(nibble),
+                pair.get(1).copied().and_then(nibble),
+            ) else {
+                return Err("must be 64 hexadecimal digits");
+            };
+            *byte = high << 4 | low;
+        }
         Ok(Self(bytes))
     }
 
@@ -40,7 +48,35 @@ impl KeyHash {
 
     /// Lower-case hexadecimal, the canonical spelling in configurations.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let mut text = String::with_capacity(64);
+        self.push_hex(&mut text);
+        text
+    }
+
+    /// Appends the lower-case hexadecimal spelling to `text` (shared-data
+    /// keys are built this way once per key and per request, without an
+    /// intermediate string).
+    pub fn push_hex(&self, text: &mut String) {
+        for byte in self.0 {
+            for nibble in [byte >> 4, byte & 0x0f] {
+                let digit = if nibble < 10 {
+                    b'0' + nibble
+                } else {
+                    b'a' + nibble - 10
+                };
+                text.push(char::from(digit));
+            }
+        }
+    }
+}
+
+/// The value of one hexadecimal digit.
+fn nibble(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
     }
 }
 
@@ -89,8 +125,37 @@ mod tests {
 
     #[test]
     fn bad_hex_is_refused() {
-        for text in ["", "abc", &"g".repeat(64), &"a".repeat(63), &"a".repeat(65)] {
+        let last_digit_bad = format!("{}ag", "a".repeat(62));
+        let first_digit_bad = format!("ga{}", "a".repeat(62));
+        for text in [
+            "",
+            "abc",
+            &"g".repeat(64),
+            &"a".repeat(63),
+            &"a".repeat(65),
+            &last_digit_bad,
+            &first_digit_bad,
+            &format!("{} ", "a".repeat(63)),
+        ] {
             assert!(KeyHash::from_hex(text).is_err(), "accepted {text:?}");
+        }
+    }
+
+    #[test]
+    fn every_byte_value_survives_hex_and_back() {
+        for start in (0u8..=255).step_by(32) {
+            let mut bytes = [0u8; 32];
+            for (offset, byte) in bytes.iter_mut().enumerate() {
+                *byte = start.wrapping_add(offset as u8);
+            }
+            let hash = KeyHash::from_bytes(bytes);
+            let text = hash.to_hex();
+            assert_eq!(text, text.to_lowercase(), "not lower case: {text}");
+            assert_eq!(
+                KeyHash::from_hex(&text).unwrap().as_bytes(),
+                &bytes,
+                "{text}"
+            );
         }
     }
 

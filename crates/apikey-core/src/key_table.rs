@@ -135,7 +135,7 @@ pub fn record_key(bank: u8, hash: &KeyHash) -> String {
     key.push_str("apikey.v1.b");
     key.push(if bank == 0 { '0' } else { '1' });
     key.push('.');
-    key.push_str(&hash.to_hex());
+    hash.push_hex(&mut key);
     key
 }
 

@@ -214,8 +214,8 @@ fn storage_stays_bounded_over_many_updates() {
     }
     assert_eq!(store.len(), after_warm_up, "entries grew with updates");
     assert!(
-        after_warm_up <= 1 + 2 * 3 + 3 + 2,
-        "more than head + 2 banks x 3 hashes + 3 bucket entries + 2 settings"
+        after_warm_up <= 1 + 2 * 3 + 3 + 2 + 1,
+        "more than head + 2 banks x 3 hashes + 3 bucket entries + 2 settings + 1 list"
     );
 }
 
@@ -281,4 +281,122 @@ fn the_head_round_trips() {
     };
     assert_eq!(Head::decode(&head.encode()), Some(head));
     assert_eq!(Head::decode(&head.encode()[..50]), None);
+}
+
+/// Counts the lookups of rate-limit entries made through it.
+struct CountingStore {
+    inner: MemoryStore,
+    bucket_gets: std::cell::Cell<usize>,
+}
+
+impl CountingStore {
+    fn new() -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            bucket_gets: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl SharedStore for CountingStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        if key.starts_with("apikey.v1.rl.") {
+            self.bucket_gets.set(self.bucket_gets.get() + 1);
+        }
+        self.inner.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn an_update_looks_up_only_the_rate_limit_entries_of_new_keys() {
+    let store = CountingStore::new();
+    let first = config(&[("a", "key-a"), ("b", "key-b")]);
+    ready(publish(&store, &digest(1), &first, b"", 0).unwrap());
+    assert_eq!(
+        store.bucket_gets.get(),
+        2,
+        "the first table checks every entry"
+    );
+    store.set(&buckets_key("a"), b"in use", 0).unwrap();
+
+    let update = config(&[("a", "key-a"), ("c", "key-c")]);
+    ready(publish(&store, &digest(2), &update, b"", 0).unwrap());
+    assert_eq!(
+        store.bucket_gets.get(),
+        3,
+        "more than the new key c was looked up"
+    );
+    assert_eq!(
+        store.inner.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
+        Some(b"in use".to_vec()),
+        "a known entry was rewritten"
+    );
+    assert!(
+        store.inner.get(&buckets_key("c")).unwrap().is_some(),
+        "c got no entry"
+    );
+
+    // b left the table but its entry still exists; a table bringing it back
+    // looks it up (the list holds only the last table's ids) and keeps it.
+    store.set(&buckets_key("b"), b"b in use", 0).unwrap();
+    ready(publish(&store, &digest(3), &first, b"", 0).unwrap());
+    assert_eq!(
+        store.bucket_gets.get(),
+        4,
+        "b should have been looked up, a not"
+    );
+    assert_eq!(
+        store.inner.get(&buckets_key("b")).unwrap().map(|(v, _)| v),
+        Some(b"b in use".to_vec())
+    );
+}
+
+#[test]
+fn an_unreadable_list_of_known_entries_means_nothing_is_known() {
+    for list in [&b"\x09garbage"[..], &[1u8; 20][..], &[1u8, 9, 9][..]] {
+        let store = CountingStore::new();
+        store.set(KNOWN_BUCKETS_KEY, list, 0).unwrap();
+        store.set(&buckets_key("a"), b"in use", 0).unwrap();
+        ready(
+            publish(
+                &store,
+                &digest(1),
+                &config(&[("a", "key-a"), ("b", "key-b")]),
+                b"",
+                0,
+            )
+            .unwrap(),
+        );
+        assert_eq!(store.bucket_gets.get(), 2, "list {list:?} was trusted");
+        assert_eq!(
+            store.inner.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
+            Some(b"in use".to_vec())
+        );
+        assert!(store.inner.get(&buckets_key("b")).unwrap().is_some());
+    }
+}
+
+#[test]
+fn id_fingerprints_differ_and_sort_as_numbers() {
+    let ids = ["a", "b", "k0000001", "k0000010", "key_live_1", ""];
+    let mut fingerprints: Vec<_> = ids.iter().map(|id| id_fingerprint(id)).collect();
+    fingerprints.sort_unstable();
+    fingerprints.dedup();
+    assert_eq!(fingerprints.len(), ids.len(), "two ids share a fingerprint");
+    let numbers: Vec<u128> = fingerprints
+        .iter()
+        .map(|f| u128::from_be_bytes(*f))
+        .collect();
+    assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]));
+    let encoded = encode_known(&fingerprints);
+    let list = KnownList::decode(&encoded);
+    assert!(list.equals(&fingerprints), "the list does not round-trip");
+    for fingerprint in &fingerprints {
+        assert!(list.contains(fingerprint));
+    }
+    assert!(!list.contains(&id_fingerprint("absent")));
 }

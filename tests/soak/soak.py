@@ -261,10 +261,10 @@ def sample(gw: harness.Gateway, when: str, tick: int) -> dict:
 def design_entries() -> int:
     """The shared-data entries the design allows for this key pool
     (README, "Shared-data storage and its bounds"): the head, the last
-    refused digest, two bank records per key hash, one bucket entry per
-    limited key id."""
+    refused digest, two bank records per key hash, two bank settings, one
+    bucket entry per limited key id and the list of known bucket ids."""
     hashes = STABLE + ROTATING + ROTATING + 1 + LIMITED + 0  # the broken key is never published
-    return 1 + 1 + 2 * hashes + LIMITED
+    return 1 + 1 + 2 * hashes + 2 + LIMITED + 1
 
 
 def main() -> int:

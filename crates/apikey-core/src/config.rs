@@ -8,6 +8,7 @@
 //! so an operator can fix it and the filter keeps its previous table.
 
 use core::fmt;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -241,8 +242,8 @@ impl<V> Default for UniqueMap<V> {
 }
 
 #[derive(Default)]
-struct RawConfig {
-    keys: Option<Vec<RawKey>>,
+struct RawConfig<'a> {
+    keys: Option<Vec<RawKey<'a>>>,
     /// Where the `keys` value lies in the text (for the settings).
     keys_span: Option<Range<usize>>,
     plans: Option<UniqueMap<RawPlan>>,
@@ -256,11 +257,11 @@ struct RawConfig {
     fleet: Option<RawFleet>,
 }
 
-impl RawConfig {
+impl<'a> RawConfig<'a> {
     const FIELDS: &'static str = "`keys`, `plans`, `rules`, `schemes`, `key_prefixes`, \
         `forward_credential`, `realm`, `rate_limit_headers`, `case_insensitive_paths`, `fleet`";
 
-    fn read(reader: &mut Reader<'_>) -> Result<Self, JsonError> {
+    fn read(reader: &mut Reader<'a>) -> Result<Self, JsonError> {
         let mut raw = Self::default();
         reader.object(&Path::Root, |reader, name, path| match name {
             "keys" => {
@@ -336,12 +337,14 @@ impl RawFleet {
     }
 }
 
-struct RawKey {
+/// A key as written; `sha256` and `plan` are only looked at, so they are
+/// borrowed from the text rather than copied.
+struct RawKey<'a> {
     id: String,
-    sha256: String,
+    sha256: Cow<'a, str>,
     tenant: String,
     scopes: Vec<String>,
-    plan: Option<String>,
+    plan: Option<Cow<'a, str>>,
     env: Option<String>,
     expires_at: Option<String>,
     revoked: bool,
@@ -352,20 +355,20 @@ struct RawKey {
     rate_limits: UniqueMap<RawLimit>,
 }
 
-impl RawKey {
+impl<'a> RawKey<'a> {
     const FIELDS: &'static str = "`id`, `sha256`, `tenant`, `scopes`, `plan`, `env`, \
         `expires_at`, `revoked`, `name`, `hint`, `created_at`, `rate_limits`";
 
-    fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
+    fn read(reader: &mut Reader<'a>, path: &Path<'_>) -> Result<Self, JsonError> {
         let (mut id, mut sha256, mut tenant, mut scopes) = (None, None, None, None);
         let (mut plan, mut env, mut expires_at, mut revoked) = (None, None, None, None);
         let (mut name, mut hint, mut created_at, mut rate_limits) = (None, None, None, None);
         reader.object(path, |reader, field_name, field| match field_name {
             "id" => optional(reader, &mut id, field, Reader::string),
-            "sha256" => optional(reader, &mut sha256, field, Reader::string),
+            "sha256" => optional(reader, &mut sha256, field, Reader::text),
             "tenant" => optional(reader, &mut tenant, field, Reader::string),
             "scopes" => optional(reader, &mut scopes, field, Reader::strings),
-            "plan" => optional(reader, &mut plan, field, Reader::string),
+            "plan" => optional(reader, &mut plan, field, Reader::text),
             "env" => optional(reader, &mut env, field, Reader::string),
             "expires_at" => optional(reader, &mut expires_at, field, Reader::string),
             "revoked" => optional(reader, &mut revoked, field, Reader::bool),
@@ -477,7 +480,7 @@ impl RawRule {
     }
 }
 
-impl RawConfig {
+impl RawConfig<'_> {
     fn validate(self) -> Result<Config, ConfigError> {
         let plans = self
             .plans
@@ -630,7 +633,7 @@ impl RawPlan {
     }
 }
 
-impl RawKey {
+impl RawKey<'_> {
     /// Validates the key at `keys[index]`. Field names are rendered only
     /// for a refusal: formatting six of them for each of 1,000,000 keys
     /// cost a large share of a configuration's load.

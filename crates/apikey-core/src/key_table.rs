@@ -246,11 +246,17 @@ impl Head {
 }
 
 fn read_head(store: &dyn SharedStore) -> Result<(Head, u32), StoreError> {
+    read_head_entry(store).map(|(head, cas, _)| (head, cas))
+}
+
+/// The head, its CAS token, and whether the entry exists at all (it does
+/// once any table was ever claimed in this process).
+fn read_head_entry(store: &dyn SharedStore) -> Result<(Head, u32, bool), StoreError> {
     match store.get(HEAD_KEY)? {
         // An unreadable head (another format) is treated as empty and
         // overwritten: the records it described are unreachable anyway.
-        Some((bytes, cas)) => Ok((Head::decode(&bytes).unwrap_or_default(), cas)),
-        None => Ok((Head::default(), 0)),
+        Some((bytes, cas)) => Ok((Head::decode(&bytes).unwrap_or_default(), cas, true)),
+        None => Ok((Head::default(), 0, false)),
     }
 }
 
@@ -332,7 +338,7 @@ pub fn publish(
     now_ns: u64,
 ) -> Result<Publication, StoreError> {
     for _ in 0..MAX_ATTEMPTS {
-        let (mut head, cas) = read_head(store)?;
+        let (mut head, cas, head_exists) = read_head_entry(store)?;
         for (index, bank) in head.banks.iter().enumerate() {
             if bank.digest != *digest {
                 continue;
@@ -369,7 +375,11 @@ pub fn publish(
         if !write_records(store, config, table, &claim)? {
             return Ok(Publication::Pending);
         }
-        create_bucket_entries(store, config)?;
+        // No head before this claim: the process never had a table.
+        let first_table = !head_exists;
+        if !create_bucket_entries(store, config, table.bank, &claim, first_table)? {
+            return Ok(Publication::Pending);
+        }
         if let Some(settings_key) = SETTINGS_KEYS.get(index) {
             let entry = encode_settings(digest, generation, config.keys.len(), settings);
             store.set(settings_key, &entry, 0)?;
@@ -423,15 +433,35 @@ fn claim_stands(store: &dyn SharedStore, bank: u8, claim: &Bank) -> Result<bool,
 /// (one host call for the list instead of one per key: over a second of a
 /// 1,000,000-key reload). Every id in a list had its entry made before the
 /// list was written, whoever wrote it last.
-fn create_bucket_entries(store: &dyn SharedStore, config: &Config) -> Result<(), StoreError> {
+///
+/// For a process's `first_table` (no head existed before this claim) no
+/// entry exists and none can be in use, so entries are written without a
+/// look-up each (a second of a 1,000,000-key first load). That holds while
+/// the claim stands: a writer that took it over could have its own table
+/// serving, so the claim is rechecked as records are, and the write stops
+/// (`false`) when it was lost.
+fn create_bucket_entries(
+    store: &dyn SharedStore,
+    config: &Config,
+    bank: u8,
+    claim: &Bank,
+    first_table: bool,
+) -> Result<bool, StoreError> {
     let previous = store.get(KNOWN_BUCKETS_KEY)?.map(|(bytes, _)| bytes);
     let known = KnownList::decode(previous.as_deref().unwrap_or_default());
     let mut now_known = Vec::with_capacity(config.keys.len());
-    for key in config.keys.iter().filter(|key| is_limited(key, config)) {
+    let limited = config.keys.iter().filter(|key| is_limited(key, config));
+    for (created, key) in limited.enumerate() {
+        if first_table
+            && created % RECHECK_EVERY == RECHECK_EVERY - 1
+            && !claim_stands(store, bank, claim)?
+        {
+            return Ok(false);
+        }
         let fingerprint = id_fingerprint(&key.id);
         if !known.contains(&fingerprint) {
             let entry = buckets_key(&key.id);
-            if store.get(&entry)?.is_none() {
+            if first_table || store.get(&entry)?.is_none() {
                 store.set(&entry, EMPTY_BUCKETS, 0)?;
             }
         }
@@ -442,7 +472,7 @@ fn create_bucket_entries(store: &dyn SharedStore, config: &Config) -> Result<(),
     if !known.equals(&now_known) {
         store.set(KNOWN_BUCKETS_KEY, &encode_known(&now_known), 0)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A key id's 128-bit FNV-1a hash, big-endian so that byte order is

@@ -192,6 +192,7 @@ fn bucket_entries_exist_for_limited_keys_before_the_table_is_ready() {
 #[test]
 fn existing_bucket_entries_are_left_alone() {
     let store = MemoryStore::new();
+    ready(publish(&store, &digest(9), &config(&[("z", "key-z")]), b"", 0).unwrap());
     store.set(&buckets_key("a"), b"in use", 0).unwrap();
     ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"", 0).unwrap());
     assert_eq!(
@@ -324,16 +325,17 @@ fn an_update_looks_up_only_the_rate_limit_entries_of_new_keys() {
     ready(publish(&store, &digest(1), &first, b"", 0).unwrap());
     assert_eq!(
         store.bucket_gets.get(),
-        2,
-        "the first table checks every entry"
+        0,
+        "the process's first table looked entries up"
     );
+    assert!(store.inner.get(&buckets_key("b")).unwrap().is_some());
     store.set(&buckets_key("a"), b"in use", 0).unwrap();
 
     let update = config(&[("a", "key-a"), ("c", "key-c")]);
     ready(publish(&store, &digest(2), &update, b"", 0).unwrap());
     assert_eq!(
         store.bucket_gets.get(),
-        3,
+        1,
         "more than the new key c was looked up"
     );
     assert_eq!(
@@ -352,7 +354,7 @@ fn an_update_looks_up_only_the_rate_limit_entries_of_new_keys() {
     ready(publish(&store, &digest(3), &first, b"", 0).unwrap());
     assert_eq!(
         store.bucket_gets.get(),
-        4,
+        2,
         "b should have been looked up, a not"
     );
     assert_eq!(
@@ -365,8 +367,10 @@ fn an_update_looks_up_only_the_rate_limit_entries_of_new_keys() {
 fn an_unreadable_list_of_known_entries_means_nothing_is_known() {
     for list in [&b"\x09garbage"[..], &[1u8; 20][..], &[1u8, 9, 9][..]] {
         let store = CountingStore::new();
+        ready(publish(&store, &digest(9), &config(&[("z", "key-z")]), b"", 0).unwrap());
         store.set(KNOWN_BUCKETS_KEY, list, 0).unwrap();
         store.set(&buckets_key("a"), b"in use", 0).unwrap();
+        store.bucket_gets.set(0);
         ready(
             publish(
                 &store,
@@ -421,4 +425,54 @@ fn id_fingerprints_differ_and_sort_as_numbers() {
         assert!(list.contains(fingerprint));
     }
     assert!(!list.contains(&id_fingerprint("absent")));
+}
+
+/// Overwrites the head with another writer's claim after `after` writes of
+/// rate-limit entries, as a worker taking the claim over would.
+struct TakeoverStore {
+    inner: MemoryStore,
+    after: usize,
+    bucket_sets: std::cell::Cell<usize>,
+}
+
+impl SharedStore for TakeoverStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.inner.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        if key.starts_with("apikey.v1.rl.") {
+            self.bucket_sets.set(self.bucket_sets.get() + 1);
+            if self.bucket_sets.get() == self.after {
+                let mut head = Head::default();
+                head.banks[0] = Bank {
+                    digest: digest(42),
+                    generation: 7,
+                    state: BankState::Writing { started_ns: 1 },
+                };
+                self.inner.set(HEAD_KEY, &head.encode(), 0)?;
+            }
+        }
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn a_first_table_stops_writing_entries_unlooked_once_its_claim_is_taken() {
+    let keys: Vec<(String, String)> = (0..1100)
+        .map(|i| (format!("k{i}"), format!("key-{i}")))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = keys.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let store = TakeoverStore {
+        inner: MemoryStore::new(),
+        after: 100,
+        bucket_sets: std::cell::Cell::new(0),
+    };
+    let outcome = publish(&store, &digest(1), &config(&borrowed), b"", 0).unwrap();
+    assert_eq!(outcome, Publication::Pending);
+    assert!(
+        store.bucket_sets.get() <= RECHECK_EVERY,
+        "{} entries written after the claim was lost",
+        store.bucket_sets.get()
+    );
 }

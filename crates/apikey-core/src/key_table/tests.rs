@@ -37,6 +37,11 @@ fn lookup(store: &MemoryStore, table: TableRef, raw: &str) -> Option<String> {
     (record.generation == table.generation).then(|| record.id.to_owned())
 }
 
+/// The stored rate-limit entry of key id `id`.
+fn bucket_entry(store: &dyn SharedStore, id: &str) -> Option<Vec<u8>> {
+    store.get(&buckets_key(id)).unwrap().map(|(value, _)| value)
+}
+
 fn ready(publication: Publication) -> TableRef {
     match publication {
         Publication::Ready(table) | Publication::Written(table) => table,
@@ -183,10 +188,7 @@ fn endless_conflicts_end_in_an_error_not_a_loop() {
 fn bucket_entries_exist_for_limited_keys_before_the_table_is_ready() {
     let store = MemoryStore::new();
     ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"", 0).unwrap());
-    assert_eq!(
-        store.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
-        Some(EMPTY_BUCKETS.to_vec())
-    );
+    assert_eq!(bucket_entry(&store, "a"), Some(EMPTY_BUCKETS.to_vec()));
 }
 
 #[test]
@@ -195,10 +197,7 @@ fn existing_bucket_entries_are_left_alone() {
     ready(publish(&store, &digest(9), &config(&[("z", "key-z")]), b"", 0).unwrap());
     store.set(&buckets_key("a"), b"in use", 0).unwrap();
     ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"", 0).unwrap());
-    assert_eq!(
-        store.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
-        Some(b"in use".to_vec())
-    );
+    assert_eq!(bucket_entry(&store, "a"), Some(b"in use".to_vec()));
 }
 
 #[test]
@@ -328,7 +327,7 @@ fn an_update_looks_up_only_the_rate_limit_entries_of_new_keys() {
         0,
         "the process's first table looked entries up"
     );
-    assert!(store.inner.get(&buckets_key("b")).unwrap().is_some());
+    assert!(bucket_entry(&store.inner, "b").is_some());
     store.set(&buckets_key("a"), b"in use", 0).unwrap();
 
     let update = config(&[("a", "key-a"), ("c", "key-c")]);
@@ -339,14 +338,11 @@ fn an_update_looks_up_only_the_rate_limit_entries_of_new_keys() {
         "more than the new key c was looked up"
     );
     assert_eq!(
-        store.inner.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
+        bucket_entry(&store.inner, "a"),
         Some(b"in use".to_vec()),
         "a known entry was rewritten"
     );
-    assert!(
-        store.inner.get(&buckets_key("c")).unwrap().is_some(),
-        "c got no entry"
-    );
+    assert!(bucket_entry(&store.inner, "c").is_some(), "c got no entry");
 
     // b left the table but its entry still exists; a table bringing it back
     // looks it up (the list holds only the last table's ids) and keeps it.
@@ -357,10 +353,7 @@ fn an_update_looks_up_only_the_rate_limit_entries_of_new_keys() {
         2,
         "b should have been looked up, a not"
     );
-    assert_eq!(
-        store.inner.get(&buckets_key("b")).unwrap().map(|(v, _)| v),
-        Some(b"b in use".to_vec())
-    );
+    assert_eq!(bucket_entry(&store.inner, "b"), Some(b"b in use".to_vec()));
 }
 
 #[test]
@@ -382,11 +375,8 @@ fn an_unreadable_list_of_known_entries_means_nothing_is_known() {
             .unwrap(),
         );
         assert_eq!(store.bucket_gets.get(), 2, "list {list:?} was trusted");
-        assert_eq!(
-            store.inner.get(&buckets_key("a")).unwrap().map(|(v, _)| v),
-            Some(b"in use".to_vec())
-        );
-        assert!(store.inner.get(&buckets_key("b")).unwrap().is_some());
+        assert_eq!(bucket_entry(&store.inner, "a"), Some(b"in use".to_vec()));
+        assert!(bucket_entry(&store.inner, "b").is_some());
     }
 }
 

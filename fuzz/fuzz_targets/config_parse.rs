@@ -8,6 +8,9 @@
 //!   publish into an in-memory shared store, every key's record reads back
 //!   with its own id, tenant, revocation and expiry, and every rule path
 //!   and scope it compiled is one the decision can match;
+//! - its settings (the text with `keys` emptied, what workers read once the
+//!   table is published) parse to the same configuration without keys, and
+//!   the published table hands them back with the key count;
 //! - a refusal names where: a field path (`keys[3].plan`), or, for a
 //!   document that is not a JSON object at all, the line and column;
 //!   the reason is never empty.
@@ -15,7 +18,7 @@
 
 use apikey_core::config::Config;
 use apikey_core::key_cache::KeyCache;
-use apikey_core::key_table::{publish, Publication};
+use apikey_core::key_table::{self, publish, Publication};
 use apikey_core::memory_store::MemoryStore;
 use libfuzzer_sys::fuzz_target;
 
@@ -30,7 +33,10 @@ fn check(text: &[u8]) {
             text.iter().all(u8::is_ascii_whitespace),
             "only empty or white-space text is the unconfigured state"
         ),
-        Ok(Some(config)) => revalidate(&config),
+        Ok(Some(config)) => {
+            revalidate(&config);
+            check_settings(text, &config);
+        }
         Err(error) => {
             assert!(
                 !error.reason.is_empty(),
@@ -52,6 +58,41 @@ fn names_document_level(reason: &str) -> bool {
     reason.contains(" at line ") && reason.contains(" column ")
         || reason.ends_with("expected an object")
         || reason.starts_with("unknown field ``")
+}
+
+fn check_settings(text: &[u8], config: &Config) {
+    let Ok(Some((parsed, settings))) = Config::parse_with_settings(text) else {
+        panic!("parse_with_settings refused what parse accepted");
+    };
+    assert_eq!(&parsed, config, "parse_with_settings disagrees with parse");
+    let from_settings = match Config::parse(&settings) {
+        Ok(Some(from_settings)) => from_settings,
+        other => panic!(
+            "the settings {:?} do not parse: {other:?}",
+            String::from_utf8_lossy(&settings)
+        ),
+    };
+    let without_keys = Config {
+        keys: Vec::new(),
+        ..config.clone()
+    };
+    assert_eq!(
+        from_settings, without_keys,
+        "the settings changed more than the keys"
+    );
+    let store = MemoryStore::new();
+    let digest = key_table::digest(text);
+    let Ok(Publication::Written(table)) = publish(&store, &digest, config, &settings, 0) else {
+        panic!("an accepted configuration did not publish with its settings");
+    };
+    match key_table::ready_table(&store, &digest) {
+        Ok(Some(ready)) => {
+            assert_eq!(ready.table, table);
+            assert_eq!(ready.key_count, config.keys.len());
+            assert_eq!(ready.settings, settings);
+        }
+        other => panic!("the published table is not ready with its settings: {other:?}"),
+    }
 }
 
 fn revalidate(config: &Config) {

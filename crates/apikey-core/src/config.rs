@@ -267,12 +267,7 @@ impl<'a> RawConfig<'a> {
             "keys" => {
                 let start = reader.position();
                 optional(reader, &mut raw.keys, path, |reader, path| {
-                    let mut keys = Vec::new();
-                    reader.array(path, |reader, path| {
-                        keys.push(RawKey::read(reader, path)?);
-                        Ok(())
-                    })?;
-                    Ok(keys)
+                    reader.list(path, RawKey::read)
                 })?;
                 raw.keys_span = Some(start..reader.position());
                 Ok(())
@@ -281,12 +276,7 @@ impl<'a> RawConfig<'a> {
                 UniqueMap::read(reader, path, RawPlan::read)
             }),
             "rules" => optional(reader, &mut raw.rules, path, |reader, path| {
-                let mut rules = Vec::new();
-                reader.array(path, |reader, path| {
-                    rules.push(RawRule::read(reader, path)?);
-                    Ok(())
-                })?;
-                Ok(rules)
+                reader.list(path, RawRule::read)
             }),
             "schemes" => optional(reader, &mut raw.schemes, path, Reader::strings),
             "key_prefixes" => optional(reader, &mut raw.key_prefixes, path, Reader::strings),

@@ -185,14 +185,23 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Reads an array of strings.
-    pub fn strings(&mut self, path: &Path<'_>) -> Result<Vec<String>, JsonError> {
-        let mut strings = Vec::new();
+    /// Reads an array whose every element `element` reads.
+    pub fn list<T>(
+        &mut self,
+        path: &Path<'_>,
+        mut element: impl FnMut(&mut Self, &Path<'_>) -> Result<T, JsonError>,
+    ) -> Result<Vec<T>, JsonError> {
+        let mut items = Vec::new();
         self.array(path, |reader, path| {
-            strings.push(reader.string(path)?);
+            items.push(element(reader, path)?);
             Ok(())
         })?;
-        Ok(strings)
+        Ok(items)
+    }
+
+    /// Reads an array of strings.
+    pub fn strings(&mut self, path: &Path<'_>) -> Result<Vec<String>, JsonError> {
+        self.list(path, Self::string)
     }
 
     /// Reads a string, borrowed from the text when it has no escape (no

@@ -213,10 +213,7 @@ impl<'a> Reader<'a> {
 
     /// Reads a string.
     pub fn string(&mut self, path: &Path<'_>) -> Result<String, JsonError> {
-        self.expect_kind(path, Kind::String)?;
-        let mut text = String::new();
-        self.string_into(&mut text)?;
-        Ok(text)
+        self.text(path).map(Cow::into_owned)
     }
 
     /// Reads `true` or `false`.

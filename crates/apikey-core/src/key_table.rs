@@ -83,19 +83,12 @@ pub type Digest = [u8; 32];
 #[derive(Clone, Default)]
 pub struct Digester {
     hasher: blake3::Hasher,
-    length: u64,
 }
 
 impl Digester {
     /// Adds the next piece of the configuration.
     pub fn update(&mut self, piece: &[u8]) {
         self.hasher.update(piece);
-        self.length = self.length.saturating_add(piece.len() as u64);
-    }
-
-    /// How many bytes were added.
-    pub fn length(&self) -> u64 {
-        self.length
     }
 
     /// The digest of everything added.

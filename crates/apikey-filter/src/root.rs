@@ -186,7 +186,7 @@ impl RootContext for ConfigContext {
             Ok(bytes) => bytes,
             Err(error) => return refuse_unreadable(error),
         };
-        if bytes.len() as u64 != hashed {
+        if bytes.len() != hashed {
             host::log(
                 Level::Critical,
                 &format!(
@@ -250,7 +250,7 @@ impl RootContext for ConfigContext {
 
 /// The digest of the plugin configuration of `size` bytes, and how many
 /// bytes it covers, read a piece at a time.
-fn configuration_digest(size: usize) -> Result<(Digest, u64), host::HostError> {
+fn configuration_digest(size: usize) -> Result<(Digest, usize), host::HostError> {
     let mut digester = Digester::default();
     let mut start = 0;
     while start < size {
@@ -261,8 +261,7 @@ fn configuration_digest(size: usize) -> Result<(Digest, u64), host::HostError> {
         digester.update(&piece);
         start += piece.len();
     }
-    let hashed = digester.length();
-    Ok((digester.finish(), hashed))
+    Ok((digester.finish(), start))
 }
 
 /// Refuses a configuration the host would not hand over.

@@ -48,6 +48,28 @@ build_module() {
     die "scripts/finish_module.py could not finish $WASM_MODULE"
 }
 
+# cargo_install_tool CRATE VERSION: builds a host tool from crates.io into
+# TOOLS_ROOT. The crate's published Cargo.lock is tried first (--locked, the
+# versions its authors tested); the registry this project builds from is a
+# snapshot, so a lock written elsewhere can name a version it does not serve
+# (wasm-bindgen-cli 0.2.130's pins webpki-roots 1.0.11, which it lacks).
+# Resolution fails before anything compiles, so falling back to resolving
+# afresh costs seconds; only when both fail is the tool truly not to be had.
+cargo_install_tool() {
+  local crate="$1" version="$2" log
+  log="$(mktemp)"
+  local args=(install --quiet --force "$crate" --root "$TOOLS_ROOT")
+  [[ -n "$version" ]] && args+=(--version "$version")
+  if cargo "${args[@]}" --locked 2>"$log"; then
+    rm -f "$log"
+    return 0
+  fi
+  echo "note: cargo install --locked $crate ${version} failed; resolving its dependencies afresh" >&2
+  grep -E '^(error|  )' "$log" | head -n 5 | sed 's/^/  /' >&2
+  rm -f "$log"
+  cargo "${args[@]}" || die "cargo install $crate ${version} failed, with and without its published lock"
+}
+
 # apt_install PACKAGE...: installs the Debian packages not yet installed
 # (quietly; root or sudo). Dies naming the packages when apt cannot.
 apt_install() {

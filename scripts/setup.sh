@@ -47,8 +47,9 @@ ensure_wasm_bindgen_runner() {
     return
   fi
   echo "building wasm-bindgen-cli $version into $TOOLS_ROOT (a few minutes, once)"
-  cargo install --quiet --locked --force wasm-bindgen-cli --version "$version" --root "$TOOLS_ROOT" ||
-    die "cargo install wasm-bindgen-cli $version failed"
+  cargo_install_tool wasm-bindgen-cli "$version"
+  [[ "$("$WASM_BINDGEN_TEST_RUNNER" --version 2>/dev/null)" == "wasm-bindgen-test-runner $version" ]] ||
+    die "wasm-bindgen-cli $version was installed but $WASM_BINDGEN_TEST_RUNNER is not that version"
 }
 
 venv_wanted() {

@@ -22,8 +22,7 @@ ensure_cargo_fuzz() {
     return
   fi
   echo "building cargo-fuzz into $TOOLS_ROOT (a minute or two, once)"
-  cargo install --quiet --locked cargo-fuzz --root "$TOOLS_ROOT" ||
-    die "cargo install cargo-fuzz failed"
+  cargo_install_tool cargo-fuzz ""
   "$CARGO_FUZZ" --version >/dev/null 2>&1 || die "cargo-fuzz was installed but $CARGO_FUZZ does not run"
 }
 

@@ -308,6 +308,12 @@ class Gateway:
     # The watched ECDS file. With `apikey.pb` (binary protobuf) the harness
     # writes only the empty "nothing yet" file; the CLI writes the rest.
     ecds_file: str = ECDS_FILE
+    # For bootstraps other deployments run (Istio's): called with the
+    # rendered bootstrap before Envoy starts, and a document Envoy merges
+    # over it (--config-yaml: repeated fields appended, as Istio's agent
+    # does with a custom bootstrap).
+    customize: Callable[[dict], None] | None = None
+    config_yaml: str | None = None
 
     def __post_init__(self):
         self.ecds_dir = self.workdir / "ecds"
@@ -338,6 +344,8 @@ class Gateway:
         self._start_upstream()
         bootstrap = render_bootstrap(Path(self.module), self.ecds_dir, self.upstream_port, self.edge,
                                      self.ratelimit_port, self.ecds_file)
+        if self.customize is not None:
+            self.customize(bootstrap)
         self._bootstrap = bootstrap
         initial = NOTHING_YET if self.config is None else ecds_document(bootstrap, self.config)
         if self._protobuf_ecds():
@@ -392,6 +400,8 @@ class Gateway:
             # gateways run side by side and none leaves /dev/shm behind.
             "--disable-hot-restart",
         ]
+        if self.config_yaml is not None:
+            command += ["--config-yaml", self.config_yaml]
         with open(self.log_path, "wb") as log:
             self._envoy = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         self._wait("Envoy to write its admin address", lambda: address_file.read_text().strip())
@@ -556,6 +566,10 @@ class Gateway:
         entries = json.loads(self._admin_text(query))["stats"]
         return {entry["name"]: entry["value"] for entry in entries
                 if isinstance(entry.get("value"), int)}
+
+    def prometheus(self) -> str:
+        """The admin's /stats/prometheus page, as Prometheus scrapes it."""
+        return self._admin_text("/stats/prometheus")
 
     def log_text(self) -> str:
         """Everything Envoy logged so far (its stdout access log included)."""

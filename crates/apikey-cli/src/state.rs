@@ -58,6 +58,11 @@ pub struct KeyEntry {
     /// When the key was made (the CLI's extension field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// The key a rotation made to replace this one (the CLI's extension
+    /// field): a key that has it is in, or past, its grace period and is
+    /// not rotated again. Absent in state files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
     /// Fields this tool does not manage (`rate_limits`), kept as they are.
     #[serde(flatten)]
     pub rest: Map<String, Value>,
@@ -248,6 +253,8 @@ pub struct KeyRow {
     pub expires_at: Option<String>,
     /// active, revoked or expired.
     pub state: KeyStatus,
+    /// The key that replaced it, when it was rotated.
+    pub replaced_by: Option<String>,
 }
 
 impl State {
@@ -379,6 +386,7 @@ impl State {
             name: Some(new.name),
             hint: Some(issued.hint.clone()),
             created_at: Some(format_rfc3339(now)),
+            replaced_by: None,
             rest: Map::new(),
         });
         Ok(issued)
@@ -413,8 +421,11 @@ impl State {
 
     /// Replaces an active key: a new key with the same tenant, scopes, plan,
     /// env, limits and name (marked rotated); the old key keeps working for
-    /// `grace`, never longer than it already would have. The tenant limit
-    /// does not apply: once the grace ends the count is what it was.
+    /// `grace`, never longer than it already would have, and records its
+    /// successor in `replaced_by`. A key already rotated is refused: a
+    /// second rotation would make a second successor while the first one
+    /// is in use, and cut the grace the first one announced. The tenant
+    /// limit does not apply: once the grace ends the count is what it was.
     pub fn rotate(
         &mut self,
         id: &str,
@@ -428,6 +439,17 @@ impl State {
             return Err(refused(format!(
                 "key {id} is {}: rotate replaces an active key (apikey create makes a new one)",
                 status.as_str()
+            )));
+        }
+        if let Some(successor) = &old.replaced_by {
+            let until = old.expires_at.as_deref().unwrap_or("its expiry");
+            let next = if self.keys.iter().any(|key| key.id == *successor) {
+                format!("rotate {successor} instead")
+            } else {
+                format!("{successor} was deleted since; apikey create makes a new key")
+            };
+            return Err(refused(format!(
+                "key {id} was already rotated: {successor} replaces it and {id} works until {until} ({next}, or revoke {id} to end its grace now)"
             )));
         }
         let prefix = match rotation.prefix {
@@ -462,9 +484,12 @@ impl State {
             name: Some(rotated_name(&old)),
             hint: Some(issued.hint.clone()),
             created_at: Some(format_rfc3339(now)),
+            replaced_by: None,
             ..old
         };
-        self.key_mut(id)?.expires_at = Some(old_expires_at.clone());
+        let old_entry = self.key_mut(id)?;
+        old_entry.expires_at = Some(old_expires_at.clone());
+        old_entry.replaced_by = Some(issued.id.clone());
         self.keys.push(new_entry);
         Ok(Rotated {
             issued,
@@ -526,6 +551,7 @@ impl State {
                 created_at: key.created_at.clone(),
                 expires_at: key.expires_at.clone(),
                 state: key.status(now),
+                replaced_by: key.replaced_by.clone(),
             })
             .collect()
     }

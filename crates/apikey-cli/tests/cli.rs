@@ -387,9 +387,10 @@ fn rotate_keeps_the_old_key_for_the_grace_only() {
     let rotated_at = parse_rfc3339(new["created_at"].as_str().unwrap()).unwrap();
     assert_eq!(grace_end - rotated_at, 3_600 * 1_000_000_000);
 
-    // A second rotation never extends the first grace.
-    scratch.ok(&["rotate", &old_id, "--grace", "30d"]);
-    assert_eq!(scratch.row(&old_id)["expires_at"], old["expires_at"]);
+    assert_eq!(
+        old["replaced_by"], new_id,
+        "the old key does not name its successor"
+    );
 
     // No grace: the old key is expired at once.
     let raw = scratch.ok(&["rotate", new_id, "--grace", "0s"]);
@@ -397,6 +398,41 @@ fn rotate_keeps_the_old_key_for_the_grace_only() {
     assert_eq!(scratch.row(new_id)["state"], "expired");
     let stderr = scratch.fails(1, &["rotate", new_id]);
     assert!(stderr.contains("is expired"), "{stderr}");
+}
+
+#[test]
+fn rotating_a_key_already_in_its_grace_period_is_refused() {
+    let scratch = Scratch::initialised("rotate-twice");
+    let (old_id, _) = scratch.create("acme", &[]);
+    let shown: Value =
+        serde_json::from_str(&scratch.ok(&["rotate", &old_id, "--grace", "1h", "--json"])).unwrap();
+    let new_id = shown["id"].as_str().unwrap();
+    let before = read(&scratch.state());
+    let output = scratch.run(&["rotate", &old_id, "--grace", "30d"]);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a second rotation was not refused: {stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "a second rotation printed a key: {:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        stderr.contains("already rotated") && stderr.contains(new_id),
+        "the refusal does not name the key that replaced it: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(
+        read(&scratch.state()),
+        before,
+        "a refused rotation changed the state"
+    );
+    assert_eq!(scratch.list().len(), 2, "a refused rotation made a key");
+    // The successor is rotated as usual.
+    scratch.ok(&["rotate", new_id]);
 }
 
 #[test]

@@ -174,7 +174,62 @@ fn rotate_gives_the_old_key_the_grace_and_copies_what_the_key_may_do() {
     assert_eq!(new.name.as_deref(), Some("CRM sync (rotated)"));
     assert_eq!(new.expires_at, None, "the old key had no expiry");
     assert_ne!(new.sha256, old.sha256);
+    assert_eq!(
+        old.replaced_by.as_deref(),
+        Some(rotated.issued.id.as_str()),
+        "the old key does not name its successor"
+    );
+    assert_eq!(new.replaced_by, None, "the successor inherited replaced_by");
     state.to_checked_bytes().unwrap();
+}
+
+#[test]
+fn a_key_in_its_rotation_grace_is_not_rotated_again() {
+    let mut state = state();
+    let mut random = Xorshift(19);
+    let issued = create(&mut state, "acme", &mut random);
+    let first = state
+        .rotate(&issued.id, rotation(DAY), NOW, &mut random)
+        .unwrap();
+    let before = state.clone();
+    let error = state
+        .rotate(&issued.id, rotation(DAY), NOW + HOUR, &mut random)
+        .unwrap_err();
+    let CliError::Refused(message) = &error else {
+        panic!("a second rotation gave {error:?}, not a refusal")
+    };
+    assert!(
+        message.contains("already rotated") && message.contains(&first.issued.id),
+        "the refusal does not name the successor: {message}"
+    );
+    assert_eq!(state, before, "a refused rotation changed the state");
+    state.delete(&first.issued.id).unwrap();
+    let error = state
+        .rotate(&issued.id, rotation(DAY), NOW + HOUR, &mut random)
+        .unwrap_err();
+    assert!(
+        matches!(&error, CliError::Refused(m) if m.contains("was deleted")),
+        "rotating a key whose successor was deleted gave {error:?}"
+    );
+}
+
+#[test]
+fn a_state_written_before_replaced_by_existed_still_reads_and_rotates() {
+    let mut state = State::parse(
+        r#"{"keys": [{"id": "key_old", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+             "tenant": "acme", "hint": "sk_live_AbC…9Mn0"}]}"#
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(state.key("key_old").unwrap().replaced_by, None);
+    state
+        .rotate("key_old", rotation(DAY), NOW, &mut Xorshift(20))
+        .unwrap();
+    let bytes = state.to_checked_bytes().unwrap();
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("\"replaced_by\""),
+        "the rotation was not recorded"
+    );
 }
 
 #[test]

@@ -11,13 +11,13 @@
 //! The whole document is validated by the core's `Config::parse` when read
 //! and again before it is written ([`State::to_checked_bytes`]).
 
-use apikey_core::config::Config;
+use apikey_core::config::{Config, ConfigError};
 use apikey_core::key_hash::KeyHash;
 use apikey_core::timestamp::{format_rfc3339, parse_rfc3339, UnixNanos};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{refused, CliError};
+use crate::error::{refused, refused_as, CliError, Code};
 use crate::keygen::{self, RandomSource, SecretKey};
 
 /// The longest `name` the validator accepts.
@@ -121,6 +121,11 @@ pub struct State {
     /// `plans`, `rules`, `schemes`, `key_prefixes` and the rest, untouched.
     #[serde(flatten)]
     pub rest: Map<String, Value>,
+    /// The key whose fields this command's options set (`create`,
+    /// `update`): a refusal of the validator about it names the option and
+    /// the value typed (`--plan pro: no such plan`), not `keys[2].plan`.
+    #[serde(skip)]
+    pub typed_key: Option<String>,
 }
 
 /// What an expiry option asks for.
@@ -223,13 +228,6 @@ pub struct KeyUpdate {
     pub env: Option<String>,
 }
 
-impl KeyUpdate {
-    /// Whether the update changes nothing.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
 /// A row of `list`: everything about a key but the key and its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyRow {
@@ -263,6 +261,7 @@ impl State {
         Self {
             keys: Vec::new(),
             rest,
+            typed_key: None,
         }
     }
 
@@ -290,9 +289,59 @@ impl State {
         bytes.push(b'\n');
         match Config::parse(&bytes) {
             Ok(_) => Ok(bytes),
-            Err(error) => Err(refused(format!(
-                "refused: the result would be an invalid configuration: {error}"
-            ))),
+            Err(error) => Err(refused_as(Code::InvalidChange, self.explain(&error))),
+        }
+    }
+
+    /// A refusal of the validator in the terms the operator used: about
+    /// the key the options set, the option and the value typed; otherwise
+    /// the field as the validator names it.
+    fn explain(&self, error: &ConfigError) -> String {
+        let typed = self.typed_key.as_deref().and_then(|id| {
+            let index = self.keys.iter().position(|key| key.id == id)?;
+            let key = self.keys.get(index)?;
+            let field = error.field.strip_prefix(&format!("keys[{index}]."))?;
+            Some((key, field))
+        });
+        let Some((key, field)) = typed else {
+            return format!("refused: the result would be an invalid configuration: {error}");
+        };
+        let reason = &error.reason;
+        let option = |flag: &str, value: Option<&str>| match value {
+            Some(value) => format!("{flag} {}: {reason}", shown(value)),
+            None => format!("{flag}: {reason}"),
+        };
+        match field {
+            "plan" => {
+                let plans: Vec<&str> = self
+                    .rest
+                    .get("plans")
+                    .and_then(Value::as_object)
+                    .map(|plans| plans.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                let known = if plans.is_empty() {
+                    "the state defines no plans: apikey init --plans FILE sets them".to_owned()
+                } else {
+                    format!("plans: {}", plans.join(", "))
+                };
+                format!(
+                    "--plan {}: no such plan ({known})",
+                    shown(key.plan.as_deref().unwrap_or(""))
+                )
+            }
+            "tenant" => option("--tenant", Some(&key.tenant)),
+            "env" => option("--env", key.env.as_deref()),
+            "name" => option("--name", key.name.as_deref()),
+            "expires_at" => option("--expires", key.expires_at.as_deref()),
+            scope if scope.starts_with("scopes") => {
+                let typed = scope
+                    .strip_prefix("scopes[")
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .and_then(|index| index.parse::<usize>().ok())
+                    .and_then(|index| key.scopes.get(index));
+                option("--scopes", typed.map(String::as_str))
+            }
+            other => format!("the key's {other}: {reason}"),
         }
     }
 
@@ -354,7 +403,7 @@ impl State {
     ) -> Result<(), CliError> {
         let active = self.active_keys(tenant, now, except);
         if active >= max_keys {
-            return Err(refused(format!(
+            return Err(refused_as(Code::LimitReached, format!(
                 "tenant {tenant:?} already has {active} active keys, the limit of {max_keys}: revoke or delete one first (or raise --max-keys-per-tenant)"
             )));
         }
@@ -389,11 +438,12 @@ impl State {
             replaced_by: None,
             rest: Map::new(),
         });
+        self.typed_key = Some(issued.id.clone());
         Ok(issued)
     }
 
     fn issue(&self, prefix: &str, random: &mut dyn RandomSource) -> Result<Issued, CliError> {
-        let error = |e: keygen::RandomError| refused(e.to_string());
+        let error = |e: keygen::RandomError| refused_as(Code::IoError, e.to_string());
         let id =
             keygen::new_id(random, |id| self.keys.iter().any(|key| key.id == id)).map_err(error)?;
         let key = keygen::new_key(random, prefix).map_err(error)?;
@@ -436,10 +486,13 @@ impl State {
         let old = self.key(id)?.clone();
         let status = old.status(now);
         if status != KeyStatus::Active {
-            return Err(refused(format!(
-                "key {id} is {}: rotate replaces an active key (apikey create makes a new one)",
-                status.as_str()
-            )));
+            return Err(refused_as(
+                Code::NotActive,
+                format!(
+                    "key {id} is {}: rotate replaces an active key (apikey create makes a new one)",
+                    status.as_str()
+                ),
+            ));
         }
         if let Some(successor) = &old.replaced_by {
             let until = old.expires_at.as_deref().unwrap_or("its expiry");
@@ -448,7 +501,7 @@ impl State {
             } else {
                 format!("{successor} was deleted since; apikey create makes a new key")
             };
-            return Err(refused(format!(
+            return Err(refused_as(Code::AlreadyRotated, format!(
                 "key {id} was already rotated: {successor} replaces it and {id} works until {until} ({next}, or revoke {id} to end its grace now)"
             )));
         }
@@ -529,6 +582,7 @@ impl State {
         }
         let after = key.status(now);
         let tenant = key.tenant.clone();
+        self.typed_key = Some(id.to_owned());
         if before != KeyStatus::Active && after == KeyStatus::Active {
             self.check_limit(&tenant, now, Some(id), max_keys)?;
         }
@@ -557,8 +611,22 @@ impl State {
     }
 }
 
+/// A value as typed, quoted only when it needs quotes to be read back
+/// (spaces, quotes, control characters, nothing at all).
+fn shown(value: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.:*/@+=~".contains(c);
+    if !value.is_empty() && value.chars().all(plain) {
+        value.to_owned()
+    } else {
+        format!("{value:?}")
+    }
+}
+
 fn unknown_id(id: &str) -> CliError {
-    refused(format!("no key with id {id:?} (apikey list shows them)"))
+    refused_as(
+        Code::NotFound,
+        format!("no key with id {id:?} (apikey list shows them)"),
+    )
 }
 
 /// The new key's expiry when rotate is given none: none if the old key had

@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{refused, CliError};
+use crate::error::{refused_as, CliError, Code};
 
 /// Permissions of a new state file: it names every key's hash and tenant,
 /// so only its owner reads it.
@@ -77,7 +77,7 @@ pub fn lock(state: &Path) -> Result<StateLock, CliError> {
 pub fn read(path: &Path) -> Result<Vec<u8>, CliError> {
     fs::read(path).map_err(|error| {
         if error.kind() == io::ErrorKind::NotFound {
-            refused(format!(
+            refused_as(Code::NoState, format!(
                 "no state file at {} (apikey init makes one; --state or APIKEY_STATE names another)",
                 path.display()
             ))
@@ -159,7 +159,7 @@ fn set_mode(_file: &File, _mode: u32) -> io::Result<()> {
 }
 
 fn io_refused(what: &str, path: &Path, error: &io::Error) -> CliError {
-    refused(format!("{what} {}: {error}", path.display()))
+    refused_as(Code::IoError, format!("{what} {}: {error}", path.display()))
 }
 
 #[cfg(test)]
@@ -258,7 +258,7 @@ mod tests {
         std::os::unix::fs::symlink(&target, lock_path(&state)).unwrap();
         let error = lock(&state).unwrap_err();
         assert!(
-            matches!(&error, CliError::Refused(m) if m.contains("cannot open the lock file")),
+            matches!(&error, CliError::Refused(_, m) if m.contains("cannot open the lock file")),
             "{error:?}"
         );
         assert!(!target.exists(), "the lock was taken through the link");
@@ -269,7 +269,7 @@ mod tests {
     fn a_missing_state_file_points_at_init() {
         let error = read(Path::new("/nonexistent/apikey-state.json")).unwrap_err();
         assert!(
-            matches!(&error, CliError::Refused(m) if m.contains("apikey init")),
+            matches!(&error, CliError::Refused(_, m) if m.contains("apikey init")),
             "{error:?}"
         );
     }

@@ -117,7 +117,7 @@ tour() {
   printf "for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%%{http_code} ' -H 'X-API-Key: %s' %s; done; echo\n" \
     "$FREE_KEY" "$GATEWAY/api/v1/leads"
   step "try them; edit envoy/demo-config.json and push it without a restart:"
-  echo "$VENV_PYTHON tests/e2e/harness.py write-ecds envoy/envoy.yaml envoy/demo-config.json"
+  echo "cargo run -q -p apikey-cli -- --state envoy/demo-config.json render ecds --out $ECDS_FILE"
   step "Envoy's log and access log (${ENVOY_LOG#"$REPO_ROOT"/}) follow; Ctrl-C stops Envoy and the upstream"
 }
 

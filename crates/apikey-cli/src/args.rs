@@ -1,19 +1,25 @@
-//! The command line: global options, a subcommand and its options.
+//! The command line: global options, a subcommand and its options, read by
+//! clap (derive) so `apikey --version`, `apikey help create`, `apikey
+//! create --help`, typo suggestions and shell completions behave as in
+//! gh, kubectl or stripe.
 //!
-//! Hand-written rather than a parser crate: a dozen subcommands with a few
-//! options each do not earn clap's build time. Options are `--name value`
-//! or `--name=value`, may come before or after the subcommand, and may not
-//! be repeated; `--` ends options (for an id that starts with `-`). Global
-//! options fall back to environment variables (`APIKEY_STATE`,
-//! `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_WASM`,
-//! `APIKEY_MAX_KEYS_PER_TENANT`). Every
-//! mistake is a [`CliError::Usage`] naming the flag, and values are checked
-//! here (durations, dates, numbers) so a bad one never reaches the state.
+//! Options are `--name value` or `--name=value`. Global options may come
+//! before or after the subcommand and fall back to environment variables
+//! (`APIKEY_STATE`, `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_WASM`,
+//! `APIKEY_MAX_KEYS_PER_TENANT`; empty counts as unset), read here rather
+//! than by clap so tests pass their own environment. A list option
+//! (`--scopes`, `--schemes`, `--key-prefixes`) takes commas and may be
+//! given again to add to the list; any other option given twice is a
+//! mistake. `--` ends options (for an id that starts with `-`). Every
+//! mistake is a [`CliError::Usage`] of one line naming what was typed, and
+//! values are checked here (durations, dates, numbers) so a bad one never
+//! reaches the state.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use apikey_core::timestamp::parse_rfc3339;
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 
 use crate::duration::parse_duration;
 use crate::error::{usage, CliError};
@@ -38,7 +44,7 @@ pub struct Globals {
     pub ecds_format: EcdsFormat,
     /// The module path written into ECDS resources.
     pub wasm: String,
-    /// Machine-readable output.
+    /// Machine-readable output (and errors).
     pub json: bool,
     /// Active keys a tenant may have.
     pub max_keys: usize,
@@ -94,10 +100,6 @@ pub enum RenderTarget {
 /// A subcommand and its options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Print the usage.
-    Help,
-    /// Print the version.
-    Version,
     /// Make a state file.
     Init(InitArgs),
     /// Make a key.
@@ -149,9 +151,26 @@ pub enum Command {
         /// Where (stdout when `None`).
         out: Option<PathBuf>,
     },
+    /// Print a shell's completion script.
+    Completions {
+        /// Which shell.
+        shell: Shell,
+    },
 }
 
-/// A parsed command line.
+/// A parsed command line: a command to run, or text to print (the help,
+/// the version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+// One value per process: boxing the larger variant would gain nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Parsed {
+    /// Run this.
+    Run(Invocation),
+    /// Print this on standard output and exit 0.
+    Show(String),
+}
+
+/// A command to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     /// Global options.
@@ -160,446 +179,561 @@ pub struct Invocation {
     pub command: Command,
 }
 
-/// The usage text.
-pub const USAGE: &str = "\
-apikey: manage the API-key gateway's keys. The state file is the filter's
-plugin configuration; keys are shown once, only their SHA-256 is kept.
+const ABOUT: &str = "Manage the API-key gateway's keys";
 
-usage: apikey [global options] <command> [options]
+const LONG_ABOUT: &str = "\
+Manage the API-key gateway's keys. The state file is the filter's plugin
+configuration; a key is shown once, when it is made, and only its SHA-256
+and a hint are kept. Each change is locked, validated by the filter's own
+validator, written atomically and, with --ecds-dir, pushed to Envoy.";
 
-commands:
-  init [--from FILE] [--plans FILE] [--rules FILE] [--schemes a,b] [--key-prefixes p,q]
-  create --tenant T --name N --scopes a,b|'*'|'' [--plan P] [--env live]
-         [--expires RFC3339 | --expires-in 30d] [--prefix sk_live_] [--tenant-prefix]
-  list [--tenant T]
-  revoke ID
-  rotate ID [--grace 24h] [--prefix P] [--expires RFC3339 | --expires-in 90d | --no-expiry]
-  update ID [--scopes a,b] [--plan P | --no-plan] [--expires RFC3339 | --expires-in 30d | --no-expiry]
-         [--name N] [--env E]
-  delete ID
-  validate
-  usage [--log FILE]         per key from Envoy's JSON access log (default: standard input):
-                             requests, allowed, denials by code, last used
-  render ecds [--out FILE]
-  render istio [--out FILE] [--name apikey] [--namespace istio-system]
-         [--selector app=istio-ingressgateway] [--url oci://...]
-  render config [--out FILE]
-  help | version
+const AFTER_HELP: &str = "\
+Exit codes: 0 done, 1 refused (invalid state, unknown id, limit reached, I/O),
+2 usage (unknown option, missing value, bad duration or date). Either failure
+is one line on stderr, `apikey: <message>`; with --json it is the object
+{\"error\": {\"code\": ..., \"message\": ...}}, also on stderr. Codes: usage,
+invalid_state, invalid_change, no_state, not_found, limit_reached, not_active,
+already_rotated, already_exists, io_error, refused.";
 
-global options (flag, else environment variable):
-  --state FILE               APIKEY_STATE, default ./apikey-state.json
-  --ecds-dir DIR             APIKEY_ECDS_DIR: every change also writes DIR/apikey.yaml
-  --ecds-format yaml|pb      APIKEY_ECDS_FORMAT, default yaml; pb writes DIR/apikey.pb,
-                             binary protobuf Envoy reads without a text parser (large tables)
-  --wasm PATH                APIKEY_WASM: module path in the ECDS resource,
-                             default target/wasm32-wasip1/release/apikey_filter.wasm
-  --max-keys-per-tenant N    APIKEY_MAX_KEYS_PER_TENANT, default 25 active keys
-  --json                     machine-readable output
+const EXPIRY_HELP: &str = "RFC3339";
 
-exit codes: 0 done, 1 refused (invalid state, unknown id, limit reached), 2 usage.
-";
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Value,
-    Flag,
+/// The whole command line, as clap reads it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "apikey",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(flatten)]
+    globals: GlobalArgs,
+    #[command(subcommand)]
+    command: Option<Sub>,
 }
 
-const GLOBAL_OPTIONS: &[(&str, Kind)] = &[
-    ("state", Kind::Value),
-    ("ecds-dir", Kind::Value),
-    ("ecds-format", Kind::Value),
-    ("wasm", Kind::Value),
-    ("json", Kind::Flag),
-    ("max-keys-per-tenant", Kind::Value),
-    ("help", Kind::Flag),
-];
-
-fn command_options(command: &str) -> Option<&'static [(&'static str, Kind)]> {
-    use Kind::{Flag, Value};
-    Some(match command {
-        "init" => &[
-            ("from", Value),
-            ("plans", Value),
-            ("rules", Value),
-            ("schemes", Value),
-            ("key-prefixes", Value),
-        ],
-        "create" => &[
-            ("tenant", Value),
-            ("scopes", Value),
-            ("plan", Value),
-            ("env", Value),
-            ("name", Value),
-            ("expires", Value),
-            ("expires-in", Value),
-            ("prefix", Value),
-            ("tenant-prefix", Flag),
-        ],
-        "list" => &[("tenant", Value)],
-        "usage" => &[("log", Value)],
-        "rotate" => &[
-            ("grace", Value),
-            ("prefix", Value),
-            ("expires", Value),
-            ("expires-in", Value),
-            ("no-expiry", Flag),
-        ],
-        "update" => &[
-            ("scopes", Value),
-            ("plan", Value),
-            ("no-plan", Flag),
-            ("expires", Value),
-            ("expires-in", Value),
-            ("no-expiry", Flag),
-            ("name", Value),
-            ("env", Value),
-        ],
-        "render" => &[
-            ("out", Value),
-            ("name", Value),
-            ("namespace", Value),
-            ("selector", Value),
-            ("url", Value),
-        ],
-        "revoke" | "delete" | "validate" | "help" | "version" => &[],
-        _ => return None,
-    })
+/// Options every subcommand takes, before or after it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+struct GlobalArgs {
+    /// The state file [env: APIKEY_STATE] [default: ./apikey-state.json]
+    #[arg(long, global = true, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Every change also writes DIR/apikey.yaml (or apikey.pb) for Envoy to
+    /// load [env: APIKEY_ECDS_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    ecds_dir: Option<PathBuf>,
+    /// How the ECDS file is written: yaml, or pb (binary protobuf, which
+    /// Envoy reads without a text parser; for large tables)
+    /// [env: APIKEY_ECDS_FORMAT] [default: yaml]
+    #[arg(long, global = true, value_name = "FORMAT")]
+    ecds_format: Option<FormatArg>,
+    /// The module path in the ECDS resource [env: APIKEY_WASM]
+    /// [default: target/wasm32-wasip1/release/apikey_filter.wasm]
+    #[arg(long, global = true, value_name = "PATH")]
+    wasm: Option<String>,
+    /// Machine-readable output, and errors as {"error": {"code", "message"}}
+    /// on stderr
+    #[arg(long, global = true)]
+    json: bool,
+    /// Active keys a tenant may have [env: APIKEY_MAX_KEYS_PER_TENANT]
+    /// [default: 25]
+    #[arg(long = "max-keys-per-tenant", global = true, value_name = "N", value_parser = positive)]
+    max_keys: Option<usize>,
 }
 
-/// Options and positionals as given.
-struct Tokens {
-    positionals: Vec<String>,
-    values: BTreeMap<&'static str, String>,
-    flags: Vec<&'static str>,
+/// `--ecds-format`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    // No doc comments: clap would list them at length under every command.
+    Yaml,
+    Pb,
 }
 
-impl Tokens {
-    fn take(&mut self, name: &str) -> Option<String> {
-        self.values.remove(name)
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Make the state file (never overwrites one)
+    ///
+    /// Starts from nothing, or from a whole configuration (--from), and
+    /// sets plans, rules, schemes and key prefixes from the options; plans
+    /// default to {}.
+    Init(InitOpts),
+    /// Make a key and print it once
+    ///
+    /// The key is printed alone on a line (with --json: {"id", "key",
+    /// "hint"}) and never again: only its SHA-256 and a hint are kept. Its
+    /// prefix is --prefix, else sk_<env>_; --tenant-prefix spells the
+    /// tenant in (sydx_<tenant>_...).
+    Create(CreateOpts),
+    /// Show the keys (never a key or its hash)
+    ///
+    /// Id, name, tenant, scopes, plan, hint, created, expiry and state
+    /// (active, revoked or expired); --json adds env and replaced_by.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only this tenant's keys
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
+    },
+    /// Revoke a key: refused at once; the row stays for audit
+    Revoke {
+        /// The key's id (apikey list shows them)
+        id: String,
+    },
+    /// Replace a key with a new one, printed once
+    ///
+    /// The new key has the old key's tenant, scopes, plan, env and limits.
+    /// The old key works for the grace more (never longer than it already
+    /// would), then expires. A key is rotated once: rotating it again during
+    /// its grace is refused (rotate its successor instead).
+    Rotate(RotateOpts),
+    /// Change what a key may do and until when
+    Update(UpdateOpts),
+    /// Remove a key entirely (the filter then answers invalid_key)
+    Delete {
+        /// The key's id (apikey list shows them)
+        id: String,
+    },
+    /// Check the state file with the filter's own validator
+    Validate,
+    /// Per-key activity from Envoy's JSON access log
+    ///
+    /// Requests, allowed, denials by code and last use per key; denials
+    /// that named no key are counted apart.
+    Usage {
+        /// The access log [default: standard input]
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "-",
+            hide_default_value = true
+        )]
+        log: String,
+    },
+    /// Write a deployment document (stdout without --out)
+    // A missing target is a mistake (exit 2), not a request for help.
+    #[command(subcommand_required = true, arg_required_else_help = false)]
+    Render {
+        #[command(subcommand)]
+        target: RenderSub,
+        /// Write to FILE (atomically) instead of stdout
+        #[arg(long, global = true, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the completion script of a shell
+    ///
+    /// bash: apikey completions bash > /etc/bash_completion.d/apikey;
+    /// zsh: apikey completions zsh > "${fpath[1]}/_apikey";
+    /// fish: apikey completions fish > ~/.config/fish/completions/apikey.fish
+    Completions {
+        /// The shell
+        shell: Shell,
+    },
+    /// Print the version
+    Version,
+}
+
+#[derive(Debug, Args)]
+struct InitOpts {
+    /// A whole configuration to start from
+    #[arg(long, value_name = "FILE")]
+    from: Option<PathBuf>,
+    /// A JSON file holding the "plans" object
+    #[arg(long, value_name = "FILE")]
+    plans: Option<PathBuf>,
+    /// A JSON file holding the "rules" array
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+    /// Enabled credential schemes, comma-separated; repeatable
+    #[arg(long, value_name = "a,b", action = ArgAction::Append)]
+    schemes: Vec<String>,
+    /// Accepted key prefixes, comma-separated; repeatable
+    #[arg(long, value_name = "p,q", action = ArgAction::Append)]
+    key_prefixes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct CreateOpts {
+    /// The owning tenant
+    #[arg(long, value_name = "TENANT")]
+    tenant: String,
+    /// A label for people
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Scope patterns, comma-separated; repeatable. '*' grants what the
+    /// plan grants, '' none (required: no silent default between the two)
+    #[arg(long, value_name = "a,b", required = true, action = ArgAction::Append)]
+    scopes: Vec<String>,
+    /// The plan (a name in the state's plans)
+    #[arg(long, value_name = "PLAN")]
+    plan: Option<String>,
+    /// The environment label; also the default prefix sk_<env>_
+    #[arg(long, value_name = "ENV", default_value = "live")]
+    env: String,
+    /// Expires at this instant (RFC 3339, e.g. 2027-01-31T00:00:00Z)
+    #[arg(long, value_name = EXPIRY_HELP, value_parser = expires_at, conflicts_with = "expires_in")]
+    expires: Option<Expiry>,
+    /// Expires this long from now (30d, 12h, 1h30m)
+    #[arg(long, value_name = "DURATION", value_parser = expires_in)]
+    expires_in: Option<Expiry>,
+    /// The key's prefix (sk_live_, crm_, ...)
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// Spell the tenant into the key: sydx_<tenant>_... (--prefix replaces sydx_)
+    #[arg(long)]
+    tenant_prefix: bool,
+}
+
+/// `--expires`, `--expires-in`, `--no-expiry`: at most one.
+#[derive(Debug, Args)]
+struct ExpiryOpts {
+    /// Expires at this instant (RFC 3339, e.g. 2027-01-31T00:00:00Z)
+    #[arg(long, value_name = EXPIRY_HELP, value_parser = expires_at,
+          conflicts_with_all = ["expires_in", "no_expiry"])]
+    expires: Option<Expiry>,
+    /// Expires this long from now (30d, 12h, 1h30m)
+    #[arg(long, value_name = "DURATION", value_parser = expires_in, conflicts_with = "no_expiry")]
+    expires_in: Option<Expiry>,
+    /// Never expires
+    #[arg(long)]
+    no_expiry: bool,
+}
+
+impl ExpiryOpts {
+    fn expiry(self) -> Option<Expiry> {
+        self.expires
+            .or(self.expires_in)
+            .or(self.no_expiry.then_some(Expiry::Never))
     }
-
-    fn flag(&self, name: &str) -> bool {
-        self.flags.contains(&name)
-    }
 }
 
-fn find_option(specs: &[&[(&'static str, Kind)]], name: &str) -> Option<(&'static str, Kind)> {
-    specs
-        .iter()
-        .flat_map(|spec| spec.iter())
-        .find(|(known, _)| *known == name)
-        .copied()
+#[derive(Debug, Args)]
+struct RotateOpts {
+    /// The key's id (apikey list shows them)
+    id: String,
+    /// How long the old key keeps working (0s: it stops at once)
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_GRACE, value_parser = duration)]
+    grace: i64,
+    /// The new key's prefix [default: the old key's]
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// The new key's expiry [default: none if the old key had none, else the
+    /// old key's lifetime again from now]
+    #[command(flatten)]
+    expiry: ExpiryOpts,
 }
 
-/// The subcommand: the first argument that is neither an option nor the
-/// value of a global option.
-fn find_command(args: &[String]) -> Option<&str> {
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        if arg == "--" {
-            return iter.next().map(String::as_str);
-        }
-        if let Some(name) = arg.strip_prefix("--") {
-            if !name.contains('=')
-                && find_option(&[GLOBAL_OPTIONS], name).is_some_and(|(_, k)| k == Kind::Value)
-            {
-                iter.next();
-            }
-            continue;
-        }
-        if arg.starts_with('-') && arg.len() > 1 {
-            continue;
-        }
-        return Some(arg);
-    }
-    None
+#[derive(Debug, Args)]
+struct UpdateOpts {
+    /// The key's id (apikey list shows them)
+    id: String,
+    /// New scope patterns, comma-separated; repeatable ('' for none)
+    #[arg(long, value_name = "a,b", action = ArgAction::Append)]
+    scopes: Vec<String>,
+    /// A new plan
+    #[arg(long, value_name = "PLAN", conflicts_with = "no_plan")]
+    plan: Option<String>,
+    /// No plan any more
+    #[arg(long)]
+    no_plan: bool,
+    #[command(flatten)]
+    expiry: ExpiryOpts,
+    /// A new name
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// A new environment label
+    #[arg(long, value_name = "ENV")]
+    env: Option<String>,
 }
 
-fn tokenize(args: &[String], command: &str) -> Result<Tokens, CliError> {
-    let specs: Vec<&[(&'static str, Kind)]> = match command_options(command) {
-        Some(spec) => vec![GLOBAL_OPTIONS, spec],
-        None => vec![GLOBAL_OPTIONS],
-    };
-    let mut tokens = Tokens {
-        positionals: Vec::new(),
-        values: BTreeMap::new(),
-        flags: Vec::new(),
-    };
-    let mut iter = args.iter();
-    let mut only_positionals = false;
-    while let Some(arg) = iter.next() {
-        if only_positionals {
-            tokens.positionals.push(arg.clone());
-            continue;
-        }
-        if arg == "--" {
-            only_positionals = true;
-            continue;
-        }
-        if arg == "-h" {
-            tokens.flags.push("help");
-            continue;
-        }
-        let Some(option) = arg.strip_prefix("--") else {
-            if arg.starts_with('-') && arg.len() > 1 {
-                return Err(usage(format!("unknown option {arg}")));
-            }
-            tokens.positionals.push(arg.clone());
-            continue;
-        };
-        let (name, inline) = match option.split_once('=') {
-            Some((name, value)) => (name, Some(value.to_owned())),
-            None => (option, None),
-        };
-        let Some((name, kind)) = find_option(&specs, name) else {
-            return Err(usage(format!("unknown option --{name} for {command}")));
-        };
-        if tokens.values.contains_key(name) || tokens.flag(name) {
-            return Err(usage(format!("--{name} is given twice")));
-        }
-        match kind {
-            Kind::Flag => {
-                if inline.is_some() {
-                    return Err(usage(format!("--{name} takes no value")));
-                }
-                tokens.flags.push(name);
-            }
-            Kind::Value => {
-                let value = match inline {
-                    Some(value) => value,
-                    None => iter
-                        .next()
-                        .cloned()
-                        .ok_or_else(|| usage(format!("--{name} needs a value")))?,
-                };
-                tokens.values.insert(name, value);
-            }
-        }
-    }
-    Ok(tokens)
+#[derive(Debug, Subcommand)]
+enum RenderSub {
+    /// The Envoy ECDS document (what --ecds-dir writes)
+    Ecds,
+    /// An Istio WasmPlugin (phase AUTHN, failStrategy FAIL_CLOSE)
+    Istio(IstioOpts),
+    /// The plugin configuration JSON
+    Config,
+}
+
+#[derive(Debug, Args)]
+struct IstioOpts {
+    /// metadata.name [default: apikey]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// metadata.namespace [default: istio-system]
+    #[arg(long, value_name = "NAMESPACE")]
+    namespace: Option<String>,
+    /// The workload selector, label=value[,label=value]
+    /// [default: app=istio-ingressgateway]
+    #[arg(long, value_name = "LABELS", value_parser = selector)]
+    selector: Option<Selector>,
+    /// Where Istio fetches the module: oci://HOST/REPO@sha256:...
+    /// [env: APIKEY_WASM_URL] (without either: a placeholder, and a warning)
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+}
+
+/// A parsed `--selector`: a newtype so clap does not read the list as
+/// many values.
+#[derive(Debug, Clone)]
+struct Selector(Vec<(String, String)>);
+
+fn selector(text: &str) -> Result<Selector, String> {
+    render::parse_selector(text).map(Selector)
+}
+
+fn duration(text: &str) -> Result<i64, String> {
+    parse_duration(text)
+}
+
+fn expires_in(text: &str) -> Result<Expiry, String> {
+    parse_duration(text).map(Expiry::In)
+}
+
+fn expires_at(text: &str) -> Result<Expiry, String> {
+    let nanos = parse_rfc3339(text).map_err(|reason| format!("{text:?} {reason}"))?;
+    Ok(Expiry::At(text.to_owned(), nanos))
+}
+
+fn positive(text: &str) -> Result<usize, String> {
+    text.parse()
+        .ok()
+        .filter(|&n: &usize| n > 0)
+        .ok_or_else(|| format!("{text:?} is not a positive number"))
 }
 
 /// Parses the arguments after the program name; `env` reads an
 /// environment variable (empty counts as unset).
-pub fn parse(
-    args: &[String],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Invocation, CliError> {
+pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, CliError> {
     let env = |name: &str| env(name).filter(|value| !value.is_empty());
-    let command = find_command(args).unwrap_or("help").to_owned();
-    let mut tokens = tokenize(args, &command)?;
-    let globals = Globals {
-        state: PathBuf::from(
-            tokens
-                .take("state")
-                .or_else(|| env("APIKEY_STATE"))
-                .unwrap_or_else(|| DEFAULT_STATE.to_owned()),
-        ),
-        ecds_dir: tokens
-            .take("ecds-dir")
-            .or_else(|| env("APIKEY_ECDS_DIR"))
-            .map(PathBuf::from),
-        ecds_format: match tokens
-            .take("ecds-format")
-            .or_else(|| env("APIKEY_ECDS_FORMAT"))
-        {
-            None => EcdsFormat::default(),
-            Some(text) => EcdsFormat::parse(&text)
-                .ok_or_else(|| usage(format!("--ecds-format {text:?} must be yaml or pb")))?,
-        },
-        wasm: tokens
-            .take("wasm")
-            .or_else(|| env("APIKEY_WASM"))
-            .unwrap_or_else(|| render::DEFAULT_WASM.to_owned()),
-        json: tokens.flag("json"),
-        max_keys: match tokens
-            .take("max-keys-per-tenant")
-            .or_else(|| env("APIKEY_MAX_KEYS_PER_TENANT"))
-        {
-            None => DEFAULT_MAX_KEYS,
-            Some(text) => text
-                .parse()
-                .ok()
-                .filter(|&n: &usize| n > 0)
-                .ok_or_else(|| {
-                    usage(format!(
-                        "--max-keys-per-tenant {text:?} is not a positive number"
-                    ))
-                })?,
-        },
+    let argv = std::iter::once("apikey").chain(args.iter().map(String::as_str));
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(error) => return shown_or_usage(&error, args),
     };
-    if tokens.flag("help") {
-        return Ok(Invocation {
-            globals,
-            command: Command::Help,
-        });
-    }
-    // The subcommand itself is the first positional.
-    if !tokens.positionals.is_empty() {
-        tokens.positionals.remove(0);
-    }
-    let command = build(&command, &mut tokens, &env)?;
-    if let Some(extra) = tokens.positionals.first() {
-        return Err(usage(format!("unexpected argument {extra:?}")));
-    }
-    Ok(Invocation { globals, command })
+    let Some(sub) = cli.command else {
+        return Ok(Parsed::Show(long_help()));
+    };
+    let Some(command) = command(sub, &env)? else {
+        return Ok(Parsed::Show(version_line()));
+    };
+    let globals = globals(cli.globals, &env)?;
+    Ok(Parsed::Run(Invocation { globals, command }))
 }
 
-fn build(
-    command: &str,
-    tokens: &mut Tokens,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Command, CliError> {
-    Ok(match command {
-        "help" => Command::Help,
-        "version" => Command::Version,
-        "init" => Command::Init(InitArgs {
-            from: tokens.take("from").map(PathBuf::from),
-            plans: tokens.take("plans").map(PathBuf::from),
-            rules: tokens.take("rules").map(PathBuf::from),
-            schemes: tokens.take("schemes").map(|text| split_list(&text)),
-            key_prefixes: tokens.take("key-prefixes").map(|text| split_list(&text)),
+/// Whether the command line asks for `--json` (read before parsing, so a
+/// mistake in it is reported as JSON too).
+pub fn wants_json(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+/// The completion script of `shell`.
+pub fn completions(shell: Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "apikey", &mut script);
+    script
+}
+
+/// `apikey --help`.
+fn long_help() -> String {
+    Cli::command().render_long_help().to_string()
+}
+
+/// `apikey --version`: `apikey 0.1.0`.
+fn version_line() -> String {
+    format!("apikey {}\n", env!("CARGO_PKG_VERSION"))
+}
+
+/// Help and version requests become text to print; any other clap error
+/// becomes one line naming what was typed, with clap's tip folded in.
+fn shown_or_usage(error: &clap::Error, args: &[String]) -> Result<Parsed, CliError> {
+    use clap::error::ErrorKind;
+    let text = error.to_string();
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Ok(Parsed::Show(text)),
+        _ => Err(usage(one_line(&text, args))),
+    }
+}
+
+/// clap's rendered error (`error: ...`, indented details and tips, a blank
+/// line, `Usage: ...`, `For more information, try '--help'.`) as one line:
+/// `<message> <details> (<tips>; usage: <usage>; see apikey <command> --help)`.
+fn one_line(text: &str, args: &[String]) -> String {
+    let mut message = Vec::new();
+    let mut notes = Vec::new();
+    let mut usage_line = None;
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if let Some(tip) = line.strip_prefix("tip: ") {
+            notes.push(tip.to_owned());
+        } else if let Some(usage) = line.strip_prefix("Usage: ") {
+            usage_line = Some(usage.to_owned());
+        } else if line.starts_with("For more information") {
+            // Replaced by the command's own help, named below.
+        } else {
+            message.push(line.strip_prefix("error: ").unwrap_or(line).to_owned());
+        }
+    }
+    if let Some(usage) = usage_line {
+        notes.push(format!("usage: {usage}"));
+    }
+    notes.push(format!("see {} --help", command_path(args)));
+    format!("{} ({})", message.join(" "), notes.join("; "))
+}
+
+/// The subcommand the arguments name, as `apikey render istio`: each
+/// argument that names a subcommand of the one before descends (a value
+/// that happens to be a command's name only makes the pointer less exact).
+fn command_path(args: &[String]) -> String {
+    let mut command = Cli::command();
+    let mut path = vec!["apikey".to_owned()];
+    for arg in args.iter().take_while(|arg| *arg != "--") {
+        let Some(sub) = command.find_subcommand(arg).cloned() else {
+            continue;
+        };
+        path.push(sub.get_name().to_owned());
+        command = sub;
+    }
+    path.join(" ")
+}
+
+fn globals(args: GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Globals, CliError> {
+    let ecds_format = match (args.ecds_format, env("APIKEY_ECDS_FORMAT")) {
+        (Some(FormatArg::Yaml), _) => EcdsFormat::Yaml,
+        (Some(FormatArg::Pb), _) => EcdsFormat::Protobuf,
+        (None, None) => EcdsFormat::default(),
+        (None, Some(text)) => EcdsFormat::parse(&text).ok_or_else(|| {
+            usage(format!(
+                "APIKEY_ECDS_FORMAT={text:?}: must be yaml or pb (--ecds-format overrides it)"
+            ))
+        })?,
+    };
+    let max_keys = match (args.max_keys, env("APIKEY_MAX_KEYS_PER_TENANT")) {
+        (Some(n), _) => n,
+        (None, None) => DEFAULT_MAX_KEYS,
+        (None, Some(text)) => positive(&text).map_err(|reason| {
+            usage(format!(
+                "APIKEY_MAX_KEYS_PER_TENANT: {reason} (--max-keys-per-tenant overrides it)"
+            ))
+        })?,
+    };
+    Ok(Globals {
+        state: args
+            .state
+            .or_else(|| env("APIKEY_STATE").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE)),
+        ecds_dir: args
+            .ecds_dir
+            .or_else(|| env("APIKEY_ECDS_DIR").map(PathBuf::from)),
+        ecds_format,
+        wasm: args
+            .wasm
+            .or_else(|| env("APIKEY_WASM"))
+            .unwrap_or_else(|| render::DEFAULT_WASM.to_owned()),
+        json: args.json,
+        max_keys,
+    })
+}
+
+/// The command to run; `None` for `version`, which only prints.
+fn command(sub: Sub, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Command>, CliError> {
+    Ok(Some(match sub {
+        Sub::Init(init) => Command::Init(InitArgs {
+            from: init.from,
+            plans: init.plans,
+            rules: init.rules,
+            schemes: given_list(&init.schemes),
+            key_prefixes: given_list(&init.key_prefixes),
         }),
-        "create" => Command::Create(CreateArgs {
-            tenant: required(tokens, "tenant")?,
-            name: required(tokens, "name")?,
-            // Required: no silent default between "nothing" and "all"
-            // (`--scopes '*'` grants what the plan grants, `--scopes ''` none).
-            scopes: split_list(&required(tokens, "scopes")?),
-            plan: tokens.take("plan"),
-            env: tokens.take("env").unwrap_or_else(|| "live".to_owned()),
-            expiry: expiry(tokens)?.unwrap_or(Expiry::Never),
-            prefix: tokens.take("prefix"),
-            tenant_prefix: tokens.flag("tenant-prefix"),
+        Sub::Create(create) => Command::Create(CreateArgs {
+            tenant: create.tenant,
+            name: create.name,
+            scopes: split_list(&create.scopes),
+            plan: create.plan,
+            env: create.env,
+            expiry: create
+                .expires
+                .or(create.expires_in)
+                .unwrap_or(Expiry::Never),
+            prefix: create.prefix,
+            tenant_prefix: create.tenant_prefix,
         }),
-        "list" => Command::List {
-            tenant: tokens.take("tenant"),
+        Sub::List { tenant } => Command::List { tenant },
+        Sub::Revoke { id } => Command::Revoke { id },
+        Sub::Delete { id } => Command::Delete { id },
+        Sub::Validate => Command::Validate,
+        Sub::Usage { log } => Command::Usage { log },
+        Sub::Rotate(rotate) => Command::Rotate {
+            id: rotate.id,
+            grace: rotate.grace,
+            prefix: rotate.prefix,
+            expiry: rotate.expiry.expiry(),
         },
-        "revoke" => Command::Revoke { id: id(tokens)? },
-        "delete" => Command::Delete { id: id(tokens)? },
-        "validate" => Command::Validate,
-        "usage" => Command::Usage {
-            log: tokens.take("log").unwrap_or_else(|| "-".to_owned()),
-        },
-        "rotate" => Command::Rotate {
-            id: id(tokens)?,
-            grace: parse_duration(
-                &tokens
-                    .take("grace")
-                    .unwrap_or_else(|| DEFAULT_GRACE.to_owned()),
-            )
-            .map_err(|reason| usage(format!("--grace: {reason}")))?,
-            prefix: tokens.take("prefix"),
-            expiry: expiry(tokens)?,
-        },
-        "update" => {
-            let id = id(tokens)?;
-            if tokens.flag("no-plan") && tokens.values.contains_key("plan") {
-                return Err(usage("give --plan or --no-plan, not both"));
-            }
-            let plan = match tokens.take("plan") {
-                Some(plan) => Some(Some(plan)),
-                None if tokens.flag("no-plan") => Some(None),
-                None => None,
+        Sub::Update(update) => {
+            let plan = match (update.plan, update.no_plan) {
+                (Some(plan), _) => Some(Some(plan)),
+                (None, true) => Some(None),
+                (None, false) => None,
             };
-            let update = KeyUpdate {
-                scopes: tokens.take("scopes").map(|text| split_list(&text)),
+            let changes = KeyUpdate {
+                scopes: given_list(&update.scopes),
                 plan,
-                expiry: expiry(tokens)?,
-                name: tokens.take("name"),
-                env: tokens.take("env"),
+                expiry: update.expiry.expiry(),
+                name: update.name,
+                env: update.env,
             };
-            if update.is_empty() {
+            if changes == KeyUpdate::default() {
                 return Err(usage(
-                    "update needs at least one of --scopes, --plan, --no-plan, --expires, --expires-in, --no-expiry, --name, --env",
+                    "update needs at least one of --scopes, --plan, --no-plan, --expires, --expires-in, --no-expiry, --name, --env (see apikey help update)",
                 ));
             }
-            Command::Update { id, update }
-        }
-        "render" => {
-            let what = if tokens.positionals.is_empty() {
-                return Err(usage("render needs what to render: ecds, istio or config"));
-            } else {
-                tokens.positionals.remove(0)
-            };
-            let istio_only = ["name", "namespace", "selector", "url"];
-            if what != "istio" {
-                if let Some(name) = istio_only.iter().find(|n| tokens.values.contains_key(**n)) {
-                    return Err(usage(format!("--{name} is an option of render istio")));
-                }
+            Command::Update {
+                id: update.id,
+                update: changes,
             }
-            let target = match what.as_str() {
-                "ecds" => RenderTarget::Ecds,
-                "config" => RenderTarget::Config,
-                "istio" => {
+        }
+        Sub::Render { target, out } => Command::Render {
+            target: match target {
+                RenderSub::Ecds => RenderTarget::Ecds,
+                RenderSub::Config => RenderTarget::Config,
+                RenderSub::Istio(istio) => {
                     let defaults = IstioOptions::default();
                     RenderTarget::Istio(IstioOptions {
-                        name: tokens.take("name").unwrap_or(defaults.name),
-                        namespace: tokens.take("namespace").unwrap_or(defaults.namespace),
-                        selector: match tokens.take("selector") {
-                            Some(text) => render::parse_selector(&text).map_err(usage)?,
-                            None => defaults.selector,
-                        },
-                        url: tokens
-                            .take("url")
+                        name: istio.name.unwrap_or(defaults.name),
+                        namespace: istio.namespace.unwrap_or(defaults.namespace),
+                        selector: istio.selector.map_or(defaults.selector, |s| s.0),
+                        url: istio
+                            .url
                             .or_else(|| env("APIKEY_WASM_URL"))
                             .unwrap_or(defaults.url),
                     })
                 }
-                other => {
-                    return Err(usage(format!(
-                        "cannot render {other:?}: ecds, istio or config"
-                    )))
-                }
-            };
-            Command::Render {
-                target,
-                out: tokens.take("out").map(PathBuf::from),
-            }
-        }
-        other => return Err(usage(format!("unknown command {other:?}"))),
-    })
+            },
+            out,
+        },
+        Sub::Completions { shell } => Command::Completions { shell },
+        Sub::Version => return Ok(None),
+    }))
 }
 
-fn required(tokens: &mut Tokens, name: &str) -> Result<String, CliError> {
-    tokens
-        .take(name)
-        .ok_or_else(|| usage(format!("--{name} is required")))
+/// A list option's values, or `None` when it was not given at all (an
+/// empty list, `--scopes ''`, is a value).
+fn given_list(values: &[String]) -> Option<Vec<String>> {
+    (!values.is_empty()).then(|| split_list(values))
 }
 
-fn id(tokens: &mut Tokens) -> Result<String, CliError> {
-    if tokens.positionals.is_empty() {
-        return Err(usage("the key id is missing (apikey list shows them)"));
-    }
-    Ok(tokens.positionals.remove(0))
-}
-
-/// `--expires`, `--expires-in`, `--no-expiry`: at most one.
-fn expiry(tokens: &mut Tokens) -> Result<Option<Expiry>, CliError> {
-    let at = tokens.take("expires");
-    let within = tokens.take("expires-in");
-    let never = tokens.flag("no-expiry");
-    match (at, within, never) {
-        (None, None, false) => Ok(None),
-        (Some(text), None, false) => {
-            let nanos = parse_rfc3339(&text)
-                .map_err(|reason| usage(format!("--expires {text:?} {reason}")))?;
-            Ok(Some(Expiry::At(text, nanos)))
-        }
-        (None, Some(text), false) => {
-            let nanos =
-                parse_duration(&text).map_err(|reason| usage(format!("--expires-in: {reason}")))?;
-            Ok(Some(Expiry::In(nanos)))
-        }
-        (None, None, true) => Ok(Some(Expiry::Never)),
-        _ => Err(usage("give one of --expires, --expires-in and --no-expiry")),
-    }
-}
-
-/// `a, b,,c` → `["a", "b", "c"]`.
-fn split_list(text: &str) -> Vec<String> {
-    text.split(',')
+/// `["a, b,,c", "d"]` → `["a", "b", "c", "d"]`: commas within a value and
+/// the option given again both add to the list.
+fn split_list(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|value| value.split(','))
         .map(str::trim)
         .filter(|item| !item.is_empty())
         .map(str::to_owned)

@@ -17,8 +17,8 @@ use apikey_core::timestamp::UnixNanos;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::args::{Command, CreateArgs, Globals, InitArgs, Invocation, RenderTarget, USAGE};
-use crate::error::{refused, usage, CliError};
+use crate::args::{self, Command, CreateArgs, Globals, InitArgs, Invocation, RenderTarget};
+use crate::error::{refused, refused_as, usage, CliError, Code};
 use crate::keygen::{self, RandomSource};
 use crate::render;
 use crate::state::{Issued, KeyRow, KeyStatus, NewKey, Rotation, State};
@@ -41,8 +41,10 @@ pub struct Io<'a> {
 pub fn run(invocation: Invocation, io: &mut Io<'_>) -> Result<(), CliError> {
     let globals = &invocation.globals;
     match invocation.command {
-        Command::Help => say(io.out, USAGE.trim_end()),
-        Command::Version => say(io.out, &format!("apikey {}", env!("CARGO_PKG_VERSION"))),
+        Command::Completions { shell } => io
+            .out
+            .write_all(&args::completions(shell))
+            .map_err(|error| refused_as(Code::IoError, format!("cannot write output: {error}"))),
         Command::Init(init_args) => init(globals, init_args, io),
         Command::Create(create_args) => create(globals, create_args, io),
         Command::List { tenant } => list(globals, tenant.as_deref(), io),
@@ -144,7 +146,7 @@ fn publish(globals: &Globals, state: &State) -> Result<(), CliError> {
         store::PUBLIC_MODE,
     )
     .map_err(|error| {
-        refused(format!(
+        refused_as(Code::IoError, format!(
             "the state was updated but the ECDS file was not: {error} (apikey render ecds --out … retries)"
         ))
     })
@@ -154,7 +156,7 @@ fn publish(globals: &Globals, state: &State) -> Result<(), CliError> {
 fn load(path: &Path) -> Result<State, CliError> {
     let bytes = store::read(path)?;
     State::parse(&bytes).map_err(|reason| {
-        refused(format!(
+        refused_as(Code::InvalidState, format!(
             "refused: {} is invalid: {reason} (every command refuses an invalid state; fix the file)",
             path.display()
         ))
@@ -185,10 +187,13 @@ fn init(globals: &Globals, init_args: InitArgs, io: &mut Io<'_>) -> Result<(), C
     }
     let _lock = store::lock(&globals.state)?;
     if globals.state.exists() {
-        return Err(refused(format!(
-            "{} already exists: init never overwrites a state file",
-            globals.state.display()
-        )));
+        return Err(refused_as(
+            Code::AlreadyExists,
+            format!(
+                "{} already exists: init never overwrites a state file",
+                globals.state.display()
+            ),
+        ));
     }
     let bytes = state.to_checked_bytes()?;
     store::write_atomic(&globals.state, &bytes, store::STATE_MODE)?;
@@ -290,10 +295,11 @@ fn usage_report(globals: &Globals, log: &str, io: &mut Io<'_>) -> Result<(), Cli
     let report = if log == "-" {
         crate::usage::summarise(std::io::stdin().lock())
     } else {
-        let file = std::fs::File::open(log).map_err(|e| refused(format!("{log}: {e}")))?;
+        let file = std::fs::File::open(log)
+            .map_err(|e| refused_as(Code::IoError, format!("{log}: {e}")))?;
         crate::usage::summarise(std::io::BufReader::new(file))
     }
-    .map_err(|e| refused(format!("{log}: {e}")))?;
+    .map_err(|e| refused_as(Code::IoError, format!("{log}: {e}")))?;
     if globals.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| refused(e.to_string()))?;
         return say(io.out, &text);
@@ -426,7 +432,7 @@ fn render_to(
         None => io
             .out
             .write_all(&bytes)
-            .map_err(|error| refused(format!("cannot write to stdout: {error}"))),
+            .map_err(|error| refused_as(Code::IoError, format!("cannot write to stdout: {error}"))),
     }
 }
 
@@ -445,5 +451,6 @@ fn report(
 }
 
 fn say(stream: &mut dyn Write, line: &str) -> Result<(), CliError> {
-    writeln!(stream, "{line}").map_err(|error| refused(format!("cannot write output: {error}")))
+    writeln!(stream, "{line}")
+        .map_err(|error| refused_as(Code::IoError, format!("cannot write output: {error}")))
 }

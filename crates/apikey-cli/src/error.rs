@@ -1,10 +1,58 @@
-//! The two ways a command fails, and the exit code of each.
+//! The two ways a command fails, the exit code of each, and the code a
+//! script reads from `--json` errors.
 //!
 //! Scripts tell a mistake in the command line (exit 2: fix the invocation)
 //! from a refusal (exit 1: the state, the files or the request itself say
-//! no). Either is one line on stderr; neither ever holds a raw key.
+//! no). Either is one line on stderr, `apikey: <message>`, or with `--json`
+//! the object `{"error": {"code": ..., "message": ...}}`, also on stderr,
+//! so stdout only ever holds results. Neither ever holds a raw key.
 
 use core::fmt;
+
+/// Why a command was refused, as `--json` errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// The state file is not a valid configuration (hand-edited).
+    InvalidState,
+    /// The change would make an invalid configuration (an unknown plan,
+    /// a bad scope pattern, a tenant too long).
+    InvalidChange,
+    /// There is no state file yet.
+    NoState,
+    /// No key has this id.
+    NotFound,
+    /// The tenant holds its limit of active keys.
+    LimitReached,
+    /// The key is revoked or expired (rotate replaces an active key).
+    NotActive,
+    /// The key was rotated already and is in (or past) its grace.
+    AlreadyRotated,
+    /// `init` on an existing state file.
+    AlreadyExists,
+    /// A file, the lock, the random source or an output stream failed.
+    IoError,
+    /// Any other refusal (a prefix the configuration forbids, an expiry in
+    /// the past).
+    Refused,
+}
+
+impl Code {
+    /// The code as `--json` errors spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidState => "invalid_state",
+            Self::InvalidChange => "invalid_change",
+            Self::NoState => "no_state",
+            Self::NotFound => "not_found",
+            Self::LimitReached => "limit_reached",
+            Self::NotActive => "not_active",
+            Self::AlreadyRotated => "already_rotated",
+            Self::AlreadyExists => "already_exists",
+            Self::IoError => "io_error",
+            Self::Refused => "refused",
+        }
+    }
+}
 
 /// A failed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +61,7 @@ pub enum CliError {
     Usage(String),
     /// The operation was refused: invalid state, unknown id, limit reached,
     /// an I/O error.
-    Refused(String),
+    Refused(Code, String),
 }
 
 impl CliError {
@@ -21,26 +69,77 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => 2,
-            Self::Refused(_) => 1,
+            Self::Refused(..) => 1,
         }
+    }
+
+    /// `usage`, or the refusal's [`Code`].
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Usage(_) => "usage",
+            Self::Refused(code, _) => code.as_str(),
+        }
+    }
+
+    /// The message without the `apikey: ` a person sees before it.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// The `--json` form: `{"error": {"code": ..., "message": ...}}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({"error": {"code": self.code(), "message": self.message()}}).to_string()
     }
 }
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Usage(message) => write!(f, "{message} (see apikey help)"),
-            Self::Refused(message) => f.write_str(message),
+            Self::Usage(message) | Self::Refused(_, message) => f.write_str(message),
         }
     }
 }
 
-/// Shorthand for a usage error.
+/// Shorthand for a usage error; points at the help unless the message
+/// already says where to look.
 pub fn usage(message: impl Into<String>) -> CliError {
-    CliError::Usage(message.into())
+    let message = message.into();
+    if message.contains("--help") || message.contains("apikey help") {
+        CliError::Usage(message)
+    } else {
+        CliError::Usage(format!("{message} (see apikey help)"))
+    }
 }
 
-/// Shorthand for a refusal.
+/// Shorthand for a refusal without a more precise code.
 pub fn refused(message: impl Into<String>) -> CliError {
-    CliError::Refused(message.into())
+    CliError::Refused(Code::Refused, message.into())
+}
+
+/// Shorthand for a refusal with its code.
+pub fn refused_as(code: Code, message: impl Into<String>) -> CliError {
+    CliError::Refused(code, message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_carry_the_code_and_the_message_people_see() {
+        let error = refused_as(Code::NotFound, "no key with id \"key_x\"");
+        let value: serde_json::Value = serde_json::from_str(&error.to_json()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"error": {"code": "not_found", "message": "no key with id \"key_x\""}})
+        );
+        assert_eq!(error.exit_code(), 1);
+        let mistake = usage("--bogus is not an option");
+        assert_eq!(mistake.code(), "usage");
+        assert_eq!(mistake.exit_code(), 2);
+        assert!(
+            mistake.message().ends_with("(see apikey help)"),
+            "{mistake}"
+        );
+    }
 }

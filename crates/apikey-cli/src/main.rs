@@ -5,7 +5,8 @@
 //! so the tool and the filter read one document. Each change is locked,
 //! validated by the core's own validator, written atomically and, with
 //! `--ecds-dir`, pushed to Envoy as an ECDS file. `apikey help` lists the
-//! commands; crates/apikey-cli/README.md describes them.
+//! commands, `apikey help <command>` explains one; crates/apikey-cli/README.md
+//! describes them.
 
 mod args;
 mod commands;
@@ -24,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use apikey_core::timestamp::UnixNanos;
 
-use crate::error::{usage, CliError};
+use crate::error::{refused_as, usage, CliError, Code};
 
 fn main() -> ExitCode {
     let stdout = std::io::stdout();
@@ -34,22 +35,44 @@ fn main() -> ExitCode {
     let _ = out.flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            let _ = writeln!(err, "apikey: {error}");
+        Err((error, json)) => {
+            let _ = if json {
+                writeln!(err, "{}", error.to_json())
+            } else {
+                writeln!(err, "apikey: {error}")
+            };
             ExitCode::from(error.exit_code())
         }
     }
 }
 
-fn run(out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
-    let args = std::env::args_os()
+/// Runs the command line; a failure comes with whether `--json` was asked
+/// for, which decides how it is reported.
+fn run(out: &mut dyn Write, err: &mut dyn Write) -> Result<(), (CliError, bool)> {
+    let args: Vec<String> = std::env::args_os()
         .skip(1)
-        .map(|arg| {
-            arg.into_string()
-                .map_err(|arg| usage(format!("argument {arg:?} is not UTF-8")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let invocation = args::parse(&args, &|name| std::env::var(name).ok())?;
+        .map(|arg| arg.into_string().unwrap_or_else(|arg| format!("{arg:?}")))
+        .collect();
+    let json = args::wants_json(&args);
+    if let Some(arg) = std::env::args_os()
+        .skip(1)
+        .find(|arg| arg.to_str().is_none())
+    {
+        let error = usage(format!("argument {arg:?} is not UTF-8"));
+        return Err((error, json));
+    }
+    execute(&args, out, err).map_err(|error| (error, json))
+}
+
+fn execute(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
+    let invocation = match args::parse(args, &|name| std::env::var(name).ok())? {
+        args::Parsed::Run(invocation) => invocation,
+        args::Parsed::Show(text) => {
+            return out.write_all(text.as_bytes()).map_err(|error| {
+                refused_as(Code::IoError, format!("cannot write output: {error}"))
+            })
+        }
+    };
     let mut random = keygen::OsRandom;
     let mut io = commands::Io {
         now: now(),

@@ -11,13 +11,13 @@
 //! The whole document is validated by the core's `Config::parse` when read
 //! and again before it is written ([`State::to_checked_bytes`]).
 
-use apikey_core::config::Config;
+use apikey_core::config::{Config, ConfigError};
 use apikey_core::key_hash::KeyHash;
 use apikey_core::timestamp::{format_rfc3339, parse_rfc3339, UnixNanos};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{refused, CliError};
+use crate::error::{refused, refused_as, CliError, Code};
 use crate::keygen::{self, RandomSource, SecretKey};
 
 /// The longest `name` the validator accepts.
@@ -58,6 +58,11 @@ pub struct KeyEntry {
     /// When the key was made (the CLI's extension field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// The key a rotation made to replace this one (the CLI's extension
+    /// field): a key that has it is in, or past, its grace period and is
+    /// not rotated again. Absent in state files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
     /// Fields this tool does not manage (`rate_limits`), kept as they are.
     #[serde(flatten)]
     pub rest: Map<String, Value>,
@@ -116,6 +121,11 @@ pub struct State {
     /// `plans`, `rules`, `schemes`, `key_prefixes` and the rest, untouched.
     #[serde(flatten)]
     pub rest: Map<String, Value>,
+    /// The key whose fields this command's options set (`create`,
+    /// `update`): a refusal of the validator about it names the option and
+    /// the value typed (`--plan pro: no such plan`), not `keys[2].plan`.
+    #[serde(skip)]
+    pub typed_key: Option<String>,
 }
 
 /// What an expiry option asks for.
@@ -218,13 +228,6 @@ pub struct KeyUpdate {
     pub env: Option<String>,
 }
 
-impl KeyUpdate {
-    /// Whether the update changes nothing.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
 /// A row of `list`: everything about a key but the key and its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyRow {
@@ -248,6 +251,8 @@ pub struct KeyRow {
     pub expires_at: Option<String>,
     /// active, revoked or expired.
     pub state: KeyStatus,
+    /// The key that replaced it, when it was rotated.
+    pub replaced_by: Option<String>,
 }
 
 impl State {
@@ -256,6 +261,7 @@ impl State {
         Self {
             keys: Vec::new(),
             rest,
+            typed_key: None,
         }
     }
 
@@ -283,9 +289,59 @@ impl State {
         bytes.push(b'\n');
         match Config::parse(&bytes) {
             Ok(_) => Ok(bytes),
-            Err(error) => Err(refused(format!(
-                "refused: the result would be an invalid configuration: {error}"
-            ))),
+            Err(error) => Err(refused_as(Code::InvalidChange, self.explain(&error))),
+        }
+    }
+
+    /// A refusal of the validator in the terms the operator used: about
+    /// the key the options set, the option and the value typed; otherwise
+    /// the field as the validator names it.
+    fn explain(&self, error: &ConfigError) -> String {
+        let typed = self.typed_key.as_deref().and_then(|id| {
+            let index = self.keys.iter().position(|key| key.id == id)?;
+            let key = self.keys.get(index)?;
+            let field = error.field.strip_prefix(&format!("keys[{index}]."))?;
+            Some((key, field))
+        });
+        let Some((key, field)) = typed else {
+            return format!("refused: the result would be an invalid configuration: {error}");
+        };
+        let reason = &error.reason;
+        let option = |flag: &str, value: Option<&str>| match value {
+            Some(value) => format!("{flag} {}: {reason}", shown(value)),
+            None => format!("{flag}: {reason}"),
+        };
+        match field {
+            "plan" => {
+                let plans: Vec<&str> = self
+                    .rest
+                    .get("plans")
+                    .and_then(Value::as_object)
+                    .map(|plans| plans.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                let known = if plans.is_empty() {
+                    "the state defines no plans: apikey init --plans FILE sets them".to_owned()
+                } else {
+                    format!("plans: {}", plans.join(", "))
+                };
+                format!(
+                    "--plan {}: no such plan ({known})",
+                    shown(key.plan.as_deref().unwrap_or(""))
+                )
+            }
+            "tenant" => option("--tenant", Some(&key.tenant)),
+            "env" => option("--env", key.env.as_deref()),
+            "name" => option("--name", key.name.as_deref()),
+            "expires_at" => option("--expires", key.expires_at.as_deref()),
+            scope if scope.starts_with("scopes") => {
+                let typed = scope
+                    .strip_prefix("scopes[")
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .and_then(|index| index.parse::<usize>().ok())
+                    .and_then(|index| key.scopes.get(index));
+                option("--scopes", typed.map(String::as_str))
+            }
+            other => format!("the key's {other}: {reason}"),
         }
     }
 
@@ -347,7 +403,7 @@ impl State {
     ) -> Result<(), CliError> {
         let active = self.active_keys(tenant, now, except);
         if active >= max_keys {
-            return Err(refused(format!(
+            return Err(refused_as(Code::LimitReached, format!(
                 "tenant {tenant:?} already has {active} active keys, the limit of {max_keys}: revoke or delete one first (or raise --max-keys-per-tenant)"
             )));
         }
@@ -379,13 +435,15 @@ impl State {
             name: Some(new.name),
             hint: Some(issued.hint.clone()),
             created_at: Some(format_rfc3339(now)),
+            replaced_by: None,
             rest: Map::new(),
         });
+        self.typed_key = Some(issued.id.clone());
         Ok(issued)
     }
 
     fn issue(&self, prefix: &str, random: &mut dyn RandomSource) -> Result<Issued, CliError> {
-        let error = |e: keygen::RandomError| refused(e.to_string());
+        let error = |e: keygen::RandomError| refused_as(Code::IoError, e.to_string());
         let id =
             keygen::new_id(random, |id| self.keys.iter().any(|key| key.id == id)).map_err(error)?;
         let key = keygen::new_key(random, prefix).map_err(error)?;
@@ -413,8 +471,11 @@ impl State {
 
     /// Replaces an active key: a new key with the same tenant, scopes, plan,
     /// env, limits and name (marked rotated); the old key keeps working for
-    /// `grace`, never longer than it already would have. The tenant limit
-    /// does not apply: once the grace ends the count is what it was.
+    /// `grace`, never longer than it already would have, and records its
+    /// successor in `replaced_by`. A key already rotated is refused: a
+    /// second rotation would make a second successor while the first one
+    /// is in use, and cut the grace the first one announced. The tenant
+    /// limit does not apply: once the grace ends the count is what it was.
     pub fn rotate(
         &mut self,
         id: &str,
@@ -425,9 +486,23 @@ impl State {
         let old = self.key(id)?.clone();
         let status = old.status(now);
         if status != KeyStatus::Active {
-            return Err(refused(format!(
-                "key {id} is {}: rotate replaces an active key (apikey create makes a new one)",
-                status.as_str()
+            return Err(refused_as(
+                Code::NotActive,
+                format!(
+                    "key {id} is {}: rotate replaces an active key (apikey create makes a new one)",
+                    status.as_str()
+                ),
+            ));
+        }
+        if let Some(successor) = &old.replaced_by {
+            let until = old.expires_at.as_deref().unwrap_or("its expiry");
+            let next = if self.keys.iter().any(|key| key.id == *successor) {
+                format!("rotate {successor} instead")
+            } else {
+                format!("{successor} was deleted since; apikey create makes a new key")
+            };
+            return Err(refused_as(Code::AlreadyRotated, format!(
+                "key {id} was already rotated: {successor} replaces it and {id} works until {until} ({next}, or revoke {id} to end its grace now)"
             )));
         }
         let prefix = match rotation.prefix {
@@ -462,9 +537,12 @@ impl State {
             name: Some(rotated_name(&old)),
             hint: Some(issued.hint.clone()),
             created_at: Some(format_rfc3339(now)),
+            replaced_by: None,
             ..old
         };
-        self.key_mut(id)?.expires_at = Some(old_expires_at.clone());
+        let old_entry = self.key_mut(id)?;
+        old_entry.expires_at = Some(old_expires_at.clone());
+        old_entry.replaced_by = Some(issued.id.clone());
         self.keys.push(new_entry);
         Ok(Rotated {
             issued,
@@ -504,6 +582,7 @@ impl State {
         }
         let after = key.status(now);
         let tenant = key.tenant.clone();
+        self.typed_key = Some(id.to_owned());
         if before != KeyStatus::Active && after == KeyStatus::Active {
             self.check_limit(&tenant, now, Some(id), max_keys)?;
         }
@@ -526,13 +605,28 @@ impl State {
                 created_at: key.created_at.clone(),
                 expires_at: key.expires_at.clone(),
                 state: key.status(now),
+                replaced_by: key.replaced_by.clone(),
             })
             .collect()
     }
 }
 
+/// A value as typed, quoted only when it needs quotes to be read back
+/// (spaces, quotes, control characters, nothing at all).
+fn shown(value: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.:*/@+=~".contains(c);
+    if !value.is_empty() && value.chars().all(plain) {
+        value.to_owned()
+    } else {
+        format!("{value:?}")
+    }
+}
+
 fn unknown_id(id: &str) -> CliError {
-    refused(format!("no key with id {id:?} (apikey list shows them)"))
+    refused_as(
+        Code::NotFound,
+        format!("no key with id {id:?} (apikey list shows them)"),
+    )
 }
 
 /// The new key's expiry when rotate is given none: none if the old key had

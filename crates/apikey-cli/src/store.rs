@@ -6,7 +6,8 @@
 //! exclusive `flock` on a `.lock` file beside the state (`<state>.lock`,
 //! never deleted: removing a lock file lets a third process lock a
 //! different inode) for its whole read–change–write. Files are replaced by
-//! writing a temporary file in the same directory, fsyncing it, renaming
+//! writing a temporary file in the same directory (a random name, created
+//! exclusively, so no link planted there is followed), fsyncing it, renaming
 //! it over the target and fsyncing the directory, so a reader (Envoy
 //! watching the ECDS directory, a concurrent `list`) sees the old document
 //! or the new one, never half of one, and a crash cannot lose both.
@@ -16,7 +17,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{refused, CliError};
+use crate::error::{refused_as, CliError, Code};
 
 /// Permissions of a new state file: it names every key's hash and tenant,
 /// so only its owner reads it.
@@ -45,10 +46,14 @@ pub fn lock_path(state: &Path) -> PathBuf {
 /// saying so on stderr) rather than failing.
 pub fn lock(state: &Path) -> Result<StateLock, CliError> {
     let path = lock_path(state);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    // A link planted at the lock's name is refused (ELOOP) rather than
+    // followed: followed, it would create an empty file wherever it points,
+    // with the operator's rights.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let file = options
         .open(&path)
         .map_err(|error| io_refused("cannot open the lock file", &path, &error))?;
     match file.try_lock() {
@@ -72,7 +77,7 @@ pub fn lock(state: &Path) -> Result<StateLock, CliError> {
 pub fn read(path: &Path) -> Result<Vec<u8>, CliError> {
     fs::read(path).map_err(|error| {
         if error.kind() == io::ErrorKind::NotFound {
-            refused(format!(
+            refused_as(Code::NoState, format!(
                 "no state file at {} (apikey init makes one; --state or APIKEY_STATE names another)",
                 path.display()
             ))
@@ -84,46 +89,47 @@ pub fn read(path: &Path) -> Result<Vec<u8>, CliError> {
 
 /// Replaces `path` with `bytes` atomically and durably. An existing file
 /// keeps its permissions; a new one gets `new_mode`.
+///
+/// The temporary file has a random name and is created exclusively
+/// (`O_CREAT | O_EXCL`, by `tempfile`), so nothing already in the directory
+/// is ever opened: a link planted there by someone who can write to the
+/// directory, or a file left by a crashed run, is not written through or
+/// truncated (issue 17, finding 9: the name used to be `.<file>.tmp.<pid>`,
+/// opened with create and truncate, which followed such a link).
 pub fn write_atomic(path: &Path, bytes: &[u8], new_mode: u32) -> Result<(), CliError> {
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut temporary_name = OsString::from(".");
-    temporary_name.push(path.file_name().unwrap_or_default());
-    temporary_name.push(format!(".tmp.{}", std::process::id()));
-    let temporary = directory.join(temporary_name);
-    let result = write_then_rename(path, &temporary, bytes, new_mode);
-    if result.is_err() {
-        // Best effort: the temporary file is ours and useless now.
-        let _ = fs::remove_file(&temporary);
+    let mode = existing_mode(path).unwrap_or(new_mode);
+    let mut prefix = OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Never wider than the final mode, even for the instant before
+        // `set_mode` (the umask may narrow it further).
+        builder.permissions(fs::Permissions::from_mode(mode));
     }
-    result?;
+    let mut temporary = builder
+        .tempfile_in(&directory)
+        .map_err(|error| io_refused("cannot create a temporary file in", &directory, &error))?;
+    // On any error below, dropping `temporary` removes it.
+    set_mode(temporary.as_file(), mode)
+        .map_err(|error| io_refused("cannot set the mode of", temporary.path(), &error))?;
+    temporary
+        .write_all(bytes)
+        .and_then(|()| temporary.as_file().sync_all())
+        .map_err(|error| io_refused("cannot write", temporary.path(), &error))?;
+    temporary
+        .persist(path)
+        .map_err(|error| io_refused("cannot replace", path, &error.error))?;
     File::open(&directory)
         .and_then(|dir| dir.sync_all())
         .map_err(|error| io_refused("cannot sync the directory", &directory, &error))
-}
-
-fn write_then_rename(
-    path: &Path,
-    temporary: &Path,
-    bytes: &[u8],
-    new_mode: u32,
-) -> Result<(), CliError> {
-    let mode = existing_mode(path).unwrap_or(new_mode);
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    let mut file = options
-        .open(temporary)
-        .map_err(|error| io_refused("cannot create", temporary, &error))?;
-    set_mode(&file, mode)
-        .map_err(|error| io_refused("cannot set the mode of", temporary, &error))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|error| io_refused("cannot write", temporary, &error))?;
-    fs::rename(temporary, path).map_err(|error| io_refused("cannot replace", path, &error))
 }
 
 /// The permission bits of an existing file.
@@ -153,7 +159,7 @@ fn set_mode(_file: &File, _mode: u32) -> io::Result<()> {
 }
 
 fn io_refused(what: &str, path: &Path, error: &io::Error) -> CliError {
-    refused(format!("{what} {}: {error}", path.display()))
+    refused_as(Code::IoError, format!("{what} {}: {error}", path.display()))
 }
 
 #[cfg(test)]
@@ -209,11 +215,61 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Issue 17 finding 9: another local user who can write to the state's
+    /// directory plants a link where a predictable temporary file would go
+    /// (the old name was `.<file>.tmp.<pid>`); the write must never go
+    /// through it, and the target ends up a regular file of its own.
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_symlink_in_the_directory_is_never_written_through() {
+        let dir = scratch("symlink");
+        let victim = dir.join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        let path = dir.join("state.json");
+        let planted = dir.join(format!(".state.json.tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomic(&path, b"secret state", STATE_MODE).unwrap();
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"untouched",
+            "the write went through the planted link"
+        );
+        assert!(
+            fs::symlink_metadata(&path).unwrap().file_type().is_file(),
+            "the state file is a link, not a file of its own"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"secret state");
+        assert!(
+            fs::symlink_metadata(&planted)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the planted link was consumed"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_symlink_at_the_lock_file_is_refused_not_followed() {
+        let dir = scratch("lock-link");
+        let target = dir.join("created-through-the-link");
+        let state = dir.join("state.json");
+        std::os::unix::fs::symlink(&target, lock_path(&state)).unwrap();
+        let error = lock(&state).unwrap_err();
+        assert!(
+            matches!(&error, CliError::Refused(_, m) if m.contains("cannot open the lock file")),
+            "{error:?}"
+        );
+        assert!(!target.exists(), "the lock was taken through the link");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn a_missing_state_file_points_at_init() {
         let error = read(Path::new("/nonexistent/apikey-state.json")).unwrap_err();
         assert!(
-            matches!(&error, CliError::Refused(m) if m.contains("apikey init")),
+            matches!(&error, CliError::Refused(_, m) if m.contains("apikey init")),
             "{error:?}"
         );
     }

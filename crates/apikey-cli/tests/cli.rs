@@ -280,8 +280,9 @@ fn an_invalid_hand_edited_state_is_refused_by_every_command() {
 }
 
 #[test]
-fn a_change_the_validator_refuses_is_not_written() {
+fn a_change_the_validator_refuses_is_not_written_and_names_what_was_typed() {
     let scratch = Scratch::initialised("refused-change");
+    scratch.create("acme", &[]);
     let before = read(&scratch.state());
     let stderr = scratch.fails(
         1,
@@ -289,7 +290,10 @@ fn a_change_the_validator_refuses_is_not_written() {
             "create", "--tenant", "acme", "--scopes", "a", "--plan", "gold", "--name", "x",
         ],
     );
-    assert!(stderr.contains("plan: unknown plan \"gold\""), "{stderr}");
+    assert_eq!(
+        stderr, "apikey: --plan gold: no such plan (plans: free, pro)\n",
+        "the refusal does not name the option and value typed"
+    );
     assert_eq!(read(&scratch.state()), before);
 }
 
@@ -387,9 +391,10 @@ fn rotate_keeps_the_old_key_for_the_grace_only() {
     let rotated_at = parse_rfc3339(new["created_at"].as_str().unwrap()).unwrap();
     assert_eq!(grace_end - rotated_at, 3_600 * 1_000_000_000);
 
-    // A second rotation never extends the first grace.
-    scratch.ok(&["rotate", &old_id, "--grace", "30d"]);
-    assert_eq!(scratch.row(&old_id)["expires_at"], old["expires_at"]);
+    assert_eq!(
+        old["replaced_by"], new_id,
+        "the old key does not name its successor"
+    );
 
     // No grace: the old key is expired at once.
     let raw = scratch.ok(&["rotate", new_id, "--grace", "0s"]);
@@ -397,6 +402,41 @@ fn rotate_keeps_the_old_key_for_the_grace_only() {
     assert_eq!(scratch.row(new_id)["state"], "expired");
     let stderr = scratch.fails(1, &["rotate", new_id]);
     assert!(stderr.contains("is expired"), "{stderr}");
+}
+
+#[test]
+fn rotating_a_key_already_in_its_grace_period_is_refused() {
+    let scratch = Scratch::initialised("rotate-twice");
+    let (old_id, _) = scratch.create("acme", &[]);
+    let shown: Value =
+        serde_json::from_str(&scratch.ok(&["rotate", &old_id, "--grace", "1h", "--json"])).unwrap();
+    let new_id = shown["id"].as_str().unwrap();
+    let before = read(&scratch.state());
+    let output = scratch.run(&["rotate", &old_id, "--grace", "30d"]);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a second rotation was not refused: {stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "a second rotation printed a key: {:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        stderr.contains("already rotated") && stderr.contains(new_id),
+        "the refusal does not name the key that replaced it: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(
+        read(&scratch.state()),
+        before,
+        "a refused rotation changed the state"
+    );
+    assert_eq!(scratch.list().len(), 2, "a refused rotation made a key");
+    // The successor is rotated as usual.
+    scratch.ok(&["rotate", new_id]);
 }
 
 #[test]
@@ -451,7 +491,69 @@ fn usage_mistakes_exit_2_with_one_line() {
         let stderr = scratch.fails(2, &args);
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
     }
-    assert!(scratch.ok(&["help"]).contains("usage: apikey"));
+    assert!(scratch.ok(&["help"]).contains("Usage: apikey"));
+}
+
+#[test]
+fn help_version_and_completions_are_printed_on_stdout() {
+    let scratch = Scratch::new("help");
+    assert_eq!(
+        scratch.ok(&["--version"]),
+        format!("apikey {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    for args in [["help", "create"], ["create", "--help"]] {
+        let help = scratch.ok(&args);
+        assert!(
+            help.contains("Usage: apikey create") && help.contains("--tenant-prefix"),
+            "apikey {args:?}: {help}"
+        );
+    }
+    let bash = scratch.ok(&["completions", "bash"]);
+    assert!(
+        bash.contains("complete -F _apikey") && bash.contains("rotate"),
+        "not a bash completion script: {bash}"
+    );
+    assert!(scratch
+        .ok(&["completions", "zsh"])
+        .starts_with("#compdef apikey"));
+    assert!(scratch
+        .ok(&["completions", "fish"])
+        .contains("complete -c apikey"));
+}
+
+#[test]
+fn with_json_errors_are_a_json_object_on_stderr_too() {
+    let scratch = Scratch::initialised("json-errors");
+    let cases: [(&[&str], i32, &str); 3] = [
+        (&["--json", "list", "--bogus"], 2, "usage"),
+        (&["revoke", "key_nothere", "--json"], 1, "not_found"),
+        (
+            &[
+                "create", "--json", "--tenant", "a", "--scopes", "a", "--name", "x", "--plan",
+                "gold",
+            ],
+            1,
+            "invalid_change",
+        ),
+    ];
+    for (args, exit, code) in cases {
+        let output = scratch.run(args);
+        assert_eq!(output.status.code(), Some(exit), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?} wrote to stdout");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        let error: Value = serde_json::from_str(&stderr)
+            .unwrap_or_else(|e| panic!("{args:?}: stderr is not JSON ({e}): {stderr}"));
+        assert_eq!(error["error"]["code"], code, "{args:?}: {stderr}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{args:?}: {stderr}"
+        );
+    }
+    let plain = scratch.fails(1, &["revoke", "key_nothere"]);
+    assert!(plain.starts_with("apikey: no key with id"), "{plain}");
 }
 
 #[test]

@@ -342,17 +342,21 @@ struct RawKey<'a> {
     hint: Option<String>,
     /// Extension: when the key was made, for people (the CLI's `list`).
     created_at: Option<String>,
+    /// Extension: the id of the key a rotation made to replace this one
+    /// (the CLI refuses to rotate a key twice); not looked at otherwise.
+    replaced_by: Option<String>,
     rate_limits: UniqueMap<RawLimit>,
 }
 
 impl<'a> RawKey<'a> {
     const FIELDS: &'static str = "`id`, `sha256`, `tenant`, `scopes`, `plan`, `env`, \
-        `expires_at`, `revoked`, `name`, `hint`, `created_at`, `rate_limits`";
+        `expires_at`, `revoked`, `name`, `hint`, `created_at`, `replaced_by`, `rate_limits`";
 
     fn read(reader: &mut Reader<'a>, path: &Path<'_>) -> Result<Self, JsonError> {
         let (mut id, mut sha256, mut tenant, mut scopes) = (None, None, None, None);
         let (mut plan, mut env, mut expires_at, mut revoked) = (None, None, None, None);
         let (mut name, mut hint, mut created_at, mut rate_limits) = (None, None, None, None);
+        let mut replaced_by = None;
         reader.object(path, |reader, field_name, field| match field_name {
             "id" => optional(reader, &mut id, field, Reader::string),
             "sha256" => optional(reader, &mut sha256, field, Reader::text),
@@ -365,6 +369,7 @@ impl<'a> RawKey<'a> {
             "name" => optional(reader, &mut name, field, Reader::string),
             "hint" => optional(reader, &mut hint, field, Reader::string),
             "created_at" => optional(reader, &mut created_at, field, Reader::string),
+            "replaced_by" => optional(reader, &mut replaced_by, field, Reader::string),
             "rate_limits" => optional(reader, &mut rate_limits, field, |reader, path| {
                 UniqueMap::read(reader, path, RawLimit::read)
             }),
@@ -382,6 +387,7 @@ impl<'a> RawKey<'a> {
             name,
             hint,
             created_at,
+            replaced_by,
             rate_limits: rate_limits.unwrap_or_default(),
         })
     }
@@ -659,6 +665,9 @@ impl RawKey<'_> {
         };
         if let Some(text) = &self.created_at {
             parse_rfc3339(text).map_err(|reason| refuse(format!("{field}.created_at"), reason))?;
+        }
+        if let Some(successor) = &self.replaced_by {
+            check_id(&format_args!("{field}.replaced_by"), successor)?;
         }
         for (label, value) in [("name", &self.name), ("hint", &self.hint)] {
             if let Some(value) = value {

@@ -4,9 +4,19 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
-fn parse_line(line: &str) -> Result<Invocation, CliError> {
-    let args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
-    parse(&args, &no_env)
+fn words(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+fn parse_line(line: &str) -> Result<Parsed, CliError> {
+    parse(&words(line), &no_env)
+}
+
+fn invocation(line: &str) -> Invocation {
+    match parse_line(line) {
+        Ok(Parsed::Run(invocation)) => invocation,
+        other => panic!("{line:?} gave {other:?}, not a command to run"),
+    }
 }
 
 fn usage_message(line: &str) -> String {
@@ -16,12 +26,24 @@ fn usage_message(line: &str) -> String {
     }
 }
 
+fn shown(line: &str) -> String {
+    match parse_line(line) {
+        Ok(Parsed::Show(text)) => text,
+        other => panic!("{line:?} gave {other:?}, not text to print"),
+    }
+}
+
+#[test]
+fn the_command_line_model_is_consistent() {
+    // clap's own checks: no two options share a name, defaults parse, …
+    Cli::command().debug_assert();
+}
+
 #[test]
 fn create_takes_its_options_in_any_order_with_either_spelling() {
-    let invocation = parse_line(
+    let invocation = invocation(
         "--state /tmp/s.json create --name=CRM --tenant acme --scopes leads:read,leads:write --plan pro --expires-in 30d --json",
-    )
-    .unwrap();
+    );
     assert_eq!(invocation.globals.state, PathBuf::from("/tmp/s.json"));
     assert!(invocation.globals.json);
     let Command::Create(create) = invocation.command else {
@@ -36,6 +58,60 @@ fn create_takes_its_options_in_any_order_with_either_spelling() {
 }
 
 #[test]
+fn a_list_option_given_twice_adds_up() {
+    let Command::Create(create) =
+        invocation("create --tenant a --name x --scopes a --scopes b,c --scopes=d").command
+    else {
+        panic!("not a create")
+    };
+    assert_eq!(
+        create.scopes,
+        ["a", "b", "c", "d"],
+        "--scopes did not add up"
+    );
+    let Command::Init(init) =
+        invocation("init --schemes bearer --schemes x-api-key --key-prefixes sk_,crm_").command
+    else {
+        panic!("not an init")
+    };
+    assert_eq!(
+        init.schemes,
+        Some(vec!["bearer".into(), "x-api-key".into()])
+    );
+    assert_eq!(init.key_prefixes, Some(vec!["sk_".into(), "crm_".into()]));
+    assert_eq!(
+        invocation("init").command,
+        Command::Init(InitArgs::default())
+    );
+}
+
+#[test]
+fn an_empty_scopes_value_means_no_scopes() {
+    let args = ["create", "--tenant", "a", "--name", "x", "--scopes", ""].map(str::to_owned);
+    let Ok(Parsed::Run(Invocation {
+        command: Command::Create(create),
+        ..
+    })) = parse(&args, &no_env)
+    else {
+        panic!("--scopes '' was refused")
+    };
+    assert!(create.scopes.is_empty(), "{:?}", create.scopes);
+    let args = ["update", "key_1", "--scopes", ""].map(str::to_owned);
+    let Ok(Parsed::Run(Invocation {
+        command: Command::Update { update, .. },
+        ..
+    })) = parse(&args, &no_env)
+    else {
+        panic!("update --scopes '' was refused")
+    };
+    assert_eq!(
+        update.scopes,
+        Some(Vec::new()),
+        "'' is no scopes, not no change"
+    );
+}
+
+#[test]
 fn global_options_fall_back_to_the_environment_and_flags_win() {
     let env = |name: &str| match name {
         "APIKEY_STATE" => Some("/env/state.json".to_owned()),
@@ -45,23 +121,50 @@ fn global_options_fall_back_to_the_environment_and_flags_win() {
         "APIKEY_ECDS_FORMAT" => Some("pb".to_owned()),
         _ => None,
     };
-    let args = ["list".to_owned()];
-    let globals = parse(&args, &env).unwrap().globals;
+    let Ok(Parsed::Run(run)) = parse(&words("list"), &env) else {
+        panic!("list did not parse")
+    };
+    let globals = run.globals;
     assert_eq!(globals.state, PathBuf::from("/env/state.json"));
     assert_eq!(globals.ecds_dir, Some(PathBuf::from("/env/ecds")));
     assert_eq!(globals.ecds_format, EcdsFormat::Protobuf);
     assert_eq!(globals.wasm, "/env/m.wasm");
     assert_eq!(globals.max_keys, 3);
-    let args: Vec<String> = ["list", "--state", "flag.json"].map(str::to_owned).to_vec();
-    assert_eq!(
-        parse(&args, &env).unwrap().globals.state,
-        PathBuf::from("flag.json")
+    let Ok(Parsed::Run(run)) = parse(
+        &words("list --state flag.json --ecds-format yaml --max-keys-per-tenant 4"),
+        &env,
+    ) else {
+        panic!("list with flags did not parse")
+    };
+    assert_eq!(run.globals.state, PathBuf::from("flag.json"));
+    assert_eq!(run.globals.ecds_format, EcdsFormat::Yaml);
+    assert_eq!(run.globals.max_keys, 4);
+}
+
+#[test]
+fn a_bad_environment_variable_is_named() {
+    for (name, value) in [
+        ("APIKEY_ECDS_FORMAT", "json"),
+        ("APIKEY_MAX_KEYS_PER_TENANT", "0"),
+    ] {
+        let env = |asked: &str| (asked == name).then(|| value.to_owned());
+        match parse(&words("list"), &env) {
+            Err(CliError::Usage(message)) => {
+                assert!(message.contains(name), "{name}={value}: {message}");
+            }
+            other => panic!("{name}={value} gave {other:?}"),
+        }
+    }
+    let empty = |_: &str| Some(String::new());
+    assert!(
+        matches!(parse(&words("list"), &empty), Ok(Parsed::Run(_))),
+        "an empty variable does not count as unset"
     );
 }
 
 #[test]
 fn defaults_apply_without_flags_or_environment() {
-    let globals = parse_line("list").unwrap().globals;
+    let globals = invocation("list").globals;
     assert_eq!(globals.state, PathBuf::from("apikey-state.json"));
     assert_eq!(globals.ecds_dir, None);
     assert_eq!(globals.ecds_format, EcdsFormat::Yaml);
@@ -71,54 +174,75 @@ fn defaults_apply_without_flags_or_environment() {
 }
 
 #[test]
-fn mistakes_are_usage_errors_naming_the_flag() {
+fn mistakes_are_one_line_usage_errors_naming_what_was_typed() {
     let cases = [
         ("create --tenant acme --name x --bogus", "--bogus"),
-        ("create --tenant acme --name", "--name needs a value"),
-        ("create --name x --scopes a", "--tenant is required"),
-        ("create --name x --tenant a", "--scopes is required"),
+        ("create --tenant acme --name", "--name"),
+        ("create --name x --scopes a", "--tenant"),
+        ("create --name x --tenant a", "--scopes"),
         (
             "create --tenant a --scopes a --name x --expires-in 30",
-            "bad duration",
+            "'30' for '--expires-in <DURATION>': bad duration",
         ),
         (
             "create --tenant a --scopes a --name x --expires 2027-01-31",
-            "--expires",
+            "'2027-01-31' for '--expires",
         ),
         (
             "create --tenant a --scopes a --name x --expires-in 1d --expires 2027-01-31T00:00:00Z",
-            "one of",
+            "cannot be used with",
         ),
         (
             "create --tenant a --tenant b --name x --scopes a",
-            "given twice",
+            "'--tenant <TENANT>' cannot be used multiple times",
         ),
-        ("rotate key_1 --grace soon", "--grace"),
-        ("revoke", "key id is missing"),
-        ("revoke a b", "unexpected argument"),
+        ("rotate key_1 --grace soon", "'soon' for '--grace"),
+        (
+            "rotate key_1 --expires-in 1d --no-expiry",
+            "cannot be used with",
+        ),
+        ("revoke", "<ID>"),
+        ("revoke a b", "unexpected argument 'b'"),
         ("update key_1", "at least one"),
-        ("update key_1 --plan pro --no-plan", "not both"),
-        ("render", "ecds, istio or config"),
-        ("render yaml", "cannot render"),
-        ("render ecds --url x", "render istio"),
-        ("frobnicate", "unknown command"),
+        (
+            "update key_1 --plan pro --no-plan",
+            "cannot be used with '--no-plan'",
+        ),
+        ("render", "ecds, istio, config"),
+        ("render yaml", "'yaml'"),
+        ("render ecds --url x", "'--url'"),
+        ("render istio --selector app", "bad selector"),
+        ("frobnicate", "'frobnicate'"),
+        ("creat --tenant a", "similar subcommand exists: 'create'"),
+        ("list --tenat x", "similar argument exists: '--tenant'"),
         ("list --max-keys-per-tenant 0", "positive"),
-        ("list -x", "unknown option -x"),
-        ("list --json=yes", "takes no value"),
-        ("list --ecds-format json", "must be yaml or pb"),
+        ("list -x", "'-x'"),
+        ("list --json=yes", "'yes' for '--json'"),
+        ("list --ecds-format json", "'json' for '--ecds-format"),
+        ("completions tcsh", "'tcsh'"),
     ];
     for (line, expected) in cases {
         let message = usage_message(line);
         assert!(message.contains(expected), "{line:?}: {message}");
+        assert_eq!(message.lines().count(), 1, "{line:?}: {message}");
     }
+}
+
+#[test]
+fn a_mistake_points_at_the_help_of_its_command() {
+    let message = usage_message("--state s.json render istio --bogus");
+    assert!(
+        message.ends_with("see apikey render istio --help)"),
+        "{message}"
+    );
+    let message = usage_message("ls --tenat x");
+    assert!(message.ends_with("see apikey list --help)"), "{message}");
 }
 
 #[test]
 fn update_and_rotate_read_their_changes() {
     let Command::Update { id, update } =
-        parse_line("update key_1 --no-plan --no-expiry --scopes a:*")
-            .unwrap()
-            .command
+        invocation("update key_1 --no-plan --no-expiry --scopes a:*").command
     else {
         panic!()
     };
@@ -126,7 +250,8 @@ fn update_and_rotate_read_their_changes() {
     assert_eq!(update.plan, Some(None));
     assert_eq!(update.expiry, Some(Expiry::Never));
     assert_eq!(update.scopes, Some(vec!["a:*".to_owned()]));
-    let Command::Rotate { grace, expiry, .. } = parse_line("rotate key_1").unwrap().command else {
+    assert_eq!(update.name, None);
+    let Command::Rotate { grace, expiry, .. } = invocation("rotate key_1").command else {
         panic!()
     };
     assert_eq!(grace, 24 * 3_600 * 1_000_000_000);
@@ -135,7 +260,7 @@ fn update_and_rotate_read_their_changes() {
 
 #[test]
 fn an_id_after_double_dash_may_start_with_a_dash() {
-    let Command::Revoke { id } = parse_line("revoke -- -odd").unwrap().command else {
+    let Command::Revoke { id } = invocation("revoke -- -odd").command else {
         panic!()
     };
     assert_eq!(id, "-odd");
@@ -143,10 +268,9 @@ fn an_id_after_double_dash_may_start_with_a_dash() {
 
 #[test]
 fn render_istio_reads_its_placement() {
-    let command = parse_line(
+    let command = invocation(
         "render istio --namespace gw --selector app=edge --url oci://r/apikey:1 --out p.yaml",
     )
-    .unwrap()
     .command;
     let Command::Render {
         target: RenderTarget::Istio(options),
@@ -160,11 +284,63 @@ fn render_istio_reads_its_placement() {
     assert_eq!(options.selector, [("app".to_owned(), "edge".to_owned())]);
     assert_eq!(options.url, "oci://r/apikey:1");
     assert_eq!(out, Some(PathBuf::from("p.yaml")));
+    // --out may also come before the target.
+    let Command::Render { target, out } = invocation("render --out e.yaml ecds").command else {
+        panic!("render --out e.yaml ecds")
+    };
+    assert_eq!((target, out), (RenderTarget::Ecds, Some("e.yaml".into())));
 }
 
 #[test]
-fn no_command_or_help_anywhere_asks_for_the_usage() {
-    for line in ["", "help", "--help", "create -h", "--state x"] {
-        assert_eq!(parse_line(line).unwrap().command, Command::Help, "{line:?}");
+fn no_command_or_help_anywhere_prints_the_help() {
+    let top = shown("");
+    assert!(top.contains("Usage: apikey"), "{top}");
+    for command in ["create", "rotate", "render"] {
+        assert!(top.contains(command), "the help lists no {command}: {top}");
     }
+    for line in ["help", "--help", "-h", "--state x"] {
+        assert!(shown(line).contains("Usage: apikey"), "{line:?}");
+    }
+    for line in [
+        "help create",
+        "create --help",
+        "create -h",
+        "create --tenant a -h",
+    ] {
+        let text = shown(line);
+        assert!(
+            text.contains("Usage: apikey create") && text.contains("--tenant-prefix"),
+            "{line:?} is not create's help: {text}"
+        );
+    }
+    assert!(shown("help rotate").contains("--grace"));
+}
+
+#[test]
+fn the_version_is_printed_by_flag_and_command() {
+    let expected = format!("apikey {}\n", env!("CARGO_PKG_VERSION"));
+    for line in ["--version", "-V", "version"] {
+        assert_eq!(shown(line), expected, "{line:?}");
+    }
+}
+
+#[test]
+fn completions_name_every_command_for_each_shell() {
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let script = String::from_utf8(completions(shell)).unwrap();
+        for word in ["create", "rotate", "tenant-prefix", "ecds-dir"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    assert_eq!(
+        invocation("completions zsh").command,
+        Command::Completions { shell: Shell::Zsh }
+    );
+}
+
+#[test]
+fn json_is_seen_before_parsing_and_not_after_double_dash() {
+    assert!(wants_json(&words("frobnicate --json")));
+    assert!(!wants_json(&words("revoke -- --json")));
+    assert!(!wants_json(&words("list")));
 }

@@ -84,7 +84,7 @@ fn create_is_refused_once_the_tenant_has_the_limit_of_active_keys() {
         .create(new_key("acme"), NOW, 3, &mut random)
         .unwrap_err();
     assert!(
-        matches!(&error, CliError::Refused(m) if m.contains("limit of 3")),
+        matches!(&error, CliError::Refused(_, m) if m.contains("limit of 3")),
         "{error:?}"
     );
     // Another tenant is not affected.
@@ -130,7 +130,7 @@ fn an_expiry_already_past_is_refused() {
     key.expiry = Expiry::At("2025-01-01T00:00:00Z".to_owned(), NOW - DAY);
     let error = state.create(key, NOW, 25, &mut Xorshift(5)).unwrap_err();
     assert!(
-        matches!(&error, CliError::Refused(m) if m.contains("not in the future")),
+        matches!(&error, CliError::Refused(_, m) if m.contains("not in the future")),
         "{error:?}"
     );
     assert!(state.keys.is_empty());
@@ -174,7 +174,62 @@ fn rotate_gives_the_old_key_the_grace_and_copies_what_the_key_may_do() {
     assert_eq!(new.name.as_deref(), Some("CRM sync (rotated)"));
     assert_eq!(new.expires_at, None, "the old key had no expiry");
     assert_ne!(new.sha256, old.sha256);
+    assert_eq!(
+        old.replaced_by.as_deref(),
+        Some(rotated.issued.id.as_str()),
+        "the old key does not name its successor"
+    );
+    assert_eq!(new.replaced_by, None, "the successor inherited replaced_by");
     state.to_checked_bytes().unwrap();
+}
+
+#[test]
+fn a_key_in_its_rotation_grace_is_not_rotated_again() {
+    let mut state = state();
+    let mut random = Xorshift(19);
+    let issued = create(&mut state, "acme", &mut random);
+    let first = state
+        .rotate(&issued.id, rotation(DAY), NOW, &mut random)
+        .unwrap();
+    let before = state.clone();
+    let error = state
+        .rotate(&issued.id, rotation(DAY), NOW + HOUR, &mut random)
+        .unwrap_err();
+    let CliError::Refused(_, message) = &error else {
+        panic!("a second rotation gave {error:?}, not a refusal")
+    };
+    assert!(
+        message.contains("already rotated") && message.contains(&first.issued.id),
+        "the refusal does not name the successor: {message}"
+    );
+    assert_eq!(state, before, "a refused rotation changed the state");
+    state.delete(&first.issued.id).unwrap();
+    let error = state
+        .rotate(&issued.id, rotation(DAY), NOW + HOUR, &mut random)
+        .unwrap_err();
+    assert!(
+        matches!(&error, CliError::Refused(_, m) if m.contains("was deleted")),
+        "rotating a key whose successor was deleted gave {error:?}"
+    );
+}
+
+#[test]
+fn a_state_written_before_replaced_by_existed_still_reads_and_rotates() {
+    let mut state = State::parse(
+        r#"{"keys": [{"id": "key_old", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+             "tenant": "acme", "hint": "sk_live_AbC…9Mn0"}]}"#
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(state.key("key_old").unwrap().replaced_by, None);
+    state
+        .rotate("key_old", rotation(DAY), NOW, &mut Xorshift(20))
+        .unwrap();
+    let bytes = state.to_checked_bytes().unwrap();
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("\"replaced_by\""),
+        "the rotation was not recorded"
+    );
 }
 
 #[test]
@@ -227,7 +282,7 @@ fn rotate_refuses_a_revoked_or_expired_key() {
         .rotate(&issued.id, rotation(DAY), NOW, &mut Xorshift(15))
         .unwrap_err();
     assert!(
-        matches!(&error, CliError::Refused(m) if m.contains("is revoked")),
+        matches!(&error, CliError::Refused(_, m) if m.contains("is revoked")),
         "{error:?}"
     );
 }
@@ -267,22 +322,54 @@ fn a_prefix_outside_key_prefixes_is_refused_as_unusable() {
     key.prefix = "crm_".to_owned();
     let error = state.create(key, NOW, 25, &mut Xorshift(18)).unwrap_err();
     assert!(
-        matches!(&error, CliError::Refused(m) if m.contains("key_prefixes")),
+        matches!(&error, CliError::Refused(_, m) if m.contains("key_prefixes")),
         "{error:?}"
     );
     create(&mut state, "acme", &mut Xorshift(19));
 }
 
 #[test]
-fn a_change_the_validator_refuses_is_not_written_and_names_the_field() {
+fn a_change_the_validator_refuses_names_the_option_and_value_typed() {
     let mut state = state();
+    let mut random = Xorshift(20);
+    create(&mut state, "acme", &mut random);
     let mut key = new_key("acme");
     key.plan = Some("gold".to_owned());
-    state.create(key, NOW, 25, &mut Xorshift(20)).unwrap();
+    state.create(key, NOW, 25, &mut random).unwrap();
+    let error = state.to_checked_bytes().unwrap_err();
+    assert_eq!(
+        error,
+        CliError::Refused(
+            Code::InvalidChange,
+            "--plan gold: no such plan (plans: free, pro)".to_owned()
+        ),
+        "the refusal names keys[1] instead of what was typed"
+    );
+    let mut key = new_key("acme");
+    key.plan = None;
+    key.scopes = vec!["leads:read".to_owned(), "le*ds".to_owned()];
+    let mut state = self::state();
+    state.create(key, NOW, 25, &mut random).unwrap();
     let error = state.to_checked_bytes().unwrap_err();
     assert!(
-        matches!(&error, CliError::Refused(m) if m.contains("keys[0].plan: unknown plan \"gold\"")),
-        "{error:?}"
+        matches!(&error, CliError::Refused(Code::InvalidChange, m) if m.starts_with("--scopes le*ds: ")),
+        "a bad scope is not named as typed: {error:?}"
+    );
+}
+
+#[test]
+fn a_refusal_about_a_key_no_option_set_names_the_field() {
+    let mut state = state();
+    let issued = create(&mut state, "acme", &mut Xorshift(21));
+    state.typed_key = None;
+    if let Some(key) = state.keys.first_mut() {
+        key.plan = Some("gold".to_owned());
+    }
+    let error = state.to_checked_bytes().unwrap_err();
+    assert!(
+        matches!(&error, CliError::Refused(_, m) if m.contains("keys[0].plan: unknown plan \"gold\"")),
+        "{} : {error:?}",
+        issued.id
     );
 }
 
@@ -350,7 +437,7 @@ fn an_update_that_makes_an_expired_key_active_counts_against_the_limit() {
     };
     let error = state.update(&old.id, revive, later, 1).unwrap_err();
     assert!(
-        matches!(&error, CliError::Refused(m) if m.contains("limit of 1")),
+        matches!(&error, CliError::Refused(_, m) if m.contains("limit of 1")),
         "{error:?}"
     );
 }
@@ -366,7 +453,7 @@ fn delete_removes_the_key_and_unknown_ids_are_refused() {
         state.revoke("key_nope").unwrap_err(),
     ] {
         assert!(
-            matches!(&error, CliError::Refused(m) if m.contains("no key with id")),
+            matches!(&error, CliError::Refused(_, m) if m.contains("no key with id")),
             "{error:?}"
         );
     }

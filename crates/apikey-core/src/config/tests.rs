@@ -205,6 +205,22 @@ fn key_fields_are_validated_by_name() {
         "keys[0].name",
         "control",
     );
+    assert_refused(
+        "bad successor id",
+        |d| d["keys"][0]["replaced_by"] = json!("key 2"),
+        "keys[0].replaced_by",
+        "A-Z",
+    );
+}
+
+#[test]
+fn a_rotated_key_may_name_its_successor_even_one_since_deleted() {
+    let mut document = example();
+    document["keys"][0]["replaced_by"] = json!("key_gone0001");
+    assert!(
+        parse(&document).is_ok(),
+        "replaced_by (the CLI's rotation record) was refused"
+    );
 }
 
 #[test]

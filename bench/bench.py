@@ -190,6 +190,9 @@ def render_bootstrap(kind: str, workdir: Path, module: Path | None = None,
     bootstrap["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
     listener = _named(bootstrap["static_resources"]["listeners"], "ingress")
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    # Plain HTTP only: the HTTPS listener shares the connection manager and
+    # would only add a certificate to find.
+    bootstrap["static_resources"]["listeners"] = [listener]
     bootstrap["static_resources"]["clusters"] = []
     manager = _manager(bootstrap)
     manager.pop("access_log", None)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The gateway on this machine, with demo keys: Envoy on :10000 (admin
-# 127.0.0.1:9901) running envoy/envoy.yaml unmodified from the repository
-# root, the echo upstream on 127.0.0.1:8080, and envoy/demo-config.json
-# pushed through ECDS. Prints a curl line for each answer the filter gives,
+# The gateway on this machine, with demo keys: Envoy on :10000 and HTTPS on
+# :10443 (admin 127.0.0.1:9901) running envoy/envoy.yaml unmodified from the
+# repository root, the echo upstream on 127.0.0.1:8080 (production) and
+# another on 127.0.0.1:8090 (the sandbox, where test keys go), a self-signed
+# certificate (scripts/tls-cert.sh), and envoy/demo-config.json pushed
+# through ECDS. Prints a curl line for each answer the filter gives,
 # with the answer it gives right now, then follows Envoy's log (JSON access
 # lines included) until Ctrl-C.
 #
@@ -12,6 +14,7 @@
 #   sk_live_demoRevoked00000000000     revoked
 #   sk_live_demoExpired00000000000     expired 2024-01-01
 #   crm_demoAdmin00000000000000000     initech, no plan, leads:read admin (send it as X-API-Key)
+#   sk_test_demoSandbox000000000000    acme, plan pro, env test: reaches the sandbox upstream
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,7 +25,10 @@ FREE_KEY="sk_live_demoFree000000000000000"
 REVOKED_KEY="sk_live_demoRevoked00000000000"
 EXPIRED_KEY="sk_live_demoExpired00000000000"
 CRM_KEY="crm_demoAdmin00000000000000000"
+TEST_KEY="sk_test_demoSandbox000000000000"
 GATEWAY="http://localhost:10000"
+GATEWAY_TLS="https://localhost:10443"
+CA_CERT="envoy/tls/gateway.crt"
 ADMIN="http://127.0.0.1:9901"
 ECDS_FILE="envoy/ecds/apikey.yaml"  # the path envoy/envoy.yaml watches
 RELOADS_STAT="extension_config_discovery.http_filter.apikey.config_reload"
@@ -55,9 +61,9 @@ wait_for() {
   done
 }
 
-# Ours, not some other server that already held the port.
+# Ours, not some other server that already held the port: PORT NAME.
 echo_upstream_answers() {
-  curl -sfI http://127.0.0.1:8080/ | grep -qi '^x-echo-upstream:'
+  curl -sfI "http://127.0.0.1:$1/" | grep -qi "^x-echo-upstream: $2"
 }
 
 configuration_applied() {
@@ -68,12 +74,16 @@ start() {
   require_command curl "the demo prints and runs curl commands"
   bash scripts/setup.sh
   build_module
+  bash scripts/tls-cert.sh
   "$VENV_PYTHON" tests/e2e/harness.py write-ecds envoy/envoy.yaml envoy/demo-config.json
   trap cleanup EXIT
   trap 'exit 130' INT TERM
   "$VENV_PYTHON" tests/e2e/echo_upstream.py --port 8080 >/dev/null &
   PIDS+=($!)
-  wait_for "the echo upstream on 127.0.0.1:8080" echo_upstream_answers
+  "$VENV_PYTHON" tests/e2e/echo_upstream.py --port 8090 --name sandbox >/dev/null &
+  PIDS+=($!)
+  wait_for "the echo upstream on 127.0.0.1:8080" echo_upstream_answers 8080 1
+  wait_for "the sandbox upstream on 127.0.0.1:8090" echo_upstream_answers 8090 sandbox
   mkdir -p "$(dirname "$ENVOY_LOG")"
   "$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l warning >"$ENVOY_LOG" 2>&1 &
   PIDS+=($!)
@@ -82,27 +92,38 @@ start() {
 }
 
 # show TITLE CURL_ARGS...: the curl line to copy, and what it answers now
-# (the status, and the error code of a denial).
+# (the status, the error code of a denial, and which upstream answered).
 show() {
-  local title="$1" answer status code line="curl -i" arg
+  local title="$1" answer status code upstream line="curl -i" arg
   shift
   for arg in "$@"; do
     if [[ "$arg" == *" "* ]]; then line+=" '$arg'"; else line+=" $arg"; fi
   done
-  answer="$(curl -s -w '\n%{http_code}' "$@")"
+  answer="$(curl -s -D - -w '\n%{http_code}' "$@")"
   status="${answer##*$'\n'}"
   code="$(sed -n 's/.*"code":"\([a-z_]*\)".*/\1/p' <<<"$answer")"
-  printf '\n# %s  -> %s\n%s\n' "$title" "$status${code:+ $code}" "$line"
+  upstream="$(sed -n 's/^x-echo-upstream: \([a-z0-9]*\).*/\1/Ip' <<<"$answer")"
+  case "$upstream" in
+    1) upstream=" (production upstream)" ;;
+    sandbox) upstream=" (sandbox upstream)" ;;
+  esac
+  printf '\n# %s  -> %s\n%s\n' "$title" "$status${code:+ $code}$upstream" "$line"
 }
 
 tour() {
-  step "the gateway is up: $GATEWAY (admin $ADMIN, upstream 127.0.0.1:8080)"
+  step "the gateway is up: $GATEWAY and $GATEWAY_TLS (admin $ADMIN, upstreams 127.0.0.1:8080 and, for test keys, :8090)"
   show "public route, no key" "$GATEWAY/healthz"
   show "allowed: pro key, Bearer, leads:read (the upstream sees x-api-* identity, no key)" \
     -H "Authorization: Bearer $PRO_KEY" "$GATEWAY/api/v1/leads"
   show "allowed: pro key, ApiKey scheme, POST needs leads:write" \
     -X POST -H "Authorization: ApiKey $PRO_KEY" "$GATEWAY/api/v1/leads"
   show "allowed: crm_ key in X-API-Key, admin route" -H "X-API-Key: $CRM_KEY" "$GATEWAY/api/v1/admin/keys"
+  show "allowed over HTTPS (HTTP/2 by ALPN; the demo's self-signed certificate)" \
+    --cacert "$CA_CERT" -H "Authorization: Bearer $PRO_KEY" "$GATEWAY_TLS/api/v1/leads"
+  show "allowed: a test key (env test) reaches the sandbox upstream" \
+    -H "Authorization: Bearer $TEST_KEY" "$GATEWAY/api/v1/leads"
+  show "a live key that asks for the sandbox still reaches production" \
+    -H "Authorization: Bearer $PRO_KEY" -H "x-api-env: test" "$GATEWAY/api/v1/leads"
   show "401 missing_credentials" "$GATEWAY/api/v1/leads"
   show "401 malformed_credentials (not an accepted key prefix)" \
     -H "Authorization: Bearer pk_test_123" "$GATEWAY/api/v1/leads"

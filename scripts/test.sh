@@ -49,7 +49,8 @@ release_module() {
 
 # The configurations under envoy/ name their files relative to the repository
 # root (envoy/ecds/README.md). Validate each from a scratch root holding the
-# module just built and an empty ECDS file, so the repository is untouched.
+# module just built, an empty ECDS file and a certificate, so the repository
+# is untouched.
 validate_envoy_configs() (
   step "envoy --mode validate"
   local scratch config
@@ -57,6 +58,7 @@ validate_envoy_configs() (
   trap 'rm -rf "$scratch"' EXIT
   mkdir -p "$scratch/envoy/ecds" "$scratch/$(dirname "${WASM_MODULE#"$REPO_ROOT"/}")"
   echo '{"resources": []}' >"$scratch/envoy/ecds/apikey.yaml"
+  bash scripts/tls-cert.sh "$scratch/envoy/tls" >/dev/null # the HTTPS listener's certificate
   ln -s "$WASM_MODULE" "$scratch/${WASM_MODULE#"$REPO_ROOT"/}"
   for config in "$REPO_ROOT"/envoy/*.yaml; do
     [[ "$(basename "$config")" == docker-compose.yaml ]] && continue # a Compose file, not a bootstrap

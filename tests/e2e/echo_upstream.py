@@ -2,7 +2,7 @@
 echo of what it received, so a test can assert on exactly what Envoy
 forwarded (path as sent on the wire, every header in order, repeats kept).
 
-    python3 echo_upstream.py --port 8080
+    python3 echo_upstream.py --port 8080 [--name sandbox]
 
 It prints `listening on HOST:PORT` once bound (with --port 0 the system
 picks the port, so a harness can start it without racing for one).
@@ -10,7 +10,9 @@ The body is {"method": ..., "path": <raw request target>, "headers":
 [[name, value], ...]}. Header bytes are decoded as latin-1, so every byte
 survives the round trip. HEAD gets the headers of that answer and no body:
 a body there would break Envoy's upstream connection and fail the next
-request with 502.
+request with 502. Every answer carries the marker header; its value is the
+upstream's --name ("1" unless given), so a test can tell the production
+upstream from the sandbox one.
 """
 
 import argparse
@@ -51,7 +53,7 @@ class EchoHandler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
-        self.send_header(MARKER_HEADER, "1")
+        self.send_header(MARKER_HEADER, self.server.name)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -77,11 +79,14 @@ class EchoServer(ThreadingHTTPServer):
     # dozens at once (a burst admitted under load); a dropped SYN is retried
     # after 1 s, which is Envoy's connect_timeout, and the client gets 503.
     request_queue_size = 1024
+    # The marker header's value (--name).
+    name = "1"
 
 
-def serve(port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+def serve(port: int, host: str = "127.0.0.1", name: str = "1") -> ThreadingHTTPServer:
     """Binds the echo server; the caller runs serve_forever() (or a thread does)."""
     server = EchoServer((host, port), EchoHandler)
+    server.name = name
     server.daemon_threads = True
     return server
 
@@ -90,8 +95,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--name", default="1", help="the marker header's value on every answer")
     args = parser.parse_args()
-    server = serve(args.port, args.host)
+    server = serve(args.port, args.host, args.name)
     host, port = server.server_address[:2]
     print(f"listening on {host}:{port}", flush=True)
     try:

@@ -26,6 +26,7 @@ import os
 import re
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,9 @@ from echo_upstream import MARKER_HEADER
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = REPO_ROOT / "envoy" / "envoy.yaml"
 ECHO_UPSTREAM = Path(__file__).resolve().with_name("echo_upstream.py")
+TLS_CERT_SCRIPT = REPO_ROOT / "scripts" / "tls-cert.sh"
+# The marker header's value on the sandbox upstream's answers (x-api-env: test).
+SANDBOX_NAME = "sandbox"
 ECDS_FILE = "apikey.yaml"
 FILTER_NAME = "apikey"
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}."
@@ -76,6 +80,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@functools.cache
+def tls_certificate() -> tuple[Path, Path]:
+    """The HTTPS listener's certificate and key for this test session: made
+    once by scripts/tls-cert.sh (the script the demo runs), self-signed for
+    localhost and 127.0.0.1."""
+    directory = Path(tempfile.mkdtemp(prefix="apikey-tls-"))
+    made = subprocess.run(["bash", str(TLS_CERT_SCRIPT), str(directory)], capture_output=True, text=True,
+                          timeout=60)
+    if made.returncode != 0:
+        raise GatewayError(f"scripts/tls-cert.sh failed:\n{made.stdout}{made.stderr}")
+    return directory / "gateway.crt", directory / "gateway.key"
+
+
+def tls_client_context(http2: bool) -> ssl.SSLContext:
+    """A client that trusts only the session's certificate and offers h2 or
+    http/1.1 by ALPN."""
+    context = ssl.create_default_context(cafile=str(tls_certificate()[0]))
+    context.set_alpn_protocols(["h2"] if http2 else ["http/1.1"])
+    return context
 
 
 @functools.cache
@@ -129,7 +154,8 @@ def ecds_path(bootstrap: dict) -> Path:
 
 
 def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: bool = True,
-                     ratelimit_port: int | None = None, ecds_file: str = ECDS_FILE) -> dict:
+                     ratelimit_port: int | None = None, ecds_file: str = ECDS_FILE,
+                     sandbox_port: int | None = None) -> dict:
     """envoy/envoy.yaml with this gateway's module, ECDS directory and
     upstream; listener and admin on port 0 of 127.0.0.1 (Envoy picks free
     ports, so gateways never race for one).
@@ -139,14 +165,23 @@ def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: boo
     ratelimit_port points the `ratelimit` cluster (contract §6) at a
     rate-limit service on that port of 127.0.0.1. ecds_file names the
     watched file; Envoy picks its parser by the extension (`apikey.pb`:
-    binary protobuf, as the CLI's --ecds-format pb writes)."""
+    binary protobuf, as the CLI's --ecds-format pb writes). The HTTPS
+    listener uses the session's certificate (tls_certificate()), and the
+    sandbox cluster points at sandbox_port (the upstream when None)."""
     bootstrap = load_bootstrap()
     bootstrap["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
-    listener = _named(bootstrap["static_resources"]["listeners"], "ingress", "listener")
-    listener["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
-    cluster = _named(bootstrap["static_resources"]["clusters"], "upstream", "cluster")
-    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    endpoint["address"]["socket_address"].update(address="127.0.0.1", port_value=upstream_port)
+    for name in ("ingress", "ingress_tls"):
+        listener = _named(bootstrap["static_resources"]["listeners"], name, "listener")
+        listener["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    certificate, key = tls_certificate()
+    tls_listener = _named(bootstrap["static_resources"]["listeners"], "ingress_tls", "listener")
+    tls_context = tls_listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    tls_context["tls_certificates"] = [{"certificate_chain": {"filename": str(certificate)},
+                                        "private_key": {"filename": str(key)}}]
+    for name, port in (("upstream", upstream_port), ("sandbox", sandbox_port or upstream_port)):
+        cluster = _named(bootstrap["static_resources"]["clusters"], name, "cluster")
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["address"]["socket_address"].update(address="127.0.0.1", port_value=port)
     discovery = _apikey_discovery(bootstrap)
     discovery["config_source"]["path_config_source"] = {
         "path": str(ecds_dir / ecds_file),
@@ -320,11 +355,14 @@ class Gateway:
         self.log_path = self.workdir / "envoy.log"
         self._envoy: subprocess.Popen | None = None
         self._upstream: subprocess.Popen | None = None
+        self._sandbox: subprocess.Popen | None = None
         self._bootstrap: dict = {}
         self._last_document: dict = {}
         self.admin_address = ""
         self.port = 0
+        self.tls_port = 0  # the HTTPS listener (request(..., tls=True))
         self.upstream_port = 0
+        self.sandbox_port = 0  # the sandbox upstream: answers carry x-echo-upstream: sandbox
 
     def __enter__(self) -> Gateway:
         try:
@@ -341,9 +379,10 @@ class Gateway:
 
     def start(self) -> None:
         self.ecds_dir.mkdir(parents=True)
-        self._start_upstream()
+        self._upstream, self.upstream_port = self._start_upstream("upstream")
+        self._sandbox, self.sandbox_port = self._start_upstream(SANDBOX_NAME)
         bootstrap = render_bootstrap(Path(self.module), self.ecds_dir, self.upstream_port, self.edge,
-                                     self.ratelimit_port, self.ecds_file)
+                                     self.ratelimit_port, self.ecds_file, self.sandbox_port)
         if self.customize is not None:
             self.customize(bootstrap)
         self._bootstrap = bootstrap
@@ -362,8 +401,8 @@ class Gateway:
         self._wait_for_initial_configuration()
 
     def stop(self) -> None:
-        """Stops Envoy and the upstream; safe to call more than once."""
-        for process in (self._envoy, self._upstream):
+        """Stops Envoy and the upstreams; safe to call more than once."""
+        for process in (self._envoy, self._upstream, self._sandbox):
             if process is not None and process.poll() is None:
                 process.terminate()
                 try:
@@ -373,21 +412,25 @@ class Gateway:
                     process.wait(timeout=10)
 
     def running(self) -> bool:
-        """Whether Envoy or the upstream is still running."""
-        return any(process is not None and process.poll() is None for process in (self._envoy, self._upstream))
+        """Whether Envoy or an upstream is still running."""
+        return any(process is not None and process.poll() is None
+                   for process in (self._envoy, self._upstream, self._sandbox))
 
-    def _start_upstream(self) -> None:
-        """The echo upstream binds port 0 and prints the port it got."""
-        log_path = self.workdir / "upstream.log"
+    def _start_upstream(self, name: str) -> tuple[subprocess.Popen, int]:
+        """An echo upstream binds port 0 and prints the port it got; the
+        production one marks its answers "1", the sandbox one "sandbox"."""
+        log_path = self.workdir / f"{name}.log"
+        marker = SANDBOX_NAME if name == SANDBOX_NAME else "1"
         with open(log_path, "wb") as log:
-            self._upstream = subprocess.Popen([sys.executable, str(ECHO_UPSTREAM), "--port", "0"],
-                                              stdout=subprocess.PIPE, stderr=log)
-        line = _read_line(self._upstream.stdout, timeout=10)
-        self._upstream.stdout.close()  # it prints nothing else
+            process = subprocess.Popen([sys.executable, str(ECHO_UPSTREAM), "--port", "0", "--name", marker],
+                                       stdout=subprocess.PIPE, stderr=log)
+        line = _read_line(process.stdout, timeout=10)
+        process.stdout.close()  # it prints nothing else
         match = re.fullmatch(rb"listening on 127\.0\.0\.1:(\d+)\n", line)
         if not match:
-            raise GatewayError(f"the echo upstream did not start: {line!r}, see {log_path}")
-        self.upstream_port = int(match.group(1))
+            process.kill()
+            raise GatewayError(f"the echo upstream {name} did not start: {line!r}, see {log_path}")
+        return process, int(match.group(1))
 
     def _start_envoy(self, bootstrap_path: Path) -> None:
         address_file = self.workdir / "admin-address"
@@ -407,7 +450,8 @@ class Gateway:
         self._wait("Envoy to write its admin address", lambda: address_file.read_text().strip())
         self.admin_address = address_file.read_text().strip()
         self._wait("the admin /ready to say LIVE", lambda: self._admin_text("/ready") == "LIVE\n")
-        self.port = self._listener_port()
+        self.port = self._listener_port("ingress")
+        self.tls_port = self._listener_port("ingress_tls")
         self._wait("the listener to accept connections", self._listener_accepts)
 
     def _wait_for_initial_configuration(self) -> None:
@@ -468,12 +512,14 @@ class Gateway:
     # -- requests --
 
     def request(self, method: str, path: str | bytes, headers: Sequence[Header] = (),
-                body: bytes | None = None, http2: bool = False, timeout: float = 10.0) -> Response:
+                body: bytes | None = None, http2: bool = False, timeout: float = 10.0,
+                tls: bool = False) -> Response:
         """One request on a new connection. Names and values may be str
         (UTF-8) or bytes (sent exactly); nothing is validated or normalised,
-        except that HTTP/2 header names are lower-cased as the protocol requires."""
+        except that HTTP/2 header names are lower-cased as the protocol requires.
+        tls=True sends it to the HTTPS listener (ALPN h2 or http/1.1)."""
         if http2:
-            return self._request_h2c(method, path, headers, body, timeout)
+            return self._request_h2(method, path, headers, body, timeout, tls)
         lines = [_to_bytes(method) + b" " + _to_bytes(path) + b" HTTP/1.1"]
         names = {_to_bytes(name).lower() for name, _ in headers}
         if b"host" not in names:
@@ -483,9 +529,26 @@ class Gateway:
         if body is not None and b"content-length" not in names:
             lines.append(b"content-length: " + str(len(body)).encode())
         lines += [_to_bytes(name) + b": " + _to_bytes(value) for name, value in headers]
-        return parse_http1_response(self.raw(b"\r\n".join(lines) + b"\r\n\r\n" + (body or b""), timeout))
+        return parse_http1_response(self.raw(b"\r\n".join(lines) + b"\r\n\r\n" + (body or b""), timeout, tls))
 
-    def raw(self, data: bytes, timeout: float = 10.0) -> bytes:
+    def _connect(self, timeout: float, tls: bool, http2: bool = False) -> socket.socket:
+        """A connection to the plain listener, or a TLS one to the HTTPS
+        listener that checks the certificate and the protocol ALPN chose."""
+        if not tls:
+            return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        raw = socket.create_connection(("127.0.0.1", self.tls_port), timeout=timeout)
+        try:
+            wrapped = tls_client_context(http2).wrap_socket(raw, server_hostname="localhost")
+        except BaseException:
+            raw.close()
+            raise
+        wanted = "h2" if http2 else "http/1.1"
+        if wrapped.selected_alpn_protocol() != wanted:
+            wrapped.close()
+            raise GatewayError(f"ALPN chose {wrapped.selected_alpn_protocol()!r}, not {wanted}")
+        return wrapped
+
+    def raw(self, data: bytes, timeout: float = 10.0, tls: bool = False) -> bytes:
         """Sends bytes to the listener and returns Envoy's first response:
         read up to its end (Content-Length or the last chunk), or to the
         connection's close when its length is not known. Stopping at the
@@ -493,7 +556,7 @@ class Gateway:
         its delayed-close timeout (1 s), which would slow every denial down
         and skew any test that measures time between requests."""
         head_request = data.split(b" ", 1)[0].upper() == b"HEAD"
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+        with self._connect(timeout, tls) as sock:
             sock.sendall(data)
             received = b""
             deadline = time.monotonic() + timeout
@@ -511,21 +574,22 @@ class Gateway:
         sock.settimeout(remaining)
         try:
             return sock.recv(65536)
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
             return b""
         except socket.timeout:
             raise GatewayError(f"no answer from Envoy within the timeout\n{self._log_tail()}") from None
 
-    def _request_h2c(self, method, path, headers, body, timeout) -> Response:
-        """HTTP/2 with prior knowledge, validation off so any bytes go out."""
+    def _request_h2(self, method, path, headers, body, timeout, tls) -> Response:
+        """HTTP/2: with prior knowledge (h2c), or over TLS by ALPN;
+        validation off so any bytes go out."""
         config = h2.config.H2Configuration(
             client_side=True, header_encoding=None, validate_outbound_headers=False,
             normalize_outbound_headers=False, validate_inbound_headers=False)
         connection = h2.connection.H2Connection(config=config)
-        request_headers = [(b":method", _to_bytes(method)), (b":scheme", b"http"),
+        request_headers = [(b":method", _to_bytes(method)), (b":scheme", b"https" if tls else b"http"),
                            (b":authority", b"localhost"), (b":path", _to_bytes(path))]
         request_headers += [(_to_bytes(name).lower(), _to_bytes(value)) for name, value in headers]
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+        with self._connect(timeout, tls, http2=True) as sock:
             connection.initiate_connection()
             stream = connection.get_next_available_stream_id()
             connection.send_headers(stream, request_headers, end_stream=body is None)
@@ -583,9 +647,9 @@ class Gateway:
         with urllib.request.urlopen(f"http://{self.admin_address}{path}", timeout=5) as answer:
             return answer.read().decode()
 
-    def _listener_port(self) -> int:
+    def _listener_port(self, name: str) -> int:
         listeners = json.loads(self._admin_text("/listeners?format=json"))["listener_statuses"]
-        return _named(listeners, "ingress", "listener")["local_address"]["socket_address"]["port_value"]
+        return _named(listeners, name, "listener")["local_address"]["socket_address"]["port_value"]
 
     def _listener_accepts(self) -> bool:
         try:

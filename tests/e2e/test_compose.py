@@ -5,9 +5,11 @@ One stack for the module, under its own project name and on free host
 ports, so it collides with no other test or demo: it must answer 503
 not_configured before any configuration (the bootstrap's default_config),
 enforce a configuration renamed into the mounted ECDS directory within 1 s
-of the rename (contract §4), answer the contract's 200 and 401, write the
-audit feed to the container's log, start none of the `fleet` profile's
-services, and leave no container, pod or network behind after `down`.
+of the rename (contract §4), answer the contract's 200 and 401, serve HTTPS
+with the mounted certificate, send test keys to the sandbox upstream and
+live keys (whatever they send) to production, write the audit feed to the
+container's log, start none of the `fleet` profile's services, and leave no
+container, pod or network behind after `down`.
 
 Podman and podman-compose come from scripts/setup.d/podman.sh; without
 them these tests fail, they do not skip.
@@ -19,6 +21,7 @@ import http.client
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -37,11 +40,13 @@ PROJECT = f"apikey-compose-test-{os.getpid()}"
 PROJECT_LABEL = f"io.podman.compose.project={PROJECT}"
 
 KEY = "sk_live_Compose0000000000000000"
+TEST_KEY = "sk_test_Compose0000000000000000"
 CONFIG = {
-    "keys": [make_key(KEY, id="key_compose", tenant="compose", scopes=["leads:read"])],
+    "keys": [make_key(KEY, id="key_compose", tenant="compose", scopes=["leads:read"], env="live"),
+             make_key(TEST_KEY, id="key_compose_test", tenant="compose", scopes=["leads:read"], env="test")],
     "rules": [{"path_prefix": "/healthz", "public": True},
               {"path_prefix": "/api/v1/leads", "scope": "leads:read"}],
-    "key_prefixes": ["sk_live_"],
+    "key_prefixes": ["sk_live_", "sk_test_"],
 }
 # Contract §4: enforced on every worker within 1 s of the update.
 UPDATE_DEADLINE_S = 1.0
@@ -63,11 +68,14 @@ class Stack:
     def __init__(self, ecds_dir: Path, module: Path):
         self.ecds_dir = ecds_dir
         self.gateway_port = harness.free_port()
+        self.tls_port = harness.free_port()
         self.admin_port = harness.free_port()
         self.env = {**os.environ,
                     "APIKEY_ECDS_DIR": str(ecds_dir),
                     "APIKEY_WASM": str(module),
+                    "APIKEY_TLS_DIR": str(harness.tls_certificate()[0].parent),
                     "GATEWAY_PORT": str(self.gateway_port),
+                    "GATEWAY_TLS_PORT": str(self.tls_port),
                     "ADMIN_PORT": str(self.admin_port)}
 
     def compose(self, *args: str, timeout: float = 120) -> str:
@@ -84,8 +92,12 @@ class Stack:
         return done.stdout + done.stderr
 
     def request(self, path: str, headers: dict[str, str] | None = None, port: int | None = None,
-                timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", port or self.gateway_port, timeout=timeout)
+                timeout: float = 5, tls: bool = False) -> tuple[int, dict[str, str], bytes]:
+        if tls:
+            context = ssl.create_default_context(cafile=str(harness.tls_certificate()[0]))
+            connection = http.client.HTTPSConnection("localhost", self.tls_port, timeout=timeout, context=context)
+        else:
+            connection = http.client.HTTPConnection("127.0.0.1", port or self.gateway_port, timeout=timeout)
         try:
             connection.request("GET", path, headers=headers or {})
             response = connection.getresponse()
@@ -169,6 +181,7 @@ def stack(wasm_module, tmp_path_factory):
         # its readiness is read from its log, lest a slow start be counted
         # as a slow update below.
         stack.wait("the echo upstream to listen", lambda: "listening on 127.0.0.1:8080" in stack.logs("upstream"))
+        stack.wait("the sandbox upstream to listen", lambda: "listening on 127.0.0.1:8090" in stack.logs("sandbox"))
         yield stack
     finally:
         # Whatever happened, nothing of this project stays running; the
@@ -203,6 +216,21 @@ def test_a_valid_key_reaches_the_upstream_with_its_identity_and_without_the_key(
     assert forwarded["x-api-scopes"] == "leads:read"
     assert "x-api-key" not in forwarded, "the credential reached the upstream"
     assert KEY not in body.decode()
+
+
+def test_a_test_key_reaches_the_sandbox_and_a_live_key_asking_for_it_stays_in_production(stack):
+    status, headers, body = stack.request("/api/v1/leads", {"X-API-Key": TEST_KEY})
+    assert (status, headers.get("x-echo-upstream")) == (200, "sandbox"), body
+    status, headers, body = stack.request("/api/v1/leads", {"X-API-Key": KEY, "x-api-env": "test"})
+    assert (status, headers.get("x-echo-upstream")) == (200, "1"), body
+    assert dict((k.lower(), v) for k, v in json.loads(body)["headers"])["x-api-env"] == "live"
+
+
+def test_https_with_the_mounted_certificate_reaches_the_upstream(stack):
+    status, headers, body = stack.request("/api/v1/leads", {"X-API-Key": KEY}, tls=True)
+    assert (status, headers.get("x-echo-upstream")) == (200, "1"), body
+    forwarded = {name.lower(): value for name, value in json.loads(body)["headers"]}
+    assert forwarded["x-forwarded-proto"] == "https"
 
 
 def test_no_key_is_a_json_401_with_a_challenge(stack):
@@ -246,12 +274,12 @@ def test_the_container_log_carries_the_json_audit_feed(stack):
                lambda: expected <= audit_decisions(stack.logs()), timeout=10)
 
 
-def test_without_the_fleet_profile_only_the_gateway_and_its_upstream_run(stack):
+def test_without_the_fleet_profile_only_the_gateway_and_its_upstreams_run(stack):
     # The fleet profile's services (envoy/docker-compose.yaml) start only
-    # with --profile fleet; the demo stays the two containers it was.
+    # with --profile fleet; the demo is the gateway and its two upstreams.
     services = run("podman", "ps", "-a", "--filter", f"label={PROJECT_LABEL}",
                    "--format", '{{ index .Labels "com.docker.compose.service" }}').split()
-    assert sorted(services) == ["gateway", "upstream"], services
+    assert sorted(services) == ["gateway", "sandbox", "upstream"], services
 
 
 def test_down_leaves_nothing_running(stack):

@@ -13,7 +13,9 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use crate::credentials::{Scheme, Schemes};
+use crate::denial::DocUrl;
 use crate::fleet::{Fleet, OnFailure};
+use crate::https::HttpsPolicy;
 use crate::json::{JsonError, Path, Reader};
 use crate::key_hash::KeyHash;
 use crate::path;
@@ -126,6 +128,10 @@ pub struct Config {
     pub rate_limit_headers: RateLimitHeaders,
     /// The fleet's shared rate-limit service (contract §6).
     pub fleet: Option<Fleet>,
+    /// `require_https` (§7.2): `Some` when plain-HTTP requests are refused.
+    pub https: Option<HttpsPolicy>,
+    /// `error_doc_url` (§7.4), split at its placeholder.
+    pub error_doc_url: Option<DocUrl>,
 }
 
 impl Config {
@@ -255,11 +261,15 @@ struct RawConfig<'a> {
     rate_limit_headers: Option<String>,
     case_insensitive_paths: Option<bool>,
     fleet: Option<RawFleet>,
+    require_https: Option<bool>,
+    trusted_https_header: Option<String>,
+    error_doc_url: Option<String>,
 }
 
 impl<'a> RawConfig<'a> {
     const FIELDS: &'static str = "`keys`, `plans`, `rules`, `schemes`, `key_prefixes`, \
-        `forward_credential`, `realm`, `rate_limit_headers`, `case_insensitive_paths`, `fleet`";
+        `forward_credential`, `realm`, `rate_limit_headers`, `case_insensitive_paths`, `fleet`, \
+        `require_https`, `trusted_https_header`, `error_doc_url`";
 
     fn read(reader: &mut Reader<'a>) -> Result<Self, JsonError> {
         let mut raw = Self::default();
@@ -291,6 +301,11 @@ impl<'a> RawConfig<'a> {
                 optional(reader, &mut raw.case_insensitive_paths, path, Reader::bool)
             }
             "fleet" => optional(reader, &mut raw.fleet, path, RawFleet::read),
+            "require_https" => optional(reader, &mut raw.require_https, path, Reader::bool),
+            "trusted_https_header" => {
+                optional(reader, &mut raw.trusted_https_header, path, Reader::string)
+            }
+            "error_doc_url" => optional(reader, &mut raw.error_doc_url, path, Reader::string),
             _ => Err(unknown_field(path, name, Self::FIELDS)),
         })?;
         Ok(raw)
@@ -517,6 +532,13 @@ impl RawConfig<'_> {
             forward_credential: self.forward_credential.unwrap_or(false),
             realm: validate_realm(self.realm)?,
             fleet,
+            https: HttpsPolicy::from_config(self.require_https, self.trusted_https_header)?,
+            error_doc_url: match self.error_doc_url {
+                None => None,
+                Some(template) => Some(
+                    DocUrl::parse(&template).map_err(|reason| refuse("error_doc_url", reason))?,
+                ),
+            },
             rate_limit_headers: match self.rate_limit_headers.as_deref() {
                 None | Some("denied") => RateLimitHeaders::Denied,
                 Some("always") => RateLimitHeaders::Always,
@@ -698,18 +720,23 @@ impl RawRule {
                     "has both path and path_prefix; give at most one",
                 ))
             }
-            (Some(exact), None) => PathMatch::Exact(rule_path(
-                &format!("{field}.path"),
-                &exact,
-                case_insensitive,
-            )?),
-            (None, Some(prefix)) => PathMatch::Prefix(rule_path(
+            (Some(exact), None) => {
+                rule_path_match(&format!("{field}.path"), &exact, case_insensitive, false)?
+            }
+            (None, Some(prefix)) => rule_path_match(
                 &format!("{field}.path_prefix"),
                 &prefix,
                 case_insensitive,
-            )?),
+                true,
+            )?,
             (None, None) => PathMatch::Any,
         };
+        if self.public && matches!(path, PathMatch::Tenant { .. }) {
+            return Err(refuse(
+                field,
+                "a public rule cannot hold {tenant}: no key names the tenant",
+            ));
+        }
         let methods = match self.methods {
             None => None,
             Some(methods) if methods.is_empty() => {
@@ -748,6 +775,59 @@ impl RawRule {
 
 /// A rule path must be a canonical absolute path with no query; it is stored
 /// without its trailing `/` and folded when paths are case-insensitive.
+/// The segment of a rule path that matches the key's tenant (§7.3).
+const TENANT_SEGMENT: &str = "{tenant}";
+
+/// Compiles a rule's `path` (or, with `prefix`, `path_prefix`), which may
+/// hold `{tenant}` as one whole segment, at most once.
+fn rule_path_match(
+    field: &str,
+    text: &str,
+    case_insensitive: bool,
+    prefix: bool,
+) -> Result<PathMatch, ConfigError> {
+    let placeholder = |segment: &&str| segment.starts_with('{') || segment.ends_with('}');
+    let mut placeholders = text.split('/').filter(placeholder);
+    let tenant = match (placeholders.next(), placeholders.next()) {
+        (None, _) => None,
+        (Some(TENANT_SEGMENT), None) => text.split_once(&format!("/{TENANT_SEGMENT}")),
+        (Some(TENANT_SEGMENT), Some(TENANT_SEGMENT)) => {
+            return Err(refuse(field, "{tenant} may appear at most once"))
+        }
+        (Some(TENANT_SEGMENT), Some(other)) | (Some(other), _) => {
+            return Err(refuse(
+                field,
+                format!("{other:?}: the only placeholder is a whole {TENANT_SEGMENT} segment"),
+            ))
+        }
+    };
+    let Some((before, after)) = tenant else {
+        let stored = rule_path(field, text, case_insensitive)?;
+        return Ok(if prefix {
+            PathMatch::Prefix(stored)
+        } else {
+            PathMatch::Exact(stored)
+        });
+    };
+    // `/{tenant}/...`: nothing before the segment but the root.
+    let mut before = if before.is_empty() {
+        Vec::new()
+    } else {
+        rule_path(field, before, case_insensitive)?
+    };
+    before.push(b'/');
+    let after = if after.is_empty() {
+        Vec::new()
+    } else {
+        rule_path(field, after, case_insensitive)?
+    };
+    Ok(PathMatch::Tenant {
+        before,
+        after,
+        prefix,
+    })
+}
+
 fn rule_path(field: &str, text: &str, case_insensitive: bool) -> Result<Vec<u8>, ConfigError> {
     if text.contains('?') {
         return Err(refuse(field, "a rule path has no query string"));

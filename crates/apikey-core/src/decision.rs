@@ -1,6 +1,7 @@
-//! The decision for one request, in the order of contract §3: path check,
-//! rule match (public passes), extraction, format, hash look-up,
-//! revocation, expiry, scope, plan, rate limit, allow.
+//! The decision for one request, in the order of contract §3: HTTPS (when
+//! required, §7.2), path check, rule match (public passes), extraction,
+//! format, hash look-up, revocation, expiry, the path's tenant (§7.3),
+//! scope, plan, rate limit, allow.
 //!
 //! [`Gateway::decide`] is a pure function of the request head, the shared
 //! store and a clock, all passed in, so the same code runs in tests and in
@@ -18,7 +19,7 @@ use crate::key_hash::KeyHash;
 use crate::key_table::{SharedStore, TableRef};
 use crate::path;
 use crate::rate_limit;
-use crate::rules::Requirement;
+use crate::rules::{self, Requirement};
 use crate::scope::ScopePattern;
 use crate::token_bucket::Take;
 
@@ -50,6 +51,9 @@ pub struct RequestHead<'a> {
     pub request_id: Option<&'a [u8]>,
     /// Every header, in order.
     pub headers: &'a [HeaderPair<'a>],
+    /// Whether the request reached Envoy over TLS. The edge asks the host
+    /// only when [`Gateway::requires_tls_flag`] says so; otherwise `false`.
+    pub tls: bool,
 }
 
 impl<'a> RequestHead<'a> {
@@ -60,6 +64,7 @@ impl<'a> RequestHead<'a> {
             path: b"",
             request_id: None,
             headers,
+            tls: false,
         };
         for &(name, value) in headers {
             match name {
@@ -144,7 +149,8 @@ impl Gateway {
     /// keys are read from the shared table, never from worker memory.
     pub fn new(mut config: Config, table: TableRef) -> Self {
         config.keys = Vec::new();
-        let text = DenialText::new(config.schemes, &config.realm);
+        let text = DenialText::new(config.schemes, &config.realm)
+            .with_doc_url(config.error_doc_url.clone());
         Self {
             config,
             table,
@@ -156,6 +162,12 @@ impl Gateway {
     /// The fleet's rate-limit service, when configured.
     pub fn fleet(&self) -> Option<&Fleet> {
         self.config.fleet.as_ref()
+    }
+
+    /// Whether decisions need [`RequestHead::tls`]: only a configuration
+    /// that requires HTTPS makes the edge ask the host about the connection.
+    pub fn requires_tls_flag(&self) -> bool {
+        self.config.https.is_some()
     }
 
     /// The table this gateway reads.
@@ -175,23 +187,36 @@ impl Gateway {
         store: &dyn SharedStore,
         clock: &dyn Clock,
     ) -> Decision {
+        let format = KeyFormat {
+            schemes: self.config.schemes,
+            prefixes: self.config.key_prefixes.as_deref(),
+        };
+        if let Some(https) = &self.config.https {
+            if !https.admits(request.tls, request.headers) {
+                // Whatever the request carried in a credential scheme
+                // crossed the network in clear: say so, never what it was.
+                let extraction = credentials::extract(request.headers, &format);
+                return Decision::deny(Denial {
+                    credential_exposed: !matches!(extraction.result, Err(CredentialError::Missing)),
+                    ..Denial::new(ErrorCode::HttpsRequired)
+                });
+            }
+        }
         let normalised = match path::normalise(request.path) {
             Ok(normalised) => normalised,
             Err(_) => return Decision::deny(Denial::new(ErrorCode::InvalidPath)),
         };
-        let requirement = self.config.rules.route(request.method, &normalised.path);
-        let extraction = credentials::extract(
-            request.headers,
-            &KeyFormat {
-                schemes: self.config.schemes,
-                prefixes: self.config.key_prefixes.as_deref(),
-            },
-        );
+        let route = self.config.rules.resolve(request.method, &normalised.path);
+        let tenant_segment = route
+            .tenant
+            .as_ref()
+            .and_then(|range| normalised.path.get(range.clone()));
+        let extraction = credentials::extract(request.headers, &format);
         let mut edits = self.upstream_edits(request.headers, &extraction);
         if normalised.changed() {
             edits.path = Some(normalised.target());
         }
-        let scope = match requirement {
+        let scope = match route.requirement {
             Requirement::Public => {
                 return Decision {
                     result: Ok(Allow {
@@ -204,7 +229,7 @@ impl Gateway {
             }
             Requirement::Key { scope } => scope.as_deref(),
         };
-        let mut decision = self.authorise(&extraction, scope, store, clock, edits);
+        let mut decision = self.authorise(&extraction, scope, tenant_segment, store, clock, edits);
         decision.scope = scope.map(str::to_owned);
         decision
     }
@@ -213,6 +238,7 @@ impl Gateway {
         &self,
         extraction: &Extraction<'_>,
         scope: Option<&str>,
+        tenant_segment: Option<&[u8]>,
         store: &dyn SharedStore,
         clock: &dyn Clock,
         mut edits: HeaderEdits,
@@ -252,6 +278,18 @@ impl Gateway {
             .is_some_and(|expires_at| clock.wall_ns() >= expires_at)
         {
             decision.result = Err(denial(ErrorCode::KeyExpired));
+            return decision;
+        }
+        // Another tenant's resource is answered as if it did not exist,
+        // before scopes and limits say anything about it (§7.3).
+        if tenant_segment.is_some_and(|segment| {
+            !rules::segment_names_tenant(
+                segment,
+                &record.tenant,
+                self.config.rules.case_insensitive(),
+            )
+        }) {
+            decision.result = Err(Denial::new(ErrorCode::NotFound));
             return decision;
         }
         if let Some(scope) = scope {

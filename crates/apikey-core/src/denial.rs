@@ -34,11 +34,15 @@ pub enum ErrorCode {
     NotConfigured,
     /// 503: the fleet's rate-limit service failed and `on_failure` is `deny`.
     RateLimiterUnavailable,
+    /// 403: `require_https` and the request came over plain HTTP (§7.2).
+    HttpsRequired,
+    /// 404: a `{tenant}` rule segment names another tenant than the key's (§7.3).
+    NotFound,
 }
 
 impl ErrorCode {
     /// Every code, for metrics.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::InvalidPath,
         Self::MissingCredentials,
         Self::MalformedCredentials,
@@ -51,6 +55,8 @@ impl ErrorCode {
         Self::RateLimited,
         Self::NotConfigured,
         Self::RateLimiterUnavailable,
+        Self::HttpsRequired,
+        Self::NotFound,
     ];
 
     /// The `error.code` string.
@@ -68,6 +74,8 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::NotConfigured => "not_configured",
             Self::RateLimiterUnavailable => "rate_limiter_unavailable",
+            Self::HttpsRequired => "https_required",
+            Self::NotFound => "not_found",
         }
     }
 
@@ -81,7 +89,8 @@ impl ErrorCode {
             | Self::InvalidKey
             | Self::KeyRevoked
             | Self::KeyExpired => 401,
-            Self::InsufficientScope | Self::PlanUpgradeRequired => 403,
+            Self::InsufficientScope | Self::PlanUpgradeRequired | Self::HttpsRequired => 403,
+            Self::NotFound => 404,
             Self::RateLimited => 429,
             Self::NotConfigured | Self::RateLimiterUnavailable => 503,
         }
@@ -141,6 +150,9 @@ pub struct Denial {
     pub rate_limit: Option<RateLimitReport>,
     /// Seconds to wait (429).
     pub retry_after: Option<u64>,
+    /// A plain-HTTP request carried a credential, which crossed the network
+    /// in clear (403 `https_required`).
+    pub credential_exposed: bool,
 }
 
 impl Denial {
@@ -153,6 +165,7 @@ impl Denial {
             via_bearer: false,
             rate_limit: None,
             retry_after: None,
+            credential_exposed: false,
         }
     }
 }
@@ -168,12 +181,82 @@ pub struct Reply {
     pub body: String,
 }
 
+/// The `error_doc_url` template (§7.4), split at its `{code}` placeholder
+/// at configure time so a denial only concatenates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DocUrl {
+    /// The text before `{code}` (all of it when there is no placeholder).
+    pub before: String,
+    /// The text after `{code}`, when the template holds one.
+    pub after: Option<String>,
+}
+
+impl DocUrl {
+    /// The placeholder an error code replaces.
+    pub const PLACEHOLDER: &'static str = "{code}";
+
+    /// The longest template accepted.
+    pub const MAX_LEN: usize = 2048;
+
+    /// Validates an `error_doc_url` template: an absolute `https://` URL
+    /// of visible ASCII (URLs percent-encode everything else), with
+    /// `{code}` at most once and no other brace (RFC 3986 has none). The
+    /// reason is returned for the configuration's refusal.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let Some(rest) = template.strip_prefix("https://") else {
+            return Err(format!("{template:?} is not an absolute https:// URL"));
+        };
+        let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if rest.get(..host_end).is_none_or(str::is_empty) {
+            return Err(format!("{template:?} names no host"));
+        }
+        if template.len() > Self::MAX_LEN || !template.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
+            return Err(format!(
+                "must be at most {} visible ASCII characters (percent-encode the rest)",
+                Self::MAX_LEN
+            ));
+        }
+        let doc_url = Self::new(template);
+        let stray_brace = |text: &str| text.contains(['{', '}']);
+        if stray_brace(&doc_url.before) || doc_url.after.as_deref().is_some_and(stray_brace) {
+            return Err(format!(
+                "{template:?} may hold {} at most once and no other brace",
+                Self::PLACEHOLDER
+            ));
+        }
+        Ok(doc_url)
+    }
+
+    /// Splits a validated template.
+    pub fn new(template: &str) -> Self {
+        match template.split_once(Self::PLACEHOLDER) {
+            Some((before, after)) => Self {
+                before: before.to_owned(),
+                after: Some(after.to_owned()),
+            },
+            None => Self {
+                before: template.to_owned(),
+                after: None,
+            },
+        }
+    }
+
+    /// The link for `code`.
+    pub fn for_code(&self, code: ErrorCode) -> String {
+        match &self.after {
+            Some(after) => [self.before.as_str(), code.as_str(), after].concat(),
+            None => self.before.clone(),
+        }
+    }
+}
+
 /// Per-configuration text of denials, built once at configure time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DenialText {
     realm: String,
     challenge_401: String,
     missing_message: String,
+    doc_url: Option<DocUrl>,
 }
 
 impl Default for DenialText {
@@ -184,6 +267,12 @@ impl Default for DenialText {
 }
 
 impl DenialText {
+    /// Adds `doc_url` to every body this text renders (`error_doc_url`).
+    pub fn with_doc_url(mut self, doc_url: Option<DocUrl>) -> Self {
+        self.doc_url = doc_url;
+        self
+    }
+
     /// Precomputes the challenges and hints for the enabled `schemes`.
     pub fn new(schemes: Schemes, realm: &str) -> Self {
         let mut challenges = Vec::new();
@@ -212,6 +301,7 @@ impl DenialText {
                 "This request needs an API key. Send it as {}.",
                 hints.join(" or ")
             ),
+            doc_url: None,
         }
     }
 
@@ -244,6 +334,10 @@ impl DenialText {
             ErrorCode::RateLimiterUnavailable => {
                 "The rate-limit service is unavailable.".to_owned()
             }
+            ErrorCode::HttpsRequired => {
+                "Use https://; requests over plain HTTP are refused.".to_owned()
+            }
+            ErrorCode::NotFound => "No such resource.".to_owned(),
         };
         let mut body = String::with_capacity(160);
         body.push_str("{\"error\":{\"code\":\"");
@@ -267,7 +361,13 @@ impl DenialText {
                     denial.retry_after.unwrap_or(1)
                 ));
             }
+            ErrorCode::HttpsRequired if denial.credential_exposed => {
+                body.push_str(",\"credential_exposed\":true");
+            }
             _ => {}
+        }
+        if let Some(doc_url) = &self.doc_url {
+            push_field(&mut body, "doc_url", &doc_url.for_code(code));
         }
         body.push_str(",\"request_id\":");
         match request_id {
@@ -466,6 +566,78 @@ mod tests {
             Some("\"leads:*\";q=10;w=60")
         );
         assert_eq!(header(&reply, "ratelimit"), Some("\"leads:*\";r=0;t=6"));
+    }
+
+    #[test]
+    fn https_required_says_whether_a_credential_crossed_in_clear() {
+        let plain = DenialText::default().render(&Denial::new(ErrorCode::HttpsRequired), None);
+        assert_eq!(plain.status, 403);
+        assert_eq!(
+            error(&plain)["message"],
+            "Use https://; requests over plain HTTP are refused."
+        );
+        assert_eq!(error(&plain).get("credential_exposed"), None);
+        let exposed = DenialText::default().render(
+            &Denial {
+                credential_exposed: true,
+                ..Denial::new(ErrorCode::HttpsRequired)
+            },
+            None,
+        );
+        assert_eq!(error(&exposed)["credential_exposed"], true);
+    }
+
+    #[test]
+    fn not_found_is_a_404_that_names_nothing() {
+        let reply = DenialText::default().render(&Denial::new(ErrorCode::NotFound), Some(b"r"));
+        assert_eq!(reply.status, 404);
+        assert_eq!(
+            error(&reply),
+            serde_json::json!({"code": "not_found", "message": "No such resource.", "request_id": "r"})
+        );
+    }
+
+    #[test]
+    fn every_body_links_its_code_when_error_doc_url_is_set() {
+        let text = DenialText::default()
+            .with_doc_url(Some(DocUrl::new("https://docs.example.com/errors#{code}")));
+        for code in ErrorCode::ALL {
+            let reply = text.render(&Denial::new(code), None);
+            assert_eq!(
+                error(&reply)["doc_url"],
+                format!("https://docs.example.com/errors#{}", code.as_str()),
+                "{code:?}"
+            );
+        }
+        let fixed = DenialText::default()
+            .with_doc_url(Some(DocUrl::new("https://docs.example.com/errors")));
+        let reply = fixed.render(&Denial::new(ErrorCode::InvalidKey), None);
+        assert_eq!(error(&reply)["doc_url"], "https://docs.example.com/errors");
+        let none = DenialText::default().render(&Denial::new(ErrorCode::InvalidKey), None);
+        assert_eq!(error(&none).get("doc_url"), None);
+    }
+
+    #[test]
+    fn an_error_doc_url_must_be_https_with_code_at_most_once() {
+        for good in [
+            "https://docs.example.com/errors#{code}",
+            "https://docs.example.com/errors/{code}?lang=en",
+            "https://docs.example.com",
+        ] {
+            assert!(DocUrl::parse(good).is_ok(), "{good:?} was refused");
+        }
+        for bad in [
+            "http://docs.example.com/{code}",
+            "docs.example.com/{code}",
+            "https:///errors",
+            "https://docs.example.com/{code}/{code}",
+            "https://docs.example.com/{kode}",
+            "https://docs.example.com/a b",
+            "https://docs.example.com/\u{e9}",
+            "",
+        ] {
+            assert!(DocUrl::parse(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

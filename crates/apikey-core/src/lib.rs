@@ -16,6 +16,7 @@ pub mod decision;
 pub mod denial;
 pub mod fleet;
 pub mod header_map;
+pub mod https;
 pub mod json;
 pub mod key_cache;
 pub mod key_hash;

@@ -5,6 +5,12 @@
 //! case-insensitive), so matching a request is a few byte comparisons.
 //! First match wins; a request no rule matches needs a valid key and no
 //! scope.
+//!
+//! A rule path may hold one `{tenant}` segment (contract v1.1 §7.3): it
+//! matches any one non-empty segment, and the match says where that
+//! segment lies so the decision can compare it with the key's tenant.
+
+use core::ops::Range;
 
 /// What a matching rule asks of the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,22 +35,56 @@ pub enum PathMatch {
     /// This path and everything below it at a segment boundary. Stored
     /// without the trailing `/` (the root, which covers all, is empty).
     Prefix(Vec<u8>),
+    /// A path with a `{tenant}` segment: `before` (ending in `/`), any one
+    /// non-empty segment, then `after` as [`Self::Exact`] or
+    /// [`Self::Prefix`] would match it (stored the same way; empty when
+    /// `{tenant}` ends the path).
+    Tenant {
+        /// The path up to the segment, with its `/`.
+        before: Vec<u8>,
+        /// The rest, matched exactly or as a prefix.
+        after: Vec<u8>,
+        /// Whether `after` is a prefix (the rule's `path_prefix`).
+        prefix: bool,
+    },
 }
 
 impl PathMatch {
-    fn matches(&self, path: &[u8]) -> bool {
-        match self {
+    /// `None` when `path` does not match; otherwise where the `{tenant}`
+    /// segment lies in `path`, if the rule has one.
+    fn matches(&self, path: &[u8]) -> Option<Option<Range<usize>>> {
+        let matched = match self {
             Self::Any => true,
-            Self::Exact(exact) => match path.strip_prefix(exact.as_slice()) {
-                Some(rest) => rest.is_empty() || rest == b"/",
-                None => false,
-            },
-            Self::Prefix(prefix) => match path.strip_prefix(prefix.as_slice()) {
-                Some(rest) => rest.is_empty() || rest.first() == Some(&b'/'),
-                None => false,
-            },
-        }
+            Self::Exact(exact) => exact_rest(path.strip_prefix(exact.as_slice())),
+            Self::Prefix(prefix) => prefix_rest(path.strip_prefix(prefix.as_slice())),
+            Self::Tenant {
+                before,
+                after,
+                prefix,
+            } => {
+                let rest = path.strip_prefix(before.as_slice())?;
+                let length = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+                let remainder = rest.get(length..)?.strip_prefix(after.as_slice());
+                let matched = if *prefix {
+                    prefix_rest(remainder)
+                } else {
+                    exact_rest(remainder)
+                };
+                return (length > 0 && matched).then(|| Some(before.len()..before.len() + length));
+            }
+        };
+        matched.then_some(None)
     }
+}
+
+/// Whether what follows an exact rule path is nothing or one `/`.
+fn exact_rest(rest: Option<&[u8]>) -> bool {
+    rest.is_some_and(|rest| rest.is_empty() || rest == b"/")
+}
+
+/// Whether what follows a prefix rule path starts at a segment boundary.
+fn prefix_rest(rest: Option<&[u8]>) -> bool {
+    rest.is_some_and(|rest| rest.is_empty() || rest.first() == Some(&b'/'))
 }
 
 /// One compiled rule.
@@ -68,6 +108,15 @@ pub struct RuleSet {
 /// The requirement of a request no rule matches.
 pub const DEFAULT_REQUIREMENT: Requirement = Requirement::Key { scope: None };
 
+/// What routing found for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route<'r> {
+    /// The first matching rule's requirement.
+    pub requirement: &'r Requirement,
+    /// Where that rule's `{tenant}` segment lies in the routed path.
+    pub tenant: Option<Range<usize>>,
+}
+
 impl RuleSet {
     /// Builds a rule set from compiled rules. With `case_insensitive`, rule
     /// paths must already be lower case (the configuration folds them).
@@ -86,6 +135,13 @@ impl RuleSet {
     /// The requirement of the first rule matching `method` and the
     /// normalised `path`.
     pub fn route(&self, method: &[u8], path: &[u8]) -> &Requirement {
+        self.resolve(method, path).requirement
+    }
+
+    /// The first rule matching `method` and the normalised `path`: its
+    /// requirement, and where its `{tenant}` segment lies in `path` (case
+    /// folding keeps every byte where it was).
+    pub fn resolve(&self, method: &[u8], path: &[u8]) -> Route<'_> {
         let folded;
         let path = if self.case_insensitive && path.iter().any(u8::is_ascii_uppercase) {
             folded = path.to_ascii_lowercase();
@@ -95,13 +151,53 @@ impl RuleSet {
         };
         self.rules
             .iter()
-            .find(|rule| {
+            .filter(|rule| {
                 rule.methods
                     .as_ref()
                     .is_none_or(|methods| methods.iter().any(|m| m.as_bytes() == method))
-                    && rule.path.matches(path)
             })
-            .map_or(&DEFAULT_REQUIREMENT, |rule| &rule.requirement)
+            .find_map(|rule| {
+                rule.path.matches(path).map(|tenant| Route {
+                    requirement: &rule.requirement,
+                    tenant,
+                })
+            })
+            .unwrap_or(Route {
+                requirement: &DEFAULT_REQUIREMENT,
+                tenant: None,
+            })
+    }
+}
+
+/// Whether the `{tenant}` segment of a request path names `tenant`: the
+/// segment percent-decoded (§5 left every escape but the unreserved ones),
+/// compared byte for byte, or ignoring ASCII case when paths are
+/// case-insensitive.
+pub fn segment_names_tenant(segment: &[u8], tenant: &str, case_insensitive: bool) -> bool {
+    let mut decoded = Vec::with_capacity(segment.len());
+    let mut bytes = segment.iter();
+    while let Some(&byte) = bytes.next() {
+        if byte == b'%' {
+            let digits = bytes.as_slice().get(..2).and_then(|hex| {
+                let text = core::str::from_utf8(hex).ok()?;
+                u8::from_str_radix(text, 16).ok()
+            });
+            match digits {
+                Some(value) => {
+                    decoded.push(value);
+                    bytes.nth(1);
+                }
+                // Normalisation refused malformed escapes; never equal.
+                None => return false,
+            }
+        } else {
+            decoded.push(byte);
+        }
+    }
+    if case_insensitive {
+        decoded.eq_ignore_ascii_case(tenant.as_bytes())
+    } else {
+        decoded == tenant.as_bytes()
     }
 }
 
@@ -240,6 +336,82 @@ mod tests {
         );
         assert_eq!(rules.route(b"GET", b"/"), &Requirement::Public);
         assert_eq!(rules.route(b"GET", b"/a"), &DEFAULT_REQUIREMENT);
+    }
+
+    fn tenant_rule(before: &str, after: &str, prefix: bool) -> RuleSet {
+        RuleSet::new(
+            vec![rule(
+                PathMatch::Tenant {
+                    before: before.as_bytes().to_vec(),
+                    after: after.as_bytes().to_vec(),
+                    prefix,
+                },
+                None,
+                scope("leads:read"),
+            )],
+            false,
+        )
+    }
+
+    fn tenant_of<'p>(rules: &RuleSet, path: &'p str) -> Option<&'p str> {
+        let route = rules.resolve(b"GET", path.as_bytes());
+        route.tenant.map(|range| &path[range])
+    }
+
+    #[test]
+    fn a_tenant_segment_matches_any_one_non_empty_segment_and_says_where() {
+        let exact = tenant_rule("/api/v1/tenants/", "/leads", false);
+        assert_eq!(
+            tenant_of(&exact, "/api/v1/tenants/acme/leads"),
+            Some("acme")
+        );
+        assert_eq!(
+            tenant_of(&exact, "/api/v1/tenants/acme/leads/"),
+            Some("acme")
+        );
+        assert_eq!(
+            tenant_of(&exact, "/api/v1/tenants/a%20b/leads"),
+            Some("a%20b")
+        );
+        for unmatched in [
+            "/api/v1/tenants/acme/leads/7",
+            "/api/v1/tenants//leads",
+            "/api/v1/tenants/leads",
+            "/api/v1/tenants/acme/x/leads",
+            "/api/v1/tenants/acme",
+        ] {
+            let route = exact.resolve(b"GET", unmatched.as_bytes());
+            assert_eq!(
+                (route.requirement, route.tenant),
+                (&DEFAULT_REQUIREMENT, None),
+                "{unmatched}"
+            );
+        }
+        let prefix = tenant_rule("/api/v1/tenants/", "/leads", true);
+        assert_eq!(
+            tenant_of(&prefix, "/api/v1/tenants/acme/leads/7"),
+            Some("acme")
+        );
+        assert_eq!(
+            prefix.route(b"GET", b"/api/v1/tenants/acme/leadsx"),
+            &DEFAULT_REQUIREMENT
+        );
+        let last = tenant_rule("/t/", "", true);
+        assert_eq!(tenant_of(&last, "/t/acme"), Some("acme"));
+        assert_eq!(tenant_of(&last, "/t/acme/anything"), Some("acme"));
+        assert_eq!(last.route(b"GET", b"/t/"), &DEFAULT_REQUIREMENT);
+    }
+
+    #[test]
+    fn a_tenant_segment_names_the_tenant_once_percent_decoded() {
+        assert!(segment_names_tenant(b"acme", "acme", false));
+        assert!(segment_names_tenant(b"acme%20corp", "acme corp", false));
+        assert!(segment_names_tenant(b"caf%C3%A9", "caf\u{e9}", false));
+        assert!(!segment_names_tenant(b"Acme", "acme", false));
+        assert!(segment_names_tenant(b"ACME", "acme", true));
+        assert!(!segment_names_tenant(b"acme2", "acme", false));
+        assert!(!segment_names_tenant(b"acm", "acme", false));
+        assert!(!segment_names_tenant(b"%zz", "%zz", false));
     }
 
     #[test]

@@ -100,6 +100,12 @@ extern "C" {
         value: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        value: *mut *mut u8,
+        value_size: *mut usize,
+    ) -> u32;
 }
 
 #[link(wasm_import_module = "wasi_snapshot_preview1")]
@@ -249,6 +255,23 @@ pub fn set_filter_state(name: &str, value: &[u8]) -> Result<(), HostError> {
     // would become part of the name).
     // SAFETY: pointers and lengths describe live buffers.
     check(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// Whether the request's downstream connection is TLS, as Envoy sees it:
+/// its `connection.tls_version` attribute, which plain TCP does not have.
+pub fn downstream_tls() -> Result<bool, HostError> {
+    // A property path is its segments, each ended by a NUL but the last.
+    const PATH: &[u8] = b"connection\0tls_version";
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: pointer and length describe a live buffer; the host writes
+    // the out-parameters.
+    let status = unsafe { proxy_get_property(PATH.as_ptr(), PATH.len(), &mut data, &mut size) };
+    match status {
+        OK => Ok(!owned(data, size).is_empty()),
+        NOT_FOUND => Ok(false),
+        status => Err(HostError(status)),
+    }
 }
 
 /// Resumes a request paused in `on_http_request_headers`.

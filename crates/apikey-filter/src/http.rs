@@ -60,7 +60,7 @@ impl RequestContext {
         let Ok(pairs) = header_map::parse(&buffer) else {
             return fail_closed("request header map malformed");
         };
-        let request = RequestHead::from_pairs(&pairs);
+        let mut request = RequestHead::from_pairs(&pairs);
         let Some(gateway) = self.gateway.clone() else {
             record_audit(&audit::not_configured());
             let denial = Denial::new(ErrorCode::NotConfigured);
@@ -69,6 +69,12 @@ impl RequestContext {
                 denial.code,
             );
         };
+        if gateway.requires_tls_flag() {
+            match host::downstream_tls() {
+                Ok(tls) => request.tls = tls,
+                Err(error) => return fail_closed(&format!("connection unreadable ({error:?})")),
+            }
+        }
         let mut decision = gateway.decide(&request, &SharedData, &HostClock);
         if decision.cas_conflicts > 0 || decision.contention {
             metrics::bucket_contention(decision.cas_conflicts, decision.contention);

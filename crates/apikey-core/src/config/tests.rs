@@ -535,3 +535,125 @@ fn settings_keep_the_text_whole_when_keys_are_null_or_absent() {
         assert_eq!(parsed, config, "settings of {text} parse differently");
     }
 }
+
+// --- contract v1.1 §7.2-§7.4 ---------------------------------------------------
+
+#[test]
+fn the_v1_1_options_are_off_by_default_and_read_when_given() {
+    let config = parse(&example()).unwrap();
+    assert_eq!((config.https, config.error_doc_url), (None, None));
+    let mut document = example();
+    document["require_https"] = json!(true);
+    document["trusted_https_header"] = json!("X-Forwarded-Proto");
+    document["error_doc_url"] = json!("https://docs.example.com/errors#{code}");
+    let config = parse(&document).unwrap();
+    assert!(config.https.is_some());
+    assert_eq!(
+        config
+            .error_doc_url
+            .map(|url| url.for_code(crate::denial::ErrorCode::NotFound)),
+        Some("https://docs.example.com/errors#not_found".to_owned())
+    );
+}
+
+#[test]
+fn the_v1_1_options_are_refused_naming_the_field() {
+    let cases: [(&str, Value, &str, &str); 5] = [
+        (
+            "a trusted header alone",
+            json!({"trusted_https_header": "x-forwarded-proto"}),
+            "trusted_https_header",
+            "require_https",
+        ),
+        (
+            "a credential header",
+            json!({"require_https": true, "trusted_https_header": "authorization"}),
+            "trusted_https_header",
+            "credentials",
+        ),
+        (
+            "require_https not a bool",
+            json!({"require_https": "yes"}),
+            "require_https",
+            "",
+        ),
+        (
+            "plain http doc url",
+            json!({"error_doc_url": "http://docs.example.com/{code}"}),
+            "error_doc_url",
+            "https://",
+        ),
+        (
+            "code twice",
+            json!({"error_doc_url": "https://d.example/{code}/{code}"}),
+            "error_doc_url",
+            "at most once",
+        ),
+    ];
+    for (case, fields, field, reason) in cases {
+        assert_refused(
+            case,
+            |document| {
+                for (name, value) in fields.as_object().unwrap() {
+                    document[name] = value.clone();
+                }
+            },
+            field,
+            reason,
+        );
+    }
+}
+
+#[test]
+fn a_tenant_segment_is_one_whole_segment_at_most_once_and_never_public() {
+    let mut document = example();
+    document["rules"] = json!([
+        {"path_prefix": "/api/v1/tenants/{tenant}/leads", "scope": "leads:read"},
+        {"path": "/{tenant}", "scope": "leads:read"},
+        {"path": "/t/{tenant}/"}
+    ]);
+    let config = parse(&document).unwrap();
+    let route = config
+        .rules
+        .resolve(b"GET", b"/api/v1/tenants/acme/leads/7");
+    assert_eq!(route.tenant, Some(16..20));
+    assert_eq!(config.rules.resolve(b"GET", b"/acme").tenant, Some(1..5));
+    assert_eq!(config.rules.resolve(b"GET", b"/t/acme/").tenant, Some(3..7));
+    let refused: [(&str, Value, &str); 4] = [
+        (
+            "twice",
+            json!({"path": "/t/{tenant}/u/{tenant}"}),
+            "at most once",
+        ),
+        (
+            "inside a segment",
+            json!({"path": "/t/x{tenant}"}),
+            "placeholder",
+        ),
+        (
+            "another name",
+            json!({"path_prefix": "/t/{tenant_id}"}),
+            "placeholder",
+        ),
+        (
+            "public",
+            json!({"path": "/t/{tenant}", "public": true}),
+            "public",
+        ),
+    ];
+    for (case, rule, reason) in refused {
+        let field = if rule.get("path").is_some() && case != "public" {
+            "rules[0].path"
+        } else if case == "public" {
+            "rules[0]"
+        } else {
+            "rules[0].path_prefix"
+        };
+        assert_refused(
+            case,
+            |document| document["rules"] = json!([rule]),
+            field,
+            reason,
+        );
+    }
+}

@@ -492,3 +492,167 @@ fn contention_denies_and_is_reported() {
     assert_eq!(code(&decision), Some("rate_limited"));
     assert!(decision.contention);
 }
+
+// --- contract v1.1 §7.2-§7.4 ---------------------------------------------------
+
+fn seed_config(extra: &str) -> String {
+    format!(
+        r#"{{
+      "keys": [
+        {{"id": "acme", "sha256": "{}", "tenant": "acme", "scopes": ["leads:read"],
+          "rate_limits": {{"*": {{"requests": 1, "period_seconds": 3600}}}}}},
+        {{"id": "spaced", "sha256": "{}", "tenant": "acme corp", "scopes": ["leads:read"]}}
+      ],
+      "rules": [
+        {{"path_prefix": "/healthz", "public": true}},
+        {{"path_prefix": "/api/v1/tenants/{{tenant}}/leads", "scope": "leads:read"}},
+        {{"path": "/api/v1/tenants/{{tenant}}/admin", "scope": "admin"}}
+      ]
+      {extra}
+    }}"#,
+        hash("sk_live_acme"),
+        hash("sk_live_spaced"),
+    )
+}
+
+impl Fixture {
+    fn decide_tls(&self, path: &str, headers: &[(&str, &str)], tls: bool) -> Decision {
+        let mut pairs: Vec<HeaderPair<'_>> =
+            vec![(b":method", b"GET"), (b":path", path.as_bytes())];
+        pairs.extend(headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        let mut head = RequestHead::from_pairs(&pairs);
+        head.tls = tls;
+        self.gateway.decide(&head, &self.store, &self.clock)
+    }
+}
+
+#[test]
+fn require_https_refuses_plain_requests_first_and_says_whether_a_key_was_exposed() {
+    let f = fixture_with(&seed_config(r#", "require_https": true"#));
+    assert!(f.gateway.requires_tls_flag());
+    let key = [("X-API-Key", "sk_live_acme")];
+    /// Path, headers, whether over TLS, the expected code.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool, Option<&'a str>);
+    let cases: [Case<'_>; 6] = [
+        ("/healthz", &[], false, Some("https_required")),
+        (
+            "/api/v1/tenants/acme/leads",
+            &key,
+            false,
+            Some("https_required"),
+        ),
+        // Before the path check: a bad path over plain HTTP is still https_required.
+        ("/a/%2F", &key, false, Some("https_required")),
+        (
+            "/api/v1/tenants/acme/leads",
+            &[("x-forwarded-proto", "https"), key[0]],
+            false,
+            Some("https_required"),
+        ),
+        ("/healthz", &[], true, None),
+        ("/api/v1/tenants/acme/leads", &key, true, None),
+    ];
+    for (path, headers, tls, expected) in cases {
+        let decision = f.decide_tls(path, headers, tls);
+        assert_eq!(code(&decision), expected, "{path} {headers:?} tls={tls}");
+        if let Err(denial) = &decision.result {
+            assert_eq!(
+                denial.credential_exposed,
+                !headers.is_empty(),
+                "{path} {headers:?}"
+            );
+        }
+    }
+    let bearer = f.decide_tls(
+        "/healthz",
+        &[("Authorization", "Bearer not-even-valid")],
+        false,
+    );
+    assert!(bearer.result.is_err_and(|denial| denial.credential_exposed));
+    let plain = fixture_with(&seed_config(""));
+    assert!(!plain.gateway.requires_tls_flag());
+    assert_eq!(code(&plain.decide_tls("/healthz", &[], false)), None);
+}
+
+#[test]
+fn a_trusted_https_header_counts_as_tls_only_when_configured() {
+    let f = fixture_with(&seed_config(
+        r#", "require_https": true, "trusted_https_header": "x-forwarded-proto""#,
+    ));
+    let forwarded = [("x-forwarded-proto", "https")];
+    assert_eq!(code(&f.decide_tls("/healthz", &forwarded, false)), None);
+    assert_eq!(
+        code(&f.decide_tls("/healthz", &[("x-forwarded-proto", "http")], false)),
+        Some("https_required")
+    );
+}
+
+#[test]
+fn a_tenant_segment_naming_another_tenant_is_not_found_before_scope_and_limits() {
+    let f = fixture_with(&seed_config(""));
+    let acme = [("X-API-Key", "sk_live_acme")];
+    // Another tenant's leads, and its admin page the key has no scope for:
+    // both 404, and neither takes the key's only token.
+    for path in [
+        "/api/v1/tenants/globex/leads",
+        "/api/v1/tenants/globex/admin",
+        "/api/v1/tenants/ACME/leads",
+        "/api/v1/tenants/acme%20corp/leads",
+    ] {
+        let decision = f.decide_tls(path, &acme, true);
+        assert_eq!(code(&decision), Some("not_found"), "{path}");
+        assert_eq!(
+            decision.key_id.as_deref(),
+            Some("acme"),
+            "{path}: audit names the key"
+        );
+    }
+    assert_eq!(
+        code(&f.decide_tls("/api/v1/tenants/acme/admin", &acme, true)),
+        Some("insufficient_scope")
+    );
+    assert_eq!(
+        code(&f.decide_tls("/api/v1/tenants/acme/leads/7", &acme, true)),
+        None
+    );
+    // The one token was taken only now: the 404s above took none.
+    assert_eq!(
+        code(&f.decide_tls("/api/v1/tenants/acme/leads", &acme, true)),
+        Some("rate_limited")
+    );
+    let spaced = [("X-API-Key", "sk_live_spaced")];
+    assert_eq!(
+        code(&f.decide_tls("/api/v1/tenants/acme%20corp/leads", &spaced, true)),
+        None
+    );
+    assert_eq!(
+        code(&f.decide_tls("/api/v1/tenants/acme/leads", &spaced, true)),
+        Some("not_found")
+    );
+    // An unknown key is still invalid_key: a 404 needs an authenticated key.
+    assert_eq!(
+        code(&f.decide_tls(
+            "/api/v1/tenants/globex/leads",
+            &[("X-API-Key", "sk_live_nobody")],
+            true
+        )),
+        Some("invalid_key")
+    );
+}
+
+#[test]
+fn error_doc_url_links_every_denial_body_to_its_code() {
+    let f = fixture_with(&seed_config(
+        r#", "error_doc_url": "https://docs.example.com/errors#{code}""#,
+    ));
+    let decision = f.decide_tls("/api/v1/tenants/acme/leads", &[], true);
+    let Err(denial) = &decision.result else {
+        panic!("allowed without a key")
+    };
+    let reply = f.gateway.render(denial, None);
+    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        body["error"]["doc_url"],
+        "https://docs.example.com/errors#missing_credentials"
+    );
+}

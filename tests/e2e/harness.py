@@ -343,8 +343,8 @@ class Gateway:
     # The watched ECDS file. With `apikey.pb` (binary protobuf) the harness
     # writes only the empty "nothing yet" file; the CLI writes the rest.
     ecds_file: str = ECDS_FILE
-    # For bootstraps other deployments run (Istio's): called with the
-    # rendered bootstrap before Envoy starts, and a document Envoy merges
+    # For bootstraps other deployments run (Istio's, a gateway behind a
+    # load balancer): called with the rendered bootstrap before Envoy starts, and a document Envoy merges
     # over it (--config-yaml: repeated fields appended, as Istio's agent
     # does with a custom bootstrap).
     customize: Callable[[dict], None] | None = None

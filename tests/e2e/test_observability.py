@@ -116,7 +116,7 @@ OTHER = "sk_live_ObservedOther0000000000"
 # label value from the start, at 0 until a request gets it.
 CODES = {"invalid_path", "missing_credentials", "malformed_credentials", "conflicting_credentials",
          "invalid_key", "key_revoked", "key_expired", "insufficient_scope", "plan_upgrade_required",
-         "rate_limited", "not_configured", "rate_limiter_unavailable"}
+         "rate_limited", "not_configured", "rate_limiter_unavailable", "https_required", "not_found"}
 PROM_CONFIG = {**CONFIG, "keys": CONFIG["keys"] + [
     {"id": "key_expired", "sha256": sha(EXPIRED), "tenant": "acme", "expires_at": "2020-01-01T00:00:00Z"},
     {"id": "key_other", "sha256": sha(OTHER), "tenant": "acme", "scopes": ["leads:read"]},

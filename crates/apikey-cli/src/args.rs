@@ -84,6 +84,12 @@ pub struct InitArgs {
     pub schemes: Option<Vec<String>>,
     /// `key_prefixes`.
     pub key_prefixes: Option<Vec<String>>,
+    /// `require_https: true`.
+    pub require_https: bool,
+    /// `trusted_https_header`.
+    pub trusted_https_header: Option<String>,
+    /// `error_doc_url`.
+    pub error_doc_url: Option<String>,
 }
 
 /// What `render` writes.
@@ -352,6 +358,15 @@ struct InitOpts {
     /// Accepted key prefixes, comma-separated; repeatable
     #[arg(long, value_name = "p,q", action = ArgAction::Append)]
     key_prefixes: Vec<String>,
+    /// Refuse requests that did not arrive over TLS (403 https_required)
+    #[arg(long)]
+    require_https: bool,
+    /// With --require-https, a header whose value "https" counts as TLS (behind a TLS-terminating balancer)
+    #[arg(long, value_name = "HEADER", requires = "require_https")]
+    trusted_https_header: Option<String>,
+    /// Add doc_url to every denial body; {code} is replaced by the error code
+    #[arg(long, value_name = "https://…{code}")]
+    error_doc_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -650,6 +665,9 @@ fn command(sub: Sub, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Comm
             rules: init.rules,
             schemes: given_list(&init.schemes),
             key_prefixes: given_list(&init.key_prefixes),
+            require_https: init.require_https,
+            trusted_https_header: init.trusted_https_header,
+            error_doc_url: init.error_doc_url,
         }),
         Sub::Create(create) => Command::Create(CreateArgs {
             tenant: create.tenant,

@@ -185,6 +185,19 @@ fn init(globals: &Globals, init_args: InitArgs, io: &mut Io<'_>) -> Result<(), C
             .rest
             .insert("key_prefixes".to_owned(), json!(prefixes));
     }
+    if init_args.require_https {
+        state.rest.insert("require_https".to_owned(), json!(true));
+    }
+    if let Some(header) = init_args.trusted_https_header {
+        state
+            .rest
+            .insert("trusted_https_header".to_owned(), json!(header));
+    }
+    if let Some(template) = init_args.error_doc_url {
+        state
+            .rest
+            .insert("error_doc_url".to_owned(), json!(template));
+    }
     let _lock = store::lock(&globals.state)?;
     if globals.state.exists() {
         return Err(refused_as(

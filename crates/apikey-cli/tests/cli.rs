@@ -581,6 +581,40 @@ fn init_refuses_to_overwrite_and_needs_no_options() {
 }
 
 #[test]
+fn init_writes_the_v1_1_options_and_the_validator_refuses_bad_ones() {
+    let scratch = Scratch::new("init-v1-1");
+    scratch.ok(&[
+        "init",
+        "--require-https",
+        "--trusted-https-header",
+        "x-forwarded-proto",
+        "--error-doc-url",
+        "https://docs.example.com/errors#{code}",
+    ]);
+    let state = scratch.state_json();
+    assert_eq!(state["require_https"], true);
+    assert_eq!(state["trusted_https_header"], "x-forwarded-proto");
+    assert_eq!(
+        state["error_doc_url"],
+        "https://docs.example.com/errors#{code}"
+    );
+    let rendered = scratch.ok(&["render", "config"]);
+    let rendered: Value = serde_json::from_str(&rendered).unwrap();
+    assert_eq!(rendered["require_https"], true, "{rendered}");
+    // A trusted header needs --require-https (clap says so, exit 2); a
+    // plain-http link is refused by the filter's own validation (exit 1).
+    let usage = Scratch::new("init-v1-1-usage");
+    let stderr = usage.fails(2, &["init", "--trusted-https-header", "x-forwarded-proto"]);
+    assert!(stderr.contains("--require-https"), "{stderr}");
+    let stderr = usage.fails(
+        1,
+        &["init", "--error-doc-url", "http://docs.example.com/{code}"],
+    );
+    assert!(stderr.contains("error_doc_url"), "{stderr}");
+    assert!(!usage.state().exists(), "a refused init wrote a state file");
+}
+
+#[test]
 fn every_change_publishes_the_ecds_file_and_renders_carry_the_config() {
     let scratch = Scratch::initialised("render");
     let ecds = scratch.dir.join("ecds");

@@ -334,11 +334,16 @@ def main() -> int:
         ecds = gw.ecds_counters()
         still_running = gw.running()
         log_path = gw.log_path
+        rounds_path = gw.workdir / "rounds.pickle"
 
     log = []
     for out in outs:
         with open(out, "rb") as file:
             log += pickle.load(file)
+    # Next to the clients' logs, so a stale or wrong decision can be judged
+    # again, or looked at, after the run (judge.judge(rounds, log)).
+    with open(rounds_path, "wb") as file:
+        pickle.dump(rounds, file)
     judged = judge(rounds, log)
     verdicts = judged.counts
     elapsed = time.monotonic() - started
@@ -409,7 +414,7 @@ def main() -> int:
     rows.append(("shared-data entries (design bound, not observable)", design_entries()))
     width = max(len(name) for name, _ in rows)
     print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows))
-    print(f"\nEnvoy log: {log_path}")
+    print(f"\nEnvoy log: {log_path}\nrounds and request logs: {rounds_path.parent}/{{rounds,client*}}.pickle")
     if failures:
         print("\nFAILED:\n  " + "\n  ".join(failures))
         return 1

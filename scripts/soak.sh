@@ -7,6 +7,10 @@
 # decision older than 1 s after the update that changed it, an invalid
 # configuration accepted, or memory growing after warm-up.
 # tests/soak/soak.py holds the details; docs/reliability.md the figures.
+# The judge of stale and wrong decisions (tests/soak/judge.py) has unit
+# tests on synthetic logs; they run first, so a judge that could no longer
+# catch a stale answer, or that blames the filter for the driver's
+# scheduling, stops the soak before it starts.
 #
 #   scripts/soak.sh        # 10 minutes
 #   scripts/soak.sh 1      # the minute scripts/test.sh runs
@@ -18,6 +22,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 MINUTES="${1:-10}"
 [[ "$MINUTES" =~ ^[1-9][0-9]*$ ]] || die "usage: scripts/soak.sh [minutes, a positive integer]"
 [[ -x "$VENV_PYTHON" && -x "$ENVOY" ]] || die "no .venv with Envoy: run scripts/setup.sh"
+
+step "the soak's judge (unit tests)"
+(cd "$REPO_ROOT" && "$VENV_PYTHON" -m pytest -q tests/soak)
 
 step "building the module"
 build_module

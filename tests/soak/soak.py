@@ -23,16 +23,18 @@ change holds for 5 rounds, so there are seconds after the 1-s grace in
 which a stale answer would show.
 
 Clients send each request on a new connection and log when it was sent,
-when it was answered, what it asked and what came back. Afterwards each
-answer is judged against the rounds: with u the newest round written more
-than 1 s before the request was sent and w the newest written before its
-answer arrived, the answer must be what some round in u..w says. An answer
-that only an older round explains is a *stale decision*; one no round
-explains is *wrong*. Both must be 0, like 5xx and failed connections.
-Half the requests ask keys that a round 1-2 rounds old changed; a request
-whose key changed in one of the 5 rounds up to u, and whose pre-change
-answer no round in u..w gives, counts as a *check*: it would have caught
-a stale decision.
+when it was answered, what it asked and what came back; the driver logs
+when each round's write started and when it finished. Afterwards each
+answer is judged against the rounds (tests/soak/judge.py, unit-tested in
+tests/soak/test_judge.py): with u the newest round whose write finished
+more than 1 s before the request was sent and w the newest whose write
+started before its answer arrived, the answer must be what some round in
+u..w says. An answer that only an older round explains is a *stale
+decision*; one no round explains is *wrong*. Both must be 0, like 5xx and
+failed connections. Half the requests ask keys that a round 1-2 rounds old
+changed; a request whose key changed in one of the 5 rounds up to u, and
+whose pre-change answer no round in u..w gives, counts as a *check*: it
+would have caught a stale decision.
 
 Memory is sampled after warm-up (once the first invalid configuration was
 refused), in the middle and at the end: Envoy's RSS must not grow by more
@@ -50,7 +52,6 @@ Exit status 0 when every must-hold held, 1 otherwise; the table says which.
 from __future__ import annotations
 
 import argparse
-import bisect
 import hashlib
 import json
 import multiprocessing
@@ -60,11 +61,11 @@ import random
 import socket
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 import harness  # noqa: E402  (the e2e harness: Gateway, ECDS writing)
+from judge import Round, judge  # noqa: E402  (this directory, first on sys.path when run as a script)
 
 ROTATING = 20
 HOLD = 5  # rounds a change holds before it is undone
@@ -138,6 +139,26 @@ def expected(target: str, round_: int) -> set[str]:
     raise ValueError(target)
 
 
+PROBES = ([f"S{i}" for i in range(STABLE)] + [f"R{i}" for i in range(ROTATING)]
+          + [f"V{i}" for i in range(ROTATING)] + ["X"] + [f"L{i}" for i in range(LIMITED)]
+          + ["unknown", "none"])
+
+
+def answers(round_: int) -> dict[str, frozenset[str]]:
+    """What round `round_` allows for every probe, as the judge takes it."""
+    return {probe: frozenset(expected(probe, round_)) for probe in PROBES}
+
+
+def choose_probe(chooser: random.Random, round_: int) -> str:
+    """What a client asks while round `round_` is the newest: half the time
+    a key the rounds 1 and 2 before it changed (past the 1-s grace, so a
+    stale answer would count), otherwise any probe."""
+    if chooser.random() < 0.5:
+        back = chooser.choice([1, 2, HOLD + 1, HOLD + 2])  # removed / restored 1-2 rounds ago
+        return chooser.choice([f"R{(round_ - back) % ROTATING}", f"V{(round_ - back) % ROTATING}", "X"])
+    return chooser.choice(PROBES)
+
+
 def request_bytes(target: str) -> bytes:
     path = b"/leads" if target == "X" else b"/soak"
     lines = [b"GET " + path + b" HTTP/1.1", b"host: localhost", b"connection: close"]
@@ -179,23 +200,17 @@ def ask(port: int, target: str) -> str:
 
 
 def client(port: int, round_value, stop, rate: float, seed: int, out: str) -> None:
-    """Sends about `rate` requests a second until `stop`; half of them to
-    the keys the rounds 1 and 2 before the newest changed (past the 1-s
-    grace, so a stale answer would count). Writes [(sent, answered,
-    target, answer)] to `out`."""
+    """Sends about `rate` requests a second until `stop`, each to a probe
+    choose_probe() picks. Writes [(sent, answered, target, answer)] to
+    `out`."""
     chooser = random.Random(seed)
-    everyone = ([f"S{i}" for i in range(STABLE)] + [f"R{i}" for i in range(ROTATING)]
-                + [f"V{i}" for i in range(ROTATING)] + ["X"] + [f"L{i}" for i in range(LIMITED)]
-                + ["unknown", "none"])
     log = []
     next_send = time.monotonic()
     while not stop.is_set():
-        round_ = round_value.value
-        if chooser.random() < 0.5:
-            back = chooser.choice([1, 2, HOLD + 1, HOLD + 2])  # removed / restored 1-2 rounds ago
-            target = chooser.choice([f"R{(round_ - back) % ROTATING}", f"V{(round_ - back) % ROTATING}", "X"])
-        else:
-            target = chooser.choice(everyone)
+        target = choose_probe(chooser, round_value.value)
+        # One clock for every process (CLOCK_MONOTONIC): sent before the
+        # connection opens, answered after the response was read, so both
+        # errors widen the window the judge allows.
         sent = time.monotonic()
         try:
             answer = ask(port, target)
@@ -210,32 +225,6 @@ def client(port: int, round_value, stop, rate: float, seed: int, out: str) -> No
             next_send = time.monotonic()  # behind: do not burst to catch up
     with open(out, "wb") as file:
         pickle.dump(log, file)
-
-
-def judge(log, written: list[float]) -> Counter:
-    """Sorts every answer into ok / stale / wrong / 5xx / error. `written`
-    holds each round's write time (round 0: before the clients started)."""
-    verdicts = Counter()
-    for sent, answered, target, answer in log:
-        verdicts["requests"] += 1
-        verdicts["answer " + answer if not answer.startswith("error") else "answer error"] += 1
-        if answer.startswith("error"):
-            verdicts["errors"] += 1
-            continue
-        if answer.isdigit() and int(answer) >= 500:
-            verdicts["5xx"] += 1
-        settled = max(bisect.bisect_right(written, sent - 1.0) - 1, 0)  # u
-        newest = max(bisect.bisect_right(written, answered) - 1, 0)  # w
-        allowed = set().union(*(expected(target, r) for r in range(settled, newest + 1)))
-        older = set().union(*(expected(target, r) for r in range(max(settled - ROTATING, 0), settled)))
-        recent = [r for r in range(max(settled - HOLD + 1, 1), settled + 1)
-                  if expected(target, r) != expected(target, r - 1)]
-        if recent and not expected(target, recent[-1] - 1) & allowed:
-            verdicts["checks"] += 1
-        if answer in allowed:
-            continue
-        verdicts["stale" if answer in older else "wrong"] += 1
-    return verdicts
 
 
 def rss_kib(pid: int) -> int:
@@ -283,8 +272,10 @@ def main() -> int:
     harness.set_work_root(workroot)
     failures: list[str] = []
     samples: list[dict] = []
-    written: list[float] = [float("-inf")]  # round 0 is the initial configuration
+    # Round 0 is the configuration Envoy starts with: in place before any request.
+    rounds: list[Round] = [Round(float("-inf"), float("-inf"), answers(0))]
     apply_seconds: list[float] = []
+    write_seconds: list[float] = []
     refused = accepted = 0
     started = time.monotonic()
     with harness.Gateway(module, config=config(0), concurrency=args.workers) as gw:
@@ -299,11 +290,16 @@ def main() -> int:
         for process in clients:
             process.start()
 
-        def push(configuration: dict) -> tuple[bool, float]:
+        def push(configuration: dict) -> tuple[bool, float, float]:
+            """Writes `configuration`; whether Envoy applied it, and when the
+            write started and finished. Envoy may apply it, and answer with
+            it, before this process runs again to note the finish: the judge
+            counts a round from its start (issue 16)."""
             counters = gw.ecds_counters()
+            write_started = time.monotonic()
             harness.write_ecds(ecds_file, harness.ecds_document(bootstrap, configuration))
-            at = time.monotonic()
-            return gw.await_update(counters), at
+            write_finished = time.monotonic()
+            return gw.await_update(counters), write_started, write_finished
 
         try:
             round_ = 0
@@ -312,10 +308,11 @@ def main() -> int:
                 time.sleep(max(next_tick - time.monotonic(), 0))
                 next_tick += 1
                 round_ += 1
-                ok, at = push(config(round_))
-                written.append(at)
+                ok, write_started, write_finished = push(config(round_))
+                rounds.append(Round(write_started, write_finished, answers(round_)))
                 round_value.value = round_
-                apply_seconds.append(time.monotonic() - at)
+                apply_seconds.append(time.monotonic() - write_finished)
+                write_seconds.append(write_finished - write_started)
                 if ok:
                     accepted += 1
                 else:
@@ -337,12 +334,18 @@ def main() -> int:
         ecds = gw.ecds_counters()
         still_running = gw.running()
         log_path = gw.log_path
+        rounds_path = gw.workdir / "rounds.pickle"
 
     log = []
     for out in outs:
         with open(out, "rb") as file:
             log += pickle.load(file)
-    verdicts = judge(log, written)
+    # Next to the clients' logs, so a stale or wrong decision can be judged
+    # again, or looked at, after the run (judge.judge(rounds, log)).
+    with open(rounds_path, "wb") as file:
+        pickle.dump(rounds, file)
+    judged = judge(rounds, log)
+    verdicts = judged.counts
     elapsed = time.monotonic() - started
 
     def grew(name: str) -> int:
@@ -354,9 +357,9 @@ def main() -> int:
     for name in ("5xx", "errors", "stale", "wrong"):
         if verdicts[name]:
             failures.append(f"{verdicts[name]} {name}")
-    examples = [entry for entry in log if entry[3].startswith("error") or entry[3].isdigit() and entry[3] != "200"][:5]
-    if examples:
-        failures.append(f"examples: {examples}")
+    for kind in ("errors", "stale", "wrong"):
+        for example in judged.examples.get(kind, []):
+            failures.append(f"{kind}: {example}")
     if verdicts["checks"] < 10 * ticks:
         failures.append(f"only {verdicts['checks']} requests could have shown a stale decision")
     if not verdicts["answer rate_limited"]:
@@ -380,21 +383,25 @@ def main() -> int:
             failures.append(f"Wasm VM count changed: {[s['wasm_vms'] for s in samples]}")
 
     # --- the table ---
-    answers = sorted((k[len("answer "):], v) for k, v in verdicts.items() if k.startswith("answer "))
+    by_answer = sorted((k[len("answer "):], v) for k, v in verdicts.items() if k.startswith("answer "))
     apply_seconds.sort()
+    write_seconds.sort()
     rows = [
         ("duration", f"{elapsed:.0f} s ({ticks} ticks), Envoy --concurrency {args.workers}, "
                      f"{args.clients} client processes at {args.rate:g} req/s each, {os.cpu_count()} cores"),
         ("requests", f"{verdicts['requests']} ({verdicts['requests'] / elapsed:.0f}/s)"),
-        ("answers", ", ".join(f"{answer} {count}" for answer, count in answers)),
+        ("answers", ", ".join(f"{answer} {count}" for answer, count in by_answer)),
         ("5xx", verdicts["5xx"]),
         ("connection errors", verdicts["errors"]),
         ("updates", f"{accepted} accepted, {refused} invalid refused; ECDS {ecds}"),
-        ("write -> every worker applied", f"median {apply_seconds[len(apply_seconds) // 2]:.3f} s, "
-                                          f"max {apply_seconds[-1]:.3f} s"),
+        ("write start -> end (the rename done)", f"median {write_seconds[len(write_seconds) // 2]:.3f} s, "
+                                                 f"max {write_seconds[-1]:.3f} s"),
+        ("write end -> every worker applied", f"median {apply_seconds[len(apply_seconds) // 2]:.3f} s, "
+                                              f"max {apply_seconds[-1]:.3f} s"),
         ("checks (requests 1-5 s after an update that changed their key)", verdicts["checks"]),
-        ("stale decisions (>1 s after the update was written)", verdicts["stale"]),
-        ("wrong decisions (no round explains them)", verdicts["wrong"]),
+        ("ok decisions (a round in u..w gives them)", verdicts["ok"]),
+        ("stale decisions (only rounds superseded >1 s before the send give them)", verdicts["stale"]),
+        ("wrong decisions (no round up to w gives them)", verdicts["wrong"]),
     ]
     if len(samples) == 3:
         _, middle, end = samples
@@ -407,7 +414,7 @@ def main() -> int:
     rows.append(("shared-data entries (design bound, not observable)", design_entries()))
     width = max(len(name) for name, _ in rows)
     print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows))
-    print(f"\nEnvoy log: {log_path}")
+    print(f"\nEnvoy log: {log_path}\nrounds and request logs: {rounds_path.parent}/{{rounds,client*}}.pickle")
     if failures:
         print("\nFAILED:\n  " + "\n  ".join(failures))
         return 1

@@ -18,6 +18,7 @@ mod decision;
 mod grpc;
 mod limiter;
 mod metrics;
+mod password;
 mod proto;
 mod store;
 mod window;
@@ -31,7 +32,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::args::{Command, Settings};
+use crate::args::{Command, RedisAuth, Settings};
 use crate::grpc::RateLimitService;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
@@ -76,7 +77,17 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {
-    let store = Redis::new(&settings.redis, settings.redis_timeout).map_err(|e| e.to_string())?;
+    // Read before anything listens: a missing or empty file stops the
+    // server at start, not at its first request.
+    let password = match &settings.redis_auth {
+        RedisAuth::PasswordFile(path) => Some(password::read_file(path)?),
+        RedisAuth::NoAuth => {
+            eprintln!("apikey-ratelimit: --redis-no-auth: connecting to Redis without a password");
+            None
+        }
+    };
+    let store = Redis::new(&settings.redis, password.as_ref(), settings.redis_timeout)
+        .map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::default());
     let limiter = Arc::new(Limiter::new(store, metrics.clone()));
     let grpc_listener = TcpListener::bind(settings.listen)

@@ -164,10 +164,12 @@ pub fn parse(
     let redis_auth = match (password_file.is_empty(), no_auth) {
         (false, false) => RedisAuth::PasswordFile(PathBuf::from(password_file)),
         (true, true) => RedisAuth::NoAuth,
-        (false, true) => return Err(format!(
+        (false, true) => {
+            return Err(format!(
             "both --redis-password-file (or APIKEY_RATELIMIT_REDIS_PASSWORD_FILE) and {NO_AUTH}: \
                  say which"
-        )),
+        ))
+        }
         (true, false) => {
             return Err(format!(
                 "Redis needs a password: --redis-password-file FILE (or \

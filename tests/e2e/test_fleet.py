@@ -317,3 +317,16 @@ def test_the_password_is_on_no_command_line_nor_in_the_servers_environment(redis
                             ("apikey-ratelimit", server.pid, "environ")):
         seen = Path(f"/proc/{pid}/{what}").read_bytes()
         assert redis.password.encode() not in seen, f"the password is in {name}'s /proc/{pid}/{what}"
+
+
+def test_a_server_stopped_as_soon_as_it_says_it_listens_exits_cleanly(ratelimit_binary, redis, tmp_path):
+    # The SIGTERM handler is installed before the listening line: a
+    # supervisor that stops the server right after reading it (as these
+    # tests' fixtures do) once killed it with the signal's default action.
+    codes = []
+    for attempt in range(30):
+        server = RateLimitServer(ratelimit_binary, redis.url, tmp_path / f"ratelimit-{attempt}",
+                                 password_file=redis.password_file)
+        server.start()
+        codes.append(server.stop())
+    assert codes == [0] * len(codes), f"exit codes on an immediate SIGTERM: {codes}"

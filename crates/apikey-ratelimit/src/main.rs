@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -98,6 +99,10 @@ async fn serve(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", settings.admin))?;
     let grpc_address = grpc_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_address = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    // Before the line that says the server is up: whoever reads it may stop
+    // the server at once, and SIGTERM must then be a clean shutdown, not
+    // the default action that kills the process.
+    let handlers = install_signal_handlers();
     println!("apikey-ratelimit listening grpc={grpc_address} admin={admin_address}");
     let _ = std::io::stdout().flush();
 
@@ -109,7 +114,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         stopped.clone(),
     ));
     let signals = tokio::spawn(async move {
-        let reason = shutdown_signal().await;
+        let reason = shutdown_signal(handlers).await;
         eprintln!("apikey-ratelimit: {reason}, shutting down");
         let _ = stop.send(true);
     });
@@ -125,13 +130,17 @@ async fn serve(settings: Settings) -> Result<(), String> {
     served.map_err(|e| format!("gRPC server failed: {e}"))
 }
 
+/// Handlers for SIGTERM and SIGINT; from now on neither kills the process.
+fn install_signal_handlers() -> Option<(Signal, Signal)> {
+    Some((
+        signal(SignalKind::terminate()).ok()?,
+        signal(SignalKind::interrupt()).ok()?,
+    ))
+}
+
 /// Waits for SIGTERM or SIGINT and names it.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+async fn shutdown_signal(handlers: Option<(Signal, Signal)>) -> &'static str {
+    let Some((mut term, mut int)) = handlers else {
         // Without signal handlers the process still dies on either signal.
         return std::future::pending().await;
     };

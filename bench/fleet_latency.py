@@ -85,7 +85,7 @@ def measure(requests: int, block: int, warmup: int, workdir: Path) -> dict:
     module = harness.build_module()
     binary = build_ratelimit()
     with Redis(workdir / "redis") as redis, \
-         RateLimitServer(binary, redis.url, workdir / "ratelimit") as server, \
+         RateLimitServer(binary, redis.url, workdir / "ratelimit", password_file=redis.password_file) as server, \
          harness.Gateway(module, plugin_config(False), concurrency=2, ratelimit_port=server.port) as local_gw, \
          harness.Gateway(module, plugin_config(True), concurrency=2, ratelimit_port=server.port) as fleet_gw:
         clients = {"local": Client(local_gw.port), "fleet": Client(fleet_gw.port)}

@@ -8,7 +8,12 @@ Each is a context manager that starts its process on a free port of
 SIGKILL), so no test leaves a process behind. A missing tool fails
 loudly: scripts/setup.sh installs redis-server.
 
-    with Redis() as redis, RateLimitServer(build_ratelimit(), redis.url) as server:
+Redis requires a password, as in every stack the project ships: a fresh
+random one per Redis, in a configuration file (never on a command line,
+which `ps` shows), and the rate-limit server reads it from a file.
+
+    with Redis(workdir) as redis, \
+         RateLimitServer(build_ratelimit(), redis.url, workdir, password_file=redis.password_file) as server:
         Gateway(module, config, ratelimit_port=server.port)
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -80,27 +86,44 @@ def _wait(what: str, condition, timeout: float = 15.0, process: subprocess.Popen
 
 
 class Redis:
-    """redis-server on a free port: no persistence, no system service."""
+    """redis-server on a free port of 127.0.0.1: a password, protected
+    mode, no persistence, no system service."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.port = 0
+        self.password = secrets.token_hex(24)
+        self.password_file = workdir / "redis-password"
         self._process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
+    @staticmethod
+    def _write_private(path: Path, text: str) -> None:
+        """Writes `text` to `path`, readable by this user only."""
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+
     def __enter__(self) -> Redis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServiceError("redis-server not found on PATH: run scripts/setup.sh (setup.d/redis.sh)")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if any(c in str(self.workdir) for c in '"\\\n'):
+            raise ServiceError(f"cannot quote {self.workdir} in redis.conf")
         self.port = free_port()
-        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", str(self.workdir)]
+        self._write_private(self.password_file, self.password + "\n")
+        config = self.workdir / "redis.conf"
+        self._write_private(config, "\n".join([
+            f"port {self.port}", "bind 127.0.0.1", "protected-mode yes", 'save ""', "appendonly no",
+            f'dir "{self.workdir}"', f"requirepass {self.password}", ""]))
+        # The configuration file is the only argument: the password is in
+        # it, not on the command line.
         with open(self.workdir / "redis.log", "wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait("redis-server to answer PING", lambda: self.command("PING") == "+PONG", process=self._process)
         except BaseException:
@@ -111,26 +134,49 @@ class Redis:
     def __exit__(self, *exc_info) -> None:
         _stop(self._process)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def command(self, *words: str) -> str:
-        """One inline command; the first line of the reply."""
+        """One inline command after AUTH; the first line of its reply."""
+        auth, reply = self._exchange(["AUTH", self.password], list(words))
+        if auth != "+OK":
+            raise ServiceError(f"redis-server refused its own password: {auth}")
+        return reply
+
+    def unauthenticated(self, *words: str) -> str:
+        """One inline command without AUTH, as any client on the network
+        could send it; the first line of the reply."""
+        return self._exchange(list(words))[0]
+
+    def _exchange(self, *commands: list[str]) -> list[str]:
+        """Sends inline commands on one connection; the first line of each
+        reply (the commands used here answer in one line)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(" ".join(words).encode() + b"\r\n")
+            sock.sendall(b"".join(" ".join(words).encode() + b"\r\n" for words in commands))
             reply = b""
-            while not reply.endswith(b"\r\n"):
+            while reply.count(b"\r\n") < len(commands):
                 chunk = sock.recv(4096)
                 if not chunk:
                     break
                 reply += chunk
-        return reply.decode().split("\r\n", 1)[0]
+        lines = reply.decode().split("\r\n")
+        return (lines + [""] * len(commands))[:len(commands)]
 
 
 class RateLimitServer:
     """apikey-ratelimit on free ports (grpc and admin), or on `port`."""
 
     def __init__(self, binary: Path, redis_url: str, workdir: Path, port: int = 0,
-                 redis_timeout_ms: int = 1000):
+                 redis_timeout_ms: int = 1000, *, password_file: Path | None, no_auth: bool = False):
+        """`password_file` is the Redis password's file (Redis.password_file);
+        None asks for no password, which the server refuses unless `no_auth`
+        adds --redis-no-auth."""
         self.binary = binary
         self.redis_url = redis_url
+        self.password_file = password_file
+        self.no_auth = no_auth
         self.workdir = workdir
         self.requested_port = port
         self.redis_timeout_ms = redis_timeout_ms
@@ -151,6 +197,10 @@ class RateLimitServer:
         command = [str(self.binary), "--listen", f"127.0.0.1:{self.requested_port}",
                    "--admin", "127.0.0.1:0", "--redis", self.redis_url,
                    "--redis-timeout-ms", str(self.redis_timeout_ms)]
+        if self.password_file is not None:
+            command += ["--redis-password-file", str(self.password_file)]
+        if self.no_auth:
+            command.append("--redis-no-auth")
         with open(self.workdir / "ratelimit.log", "ab") as log:
             self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
         try:
@@ -170,6 +220,15 @@ class RateLimitServer:
             if not selector.select(timeout):
                 return b""
         return self._process.stdout.readline()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def log(self) -> str:
+        """What the server wrote on stderr so far."""
+        return (self.workdir / "ratelimit.log").read_text(errors="replace")
 
     def stop(self) -> int | None:
         """SIGTERM: the server must exit 0 (its clean shutdown)."""

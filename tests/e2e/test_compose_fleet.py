@@ -15,6 +15,10 @@ once both gateways run, as an operator would push it: both enforce it, and
 the demo gateway, which watches another directory, never sees it. `down`
 leaves nothing of the project behind.
 
+Redis requires the password envoy/fleet/redis-secret.sh writes (issue 17):
+from the project network, a client without it is refused (NOAUTH), and the
+password is in no container's command, environment or log.
+
 Podman and podman-compose come from scripts/setup.d/podman.sh; without
 them these tests fail, they do not skip.
 """
@@ -28,6 +32,7 @@ import math
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,18 +64,28 @@ CONFIG = {
 class FleetStack:
     """The compose project with the fleet profile, on free host ports."""
 
-    def __init__(self, demo_ecds: os.PathLike, fleet_ecds: os.PathLike, module: os.PathLike):
+    def __init__(self, demo_ecds: os.PathLike, fleet_ecds: os.PathLike, module: os.PathLike, secrets: Path):
         self.ports = {name: harness.free_port() for name in
                       ("GATEWAY_PORT", "ADMIN_PORT", "FLEET_A_PORT", "FLEET_B_PORT",
                        "FLEET_A_ADMIN_PORT", "FLEET_B_ADMIN_PORT")}
         self.env = {**os.environ, "APIKEY_ECDS_DIR": str(demo_ecds), "APIKEY_FLEET_ECDS_DIR": str(fleet_ecds),
-                    "APIKEY_WASM": str(module), **{name: str(port) for name, port in self.ports.items()}}
+                    "APIKEY_FLEET_SECRETS_DIR": str(secrets), "APIKEY_WASM": str(module),
+                    **{name: str(port) for name, port in self.ports.items()}}
+        self.redis_password = (secrets / "redis-password").read_text().strip()
         self.gateways = [self.ports["FLEET_A_PORT"], self.ports["FLEET_B_PORT"]]
         self.admins = [self.ports["FLEET_A_ADMIN_PORT"], self.ports["FLEET_B_ADMIN_PORT"]]
 
     def compose(self, *args: str, timeout: float = 120) -> str:
         return run(PODMAN_COMPOSE, "-p", PROJECT, "--profile", "fleet", "-f", COMPOSE_FILE, *args,
                    env=self.env, timeout=timeout)
+
+    @staticmethod
+    def container(service: str) -> str:
+        """The name of the service's container."""
+        names = run("podman", "ps", "-a", "--filter", f"label=io.podman.compose.project={PROJECT}",
+                    "--filter", f"label=com.docker.compose.service={service}", "--format", "{{.Names}}").split()
+        assert len(names) == 1, f"{service}: containers {names}"
+        return names[0]
 
     def logs(self) -> str:
         names = project_containers(PROJECT)
@@ -142,7 +157,9 @@ def fleet(wasm_module, tmp_path_factory):
     fleet_ecds = tmp_path_factory.mktemp("fleet-ecds")
     # Envoy does not start without the file; this one means "nothing yet".
     harness.write_ecds(fleet_ecds / harness.ECDS_FILE, harness.NOTHING_YET)
-    stack = FleetStack(demo_ecds, fleet_ecds, wasm_module)
+    secrets = tmp_path_factory.mktemp("fleet") / "secrets"
+    run("bash", REPO_ROOT / "envoy" / "fleet" / "redis-secret.sh", secrets)
+    stack = FleetStack(demo_ecds, fleet_ecds, wasm_module, secrets)
     assert not project_containers(PROJECT), f"containers of {PROJECT} exist before the test"
     try:
         stack.compose("up", "-d")
@@ -206,6 +223,50 @@ def test_two_gateways_admit_exactly_n_of_2n_requests(fleet):
 def test_the_demo_gateway_never_sees_the_fleets_configuration(fleet):
     status, body = fleet.get(fleet.ports["GATEWAY_PORT"], "/api/v1/leads", READY_KEY)
     assert status == 503 and json.loads(body)["error"]["code"] == "not_configured", (status, body[:300])
+
+
+# From inside the fleet's network (the echo upstream shares gateway A's
+# network namespace and has python3): commands to Redis without the
+# password, then with it (read on standard input, not put on a command line).
+REDIS_CLIENT = r"""
+import socket, sys
+password = sys.stdin.read().strip()
+def ask(*lines):
+    with socket.create_connection(("redis", 6379), timeout=5) as sock:
+        sock.sendall(b"".join(line.encode() + b"\r\n" for line in lines))
+        data = b""
+        while data.count(b"\r\n") < len(lines):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode().split("\r\n")[len(lines) - 1]
+print(ask("PING"))
+print(ask("FLUSHALL"))
+print(ask("AUTH " + password, "PING"))
+"""
+
+
+def test_redis_refuses_a_client_without_the_password(fleet):
+    done = subprocess.run(["podman", "exec", "-i", fleet.container("upstream-a"), "python3", "-c", REDIS_CLIENT],
+                          input=fleet.redis_password, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ping, flushall, authenticated = done.stdout.splitlines()
+    assert ping.startswith("-NOAUTH"), f"PING without the password answered {ping!r}"
+    assert flushall.startswith("-NOAUTH"), f"FLUSHALL without the password answered {flushall!r}"
+    assert authenticated == "+PONG", f"PING with the password answered {authenticated!r}"
+
+
+def test_the_password_is_in_no_containers_command_environment_or_log(fleet):
+    names = project_containers(PROJECT)
+    inspected = run("podman", "inspect", *names)
+    assert fleet.redis_password not in inspected, "the Redis password is in a container's configuration"
+    for name in names:
+        done = subprocess.run(["podman", "logs", name], capture_output=True, text=True, timeout=60)
+        assert fleet.redis_password not in done.stdout + done.stderr, f"the Redis password is in {name}'s log"
+    redis = json.loads(run("podman", "inspect", fleet.container("redis")))[0]
+    assert not redis["NetworkSettings"]["Ports"] or not any(redis["NetworkSettings"]["Ports"].values()), \
+        f"Redis publishes a port: {redis['NetworkSettings']['Ports']}"
 
 
 def test_down_leaves_nothing_running(fleet):

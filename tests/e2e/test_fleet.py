@@ -5,6 +5,10 @@ in a real redis-server.
 Limits are per hour (period 3600), and a test that counts starts clear of
 the hour's edge, so no window closes under it. Each test uses its own key
 id, so tests sharing the module's Redis never share a counter.
+
+Redis requires a password (issue 17): the servers read it from a file, a
+client without it is refused, and the password shows on no command line
+and in no log.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import concurrent.futures
 import hashlib
 import itertools
 import math
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -42,9 +48,12 @@ def server_factory(ratelimit_binary, redis, tmp_path):
     the test (SIGTERM) and checks that each one exited cleanly."""
     servers = []
 
-    def start(redis_url: str | None = None, port: int = 0) -> RateLimitServer:
+    def start(redis_url: str | None = None, port: int = 0, password_file: Path | None = None,
+              no_auth: bool = False) -> RateLimitServer:
         server = RateLimitServer(ratelimit_binary, redis_url or redis.url,
-                                 tmp_path / f"ratelimit-{len(servers)}", port=port)
+                                 tmp_path / f"ratelimit-{len(servers)}", port=port,
+                                 password_file=None if no_auth else password_file or redis.password_file,
+                                 no_auth=no_auth)
         servers.append(server)
         server.start()
         return server
@@ -54,6 +63,8 @@ def server_factory(ratelimit_binary, redis, tmp_path):
     # A server killed by the test (SIGKILL) reports -9; the others must
     # have shut down cleanly on SIGTERM.
     assert all(code in (0, -9) for code in codes), f"exit codes on SIGTERM: {codes}"
+    for server in servers:
+        assert redis.password not in server.log, f"the Redis password is in {server.workdir}/ratelimit.log"
 
 
 def key_pair() -> tuple[str, str]:
@@ -247,3 +258,75 @@ def test_without_fleet_each_gateway_keeps_its_own_exact_limit(wasm_module, serve
         denied = first.request("GET", "/x", [("X-API-Key", raw)])
         assert denied.header("ratelimit-policy") == '"*";q=1;w=3600'
     assert server.metrics()["requests"] == 0, "a gateway without fleet asked the service"
+
+
+# --- Redis authentication (issue 17) ---------------------------------------
+
+
+def test_redis_refuses_a_client_without_the_password(redis):
+    # What any client on Redis's network could do before: count, reset or
+    # read the fleet's counters. Now every command is refused.
+    for words in (["PING"], ["INCRBY", "apikey:apikey:key_id=x:scope=*:3600:0", "1000"], ["FLUSHALL"]):
+        reply = redis.unauthenticated(*words)
+        assert reply.startswith("-NOAUTH"), f"{' '.join(words)} without the password answered {reply!r}"
+    assert redis.command("PING") == "+PONG", "the password itself was refused"
+
+
+def test_a_server_without_the_password_is_refused_by_redis_and_the_gateway_fails_closed(
+        wasm_module, redis, server_factory):
+    raw, key_id = key_pair()
+    server = server_factory(no_auth=True)
+    assert "without a password" in server.log, f"--redis-no-auth is not said at start: {server.log!r}"
+    fleet = {"timeout_ms": 2000, "on_failure": "deny"}
+    with Gateway(wasm_module, config(raw, key_id, requests=5, burst=50, fleet=fleet),
+                 concurrency=2, ratelimit_port=server.port) as gw:
+        response, _ = timed(gw, raw)
+        assert (response.status, response.json["error"]["code"]) == (503, "rate_limiter_unavailable"), \
+            (response.status, response.body)
+    assert server.metrics()["redis_errors"] == 1, server.metrics()
+    status, body = server.admin("/healthz")
+    assert status == 503 and "NOAUTH" in body, (status, body)
+
+
+def test_a_wrong_password_is_refused_and_never_shown(redis, server_factory, tmp_path):
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password-8d3f\n")
+    wrong.chmod(0o600)
+    server = server_factory(password_file=wrong)
+    status, body = server.admin("/healthz")
+    assert status == 503 and "authentication failed" in body.lower(), (status, body)
+    assert "not-the-password-8d3f" not in body, f"/healthz shows the password: {body!r}"
+    assert "not-the-password-8d3f" not in server.log, f"the log shows the password: {server.log!r}"
+
+
+def test_the_right_password_is_accepted(redis, server_factory):
+    server = server_factory()
+    assert server.admin("/healthz") == (200, "ok\n"), "the server did not authenticate with the password file"
+
+
+def test_the_server_refuses_to_start_without_a_password_file(ratelimit_binary, redis):
+    ran = subprocess.run([str(ratelimit_binary), "--redis", redis.url, "--listen", "127.0.0.1:0",
+                          "--admin", "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 2, (ran.returncode, ran.stdout, ran.stderr)
+    assert "--redis-password-file" in ran.stderr and not ran.stdout, (ran.stdout, ran.stderr)
+
+
+def test_the_password_is_on_no_command_line_nor_in_the_servers_environment(redis, server_factory):
+    server = server_factory()
+    for name, pid, what in (("redis-server", redis.pid, "cmdline"), ("apikey-ratelimit", server.pid, "cmdline"),
+                            ("apikey-ratelimit", server.pid, "environ")):
+        seen = Path(f"/proc/{pid}/{what}").read_bytes()
+        assert redis.password.encode() not in seen, f"the password is in {name}'s /proc/{pid}/{what}"
+
+
+def test_a_server_stopped_as_soon_as_it_says_it_listens_exits_cleanly(ratelimit_binary, redis, tmp_path):
+    # The SIGTERM handler is installed before the listening line: a
+    # supervisor that stops the server right after reading it (as these
+    # tests' fixtures do) once killed it with the signal's default action.
+    codes = []
+    for attempt in range(30):
+        server = RateLimitServer(ratelimit_binary, redis.url, tmp_path / f"ratelimit-{attempt}",
+                                 password_file=redis.password_file)
+        server.start()
+        codes.append(server.stop())
+    assert codes == [0] * len(codes), f"exit codes on an immediate SIGTERM: {codes}"

@@ -5,6 +5,7 @@
 //! without touching the process environment.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// `--help`.
@@ -17,14 +18,24 @@ USAGE:
 OPTIONS (each also read from the environment variable shown):
     --listen ADDR            gRPC address      APIKEY_RATELIMIT_LISTEN    [127.0.0.1:8081]
     --admin ADDR             /healthz, /metrics APIKEY_RATELIMIT_ADMIN    [127.0.0.1:8082]
-    --redis URL              Redis             APIKEY_RATELIMIT_REDIS     [redis://127.0.0.1:6379]
+    --redis URL              Redis (no password in it)
+                                               APIKEY_RATELIMIT_REDIS     [redis://127.0.0.1:6379]
+    --redis-password-file FILE
+                             the Redis password, the file's content trimmed
+                                               APIKEY_RATELIMIT_REDIS_PASSWORD_FILE
+    --redis-no-auth          no Redis password: only for a Redis that nothing
+                             else can reach (tests); no variable
     --redis-timeout-ms MS    bound on one Redis call
                                                APIKEY_RATELIMIT_REDIS_TIMEOUT_MS [1000]
     -h, --help               this text
     -V, --version            the version
 
+One of --redis-password-file and --redis-no-auth is required.
 A port of 0 picks a free port; the addresses bound are printed on stdout:
     apikey-ratelimit listening grpc=127.0.0.1:8081 admin=127.0.0.1:8082
+
+Whoever reaches the gRPC port sets the limits (each request carries its
+own): let only the gateways reach it.
 ";
 
 /// The server's settings.
@@ -36,8 +47,24 @@ pub struct Settings {
     pub admin: SocketAddr,
     /// The Redis URL.
     pub redis: String,
+    /// How the server proves itself to Redis.
+    pub redis_auth: RedisAuth,
     /// Bound on each Redis call (and on connecting).
     pub redis_timeout: Duration,
+}
+
+/// How the server authenticates to Redis. There is no default: a server
+/// started without either flag refuses to run, so a forgotten password is
+/// an error at start, not a Redis that anyone on the network can use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisAuth {
+    /// `AUTH` with the password in this file, read once at start (the path
+    /// only: the value never reaches [`Settings`], so it cannot be
+    /// printed with them).
+    PasswordFile(PathBuf),
+    /// No `AUTH` (`--redis-no-auth`), for a Redis on loopback that only
+    /// the machine's own tests use.
+    NoAuth,
 }
 
 /// What the command line asks for.
@@ -51,7 +78,7 @@ pub enum Command {
     Version,
 }
 
-const FLAGS: [(&str, &str, &str); 4] = [
+const FLAGS: [(&str, &str, &str); 5] = [
     ("--listen", "APIKEY_RATELIMIT_LISTEN", "127.0.0.1:8081"),
     ("--admin", "APIKEY_RATELIMIT_ADMIN", "127.0.0.1:8082"),
     (
@@ -64,7 +91,18 @@ const FLAGS: [(&str, &str, &str); 4] = [
         "APIKEY_RATELIMIT_REDIS_TIMEOUT_MS",
         "1000",
     ),
+    // No default: empty means not given.
+    (
+        "--redis-password-file",
+        "APIKEY_RATELIMIT_REDIS_PASSWORD_FILE",
+        "",
+    ),
 ];
+
+/// The flag without a value that turns Redis authentication off. It has no
+/// environment variable on purpose: a variable inherited by accident (a
+/// shell profile, a shared `.env`) must not silently drop the password.
+const NO_AUTH: &str = "--redis-no-auth";
 
 /// Parses `args` (without the program name); `env` looks variables up.
 pub fn parse(
@@ -72,11 +110,16 @@ pub fn parse(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Command, String> {
     let mut given: [Option<String>; FLAGS.len()] = Default::default();
+    let mut no_auth = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
+            NO_AUTH => {
+                no_auth = true;
+                continue;
+            }
             _ => {}
         }
         let (name, inline) = match arg.split_once('=') {
@@ -90,11 +133,16 @@ pub fn parse(
             .ok_or_else(|| format!("unknown argument {arg:?} (see --help)"))?;
         let value = match inline {
             Some(value) => value,
-            None => args.next().ok_or_else(|| format!("{name} needs a value"))?,
+            // A flag is not a value: `--redis-password-file --redis-no-auth`
+            // must not read a file named `--redis-no-auth`.
+            None => args
+                .next()
+                .filter(|value| !value.starts_with("--"))
+                .ok_or_else(|| format!("{name} needs a value"))?,
         };
         *slot = Some(value);
     }
-    let [listen, admin, redis, timeout] = FLAGS
+    let [listen, admin, redis, timeout, password_file] = FLAGS
         .iter()
         .zip(given)
         .map(|((_, variable, default), flag)| {
@@ -113,10 +161,28 @@ pub fn parse(
         .ok()
         .filter(|ms| (1..=60_000).contains(ms))
         .ok_or_else(|| format!("--redis-timeout-ms must be 1 to 60000, got {timeout:?}"))?;
+    let redis_auth = match (password_file.is_empty(), no_auth) {
+        (false, false) => RedisAuth::PasswordFile(PathBuf::from(password_file)),
+        (true, true) => RedisAuth::NoAuth,
+        (false, true) => {
+            return Err(format!(
+            "both --redis-password-file (or APIKEY_RATELIMIT_REDIS_PASSWORD_FILE) and {NO_AUTH}: \
+                 say which"
+        ))
+        }
+        (true, false) => {
+            return Err(format!(
+                "Redis needs a password: --redis-password-file FILE (or \
+                 APIKEY_RATELIMIT_REDIS_PASSWORD_FILE); {NO_AUTH} only for a Redis nothing else \
+                 can reach"
+            ))
+        }
+    };
     Ok(Command::Serve(Settings {
         listen: address("--listen", &listen)?,
         admin: address("--admin", &admin)?,
         redis,
+        redis_auth,
         redis_timeout: Duration::from_millis(timeout_ms),
     }))
 }
@@ -142,9 +208,11 @@ mod tests {
         }
     }
 
+    const WITH_PASSWORD: [&str; 2] = ["--redis-password-file", "/run/secrets/redis-password"];
+
     #[test]
     fn defaults_are_loopback_ports_and_local_redis() {
-        let s = settings(&[], &[]).unwrap();
+        let s = settings(&WITH_PASSWORD, &[]).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8081");
         assert_eq!(s.admin.to_string(), "127.0.0.1:8082");
         assert_eq!(s.redis, "redis://127.0.0.1:6379");
@@ -156,11 +224,71 @@ mod tests {
         let env = [
             ("APIKEY_RATELIMIT_LISTEN", "0.0.0.0:9000"),
             ("APIKEY_RATELIMIT_REDIS", "redis://redis:6379"),
+            ("APIKEY_RATELIMIT_REDIS_PASSWORD_FILE", "/from/variable"),
         ];
         let s = settings(&["--listen", "127.0.0.1:0", "--redis-timeout-ms=50"], &env).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:0");
         assert_eq!(s.redis, "redis://redis:6379");
         assert_eq!(s.redis_timeout, Duration::from_millis(50));
+        assert_eq!(
+            s.redis_auth,
+            RedisAuth::PasswordFile("/from/variable".into()),
+            "the variable's password file was not taken"
+        );
+        let s = settings(&["--redis-password-file=/from/flag"], &env).unwrap();
+        assert_eq!(
+            s.redis_auth,
+            RedisAuth::PasswordFile("/from/flag".into()),
+            "the flag did not win over the variable"
+        );
+    }
+
+    #[test]
+    fn without_a_password_file_the_server_refuses_to_start() {
+        for (case, list, env) in [
+            ("nothing given", &[][..], &[][..]),
+            ("empty flag", &["--redis-password-file", ""][..], &[][..]),
+            (
+                "empty variable",
+                &[][..],
+                &[("APIKEY_RATELIMIT_REDIS_PASSWORD_FILE", "")][..],
+            ),
+        ] {
+            let error = settings(list, env).expect_err(case);
+            assert!(
+                error.contains("--redis-password-file") && error.contains("--redis-no-auth"),
+                "{case}: the refusal does not say what to give: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_auth_is_a_flag_only_and_excludes_a_password_file() {
+        let s = settings(&["--redis-no-auth"], &[]).unwrap();
+        assert_eq!(s.redis_auth, RedisAuth::NoAuth);
+        assert!(
+            settings(&[], &[("APIKEY_RATELIMIT_REDIS_NO_AUTH", "1")]).is_err(),
+            "a variable turned authentication off"
+        );
+        assert!(
+            settings(&["--redis-no-auth=yes"], &[]).is_err(),
+            "--redis-no-auth took a value"
+        );
+        for (case, list, env) in [
+            (
+                "both flags",
+                &["--redis-no-auth", WITH_PASSWORD[0], WITH_PASSWORD[1]][..],
+                &[][..],
+            ),
+            (
+                "flag and variable",
+                &["--redis-no-auth"][..],
+                &[("APIKEY_RATELIMIT_REDIS_PASSWORD_FILE", "/run/secrets/p")][..],
+            ),
+        ] {
+            let error = settings(list, env).expect_err(case);
+            assert!(error.contains("say which"), "{case}: {error}");
+        }
     }
 
     #[test]
@@ -170,8 +298,13 @@ mod tests {
             ("missing value", &["--listen"][..]),
             ("host name", &["--listen", "localhost:1"][..]),
             ("zero timeout", &["--redis-timeout-ms", "0"][..]),
+            (
+                "password file without a path",
+                &["--redis-password-file"][..],
+            ),
         ] {
-            assert!(settings(list, &[]).is_err(), "{case} accepted");
+            let list: Vec<&str> = list.iter().chain(&["--redis-no-auth"]).copied().collect();
+            assert!(settings(&list, &[]).is_err(), "{case} accepted");
         }
     }
 

@@ -18,6 +18,7 @@ mod decision;
 mod grpc;
 mod limiter;
 mod metrics;
+mod password;
 mod proto;
 mod store;
 mod window;
@@ -27,11 +28,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::args::{Command, Settings};
+use crate::args::{Command, RedisAuth, Settings};
 use crate::grpc::RateLimitService;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
@@ -76,7 +78,17 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {
-    let store = Redis::new(&settings.redis, settings.redis_timeout).map_err(|e| e.to_string())?;
+    // Read before anything listens: a missing or empty file stops the
+    // server at start, not at its first request.
+    let password = match &settings.redis_auth {
+        RedisAuth::PasswordFile(path) => Some(password::read_file(path)?),
+        RedisAuth::NoAuth => {
+            eprintln!("apikey-ratelimit: --redis-no-auth: connecting to Redis without a password");
+            None
+        }
+    };
+    let store = Redis::new(&settings.redis, password.as_ref(), settings.redis_timeout)
+        .map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::default());
     let limiter = Arc::new(Limiter::new(store, metrics.clone()));
     let grpc_listener = TcpListener::bind(settings.listen)
@@ -87,6 +99,10 @@ async fn serve(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", settings.admin))?;
     let grpc_address = grpc_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_address = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    // Before the line that says the server is up: whoever reads it may stop
+    // the server at once, and SIGTERM must then be a clean shutdown, not
+    // the default action that kills the process.
+    let handlers = install_signal_handlers();
     println!("apikey-ratelimit listening grpc={grpc_address} admin={admin_address}");
     let _ = std::io::stdout().flush();
 
@@ -98,7 +114,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         stopped.clone(),
     ));
     let signals = tokio::spawn(async move {
-        let reason = shutdown_signal().await;
+        let reason = shutdown_signal(handlers).await;
         eprintln!("apikey-ratelimit: {reason}, shutting down");
         let _ = stop.send(true);
     });
@@ -114,13 +130,17 @@ async fn serve(settings: Settings) -> Result<(), String> {
     served.map_err(|e| format!("gRPC server failed: {e}"))
 }
 
+/// Handlers for SIGTERM and SIGINT; from now on neither kills the process.
+fn install_signal_handlers() -> Option<(Signal, Signal)> {
+    Some((
+        signal(SignalKind::terminate()).ok()?,
+        signal(SignalKind::interrupt()).ok()?,
+    ))
+}
+
 /// Waits for SIGTERM or SIGINT and names it.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+async fn shutdown_signal(handlers: Option<(Signal, Signal)>) -> &'static str {
+    let Some((mut term, mut int)) = handlers else {
         // Without signal handlers the process still dies on either signal.
         return std::future::pending().await;
     };

@@ -15,7 +15,7 @@ use crate::fleet::{Fleet, FleetQuery};
 use crate::header_map::HeaderPair;
 use crate::key_cache::{KeyCache, KeyEntry};
 use crate::key_hash::KeyHash;
-use crate::key_table::{SharedStore, TableRef};
+use crate::key_table::{Lineage, SharedStore, TableRef};
 use crate::path;
 use crate::rate_limit;
 use crate::rules::Requirement;
@@ -276,7 +276,16 @@ impl Gateway {
         let mut report = None;
         let mut fleet = None;
         if let Some((pattern, limit)) = limit {
-            match take_token(store, &record, pattern, limit, clock, &mut decision) {
+            let lineage = &self.table.lineage;
+            match take_token(
+                store,
+                lineage,
+                &record,
+                pattern,
+                limit,
+                clock,
+                &mut decision,
+            ) {
                 Ok(taken) => {
                     report = Some(taken);
                     fleet = self.config.fleet.as_ref().and_then(|fleet| {
@@ -372,6 +381,7 @@ impl Gateway {
 /// response, or the seconds to wait.
 fn take_token(
     store: &dyn SharedStore,
+    lineage: &Lineage,
     record: &KeyEntry,
     pattern: &ScopePattern,
     limit: &rate_limit::Limit,
@@ -380,6 +390,7 @@ fn take_token(
 ) -> Result<RateLimitReport, u64> {
     match bucket_store::take(
         store,
+        lineage,
         &record.id,
         pattern.as_str(),
         limit,

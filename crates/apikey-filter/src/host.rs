@@ -94,6 +94,12 @@ extern "C" {
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_continue_stream(stream: u32) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        value: *mut *mut u8,
+        value_size: *mut usize,
+    ) -> u32;
     fn proxy_set_property(
         path: *const u8,
         path_size: usize,
@@ -249,6 +255,20 @@ pub fn set_filter_state(name: &str, value: &[u8]) -> Result<(), HostError> {
     // would become part of the name).
     // SAFETY: pointers and lengths describe live buffers.
     check(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// The value of the one-segment property `name` (such as `plugin_name`),
+/// or `None` when the host has none.
+pub fn property(name: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the path is a live slice; out-pointers are valid for writes.
+    match unsafe { proxy_get_property(name.as_ptr(), name.len(), &mut data, &mut size) } {
+        OK if data.is_null() => Ok(None),
+        OK => Ok(Some(owned(data, size))),
+        NOT_FOUND => Ok(None),
+        status => Err(HostError(status)),
+    }
 }
 
 /// Resumes a request paused in `on_http_request_headers`.

@@ -2,7 +2,7 @@
 //! in-memory store with a fixed clock.
 
 use super::*;
-use crate::key_table::{publish, Publication};
+use crate::key_table::{publish, Lineage, Publication};
 use crate::memory_store::MemoryStore;
 use crate::timestamp::parse_rfc3339;
 #[cfg(target_arch = "wasm32")]
@@ -20,6 +20,10 @@ impl Clock for FixedClock {
     fn monotonic_ns(&self) -> u64 {
         self.monotonic_ns
     }
+}
+
+fn lineage() -> Lineage {
+    Lineage::of(b"apikey", b"apikey")
 }
 
 const NOW: &str = "2026-11-25T00:00:00Z";
@@ -69,7 +73,9 @@ struct Fixture {
 fn fixture_with(text: &str) -> Fixture {
     let store = MemoryStore::new();
     let config = Config::parse(text.as_bytes()).unwrap().unwrap();
-    let Publication::Written(table) = publish(&store, &[1; 32], &config, b"", 0).unwrap() else {
+    let Publication::Written(table) =
+        publish(&store, &lineage(), &[1; 32], &config, b"", &|| 0).unwrap()
+    else {
         panic!("not written")
     };
     let clock = FixedClock {
@@ -491,4 +497,52 @@ fn contention_denies_and_is_reported() {
     let decision = f.decide("GET", "/x", &[("x-api-key", "sk_live_limited")]);
     assert_eq!(code(&decision), Some("rate_limited"));
     assert!(decision.contention);
+}
+
+#[test]
+fn two_configurations_with_the_same_key_id_never_share_a_bucket() {
+    // Contract §7.1: P and Q in one process (one vm_id), each with a key
+    // `limited` (burst 2) of the same hash.
+    let store = MemoryStore::new();
+    let clock = FixedClock {
+        wall_ns: parse_rfc3339(NOW).unwrap(),
+        monotonic_ns: 1_000,
+    };
+    let gateway = |name: &[u8], realm: &str| {
+        let lineage = Lineage::of(name, b"apikey");
+        let text =
+            config_text().replacen("\"keys\"", &format!("\"realm\": \"{realm}\", \"keys\""), 1);
+        let config = Config::parse(text.as_bytes()).unwrap().unwrap();
+        let Publication::Written(table) =
+            publish(&store, &lineage, &[1; 32], &config, b"", &|| 0).unwrap()
+        else {
+            panic!("{realm}'s table was not written")
+        };
+        Gateway::new(config, table)
+    };
+    let (p, q) = (gateway(b"apikey", "p"), gateway(b"partner", "q"));
+    let pairs: Vec<HeaderPair<'_>> = vec![
+        (b":method", b"GET"),
+        (b":path", b"/x"),
+        (b"x-api-key", b"sk_live_limited"),
+    ];
+    let request = RequestHead::from_pairs(&pairs);
+    for _ in 0..2 {
+        assert_eq!(code(&p.decide(&request, &store, &clock)), None);
+    }
+    assert_eq!(
+        code(&p.decide(&request, &store, &clock)),
+        Some("rate_limited")
+    );
+    for attempt in 0..2 {
+        assert_eq!(
+            code(&q.decide(&request, &store, &clock)),
+            None,
+            "Q's request {attempt} took from P's bucket of the same key id"
+        );
+    }
+    assert_eq!(
+        code(&q.decide(&request, &store, &clock)),
+        Some("rate_limited")
+    );
 }

@@ -8,7 +8,7 @@
 
 use std::ptr::null_mut;
 
-use apikey_core::decision::Clock;
+use apikey_core::decision::{Clock, EditRefused, RequestEditor};
 use apikey_core::key_table::{SharedStore, StoreError};
 
 /// A host status other than `Ok`.
@@ -337,6 +337,23 @@ impl SharedStore for SharedData {
             CAS_MISMATCH => Err(StoreError::CasMismatch),
             status => Err(StoreError::Host(status)),
         }
+    }
+}
+
+/// The request's header map, edited through the host.
+pub struct RequestHeaders;
+
+impl RequestEditor for RequestHeaders {
+    fn remove(&mut self, name: &[u8]) -> Result<(), EditRefused> {
+        remove_request_header(name).map_err(|HostError(status)| EditRefused(status))
+    }
+
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+        add_request_header(name, value).map_err(|HostError(status)| EditRefused(status))
+    }
+
+    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+        replace_request_header(name, value).map_err(|HostError(status)| EditRefused(status))
     }
 }
 

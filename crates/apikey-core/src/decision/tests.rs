@@ -546,3 +546,125 @@ fn two_configurations_with_the_same_key_id_never_share_a_bucket() {
         Some("rate_limited")
     );
 }
+
+/// Records the edits made through it; refuses the `refuse_at`-th (from 1).
+struct Editor {
+    refuse_at: usize,
+    made: Vec<String>,
+}
+
+impl Editor {
+    fn edit(&mut self, what: String) -> Result<(), EditRefused> {
+        if self.made.len() + 1 == self.refuse_at {
+            return Err(EditRefused(2));
+        }
+        self.made.push(what);
+        Ok(())
+    }
+}
+
+impl RequestEditor for Editor {
+    fn remove(&mut self, name: &[u8]) -> Result<(), EditRefused> {
+        self.edit(format!("remove {}", String::from_utf8_lossy(name)))
+    }
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+        let (name, value) = (
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value),
+        );
+        self.edit(format!("add {name}: {value}"))
+    }
+    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+        let (name, value) = (
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value),
+        );
+        self.edit(format!("replace {name}: {value}"))
+    }
+}
+
+fn audited(decision: &Decision) -> serde_json::Value {
+    serde_json::from_str(&crate::audit::record(decision)).unwrap()
+}
+
+#[test]
+fn a_forwarded_request_gets_every_edit_in_order_and_is_audited_as_allowed() {
+    let f = fixture();
+    let mut decision = f.decide(
+        "GET",
+        "/api/v1/./leads",
+        &[
+            ("authorization", "Bearer sk_live_pro"),
+            ("x-api-tenant", "evil"),
+        ],
+    );
+    let mut editor = Editor {
+        refuse_at: 0,
+        made: Vec::new(),
+    };
+    assert_eq!(decision.forward(&mut editor), Ok(()));
+    assert_eq!(
+        editor.made,
+        [
+            "remove x-api-tenant",
+            "remove authorization",
+            "add x-api-key-id: pro",
+            "add x-api-tenant: acme",
+            "add x-api-scopes: leads:read leads:write mcp:tools",
+            "add x-api-plan: pro",
+            "add x-api-env: live",
+            "replace :path: /api/v1/leads",
+        ]
+    );
+    assert_eq!(audited(&decision)["decision"], "allowed");
+}
+
+#[test]
+fn an_allowed_request_whose_header_edit_fails_is_audited_as_the_503_it_received() {
+    // Issue 17 finding 11: the record said "allowed" while the client got 503.
+    for refuse_at in 1..=8 {
+        let f = fixture();
+        let mut decision = f.decide(
+            "GET",
+            "/api/v1/./leads",
+            &[
+                ("authorization", "Bearer sk_live_pro"),
+                ("x-api-tenant", "evil"),
+            ],
+        );
+        let mut editor = Editor {
+            refuse_at,
+            made: Vec::new(),
+        };
+        assert_eq!(decision.forward(&mut editor), Err(EditRefused(2)));
+        let record = audited(&decision);
+        assert_eq!(
+            (record["decision"].as_str(), record["key_id"].as_str()),
+            (Some("not_configured"), Some("pro")),
+            "edit {refuse_at} refused: audited as {record}"
+        );
+        let denial = decision.result.as_ref().err();
+        assert_eq!(
+            denial.map(|denial| (denial.code, denial.code.status())),
+            Some((ErrorCode::NotConfigured, 503)),
+            "edit {refuse_at} refused: the request is not refused with 503"
+        );
+    }
+}
+
+#[test]
+fn forwarding_a_denied_decision_edits_nothing() {
+    let f = fixture();
+    let mut decision = f.decide("GET", "/api/v1/leads", &[]);
+    let mut editor = Editor {
+        refuse_at: 0,
+        made: Vec::new(),
+    };
+    assert_eq!(decision.forward(&mut editor), Ok(()));
+    assert!(
+        editor.made.is_empty(),
+        "a denial was edited: {:?}",
+        editor.made
+    );
+    assert_eq!(code(&decision), Some("missing_credentials"));
+}

@@ -618,7 +618,11 @@ fn write_records(
 /// look-up each (a second of a 1,000,000-key first load). That holds while
 /// the claim stands: a writer that took it over could have its own table
 /// serving, so the claim is renewed and rechecked as records are, and the
-/// write stops (`false`) when it was lost.
+/// write stops (`false`) when it was lost. A writer stalled for more than
+/// [`STALE_CLAIM_NS`] in the middle of a batch can still reset up to
+/// `RECHECK_EVERY - 1` entries before it notices; that needs the stall, a
+/// takeover completed meanwhile and requests on those keys, and costs at
+/// most one fresh burst each, once.
 fn create_bucket_entries(
     store: &dyn SharedStore,
     config: &Config,

@@ -18,7 +18,7 @@
 
 use apikey_core::config::Config;
 use apikey_core::key_cache::KeyCache;
-use apikey_core::key_table::{self, publish, Publication};
+use apikey_core::key_table::{self, publish, Lineage, Publication};
 use apikey_core::memory_store::MemoryStore;
 use libfuzzer_sys::fuzz_target;
 
@@ -82,10 +82,17 @@ fn check_settings(text: &[u8], config: &Config) {
     );
     let store = MemoryStore::new();
     let digest = key_table::digest(text);
-    let Ok(Publication::Written(table)) = publish(&store, &digest, config, &settings, 0) else {
+    let Ok(Publication::Written(table)) = publish(
+        &store,
+        &Lineage::of(b"apikey", b"apikey"),
+        &digest,
+        config,
+        &settings,
+        &|| 0,
+    ) else {
         panic!("an accepted configuration did not publish with its settings");
     };
-    match key_table::ready_table(&store, &digest) {
+    match key_table::ready_table(&store, &Lineage::of(b"apikey", b"apikey"), &digest) {
         Ok(Some(ready)) => {
             assert_eq!(ready.table, table);
             assert_eq!(ready.key_count, config.keys.len());
@@ -97,7 +104,14 @@ fn check_settings(text: &[u8], config: &Config) {
 
 fn revalidate(config: &Config) {
     let store = MemoryStore::new();
-    let table = match publish(&store, &[7; 32], config, b"", 0) {
+    let table = match publish(
+        &store,
+        &Lineage::of(b"apikey", b"apikey"),
+        &[7; 32],
+        config,
+        b"",
+        &|| 0,
+    ) {
         Ok(Publication::Written(table)) => table,
         other => panic!("an accepted configuration did not publish: {other:?}"),
     };

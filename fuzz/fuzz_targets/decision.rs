@@ -37,7 +37,7 @@ use std::sync::OnceLock;
 
 use apikey_core::config::Config;
 use apikey_core::decision::{Clock, Gateway, RequestHead, IDENTITY_HEADERS};
-use apikey_core::key_table::{publish, Publication};
+use apikey_core::key_table::{publish, Lineage, Publication};
 use apikey_core::memory_store::MemoryStore;
 use apikey_core::rules::Requirement;
 use apikey_core::{credentials, path};
@@ -227,7 +227,14 @@ fn run(input: &[u8]) {
         .map_or(0, |n| usize::from(n % 2 != 0));
     let config = &configs()[variant];
     let store = MemoryStore::new();
-    let table = match publish(&store, &[9; 32], config, b"", 0) {
+    let table = match publish(
+        &store,
+        &Lineage::of(b"apikey", b"apikey"),
+        &[9; 32],
+        config,
+        b"",
+        &|| 0,
+    ) {
         Ok(Publication::Written(table)) => table,
         other => panic!("the fixed configuration did not publish: {other:?}"),
     };

@@ -66,10 +66,12 @@ class FleetStack:
 
     def __init__(self, demo_ecds: os.PathLike, fleet_ecds: os.PathLike, module: os.PathLike, secrets: Path):
         self.ports = {name: harness.free_port() for name in
-                      ("GATEWAY_PORT", "ADMIN_PORT", "FLEET_A_PORT", "FLEET_B_PORT",
+                      ("GATEWAY_PORT", "GATEWAY_TLS_PORT", "ADMIN_PORT", "FLEET_A_PORT", "FLEET_B_PORT",
                        "FLEET_A_ADMIN_PORT", "FLEET_B_ADMIN_PORT")}
         self.env = {**os.environ, "APIKEY_ECDS_DIR": str(demo_ecds), "APIKEY_FLEET_ECDS_DIR": str(fleet_ecds),
                     "APIKEY_FLEET_SECRETS_DIR": str(secrets), "APIKEY_WASM": str(module),
+                    # Every gateway's bootstrap has the HTTPS listener: the session's certificate.
+                    "APIKEY_TLS_DIR": str(harness.tls_certificate()[0].parent),
                     **{name: str(port) for name, port in self.ports.items()}}
         self.redis_password = (secrets / "redis-password").read_text().strip()
         self.gateways = [self.ports["FLEET_A_PORT"], self.ports["FLEET_B_PORT"]]

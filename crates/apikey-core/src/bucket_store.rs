@@ -8,7 +8,7 @@
 //! a conflict retries a bounded number of times and then denies, so a limit
 //! is never exceeded under contention.
 
-use crate::key_table::{buckets_key, SharedStore, StoreError};
+use crate::key_table::{buckets_key, Lineage, SharedStore, StoreError};
 use crate::rate_limit::Limit;
 use crate::token_bucket::{self, Bucket, Take};
 
@@ -34,15 +34,17 @@ pub enum Outcome {
     Missing,
 }
 
-/// Takes one token from the bucket (`key_id`, `pattern`) at `now_ns`.
+/// Takes one token from the bucket (`key_id`, `pattern`) of `lineage`'s
+/// configuration at `now_ns`.
 pub fn take(
     store: &dyn SharedStore,
+    lineage: &Lineage,
     key_id: &str,
     pattern: &str,
     limit: &Limit,
     now_ns: u64,
 ) -> Result<Outcome, StoreError> {
-    let entry_key = buckets_key(key_id);
+    let entry_key = buckets_key(lineage, key_id);
     for conflicts in 0..=MAX_CAS_RETRIES {
         let Some((bytes, cas)) = store.get(&entry_key)? else {
             return Ok(Outcome::Missing);
@@ -134,10 +136,16 @@ mod tests {
         burst: 3,
     };
 
+    fn lineage() -> Lineage {
+        Lineage::of(b"apikey", b"apikey")
+    }
+
     fn store_with(ids: &[&str]) -> MemoryStore {
         let store = MemoryStore::new();
         for id in ids {
-            store.set(&buckets_key(id), EMPTY_BUCKETS, 0).unwrap();
+            store
+                .set(&buckets_key(&lineage(), id), EMPTY_BUCKETS, 0)
+                .unwrap();
         }
         store
     }
@@ -156,7 +164,7 @@ mod tests {
     fn a_bucket_admits_its_burst_then_denies() {
         let store = store_with(&["k"]);
         let admitted = (0..10)
-            .filter(|_| allowed(take(&store, "k", "*", &LIMIT, 0).unwrap()))
+            .filter(|_| allowed(take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap()))
             .count();
         assert_eq!(admitted, 3);
     }
@@ -165,16 +173,41 @@ mod tests {
     fn keys_and_patterns_never_share_a_bucket() {
         let store = store_with(&["a", "b"]);
         for _ in 0..3 {
-            assert!(allowed(take(&store, "a", "leads:*", &LIMIT, 0).unwrap()));
+            assert!(allowed(
+                take(&store, &lineage(), "a", "leads:*", &LIMIT, 0).unwrap()
+            ));
         }
-        assert!(!allowed(take(&store, "a", "leads:*", &LIMIT, 0).unwrap()));
+        assert!(!allowed(
+            take(&store, &lineage(), "a", "leads:*", &LIMIT, 0).unwrap()
+        ));
         assert!(
-            allowed(take(&store, "a", "*", &LIMIT, 0).unwrap()),
+            allowed(take(&store, &lineage(), "a", "*", &LIMIT, 0).unwrap()),
             "pattern * shared a's leads:* bucket"
         );
         assert!(
-            allowed(take(&store, "b", "leads:*", &LIMIT, 0).unwrap()),
+            allowed(take(&store, &lineage(), "b", "leads:*", &LIMIT, 0).unwrap()),
             "key b shared key a's bucket"
+        );
+    }
+
+    #[test]
+    fn two_lineages_with_the_same_key_id_never_share_a_bucket() {
+        let store = store_with(&["k"]);
+        let other = Lineage::of(b"partner", b"apikey");
+        store
+            .set(&buckets_key(&other, "k"), EMPTY_BUCKETS, 0)
+            .unwrap();
+        for _ in 0..3 {
+            assert!(allowed(
+                take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap()
+            ));
+        }
+        assert!(!allowed(
+            take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap()
+        ));
+        assert!(
+            allowed(take(&store, &other, "k", "*", &LIMIT, 0).unwrap()),
+            "the other lineage's key k took from the first lineage's bucket"
         );
     }
 
@@ -182,7 +215,7 @@ mod tests {
     fn conflicts_are_retried_and_counted() {
         let store = store_with(&["k"]);
         store.inject_conflicts(2);
-        match take(&store, "k", "*", &LIMIT, 0).unwrap() {
+        match take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap() {
             Outcome::Bucket {
                 take: Take::Allowed { .. },
                 conflicts,
@@ -196,7 +229,7 @@ mod tests {
         let store = store_with(&["k"]);
         store.inject_conflicts(u32::MAX);
         assert_eq!(
-            take(&store, "k", "*", &LIMIT, 0).unwrap(),
+            take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap(),
             Outcome::Contention
         );
     }
@@ -204,7 +237,10 @@ mod tests {
     #[test]
     fn a_missing_entry_is_never_created_on_the_request_path() {
         let store = MemoryStore::new();
-        assert_eq!(take(&store, "k", "*", &LIMIT, 0).unwrap(), Outcome::Missing);
+        assert_eq!(
+            take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap(),
+            Outcome::Missing
+        );
         assert!(store.is_empty());
     }
 

@@ -16,7 +16,7 @@ use crate::fleet::{Fleet, FleetQuery};
 use crate::header_map::HeaderPair;
 use crate::key_cache::{KeyCache, KeyEntry};
 use crate::key_hash::KeyHash;
-use crate::key_table::{SharedStore, TableRef};
+use crate::key_table::{Lineage, SharedStore, TableRef};
 use crate::path;
 use crate::rate_limit;
 use crate::rules::{self, Requirement};
@@ -91,6 +91,42 @@ pub struct HeaderEdits {
     pub path: Option<Vec<u8>>,
 }
 
+/// Where an allowed request's header edits go: the edge implements it
+/// with host calls, tests with a map (or with a host that refuses).
+pub trait RequestEditor {
+    /// Removes every value of header `name`.
+    fn remove(&mut self, name: &[u8]) -> Result<(), EditRefused>;
+    /// Adds a value of header `name`.
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused>;
+    /// Sets header (or pseudo-header) `name` to one value.
+    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused>;
+}
+
+/// A header edit the host refused, with its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EditRefused(pub u32);
+
+impl HeaderEdits {
+    /// Makes every edit through `editor`, in order: removals (forged
+    /// identity headers and the credential), the rebuilt `Authorization`,
+    /// the identity headers, `:path`. Stops at the first refusal.
+    pub fn apply(&self, editor: &mut dyn RequestEditor) -> Result<(), EditRefused> {
+        for name in &self.remove {
+            editor.remove(name)?;
+        }
+        if let Some(authorization) = &self.authorization {
+            editor.add(b"authorization", authorization)?;
+        }
+        for (name, value) in &self.add {
+            editor.add(name.as_bytes(), value.as_bytes())?;
+        }
+        if let Some(path) = &self.path {
+            editor.replace(b":path", path)?;
+        }
+        Ok(())
+    }
+}
+
 /// An allowed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allow {
@@ -122,6 +158,24 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Forwards an allowed decision: applies its header edits through
+    /// `editor`. When one is refused the request cannot go upstream (a
+    /// credential or a forged identity header could be left in), so it is
+    /// refused with 503, and the decision becomes that refusal *before* the
+    /// edge writes the audit record and counts it: a refused forward is
+    /// never logged or counted as allowed (contract §7.1). A denied
+    /// decision is left as it is.
+    pub fn forward(&mut self, editor: &mut dyn RequestEditor) -> Result<(), EditRefused> {
+        let Ok(allow) = &self.result else {
+            return Ok(());
+        };
+        let applied = allow.edits.apply(editor);
+        if applied.is_err() {
+            self.result = Err(Denial::new(ErrorCode::NotConfigured));
+        }
+        applied
+    }
+
     fn deny(denial: Denial) -> Self {
         Self {
             result: Err(denial),
@@ -314,7 +368,16 @@ impl Gateway {
         let mut report = None;
         let mut fleet = None;
         if let Some((pattern, limit)) = limit {
-            match take_token(store, &record, pattern, limit, clock, &mut decision) {
+            let lineage = &self.table.lineage;
+            match take_token(
+                store,
+                lineage,
+                &record,
+                pattern,
+                limit,
+                clock,
+                &mut decision,
+            ) {
                 Ok(taken) => {
                     report = Some(taken);
                     fleet = self.config.fleet.as_ref().and_then(|fleet| {
@@ -410,6 +473,7 @@ impl Gateway {
 /// response, or the seconds to wait.
 fn take_token(
     store: &dyn SharedStore,
+    lineage: &Lineage,
     record: &KeyEntry,
     pattern: &ScopePattern,
     limit: &rate_limit::Limit,
@@ -418,6 +482,7 @@ fn take_token(
 ) -> Result<RateLimitReport, u64> {
     match bucket_store::take(
         store,
+        lineage,
         &record.id,
         pattern.as_str(),
         limit,

@@ -101,7 +101,7 @@ impl KeyCache {
         if let Some(entry) = self.entries.borrow().get(hash.as_bytes()) {
             return Ok(Some(Rc::clone(entry)));
         }
-        let Some((bytes, _)) = store.get(&record_key(table.bank, hash))? else {
+        let Some((bytes, _)) = store.get(&record_key(&table.lineage, table.bank, hash))? else {
             return Ok(None);
         };
         let Some(record) = key_record::decode(&bytes).filter(|r| r.generation == table.generation)
@@ -132,7 +132,7 @@ impl KeyCache {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::key_table::{publish, Publication};
+    use crate::key_table::{publish, Lineage, Publication};
     use crate::memory_store::MemoryStore;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -151,7 +151,8 @@ mod tests {
         let config = Config::parse(format!(r#"{{"keys": [{}]}}"#, keys.join(",")).as_bytes())
             .unwrap()
             .unwrap();
-        match publish(store, &[digest; 32], &config, b"", 0).unwrap() {
+        let lineage = Lineage::of(b"apikey", b"apikey");
+        match publish(store, &lineage, &[digest; 32], &config, b"", &|| 0).unwrap() {
             Publication::Written(table) | Publication::Ready(table) => table,
             Publication::Pending => panic!("pending"),
         }
@@ -169,7 +170,11 @@ mod tests {
         );
         // Overwrite the stored record: a cached entry must not read it again.
         store
-            .set(&record_key(table.bank, &hash), b"garbage", 0)
+            .set(
+                &record_key(&table.lineage, table.bank, &hash),
+                b"garbage",
+                0,
+            )
             .unwrap();
         assert_eq!(
             cache.lookup(&store, table, &hash).unwrap().unwrap().id,

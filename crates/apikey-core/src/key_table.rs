@@ -2,9 +2,16 @@
 //!
 //! proxy-wasm shared data is a process-wide map with compare-and-swap, but
 //! no delete, and a CAS on a key that does not exist yet always succeeds.
-//! The table therefore lives in two fixed *banks* of records keyed by key
-//! hash, plus one *head* entry saying which configuration (by digest) each
-//! bank holds, under which generation, and whether it is complete:
+//! It is keyed by `vm_id` only, so every filter configuration of the
+//! process that shares a `vm_id` shares it too (contract §7.1: each must
+//! still be enforced as if alone). Every entry of a configuration is
+//! therefore named under its [`Lineage`]: the filter instance (the Wasm
+//! plugin's `name` and `root_id`) across all its updates.
+//!
+//! Within a lineage the table lives in two fixed *banks* of records keyed
+//! by key hash, plus one *head* entry saying which configuration (by
+//! digest) each bank holds, under which generation, and whether it is
+//! complete:
 //!
 //! - a worker configuring digest `D` that finds `D` complete in a bank uses
 //!   it without writing anything (the same table is never rewritten);
@@ -13,16 +20,22 @@
 //!   generation, creates the rate-limit entries of new keys, and marks the
 //!   bank complete; a worker that finds `D` being written by another waits
 //!   (the edge polls on its tick) and serves its previous table meanwhile;
+//! - the writer renews its claim in the head as it goes (a heartbeat); a
+//!   claim not renewed for [`STALE_CLAIM_NS`] (its writer trapped or was
+//!   killed) is taken over by a waiting worker, so no worker serves a
+//!   superseded table for long when a writer dies;
 //! - beside each bank, a *settings* entry holds the configuration text with
 //!   its `keys` emptied, so a worker that finds the table complete parses a
 //!   few hundred bytes, not the whole configuration;
 //! - a request reads one record; a record whose generation differs from the
 //!   table it expects (a key removed or changed since) counts as absent, so
-//!   a removed key never authenticates again.
+//!   a removed key never authenticates again. Generations are never reused
+//!   (see [`publish`]), even when the head is lost.
 //!
-//! Storage stays bounded: two banks of one record per key hash ever loaded,
-//! two settings entries, one rate-limit entry per key id, and one list of
-//! the ids whose rate-limit entries exist, whatever the number of updates.
+//! Storage stays bounded per lineage: two banks of one record per key hash
+//! ever loaded, two settings entries, one rate-limit entry per key id, and
+//! one list of the ids whose rate-limit entries exist, whatever the number
+//! of updates.
 
 use crate::config::{Config, KeySpec};
 use crate::key_hash::KeyHash;
@@ -48,9 +61,73 @@ pub enum StoreError {
     Contention,
 }
 
-/// Which bank and generation a worker reads its records from.
+/// One filter instance across its updates, naming every shared-data entry
+/// of its tables and buckets.
+///
+/// Envoy hands a Wasm plugin its `name` ("a unique name for a filter in a
+/// VM, to tell filters apart when several share a `vm_id` and `root_id`")
+/// and `root_id`; both stay the same when the plugin's configuration is
+/// updated, and differ between two filters of one process unless the
+/// operator gave them the same (the README says they must not). The pair
+/// is hashed into a short fixed-length token, so key names stay short
+/// whatever the names; 64 bits make two lineages of one process sharing a
+/// token as likely as guessing a 64-bit number.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lineage([u8; 8]);
+
+impl Lineage {
+    /// The lineage of the plugin named `name` with root id `root_id`.
+    pub fn of(name: &[u8], root_id: &[u8]) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"apikey lineage\0");
+        // The length keeps ("ab", "c") apart from ("a", "bc").
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name);
+        hasher.update(root_id);
+        let hash = hasher.finalize();
+        let mut token = [0u8; 8];
+        if let Some(first) = hash.as_bytes().first_chunk::<8>() {
+            token = *first;
+        }
+        Self(token)
+    }
+
+    /// The shared-data key `apikey.v1.<token>.<suffix>`.
+    pub fn key(&self, suffix: &str) -> String {
+        let mut key = self.prefix(suffix.len());
+        key.push_str(suffix);
+        key
+    }
+
+    /// `apikey.v1.<token>.`, with room for `more` bytes.
+    fn prefix(&self, more: usize) -> String {
+        let mut key = String::with_capacity(27 + more);
+        key.push_str("apikey.v1.");
+        for byte in self.0 {
+            for nibble in [byte >> 4, byte & 0x0f] {
+                key.push(char::from(if nibble < 10 {
+                    b'0' + nibble
+                } else {
+                    b'a' + nibble - 10
+                }));
+            }
+        }
+        key.push('.');
+        key
+    }
+}
+
+impl core::fmt::Debug for Lineage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Lineage({})", self.key(""))
+    }
+}
+
+/// Which lineage, bank and generation a worker reads its records from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableRef {
+    /// The filter instance whose table this is.
+    pub lineage: Lineage,
     /// 0 or 1.
     pub bank: u8,
     /// The generation stamped on this table's records.
@@ -117,33 +194,52 @@ pub struct ReadyTable {
     pub settings: Vec<u8>,
 }
 
-const HEAD_KEY: &str = "apikey.v1.head";
-const SETTINGS_KEYS: [&str; 2] = ["apikey.v1.b0.settings", "apikey.v1.b1.settings"];
 const SETTINGS_VERSION: u8 = 1;
 /// The fingerprints of the key ids whose rate-limit entries exist. Not
-/// under `apikey.v1.rl.`, where a key id could name it.
-const KNOWN_BUCKETS_KEY: &str = "apikey.v1.known_buckets";
+/// under `rl.`, where a key id could name it.
+const KNOWN_BUCKETS: &str = "known_buckets";
 const KNOWN_BUCKETS_VERSION: u8 = 1;
-const HEAD_VERSION: u8 = 1;
-/// A claim older than this is presumed abandoned (its writer trapped).
-const STALE_CLAIM_NS: u64 = 60_000_000_000;
-/// How many records a writer writes between checks that its claim stands.
+/// 2: claims carry the time their writer last renewed them.
+const HEAD_VERSION: u8 = 2;
+/// A claim not renewed for this long is presumed abandoned (its writer
+/// trapped or was killed) and is taken over by a worker waiting for the
+/// same table. A live writer renews it every [`RECHECK_EVERY`] records, a
+/// few milliseconds apart; the bound keeps a table whose writer died from
+/// leaving workers on the superseded one for more than about a second
+/// (contract §4) plus the time to write it.
+pub const STALE_CLAIM_NS: u64 = 1_000_000_000;
+/// How many records (or rate-limit entries) a writer writes between
+/// renewals of its claim, which also check that it still stands.
 const RECHECK_EVERY: usize = 1024;
 const MAX_ATTEMPTS: usize = 32;
 
-/// The shared-data key of a record in `bank`.
-pub fn record_key(bank: u8, hash: &KeyHash) -> String {
-    let mut key = String::with_capacity(80);
-    key.push_str("apikey.v1.b");
-    key.push(if bank == 0 { '0' } else { '1' });
-    key.push('.');
+fn head_key(lineage: &Lineage) -> String {
+    lineage.key("head")
+}
+
+fn settings_key(lineage: &Lineage, bank: u8) -> String {
+    lineage.key(if bank == 0 {
+        "b0.settings"
+    } else {
+        "b1.settings"
+    })
+}
+
+/// The shared-data key of a record in `bank` of `lineage`'s table.
+pub fn record_key(lineage: &Lineage, bank: u8, hash: &KeyHash) -> String {
+    let mut key = lineage.prefix(68);
+    key.push_str(if bank == 0 { "b0." } else { "b1." });
     hash.push_hex(&mut key);
     key
 }
 
-/// The shared-data key of a key id's rate-limit buckets.
-pub fn buckets_key(id: &str) -> String {
-    format!("apikey.v1.rl.{id}")
+/// The shared-data key of a key id's rate-limit buckets in `lineage`: two
+/// configurations with a key of the same id never share a bucket.
+pub fn buckets_key(lineage: &Lineage, id: &str) -> String {
+    let mut key = lineage.prefix(3 + id.len());
+    key.push_str("rl.");
+    key.push_str(id);
+    key
 }
 
 /// The initial value of a bucket entry: no bucket used yet.
@@ -153,8 +249,11 @@ pub const EMPTY_BUCKETS: &[u8] = &[1];
 enum BankState {
     #[default]
     Empty,
+    /// Claimed by the writer that claimed it at `started_ns` (which tells
+    /// two writers of the same table apart), last renewed at `renewed_ns`.
     Writing {
         started_ns: u64,
+        renewed_ns: u64,
     },
     Ready,
 }
@@ -193,9 +292,13 @@ impl Head {
             let (&state, tail) = rest.split_first()?;
             rest = tail;
             let started_ns = take_u64(&mut rest)?;
+            let renewed_ns = take_u64(&mut rest)?;
             bank.state = match state {
                 0 => BankState::Empty,
-                1 => BankState::Writing { started_ns },
+                1 => BankState::Writing {
+                    started_ns,
+                    renewed_ns,
+                },
                 2 => BankState::Ready,
                 _ => return None,
             };
@@ -207,19 +310,23 @@ impl Head {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 8 + 2 * 49);
+        let mut out = Vec::with_capacity(1 + 8 + 2 * 57);
         out.push(HEAD_VERSION);
         out.extend_from_slice(&self.next_generation.to_le_bytes());
         for bank in &self.banks {
             out.extend_from_slice(&bank.digest);
             out.extend_from_slice(&bank.generation.to_le_bytes());
-            let (state, started_ns) = match bank.state {
-                BankState::Empty => (0, 0),
-                BankState::Writing { started_ns } => (1, started_ns),
-                BankState::Ready => (2, 0),
+            let (state, started_ns, renewed_ns) = match bank.state {
+                BankState::Empty => (0, 0, 0),
+                BankState::Writing {
+                    started_ns,
+                    renewed_ns,
+                } => (1, started_ns, renewed_ns),
+                BankState::Ready => (2, 0, 0),
             };
             out.push(state);
             out.extend_from_slice(&started_ns.to_le_bytes());
+            out.extend_from_slice(&renewed_ns.to_le_bytes());
         }
         out
     }
@@ -238,33 +345,39 @@ impl Head {
     }
 }
 
-fn read_head(store: &dyn SharedStore) -> Result<(Head, u32), StoreError> {
-    read_head_entry(store).map(|(head, cas, _)| (head, cas))
+fn read_head(store: &dyn SharedStore, lineage: &Lineage) -> Result<(Head, u32), StoreError> {
+    read_head_entry(store, lineage).map(|(head, cas, _)| (head, cas))
 }
 
 /// The head, its CAS token, and whether the entry exists at all (it does
-/// once any table was ever claimed in this process).
-fn read_head_entry(store: &dyn SharedStore) -> Result<(Head, u32, bool), StoreError> {
-    match store.get(HEAD_KEY)? {
+/// once any table was ever claimed in this lineage).
+fn read_head_entry(
+    store: &dyn SharedStore,
+    lineage: &Lineage,
+) -> Result<(Head, u32, bool), StoreError> {
+    match store.get(&head_key(lineage))? {
         // An unreadable head (another format) is treated as empty and
-        // overwritten: the records it described are unreachable anyway.
+        // overwritten. The records it described stay in the banks, but the
+        // generation floor of `publish` keeps them from ever matching a new
+        // table.
         Some((bytes, cas)) => Ok((Head::decode(&bytes).unwrap_or_default(), cas, true)),
         None => Ok((Head::default(), 0, false)),
     }
 }
 
-/// The complete table of the configuration whose bytes hash to `digest`,
-/// when some worker has already written it, with its settings. A worker
-/// that finds one needs no key from the configuration: the same bytes were
-/// fully validated by the worker that wrote it. `None` also when the
-/// settings entry no longer describes that table (it was overwritten by a
-/// newer publication in between): the caller then reads the configuration
-/// itself.
+/// The complete table of `lineage`'s configuration whose bytes hash to
+/// `digest`, when some worker has already written it, with its settings. A
+/// worker that finds one needs no key from the configuration: the same
+/// bytes were fully validated by the worker that wrote it. `None` also when
+/// the settings entry no longer describes that table (it was overwritten by
+/// a newer publication in between): the caller then reads the
+/// configuration itself.
 pub fn ready_table(
     store: &dyn SharedStore,
+    lineage: &Lineage,
     digest: &Digest,
 ) -> Result<Option<ReadyTable>, StoreError> {
-    let (head, _) = read_head(store)?;
+    let (head, _) = read_head(store, lineage)?;
     let Some((index, bank)) = head
         .banks
         .iter()
@@ -273,11 +386,8 @@ pub fn ready_table(
     else {
         return Ok(None);
     };
-    let table = table_ref(index, bank.generation);
-    let Some(settings_key) = SETTINGS_KEYS.get(index) else {
-        return Ok(None);
-    };
-    let Some((bytes, _)) = store.get(settings_key)? else {
+    let table = table_ref(lineage, index, bank.generation);
+    let Some((bytes, _)) = store.get(&settings_key(lineage, table.bank))? else {
         return Ok(None);
     };
     Ok(
@@ -319,71 +429,152 @@ fn decode_settings<'a>(
     matches.then_some((key_count, settings))
 }
 
+/// A writer's hold on one bank of one lineage's head.
+#[derive(Clone, Copy, Debug)]
+struct Claim<'a> {
+    lineage: &'a Lineage,
+    index: usize,
+    digest: Digest,
+    generation: u64,
+    /// When this writer claimed the bank: its identity among the writers
+    /// of the same table (a takeover keeps digest and generation).
+    started_ns: u64,
+}
+
+impl Claim<'_> {
+    fn table(&self) -> TableRef {
+        table_ref(self.lineage, self.index, self.generation)
+    }
+
+    fn is_held_in(&self, bank: &Bank) -> bool {
+        bank.digest == self.digest
+            && bank.generation == self.generation
+            && matches!(bank.state, BankState::Writing { started_ns, .. } if started_ns == self.started_ns)
+    }
+
+    /// Renews the claim in the head with the time `now_ns` (the heartbeat
+    /// that keeps waiting workers from taking it over); `false` when it
+    /// was taken over or superseded meanwhile.
+    fn renew(&self, store: &dyn SharedStore, now_ns: u64) -> Result<bool, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut head, cas) = read_head(store, self.lineage)?;
+            let Some(bank) = head.banks.get_mut(self.index) else {
+                return Ok(false);
+            };
+            if !self.is_held_in(bank) {
+                return Ok(false);
+            }
+            bank.state = BankState::Writing {
+                started_ns: self.started_ns,
+                renewed_ns: now_ns,
+            };
+            match store.set(&head_key(self.lineage), &head.encode(), cas) {
+                Ok(()) => return Ok(true),
+                Err(StoreError::CasMismatch) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(StoreError::Contention)
+    }
+}
+
 /// Makes the keys of `config` (whose bytes hash to `digest`) available to
-/// every worker, with its `settings` ([`Config::parse_with_settings`]),
-/// writing them only when no worker has yet. `now_ns` is a monotonic clock
-/// reading, used to recognise an abandoned claim.
+/// every worker serving `lineage`, with its `settings`
+/// ([`Config::parse_with_settings`]), writing them only when no worker has
+/// yet. `now_ns` reads a monotonic clock shared by every worker (Envoy's
+/// steady clock), to renew the claim and to recognise an abandoned one.
+///
+/// A new table's generation is at least the clock's reading, and above the
+/// head's count: generations only ever grow, even when the head cannot be
+/// read (a module with another head format shares the `vm_id` during an
+/// upgrade) and the count restarts. Shared data lives exactly as long as
+/// the process, and so does the steady clock's timeline, which never goes
+/// back (unlike the wall clock); every generation issued before was at most
+/// the clock's reading when it was issued, claims being more than a
+/// nanosecond apart, so a record left in a bank by any earlier table never
+/// carries a new table's generation.
 pub fn publish(
     store: &dyn SharedStore,
+    lineage: &Lineage,
     digest: &Digest,
     config: &Config,
     settings: &[u8],
-    now_ns: u64,
+    now_ns: &dyn Fn() -> u64,
 ) -> Result<Publication, StoreError> {
     for _ in 0..MAX_ATTEMPTS {
-        let (mut head, cas, head_exists) = read_head_entry(store)?;
+        let now = now_ns();
+        let (mut head, cas, head_exists) = read_head_entry(store, lineage)?;
+        let mut abandoned = None;
         for (index, bank) in head.banks.iter().enumerate() {
             if bank.digest != *digest {
                 continue;
             }
             match bank.state {
                 BankState::Ready => {
-                    return Ok(Publication::Ready(table_ref(index, bank.generation)))
+                    return Ok(Publication::Ready(table_ref(
+                        lineage,
+                        index,
+                        bank.generation,
+                    )))
                 }
-                BankState::Writing { started_ns }
-                    if now_ns.saturating_sub(started_ns) < STALE_CLAIM_NS =>
+                BankState::Writing { renewed_ns, .. }
+                    if now.saturating_sub(renewed_ns) < STALE_CLAIM_NS =>
                 {
                     return Ok(Publication::Pending)
                 }
-                _ => {}
+                BankState::Writing { .. } => abandoned = Some((index, bank.generation)),
+                BankState::Empty => {}
             }
         }
-        let index = head.bank_to_claim();
-        let generation = head.next_generation.max(1);
-        head.next_generation = generation.saturating_add(1);
-        let claim = Bank {
+        // An abandoned claim is continued under its own generation: every
+        // record of that generation in that bank is this configuration's,
+        // so whatever its first writer still writes, should it be alive
+        // after all, is what the new writer writes too.
+        let (index, generation) = abandoned.unwrap_or_else(|| {
+            let generation = head.next_generation.max(now).max(1);
+            head.next_generation = generation.saturating_add(1);
+            (head.bank_to_claim(), generation)
+        });
+        let claim = Claim {
+            lineage,
+            index,
             digest: *digest,
             generation,
-            state: BankState::Writing { started_ns: now_ns },
+            started_ns: now,
         };
         if let Some(bank) = head.banks.get_mut(index) {
-            *bank = claim;
+            *bank = Bank {
+                digest: *digest,
+                generation,
+                state: BankState::Writing {
+                    started_ns: now,
+                    renewed_ns: now,
+                },
+            };
         }
-        match store.set(HEAD_KEY, &head.encode(), cas) {
+        match store.set(&head_key(lineage), &head.encode(), cas) {
             Err(StoreError::CasMismatch) => continue,
             Err(error) => return Err(error),
             Ok(()) => {}
         }
-        let table = table_ref(index, generation);
-        if !write_records(store, config, table, &claim)? {
+        if !write_records(store, config, &claim, now_ns)? {
             return Ok(Publication::Pending);
         }
-        // No head before this claim: the process never had a table.
+        // No head before this claim: the lineage never had a table.
         let first_table = !head_exists;
-        if !create_bucket_entries(store, config, table.bank, &claim, first_table)? {
+        if !create_bucket_entries(store, config, &claim, first_table, now_ns)? {
             return Ok(Publication::Pending);
         }
-        if let Some(settings_key) = SETTINGS_KEYS.get(index) {
-            let entry = encode_settings(digest, generation, config.keys.len(), settings);
-            store.set(settings_key, &entry, 0)?;
-        }
-        return mark_written(store, index, &claim);
+        let entry = encode_settings(digest, generation, config.keys.len(), settings);
+        store.set(&settings_key(lineage, claim.table().bank), &entry, 0)?;
+        return mark_written(store, &claim);
     }
     Err(StoreError::Contention)
 }
 
-fn table_ref(index: usize, generation: u64) -> TableRef {
+fn table_ref(lineage: &Lineage, index: usize, generation: u64) -> TableRef {
     TableRef {
+        lineage: *lineage,
         bank: u8::from(index != 0),
         generation,
     }
@@ -393,26 +584,21 @@ fn table_ref(index: usize, generation: u64) -> TableRef {
 fn write_records(
     store: &dyn SharedStore,
     config: &Config,
-    table: TableRef,
-    claim: &Bank,
+    claim: &Claim<'_>,
+    now_ns: &dyn Fn() -> u64,
 ) -> Result<bool, StoreError> {
+    let table = claim.table();
     for (written, key) in config.keys.iter().enumerate() {
-        if written % RECHECK_EVERY == RECHECK_EVERY - 1 && !claim_stands(store, table.bank, claim)?
-        {
+        if written % RECHECK_EVERY == RECHECK_EVERY - 1 && !claim.renew(store, now_ns())? {
             return Ok(false);
         }
         store.set(
-            &record_key(table.bank, &key.hash),
+            &record_key(&table.lineage, table.bank, &key.hash),
             &key_record::encode(key, &config.plans, table.generation),
             0,
         )?;
     }
     Ok(true)
-}
-
-fn claim_stands(store: &dyn SharedStore, bank: u8, claim: &Bank) -> Result<bool, StoreError> {
-    let (head, _) = read_head(store)?;
-    Ok(head.banks.get(usize::from(bank)) == Some(claim))
 }
 
 /// Creates the (empty) bucket entry of every limited key that has none.
@@ -427,33 +613,36 @@ fn claim_stands(store: &dyn SharedStore, bank: u8, claim: &Bank) -> Result<bool,
 /// 1,000,000-key reload). Every id in a list had its entry made before the
 /// list was written, whoever wrote it last.
 ///
-/// For a process's `first_table` (no head existed before this claim) no
+/// For a lineage's `first_table` (no head existed before this claim) no
 /// entry exists and none can be in use, so entries are written without a
 /// look-up each (a second of a 1,000,000-key first load). That holds while
 /// the claim stands: a writer that took it over could have its own table
-/// serving, so the claim is rechecked as records are, and the write stops
-/// (`false`) when it was lost.
+/// serving, so the claim is renewed and rechecked as records are, and the
+/// write stops (`false`) when it was lost. A writer stalled for more than
+/// [`STALE_CLAIM_NS`] in the middle of a batch can still reset up to
+/// `RECHECK_EVERY - 1` entries before it notices; that needs the stall, a
+/// takeover completed meanwhile and requests on those keys, and costs at
+/// most one fresh burst each, once.
 fn create_bucket_entries(
     store: &dyn SharedStore,
     config: &Config,
-    bank: u8,
-    claim: &Bank,
+    claim: &Claim<'_>,
     first_table: bool,
+    now_ns: &dyn Fn() -> u64,
 ) -> Result<bool, StoreError> {
-    let previous = store.get(KNOWN_BUCKETS_KEY)?.map(|(bytes, _)| bytes);
+    let lineage = claim.lineage;
+    let known_key = lineage.key(KNOWN_BUCKETS);
+    let previous = store.get(&known_key)?.map(|(bytes, _)| bytes);
     let known = KnownList::decode(previous.as_deref().unwrap_or_default());
     let mut now_known = Vec::with_capacity(config.keys.len());
     let limited = config.keys.iter().filter(|key| is_limited(key, config));
     for (created, key) in limited.enumerate() {
-        if first_table
-            && created % RECHECK_EVERY == RECHECK_EVERY - 1
-            && !claim_stands(store, bank, claim)?
-        {
+        if created % RECHECK_EVERY == RECHECK_EVERY - 1 && !claim.renew(store, now_ns())? {
             return Ok(false);
         }
         let fingerprint = id_fingerprint(&key.id);
         if !known.contains(&fingerprint) {
-            let entry = buckets_key(&key.id);
+            let entry = buckets_key(lineage, &key.id);
             if first_table || store.get(&entry)?.is_none() {
                 store.set(&entry, EMPTY_BUCKETS, 0)?;
             }
@@ -463,7 +652,7 @@ fn create_bucket_entries(
     sort_fingerprints(&mut now_known);
     now_known.dedup();
     if !known.equals(&now_known) {
-        store.set(KNOWN_BUCKETS_KEY, &encode_known(&now_known), 0)?;
+        store.set(&known_key, &encode_known(&now_known), 0)?;
     }
     Ok(true)
 }
@@ -583,22 +772,27 @@ fn is_limited(key: &KeySpec, config: &Config) -> bool {
             .is_some_and(|plan| !plan.rate_limits.is_empty())
 }
 
-fn mark_written(
-    store: &dyn SharedStore,
-    index: usize,
-    claim: &Bank,
-) -> Result<Publication, StoreError> {
+/// Marks the claimed bank complete. `Pending` when the claim was lost;
+/// `Ready` when it was lost to a writer that completed the same table.
+fn mark_written(store: &dyn SharedStore, claim: &Claim<'_>) -> Result<Publication, StoreError> {
     for _ in 0..MAX_ATTEMPTS {
-        let (mut head, cas) = read_head(store)?;
-        let Some(bank) = head.banks.get_mut(index) else {
+        let (mut head, cas) = read_head(store, claim.lineage)?;
+        let Some(bank) = head.banks.get_mut(claim.index) else {
             break;
         };
-        if *bank != *claim {
-            return Ok(Publication::Pending);
+        if !claim.is_held_in(bank) {
+            let completed = bank.digest == claim.digest
+                && bank.generation == claim.generation
+                && bank.state == BankState::Ready;
+            return Ok(if completed {
+                Publication::Ready(claim.table())
+            } else {
+                Publication::Pending
+            });
         }
         bank.state = BankState::Ready;
-        match store.set(HEAD_KEY, &head.encode(), cas) {
-            Ok(()) => return Ok(Publication::Written(table_ref(index, claim.generation))),
+        match store.set(&head_key(claim.lineage), &head.encode(), cas) {
+            Ok(()) => return Ok(Publication::Written(claim.table())),
             Err(StoreError::CasMismatch) => continue,
             Err(error) => return Err(error),
         }

@@ -8,7 +8,7 @@
 
 use std::ptr::null_mut;
 
-use apikey_core::decision::Clock;
+use apikey_core::decision::{Clock, EditRefused, RequestEditor};
 use apikey_core::key_table::{SharedStore, StoreError};
 
 /// A host status other than `Ok`.
@@ -94,17 +94,17 @@ extern "C" {
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_continue_stream(stream: u32) -> u32;
-    fn proxy_set_property(
-        path: *const u8,
-        path_size: usize,
-        value: *const u8,
-        value_size: usize,
-    ) -> u32;
     fn proxy_get_property(
         path: *const u8,
         path_size: usize,
         value: *mut *mut u8,
         value_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
     ) -> u32;
 }
 
@@ -257,21 +257,24 @@ pub fn set_filter_state(name: &str, value: &[u8]) -> Result<(), HostError> {
     check(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
+/// The value of the property at `path` (`plugin_name`; segments of a longer
+/// path each end with a NUL but the last), or `None` when the host has none.
+pub fn property(path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the path is a live slice; out-pointers are valid for writes.
+    match unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) } {
+        OK if data.is_null() => Ok(None),
+        OK => Ok(Some(owned(data, size))),
+        NOT_FOUND => Ok(None),
+        status => Err(HostError(status)),
+    }
+}
+
 /// Whether the request's downstream connection is TLS, as Envoy sees it:
 /// its `connection.tls_version` attribute, which plain TCP does not have.
 pub fn downstream_tls() -> Result<bool, HostError> {
-    // A property path is its segments, each ended by a NUL but the last.
-    const PATH: &[u8] = b"connection\0tls_version";
-    let mut data = null_mut();
-    let mut size = 0;
-    // SAFETY: pointer and length describe a live buffer; the host writes
-    // the out-parameters.
-    let status = unsafe { proxy_get_property(PATH.as_ptr(), PATH.len(), &mut data, &mut size) };
-    match status {
-        OK => Ok(!owned(data, size).is_empty()),
-        NOT_FOUND => Ok(false),
-        status => Err(HostError(status)),
-    }
+    property(b"connection\0tls_version").map(|version| version.is_some_and(|v| !v.is_empty()))
 }
 
 /// Resumes a request paused in `on_http_request_headers`.
@@ -340,6 +343,23 @@ impl SharedStore for SharedData {
             CAS_MISMATCH => Err(StoreError::CasMismatch),
             status => Err(StoreError::Host(status)),
         }
+    }
+}
+
+/// The request's header map, edited through the host.
+pub struct RequestHeaders;
+
+impl RequestEditor for RequestHeaders {
+    fn remove(&mut self, name: &[u8]) -> Result<(), EditRefused> {
+        remove_request_header(name).map_err(|HostError(status)| EditRefused(status))
+    }
+
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+        add_request_header(name, value).map_err(|HostError(status)| EditRefused(status))
+    }
+
+    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+        replace_request_header(name, value).map_err(|HostError(status)| EditRefused(status))
     }
 }
 

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use apikey_core::audit;
-use apikey_core::decision::{Allow, Decision, Gateway, HeaderEdits, RequestHead};
+use apikey_core::decision::{Decision, Gateway, RequestHead};
 use apikey_core::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
 use apikey_core::fleet::{self, FleetQuery};
 use apikey_core::header_map;
@@ -20,7 +20,7 @@ use apikey_core::rls_codec;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::host::{self, HostClock, Level, SharedData};
+use crate::host::{self, HostClock, Level, RequestHeaders, SharedData};
 use crate::metrics::{self, FleetEvent};
 
 /// One request's context.
@@ -35,8 +35,8 @@ pub struct RequestContext {
 /// What is kept while the fleet's rate-limit service is asked.
 struct Waiting {
     gateway: Rc<Gateway>,
+    /// Allowed so far (its fleet question taken out).
     decision: Decision,
-    allow: Allow,
     query: FleetQuery,
     request_id: Option<Vec<u8>>,
     asked_at_ns: u64,
@@ -79,46 +79,50 @@ impl RequestContext {
         if decision.cas_conflicts > 0 || decision.contention {
             metrics::bucket_contention(decision.cas_conflicts, decision.contention);
         }
-        let result = std::mem::replace(
-            &mut decision.result,
-            Err(Denial::new(ErrorCode::InvalidKey)),
-        );
-        match result {
-            Ok(mut allow) => match allow.fleet.take() {
-                Some(query) => {
-                    let request_id = request.request_id.map(<[u8]>::to_vec);
-                    self.ask_fleet(Waiting {
-                        gateway,
-                        decision,
-                        allow,
-                        query,
-                        request_id,
-                        asked_at_ns: 0,
-                    })
-                }
-                None => {
-                    decision.result = Ok(allow.clone());
-                    record_audit(&audit::record(&decision));
-                    self.forward(allow)
-                }
-            },
-            Err(denial) => {
-                decision.result = Err(denial.clone());
-                record_audit(&audit::record(&decision));
-                deny(&gateway.render(&denial, request.request_id), denial.code)
-            }
+        let query = match &mut decision.result {
+            Ok(allow) => allow.fleet.take(),
+            Err(_) => None,
+        };
+        match query {
+            Some(query) => self.ask_fleet(Waiting {
+                gateway,
+                decision,
+                query,
+                request_id: request.request_id.map(<[u8]>::to_vec),
+                asked_at_ns: 0,
+            }),
+            None => self.conclude(&gateway, decision, request.request_id),
         }
     }
 
-    fn forward(&mut self, allow: Allow) -> Action {
-        if let Err(error) = apply(&allow.edits) {
+    /// Forwards or refuses the request as `decision` says, then records and
+    /// counts what the client got: the audit record and the metric are
+    /// written only once the forwarding outcome is known, so a request
+    /// refused because a header edit failed is logged and counted as the
+    /// 503 it received, never as allowed (contract §7.1).
+    fn conclude(
+        &mut self,
+        gateway: &Gateway,
+        mut decision: Decision,
+        request_id: Option<&[u8]>,
+    ) -> Action {
+        if let Err(error) = decision.forward(&mut RequestHeaders) {
             // Forwarding with a credential or forged header left in would be
-            // worse than failing the request.
-            return fail_closed(&format!("header edit failed ({error:?})"));
+            // worse than failing the request; `forward` made it a 503.
+            host::log(
+                Level::Warn,
+                &format!("header edit failed ({error:?}); request refused"),
+            );
         }
-        self.rate_limit = allow.rate_limit;
-        metrics::allowed();
-        Action::Continue
+        record_audit(&audit::record(&decision));
+        match decision.result {
+            Ok(allow) => {
+                self.rate_limit = allow.rate_limit;
+                metrics::allowed();
+                Action::Continue
+            }
+            Err(denial) => deny(&gateway.render(&denial, request_id), denial.code),
+        }
     }
 
     /// Pauses the request and asks the fleet's service, unless its circuit
@@ -189,43 +193,18 @@ impl RequestContext {
             .gateway
             .fleet()
             .map_or(fleet::OnFailure::Local, |f| f.on_failure);
-        match waiting.query.outcome(answer, on_failure) {
-            None => {
-                waiting.decision.result = Ok(waiting.allow.clone());
-                record_audit(&audit::record(&waiting.decision));
-                self.forward(waiting.allow)
+        if let Some(denial) = waiting.query.outcome(answer, on_failure) {
+            if denial.code == ErrorCode::RateLimited {
+                metrics::fleet(FleetEvent::OverLimit);
             }
-            Some(denial) => {
-                waiting.decision.result = Err(denial.clone());
-                record_audit(&audit::record(&waiting.decision));
-                if denial.code == ErrorCode::RateLimited {
-                    metrics::fleet(FleetEvent::OverLimit);
-                }
-                deny(
-                    &waiting
-                        .gateway
-                        .render(&denial, waiting.request_id.as_deref()),
-                    denial.code,
-                )
-            }
+            waiting.decision.result = Err(denial);
         }
+        self.conclude(
+            &waiting.gateway,
+            waiting.decision,
+            waiting.request_id.as_deref(),
+        )
     }
-}
-
-fn apply(edits: &HeaderEdits) -> Result<(), host::HostError> {
-    for name in &edits.remove {
-        host::remove_request_header(name)?;
-    }
-    if let Some(authorization) = &edits.authorization {
-        host::add_request_header(b"authorization", authorization)?;
-    }
-    for (name, value) in &edits.add {
-        host::add_request_header(name.as_bytes(), value.as_bytes())?;
-    }
-    if let Some(path) = &edits.path {
-        host::replace_request_header(b":path", path)?;
-    }
-    Ok(())
 }
 
 /// Leaves the audit record for the access log; a failure costs the log

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 
 use apikey_core::denial::ErrorCode;
-use apikey_core::key_table::SharedStore;
+use apikey_core::key_table::{Lineage, SharedStore};
 
 use crate::host::{self, SharedData};
 
@@ -162,14 +162,15 @@ pub fn config_accepted() {
     with_ids(|ids| increment(ids.config_accepted, 1));
 }
 
-/// A configuration refused. Every VM refuses the same bad configuration;
-/// only the first to record its digest in shared data counts it.
-pub fn config_refused(digest: &[u8; 32]) {
-    const LAST_REFUSED: &str = "apikey.v1.last_refused";
-    let first = match SharedData.get(LAST_REFUSED) {
+/// A configuration of `lineage` refused. Every VM refuses the same bad
+/// configuration; only the first to record its digest in shared data
+/// counts it (per lineage, so two filters refusing in turn both count).
+pub fn config_refused(lineage: &Lineage, digest: &[u8; 32]) {
+    let last_refused = lineage.key("last_refused");
+    let first = match SharedData.get(&last_refused) {
         Ok(Some((seen, _))) if seen == digest => false,
-        Ok(Some((_, cas))) => SharedData.set(LAST_REFUSED, digest, cas).is_ok(),
-        Ok(None) => SharedData.set(LAST_REFUSED, digest, 0).is_ok(),
+        Ok(Some((_, cas))) => SharedData.set(&last_refused, digest, cas).is_ok(),
+        Ok(None) => SharedData.set(&last_refused, digest, 0).is_ok(),
         Err(_) => true,
     };
     if first {

@@ -13,13 +13,21 @@
 //! it), the published settings replace it, and the VM never holds the whole
 //! text. Wasm memory never shrinks, so a 160 MB table read whole by every
 //! worker would cost 160 MB per worker for the life of the process.
+//!
+//! Several filters may share this VM (one `vm_id`, two listeners or routes).
+//! Each root context belongs to a [`Lineage`], its plugin's `name` and
+//! `root_id`, which stay the same across that filter's updates: its tables
+//! and buckets in shared data, the gateway a pending context serves
+//! meanwhile and the count that tells an outdated context to stop polling
+//! are all kept per lineage, so one filter's update never changes what
+//! another answers (contract §7.1).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use apikey_core::config::Config;
 use apikey_core::decision::Gateway;
-use apikey_core::key_table::{self, Digest, Digester, Publication, TableRef};
+use apikey_core::key_table::{self, Digest, Digester, Lineage, Publication, TableRef};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
@@ -34,13 +42,41 @@ const PENDING_POLL_MS: u32 = 50;
 /// hashing it.
 const HASH_PIECE_BYTES: usize = 1 << 20;
 
+/// What this VM keeps for one lineage across its root contexts.
+struct LineageSlot {
+    lineage: Lineage,
+    /// The newest gateway this VM has served for the lineage, for its root
+    /// contexts whose own table is still being written by another worker.
+    latest_ready: Option<Rc<Gateway>>,
+    /// Counts the lineage's configurations seen by this VM, so an outdated
+    /// root context stops polling instead of publishing a superseded table.
+    sequence: u64,
+}
+
 thread_local! {
-    /// The newest gateway this VM has served, for root contexts whose own
-    /// table is still being written by another worker.
-    static LATEST_READY: RefCell<Option<Rc<Gateway>>> = const { RefCell::new(None) };
-    /// Counts configurations seen by this VM, so an outdated root context
-    /// stops polling instead of publishing a superseded table.
-    static CONFIGURE_SEQUENCE: Cell<u64> = const { Cell::new(0) };
+    /// One slot per lineage this VM has configured: as many as filters
+    /// share the `vm_id`. A slot holds one gateway (its rules and its
+    /// bounded key cache) until the lineage's next configuration replaces
+    /// it; a filter removed from Envoy leaves its last one here.
+    static LINEAGES: RefCell<Vec<LineageSlot>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `use_slot` on `lineage`'s slot, made on first use.
+fn with_slot<T>(lineage: Lineage, use_slot: impl FnOnce(&mut LineageSlot) -> T) -> T {
+    LINEAGES.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        if let Some(slot) = slots.iter_mut().find(|slot| slot.lineage == lineage) {
+            return use_slot(slot);
+        }
+        let mut slot = LineageSlot {
+            lineage,
+            latest_ready: None,
+            sequence: 0,
+        };
+        let result = use_slot(&mut slot);
+        slots.push(slot);
+        result
+    })
 }
 
 enum State {
@@ -59,6 +95,8 @@ enum State {
 /// One configuration's root context.
 pub struct ConfigContext {
     state: State,
+    /// The filter this context configures, read once in `on_configure`.
+    lineage: Option<Lineage>,
     sequence: u64,
     /// Whether this root context set a tick period (to poll a pending table).
     ticking: bool,
@@ -69,6 +107,7 @@ impl ConfigContext {
     pub fn new() -> Self {
         Self {
             state: State::Unconfigured,
+            lineage: None,
             sequence: 0,
             ticking: false,
         }
@@ -78,7 +117,10 @@ impl ConfigContext {
     fn gateway(&self) -> Option<Rc<Gateway>> {
         match &self.state {
             State::Ready(gateway) => Some(Rc::clone(gateway)),
-            State::Pending { .. } => LATEST_READY.with(|latest| latest.borrow().clone()),
+            // Never another filter's gateway: only this lineage's.
+            State::Pending { .. } => self
+                .lineage
+                .and_then(|lineage| with_slot(lineage, |slot| slot.latest_ready.clone())),
             State::Unconfigured => None,
         }
     }
@@ -99,7 +141,9 @@ impl ConfigContext {
     fn serve(&mut self, config: Config, table: TableRef, keys: usize) {
         metrics::keys_loaded(keys);
         let gateway = Rc::new(Gateway::new(config, table));
-        LATEST_READY.with(|latest| *latest.borrow_mut() = Some(Rc::clone(&gateway)));
+        with_slot(table.lineage, |slot| {
+            slot.latest_ready = Some(Rc::clone(&gateway));
+        });
         host::log(
             Level::Info,
             &format!(
@@ -112,13 +156,20 @@ impl ConfigContext {
     }
 
     /// Publishes (or finds) the table; `false` when the store refused.
-    fn publish(&mut self, config: Box<Config>, digest: Digest, settings: Vec<u8>) -> bool {
+    fn publish(
+        &mut self,
+        lineage: Lineage,
+        config: Box<Config>,
+        digest: Digest,
+        settings: Vec<u8>,
+    ) -> bool {
         match key_table::publish(
             &SharedData,
+            &lineage,
             &digest,
             &config,
             &settings,
-            HostClock::monotonic(),
+            &HostClock::monotonic,
         ) {
             Ok(publication @ (Publication::Ready(table) | Publication::Written(table))) => {
                 if matches!(publication, Publication::Written(_)) {
@@ -165,16 +216,16 @@ impl Context for ConfigContext {}
 impl RootContext for ConfigContext {
     fn on_configure(&mut self, configuration_size: usize) -> bool {
         metrics::define_all();
-        self.sequence = CONFIGURE_SEQUENCE.with(|sequence| {
-            let next = sequence.get().saturating_add(1);
-            sequence.set(next);
-            next
+        let lineage = *self.lineage.get_or_insert_with(plugin_lineage);
+        self.sequence = with_slot(lineage, |slot| {
+            slot.sequence = slot.sequence.saturating_add(1);
+            slot.sequence
         });
         let (digest, hashed) = match configuration_digest(configuration_size) {
             Ok(hashed) => hashed,
             Err(error) => return refuse_unreadable(error),
         };
-        if let Ok(Some(ready)) = key_table::ready_table(&SharedData, &digest) {
+        if let Ok(Some(ready)) = key_table::ready_table(&SharedData, &lineage, &digest) {
             // Another context wrote these exact bytes' table: its settings
             // are the rest of the configuration.
             if let Ok(Some(config)) = Config::parse(&ready.settings) {
@@ -199,7 +250,7 @@ impl RootContext for ConfigContext {
         match Config::parse_with_settings(&bytes) {
             Err(error) => {
                 host::log(Level::Critical, &format!("configuration refused: {error}"));
-                metrics::config_refused(&digest);
+                metrics::config_refused(&lineage, &digest);
                 false
             }
             Ok(None) => {
@@ -212,13 +263,17 @@ impl RootContext for ConfigContext {
             }
             Ok(Some((config, settings))) => {
                 drop(bytes);
-                self.publish(Box::new(config), digest, settings)
+                self.publish(lineage, Box::new(config), digest, settings)
             }
         }
     }
 
     fn on_tick(&mut self) {
-        let superseded = CONFIGURE_SEQUENCE.with(Cell::get) != self.sequence;
+        let Some(lineage) = self.lineage else {
+            self.stop_ticking();
+            return;
+        };
+        let superseded = with_slot(lineage, |slot| slot.sequence) != self.sequence;
         match std::mem::replace(&mut self.state, State::Unconfigured) {
             State::Pending { .. } if superseded => self.stop_ticking(),
             State::Pending {
@@ -227,8 +282,9 @@ impl RootContext for ConfigContext {
                 settings,
             } => {
                 // A store error here leaves the previous table serving; the
-                // next tick tries again.
-                if !self.publish(config, digest, settings) {
+                // next tick tries again. A claim whose writer died is taken
+                // over here once it goes unrenewed (key_table).
+                if !self.publish(lineage, config, digest, settings) {
                     host::log(Level::Warn, "pending table still not published; retrying");
                 }
             }
@@ -262,6 +318,39 @@ fn configuration_digest(size: usize) -> Result<(Digest, usize), host::HostError>
         start += piece.len();
     }
     Ok((digester.finish(), start))
+}
+
+/// This root context's lineage: its plugin's `name` and `root_id`, which
+/// Envoy keeps across the filter's updates and which tell apart filters
+/// sharing a `vm_id`. A host that does not say (none of Envoy's) gets one
+/// lineage for all its filters, as before lineages existed, and a warning.
+fn plugin_lineage() -> Lineage {
+    let read = |name: &str| match host::property(name.as_bytes()) {
+        Ok(Some(value)) => value,
+        other => {
+            host::log(
+                Level::Warn,
+                &format!(
+                    "property {name} unavailable ({:?}): filters sharing this vm_id share one key table",
+                    other.err()
+                ),
+            );
+            Vec::new()
+        }
+    };
+    let name = read("plugin_name");
+    let root_id = read("plugin_root_id");
+    let lineage = Lineage::of(&name, &root_id);
+    host::log(
+        Level::Info,
+        &format!(
+            "plugin {:?} (root_id {:?}): shared-data entries under {}",
+            String::from_utf8_lossy(&name),
+            String::from_utf8_lossy(&root_id),
+            lineage.key("")
+        ),
+    );
+    lineage
 }
 
 /// Refuses a configuration the host would not hand over.

@@ -2,7 +2,7 @@
 //! in-memory store with a fixed clock.
 
 use super::*;
-use crate::key_table::{publish, Publication};
+use crate::key_table::{publish, Lineage, Publication};
 use crate::memory_store::MemoryStore;
 use crate::timestamp::parse_rfc3339;
 #[cfg(target_arch = "wasm32")]
@@ -20,6 +20,10 @@ impl Clock for FixedClock {
     fn monotonic_ns(&self) -> u64 {
         self.monotonic_ns
     }
+}
+
+fn lineage() -> Lineage {
+    Lineage::of(b"apikey", b"apikey")
 }
 
 const NOW: &str = "2026-11-25T00:00:00Z";
@@ -69,7 +73,9 @@ struct Fixture {
 fn fixture_with(text: &str) -> Fixture {
     let store = MemoryStore::new();
     let config = Config::parse(text.as_bytes()).unwrap().unwrap();
-    let Publication::Written(table) = publish(&store, &[1; 32], &config, b"", 0).unwrap() else {
+    let Publication::Written(table) =
+        publish(&store, &lineage(), &[1; 32], &config, b"", &|| 0).unwrap()
+    else {
         panic!("not written")
     };
     let clock = FixedClock {
@@ -655,4 +661,174 @@ fn error_doc_url_links_every_denial_body_to_its_code() {
         body["error"]["doc_url"],
         "https://docs.example.com/errors#missing_credentials"
     );
+}
+
+#[test]
+fn two_configurations_with_the_same_key_id_never_share_a_bucket() {
+    // Contract §7.1: P and Q in one process (one vm_id), each with a key
+    // `limited` (burst 2) of the same hash.
+    let store = MemoryStore::new();
+    let clock = FixedClock {
+        wall_ns: parse_rfc3339(NOW).unwrap(),
+        monotonic_ns: 1_000,
+    };
+    let gateway = |name: &[u8], realm: &str| {
+        let lineage = Lineage::of(name, b"apikey");
+        let text =
+            config_text().replacen("\"keys\"", &format!("\"realm\": \"{realm}\", \"keys\""), 1);
+        let config = Config::parse(text.as_bytes()).unwrap().unwrap();
+        let Publication::Written(table) =
+            publish(&store, &lineage, &[1; 32], &config, b"", &|| 0).unwrap()
+        else {
+            panic!("{realm}'s table was not written")
+        };
+        Gateway::new(config, table)
+    };
+    let (p, q) = (gateway(b"apikey", "p"), gateway(b"partner", "q"));
+    let pairs: Vec<HeaderPair<'_>> = vec![
+        (b":method", b"GET"),
+        (b":path", b"/x"),
+        (b"x-api-key", b"sk_live_limited"),
+    ];
+    let request = RequestHead::from_pairs(&pairs);
+    for _ in 0..2 {
+        assert_eq!(code(&p.decide(&request, &store, &clock)), None);
+    }
+    assert_eq!(
+        code(&p.decide(&request, &store, &clock)),
+        Some("rate_limited")
+    );
+    for attempt in 0..2 {
+        assert_eq!(
+            code(&q.decide(&request, &store, &clock)),
+            None,
+            "Q's request {attempt} took from P's bucket of the same key id"
+        );
+    }
+    assert_eq!(
+        code(&q.decide(&request, &store, &clock)),
+        Some("rate_limited")
+    );
+}
+
+/// Records the edits made through it; refuses the `refuse_at`-th (from 1).
+struct Editor {
+    refuse_at: usize,
+    made: Vec<String>,
+}
+
+impl Editor {
+    fn edit(&mut self, what: String) -> Result<(), EditRefused> {
+        if self.made.len() + 1 == self.refuse_at {
+            return Err(EditRefused(2));
+        }
+        self.made.push(what);
+        Ok(())
+    }
+}
+
+impl RequestEditor for Editor {
+    fn remove(&mut self, name: &[u8]) -> Result<(), EditRefused> {
+        self.edit(format!("remove {}", String::from_utf8_lossy(name)))
+    }
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+        let (name, value) = (
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value),
+        );
+        self.edit(format!("add {name}: {value}"))
+    }
+    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+        let (name, value) = (
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value),
+        );
+        self.edit(format!("replace {name}: {value}"))
+    }
+}
+
+fn audited(decision: &Decision) -> serde_json::Value {
+    serde_json::from_str(&crate::audit::record(decision)).unwrap()
+}
+
+#[test]
+fn a_forwarded_request_gets_every_edit_in_order_and_is_audited_as_allowed() {
+    let f = fixture();
+    let mut decision = f.decide(
+        "GET",
+        "/api/v1/./leads",
+        &[
+            ("authorization", "Bearer sk_live_pro"),
+            ("x-api-tenant", "evil"),
+        ],
+    );
+    let mut editor = Editor {
+        refuse_at: 0,
+        made: Vec::new(),
+    };
+    assert_eq!(decision.forward(&mut editor), Ok(()));
+    assert_eq!(
+        editor.made,
+        [
+            "remove x-api-tenant",
+            "remove authorization",
+            "add x-api-key-id: pro",
+            "add x-api-tenant: acme",
+            "add x-api-scopes: leads:read leads:write mcp:tools",
+            "add x-api-plan: pro",
+            "add x-api-env: live",
+            "replace :path: /api/v1/leads",
+        ]
+    );
+    assert_eq!(audited(&decision)["decision"], "allowed");
+}
+
+#[test]
+fn an_allowed_request_whose_header_edit_fails_is_audited_as_the_503_it_received() {
+    // Issue 17 finding 11: the record said "allowed" while the client got 503.
+    for refuse_at in 1..=8 {
+        let f = fixture();
+        let mut decision = f.decide(
+            "GET",
+            "/api/v1/./leads",
+            &[
+                ("authorization", "Bearer sk_live_pro"),
+                ("x-api-tenant", "evil"),
+            ],
+        );
+        let mut editor = Editor {
+            refuse_at,
+            made: Vec::new(),
+        };
+        assert_eq!(decision.forward(&mut editor), Err(EditRefused(2)));
+        let record = audited(&decision);
+        assert_eq!(
+            (record["decision"].as_str(), record["key_id"].as_str()),
+            (Some("not_configured"), Some("pro")),
+            "edit {refuse_at} refused: audited as {record}"
+        );
+        let denial = decision.result.as_ref().err();
+        assert_eq!(
+            denial.map(|denial| (denial.code, denial.code.status())),
+            Some((ErrorCode::NotConfigured, 503)),
+            "edit {refuse_at} refused: the request is not refused with 503"
+        );
+    }
+}
+
+#[test]
+fn forwarding_a_denied_decision_edits_nothing() {
+    let f = fixture();
+    let mut decision = f.decide("GET", "/api/v1/leads", &[]);
+    let mut editor = Editor {
+        refuse_at: 0,
+        made: Vec::new(),
+    };
+    assert_eq!(decision.forward(&mut editor), Ok(()));
+    assert!(
+        editor.made.is_empty(),
+        "a denial was edited: {:?}",
+        editor.made
+    );
+    assert_eq!(code(&decision), Some("missing_credentials"));
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 use crate::key_record;
+
+mod claims;
+mod lineages;
 use crate::memory_store::MemoryStore;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -24,6 +27,11 @@ fn config(keys: &[(&str, &str)]) -> Config {
     Config::parse(text.as_bytes()).unwrap().unwrap()
 }
 
+/// The lineage most tests publish in.
+fn lineage() -> Lineage {
+    Lineage::of(b"apikey", b"apikey")
+}
+
 fn digest(n: u8) -> Digest {
     [n; 32]
 }
@@ -31,7 +39,11 @@ fn digest(n: u8) -> Digest {
 /// Looks `raw` up the way a request does.
 fn lookup(store: &MemoryStore, table: TableRef, raw: &str) -> Option<String> {
     let (bytes, _) = store
-        .get(&record_key(table.bank, &KeyHash::of(raw.as_bytes())))
+        .get(&record_key(
+            &table.lineage,
+            table.bank,
+            &KeyHash::of(raw.as_bytes()),
+        ))
         .unwrap()?;
     let record = key_record::decode(&bytes)?;
     (record.generation == table.generation).then(|| record.id.to_owned())
@@ -39,13 +51,16 @@ fn lookup(store: &MemoryStore, table: TableRef, raw: &str) -> Option<String> {
 
 /// The stored rate-limit entry of key id `id`.
 fn bucket_entry(store: &dyn SharedStore, id: &str) -> Option<Vec<u8>> {
-    store.get(&buckets_key(id)).unwrap().map(|(value, _)| value)
+    store
+        .get(&buckets_key(&lineage(), id))
+        .unwrap()
+        .map(|(value, _)| value)
 }
 
 /// Publishes a table of `keys` (id, raw key) named by `digest(n)`, which
 /// must end ready.
 fn published(store: &dyn SharedStore, n: u8, keys: &[(&str, &str)]) -> TableRef {
-    ready(publish(store, &digest(n), &config(keys), b"", 0).unwrap())
+    ready(publish(store, &lineage(), &digest(n), &config(keys), b"", &|| 0).unwrap())
 }
 
 fn ready(publication: Publication) -> TableRef {
@@ -68,12 +83,14 @@ fn a_published_table_answers_lookups() {
 fn publishing_the_same_configuration_again_writes_nothing() {
     let store = MemoryStore::new();
     let config = config(&[("a", "key-a")]);
-    let Publication::Written(first) = publish(&store, &digest(1), &config, b"", 0).unwrap() else {
+    let Publication::Written(first) =
+        publish(&store, &lineage(), &digest(1), &config, b"", &|| 0).unwrap()
+    else {
         panic!("the first publication did not write the table")
     };
     let writes = store.writes();
     assert_eq!(
-        publish(&store, &digest(1), &config, b"", 5).unwrap(),
+        publish(&store, &lineage(), &digest(1), &config, b"", &|| 5).unwrap(),
         Publication::Ready(first)
     );
     assert_eq!(
@@ -119,11 +136,11 @@ fn the_previous_table_keeps_serving_while_the_next_is_written() {
 fn a_configuration_that_comes_back_reuses_its_bank() {
     let store = MemoryStore::new();
     let a = config(&[("a", "key-a")]);
-    let first = ready(publish(&store, &digest(1), &a, b"", 0).unwrap());
+    let first = ready(publish(&store, &lineage(), &digest(1), &a, b"", &|| 0).unwrap());
     published(&store, 2, &[("b", "key-b")]);
     let writes = store.writes();
     assert_eq!(
-        ready(publish(&store, &digest(1), &a, b"", 0).unwrap()),
+        ready(publish(&store, &lineage(), &digest(1), &a, b"", &|| 0).unwrap()),
         first
     );
     assert_eq!(store.writes(), writes, "A -> B -> A rewrote A");
@@ -140,15 +157,24 @@ fn a_table_being_written_by_another_worker_is_pending_until_ready() {
     head.banks[0] = Bank {
         digest: digest(1),
         generation: 1,
-        state: BankState::Writing { started_ns: 100 },
+        state: BankState::Writing {
+            started_ns: 100,
+            renewed_ns: 100,
+        },
     };
-    store.set(HEAD_KEY, &head.encode(), 0).unwrap();
+    store.set(&head_key(&lineage()), &head.encode(), 0).unwrap();
     assert_eq!(
-        publish(&store, &digest(1), &config, b"", 200).unwrap(),
+        publish(&store, &lineage(), &digest(1), &config, b"", &|| 200).unwrap(),
         Publication::Pending
     );
-    // The claim is abandoned after a minute: the next worker takes it over.
-    let table = ready(publish(&store, &digest(1), &config, b"", 100 + STALE_CLAIM_NS).unwrap());
+    // A claim not renewed for STALE_CLAIM_NS is abandoned: the next
+    // worker takes it over.
+    let table = ready(
+        publish(&store, &lineage(), &digest(1), &config, b"", &|| {
+            100 + STALE_CLAIM_NS
+        })
+        .unwrap(),
+    );
     assert_eq!(lookup(&store, table, "key-a").as_deref(), Some("a"));
 }
 
@@ -167,7 +193,7 @@ fn endless_conflicts_end_in_an_error_not_a_loop() {
     published(&store, 1, &[("a", "key-a")]);
     store.inject_conflicts(u32::MAX);
     assert_eq!(
-        publish(&store, &digest(2), &config(&[]), b"", 0),
+        publish(&store, &lineage(), &digest(2), &config(&[]), b"", &|| 0),
         Err(StoreError::Contention)
     );
 }
@@ -183,7 +209,9 @@ fn bucket_entries_exist_for_limited_keys_before_the_table_is_ready() {
 fn existing_bucket_entries_are_left_alone() {
     let store = MemoryStore::new();
     published(&store, 9, &[("z", "key-z")]);
-    store.set(&buckets_key("a"), b"in use", 0).unwrap();
+    store
+        .set(&buckets_key(&lineage(), "a"), b"in use", 0)
+        .unwrap();
     published(&store, 1, &[("a", "key-a")]);
     assert_eq!(bucket_entry(&store, "a"), Some(b"in use".to_vec()));
 }
@@ -210,33 +238,53 @@ fn storage_stays_bounded_over_many_updates() {
 #[test]
 fn a_ready_table_comes_with_its_settings_and_key_count() {
     let store = MemoryStore::new();
-    assert_eq!(ready_table(&store, &digest(1)).unwrap(), None);
+    assert_eq!(ready_table(&store, &lineage(), &digest(1)).unwrap(), None);
     let keys = config(&[("a", "key-a"), ("b", "key-b")]);
-    let table = ready(publish(&store, &digest(1), &keys, b"{\"keys\":[]}", 0).unwrap());
-    let found = ready_table(&store, &digest(1))
+    let table = ready(
+        publish(
+            &store,
+            &lineage(),
+            &digest(1),
+            &keys,
+            b"{\"keys\":[]}",
+            &|| 0,
+        )
+        .unwrap(),
+    );
+    let found = ready_table(&store, &lineage(), &digest(1))
         .unwrap()
         .expect("no ready table");
     assert_eq!(found.table, table);
     assert_eq!(found.key_count, 2);
     assert_eq!(found.settings, b"{\"keys\":[]}");
-    assert_eq!(ready_table(&store, &digest(2)).unwrap(), None);
+    assert_eq!(ready_table(&store, &lineage(), &digest(2)).unwrap(), None);
 }
 
 #[test]
 fn settings_overwritten_by_a_newer_table_are_not_taken_for_the_older_one() {
     let store = MemoryStore::new();
-    let table = ready(publish(&store, &digest(1), &config(&[("a", "key-a")]), b"one", 0).unwrap());
+    let table = ready(
+        publish(
+            &store,
+            &lineage(),
+            &digest(1),
+            &config(&[("a", "key-a")]),
+            b"one",
+            &|| 0,
+        )
+        .unwrap(),
+    );
     // Another publication that reused the bank wrote its own settings there
     // between a worker's read of the head and of the settings.
-    let settings_key = SETTINGS_KEYS[usize::from(table.bank)];
+    let settings_key = &settings_key(&lineage(), table.bank);
     let newer = encode_settings(&digest(2), table.generation + 2, 1, b"two");
     store.set(settings_key, &newer, 0).unwrap();
-    assert_eq!(ready_table(&store, &digest(1)).unwrap(), None);
+    assert_eq!(ready_table(&store, &lineage(), &digest(1)).unwrap(), None);
     let same_digest_other_generation = encode_settings(&digest(1), table.generation + 2, 1, b"two");
     store
         .set(settings_key, &same_digest_other_generation, 0)
         .unwrap();
-    assert_eq!(ready_table(&store, &digest(1)).unwrap(), None);
+    assert_eq!(ready_table(&store, &lineage(), &digest(1)).unwrap(), None);
 }
 
 #[test]
@@ -265,7 +313,10 @@ fn the_head_round_trips() {
     head.banks[1] = Bank {
         digest: digest(7),
         generation: 8,
-        state: BankState::Writing { started_ns: 5 },
+        state: BankState::Writing {
+            started_ns: 5,
+            renewed_ns: 9,
+        },
     };
     head.banks[0] = Bank {
         digest: digest(6),
@@ -293,7 +344,7 @@ impl CountingStore {
 
 impl SharedStore for CountingStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        if key.starts_with("apikey.v1.rl.") {
+        if key.contains(".rl.") {
             self.bucket_gets.set(self.bucket_gets.get() + 1);
         }
         self.inner.get(key)
@@ -308,17 +359,19 @@ impl SharedStore for CountingStore {
 fn an_update_looks_up_only_the_rate_limit_entries_of_new_keys() {
     let store = CountingStore::new();
     let first = config(&[("a", "key-a"), ("b", "key-b")]);
-    ready(publish(&store, &digest(1), &first, b"", 0).unwrap());
+    ready(publish(&store, &lineage(), &digest(1), &first, b"", &|| 0).unwrap());
     assert_eq!(
         store.bucket_gets.get(),
         0,
         "the process's first table looked entries up"
     );
     assert!(bucket_entry(&store.inner, "b").is_some());
-    store.set(&buckets_key("a"), b"in use", 0).unwrap();
+    store
+        .set(&buckets_key(&lineage(), "a"), b"in use", 0)
+        .unwrap();
 
     let update = config(&[("a", "key-a"), ("c", "key-c")]);
-    ready(publish(&store, &digest(2), &update, b"", 0).unwrap());
+    ready(publish(&store, &lineage(), &digest(2), &update, b"", &|| 0).unwrap());
     assert_eq!(
         store.bucket_gets.get(),
         1,
@@ -333,8 +386,10 @@ fn an_update_looks_up_only_the_rate_limit_entries_of_new_keys() {
 
     // b left the table but its entry still exists; a table bringing it back
     // looks it up (the list holds only the last table's ids) and keeps it.
-    store.set(&buckets_key("b"), b"b in use", 0).unwrap();
-    ready(publish(&store, &digest(3), &first, b"", 0).unwrap());
+    store
+        .set(&buckets_key(&lineage(), "b"), b"b in use", 0)
+        .unwrap();
+    ready(publish(&store, &lineage(), &digest(3), &first, b"", &|| 0).unwrap());
     assert_eq!(
         store.bucket_gets.get(),
         2,
@@ -348,8 +403,10 @@ fn an_unreadable_list_of_known_entries_means_nothing_is_known() {
     for list in [&b"\x09garbage"[..], &[1u8; 20][..], &[1u8, 9, 9][..]] {
         let store = CountingStore::new();
         published(&store, 9, &[("z", "key-z")]);
-        store.set(KNOWN_BUCKETS_KEY, list, 0).unwrap();
-        store.set(&buckets_key("a"), b"in use", 0).unwrap();
+        store.set(&lineage().key(KNOWN_BUCKETS), list, 0).unwrap();
+        store
+            .set(&buckets_key(&lineage(), "a"), b"in use", 0)
+            .unwrap();
         store.bucket_gets.set(0);
         published(&store, 1, &[("a", "key-a"), ("b", "key-b")]);
         assert_eq!(store.bucket_gets.get(), 2, "list {list:?} was trusted");
@@ -409,16 +466,19 @@ impl SharedStore for TakeoverStore {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        if key.starts_with("apikey.v1.rl.") {
+        if key.contains(".rl.") {
             self.bucket_sets.set(self.bucket_sets.get() + 1);
             if self.bucket_sets.get() == self.after {
                 let mut head = Head::default();
                 head.banks[0] = Bank {
                     digest: digest(42),
                     generation: 7,
-                    state: BankState::Writing { started_ns: 1 },
+                    state: BankState::Writing {
+                        started_ns: 1,
+                        renewed_ns: 1,
+                    },
                 };
-                self.inner.set(HEAD_KEY, &head.encode(), 0)?;
+                self.inner.set(&head_key(&lineage()), &head.encode(), 0)?;
             }
         }
         self.inner.set(key, value, cas)
@@ -436,7 +496,15 @@ fn a_first_table_stops_writing_entries_unlooked_once_its_claim_is_taken() {
         after: 100,
         bucket_sets: std::cell::Cell::new(0),
     };
-    let outcome = publish(&store, &digest(1), &config(&borrowed), b"", 0).unwrap();
+    let outcome = publish(
+        &store,
+        &lineage(),
+        &digest(1),
+        &config(&borrowed),
+        b"",
+        &|| 0,
+    )
+    .unwrap();
     assert_eq!(outcome, Publication::Pending);
     assert!(
         store.bucket_sets.get() <= RECHECK_EVERY,

@@ -272,6 +272,6 @@ def test_the_password_is_in_no_containers_command_environment_or_log(fleet):
 
 
 def test_down_leaves_nothing_running(fleet):
-    assert len(project_containers(PROJECT)) == 9, "the fleet profile runs 9 containers (demo 2, fleet 7)"
+    assert len(project_containers(PROJECT)) == 10, "the fleet profile runs 10 containers (demo 3, fleet 7)"
     fleet.compose("down", timeout=120)
     assert_nothing_left(PROJECT)

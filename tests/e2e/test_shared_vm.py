@@ -18,7 +18,6 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -94,9 +93,20 @@ class TwoListeners(Gateway):
     partner_port: int = 0
 
     def start(self) -> None:
-        self.ecds_dir.mkdir(parents=True)
-        self._start_upstream()
-        bootstrap = harness.render_bootstrap(Path(self.module), self.ecds_dir, self.upstream_port)
+        # The harness renders and starts the gateway; the hook adds the
+        # partner listener and writes its first ECDS file before Envoy starts.
+        self.customize = self._add_partner
+        super().start()
+        listening = json.loads(self._admin_text("/listeners?format=json"))["listener_statuses"]
+        self.partner_port = harness._named(listening, "partner", "listener")["local_address"]["socket_address"]["port_value"]
+        # The same gateway seen through the partner listener (requests only
+        # read the port, so both views can be used from several threads).
+        self.partner = copy.copy(self)
+        self.partner.port = self.partner_port
+        if not self._await_partner({name: 0 for name in harness.ECDS_COUNTERS}):
+            raise GatewayError(f"the partner's first configuration was refused\n{self._log_tail()}")
+
+    def _add_partner(self, bootstrap: dict) -> None:
         listeners = bootstrap["static_resources"]["listeners"]
         partner = copy.deepcopy(harness._named(listeners, "ingress", "listener"))
         partner["name"] = "partner"
@@ -111,21 +121,7 @@ class TwoListeners(Gateway):
         assert wasm["vm_config"]["vm_id"] == "apikey" and wasm["root_id"] == "apikey"
         listeners.append(partner)
         self._bootstrap = bootstrap
-        self._last_document = harness.ecds_document(bootstrap, self.config)
-        harness.write_ecds(self.ecds_dir / harness.ECDS_FILE, self._last_document)
         harness.write_ecds(self.ecds_dir / PARTNER_FILE, self._partner_document(self.partner_config))
-        path = self.workdir / "bootstrap.json"
-        path.write_text(json.dumps(bootstrap, indent=1), encoding="utf-8")
-        self._start_envoy(path)
-        listening = json.loads(self._admin_text("/listeners?format=json"))["listener_statuses"]
-        self.partner_port = harness._named(listening, "partner", "listener")["local_address"]["socket_address"]["port_value"]
-        # The same gateway seen through the partner listener (requests only
-        # read the port, so both views can be used from several threads).
-        self.partner = copy.copy(self)
-        self.partner.port = self.partner_port
-        zero = {name: 0 for name in harness.ECDS_COUNTERS}
-        if not self.await_update(zero) or not self._await_partner(zero):
-            raise GatewayError(f"a first configuration was refused\n{self._log_tail()}")
 
     def _partner_document(self, config: dict) -> dict:
         wasm = copy.deepcopy(self._partner_wasm())

@@ -519,3 +519,107 @@ fn settings_keep_the_text_whole_when_keys_are_null_or_absent() {
         assert_eq!(parsed, config, "settings of {text} parse differently");
     }
 }
+
+/// Issue 17, finding 4: `"expires_at": "2020-…", "expires_at": null` kept
+/// the first value (and so did a top-level and a limit field): a later
+/// `null` was read as "left out" before the repeat was noticed. Contract
+/// §7.1: a field given twice is refused whatever either value is, at every
+/// level of the configuration.
+#[test]
+fn a_field_given_twice_is_refused_at_every_level_whatever_its_values() {
+    // (level, field as the refusal names it, document with FIELD where the
+    // repeated field goes, the field's name, a valid value for it)
+    let levels: [(&str, &str, &str, &str, &str); 9] = [
+        (
+            "top level",
+            "realm",
+            r#"{FIELD, "keys": []}"#,
+            "realm",
+            r#""api""#,
+        ),
+        (
+            "keys[i]",
+            "keys[0].expires_at",
+            r#"{"keys": [{"id": "k", "sha256": "HASH", "tenant": "t", FIELD}]}"#,
+            "expires_at",
+            r#""2020-01-01T00:00:00Z""#,
+        ),
+        (
+            "keys[i] boolean",
+            "keys[0].revoked",
+            r#"{"keys": [{"id": "k", "sha256": "HASH", "tenant": "t", FIELD}]}"#,
+            "revoked",
+            "true",
+        ),
+        (
+            "plans.X",
+            "plans.pro.scopes",
+            r#"{"plans": {"pro": {FIELD}}}"#,
+            "scopes",
+            r#"["a"]"#,
+        ),
+        (
+            "plan rate limit object",
+            "plans.pro.rate_limits.*.burst",
+            r#"{"plans": {"pro": {"rate_limits": {"*": {"requests": 5, "period_seconds": 1, FIELD}}}}}"#,
+            "burst",
+            "2",
+        ),
+        (
+            "key rate limit object",
+            "keys[0].rate_limits.a.burst",
+            r#"{"keys": [{"id": "k", "sha256": "HASH", "tenant": "t",
+                 "rate_limits": {"a": {"requests": 5, "period_seconds": 1, FIELD}}}]}"#,
+            "burst",
+            "2",
+        ),
+        (
+            "rules[i]",
+            "rules[0].scope",
+            r#"{"rules": [{"path_prefix": "/admin", FIELD}]}"#,
+            "scope",
+            r#""admin""#,
+        ),
+        (
+            "fleet",
+            "fleet.timeout_ms",
+            r#"{"fleet": {"cluster": "c", "domain": "d", FIELD}}"#,
+            "timeout_ms",
+            "50",
+        ),
+        ("top-level list", "keys", r#"{FIELD}"#, "keys", "[]"),
+    ];
+    let mut wrong = Vec::new();
+    for (level, field, template, name, value) in levels {
+        let template = template.replace("HASH", HASH_A);
+        for (first, second) in [
+            (value, "null"),
+            ("null", value),
+            ("null", "null"),
+            (value, value),
+        ] {
+            let text = template.replace(
+                "FIELD",
+                &format!(r#""{name}": {first}, "{name}": {second}"#),
+            );
+            let single = template.replace("FIELD", &format!(r#""{name}": {first}"#));
+            assert!(
+                Config::parse(single.as_bytes()).is_ok(),
+                "{level}: the document with the field once is refused: {single}"
+            );
+            match Config::parse(text.as_bytes()) {
+                Ok(_) => wrong.push(format!("{level}: {name} given as {first} then {second} was accepted")),
+                Err(error) if error.field != field || !error.reason.contains("given twice") => {
+                    wrong.push(format!("{level}: {first} then {second} refused as {error}, not as {field} given twice"))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} cases wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}

@@ -83,6 +83,7 @@ CONFIG = {
         {"path_prefix": "/api/v1/admin", "scope": "admin"},
         {"path_prefix": "/api/v1/reports", "methods": ["GET", "HEAD"], "scope": "reports:read"},
         {"path": "/api/v1/exact", "scope": "admin"},
+        {"path_prefix": "/api/v1/get-only", "methods": ["GET"], "scope": "admin"},
     ],
     "key_prefixes": ["sk_live_"],
 }

@@ -1,5 +1,6 @@
-"""Issue 17, the security review of contract v1, in a real Envoy: finding
-4 (a field given twice), as contract §7.1 amends v1.
+"""Issue 17, the security review of contract v1, in a real Envoy: findings
+3 (HEAD follows GET) and 4 (a field given twice), as contract §7.1
+amends v1.
 """
 
 from __future__ import annotations
@@ -50,6 +51,22 @@ def denied(response, status: int, code: str, what: str) -> None:
     assert response.upstream is None, f"{what}: reached the upstream ({response.status})"
     assert response.status == status, f"{what}: {response.status} {response.body[:200]!r}, expected {status} {code}"
     assert response.json["error"]["code"] == code, f"{what}: {response.json}"
+
+
+# --- finding 3: HEAD follows GET -----------------------------------------------
+
+@pytest.mark.parametrize("http2", PROTOCOLS)
+def test_a_get_rule_also_guards_head(gateways, http2):
+    gw = gateways["bare"]
+    response = gw.request("HEAD", "/v2/reports", [("X-API-Key", NOSCOPE)], http2=http2)
+    assert response.status == 403, f"HEAD without reports:read: {response.status}"
+    assert response.header(MARKER_HEADER) is None, "a denied HEAD reached the upstream"
+    response = gw.request("HEAD", "/v2/reports/7", [("X-API-Key", READER)], http2=http2)
+    assert response.status == 200 and response.header(MARKER_HEADER) is not None, \
+        f"HEAD with reports:read: {response.status}"
+    # Other methods are still outside the GET rule.
+    response = gw.request("DELETE", "/v2/reports", [("X-API-Key", NOSCOPE)], http2=http2)
+    assert response.status == 200, f"DELETE outside the rule's methods: {response.status}"
 
 
 # --- finding 4: a field given twice ----------------------------------------------

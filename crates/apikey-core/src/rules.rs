@@ -58,6 +58,23 @@ pub struct Rule {
     pub requirement: Requirement,
 }
 
+impl Rule {
+    /// Whether the rule applies to `method`. Methods compare exactly, and
+    /// a rule listing `GET` also applies to `HEAD` (contract §7.1, RFC 9110
+    /// §9.3.2: the same resource without its body). Without that, a rule
+    /// written for `GET` left `HEAD` open, and an upstream that answers
+    /// `HEAD` through its `GET` handler runs that handler, side effects
+    /// and all, for a key without the scope (issue 17, finding 3).
+    fn matches_method(&self, method: &[u8]) -> bool {
+        let Some(methods) = &self.methods else {
+            return true;
+        };
+        methods
+            .iter()
+            .any(|listed| listed.as_bytes() == method || (method == b"HEAD" && listed == "GET"))
+    }
+}
+
 /// The rules of a configuration, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleSet {
@@ -95,12 +112,7 @@ impl RuleSet {
         };
         self.rules
             .iter()
-            .find(|rule| {
-                rule.methods
-                    .as_ref()
-                    .is_none_or(|methods| methods.iter().any(|m| m.as_bytes() == method))
-                    && rule.path.matches(path)
-            })
+            .find(|rule| rule.matches_method(method) && rule.path.matches(path))
             .map_or(&DEFAULT_REQUIREMENT, |rule| &rule.requirement)
     }
 }
@@ -174,6 +186,43 @@ mod tests {
             ("GET", "/api/v1/admin/keys", scope("admin")),
             ("GET", "/api/v1/admin/keys/", scope("admin")),
             ("GET", "/api/v1/admin/keys/7", DEFAULT_REQUIREMENT),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(
+                rules.route(method.as_bytes(), path.as_bytes()),
+                &expected,
+                "{method} {path}"
+            );
+        }
+    }
+
+    /// Issue 17, finding 3: a rule for `GET` left `HEAD` of the same
+    /// resource open. Contract §7.1: a rule whose `methods` list `GET`
+    /// also matches `HEAD`.
+    #[test]
+    fn a_get_rule_also_matches_head() {
+        let rules = RuleSet::new(
+            vec![
+                rule(
+                    PathMatch::Prefix(b"/v2/reports".to_vec()),
+                    Some(&["GET"]),
+                    scope("reports:read"),
+                ),
+                rule(
+                    PathMatch::Prefix(b"/v2/head-only".to_vec()),
+                    Some(&["HEAD"]),
+                    scope("h"),
+                ),
+            ],
+            false,
+        );
+        let cases: [(&str, &str, Requirement); 6] = [
+            ("GET", "/v2/reports", scope("reports:read")),
+            ("HEAD", "/v2/reports", scope("reports:read")),
+            ("HEAD", "/v2/reports/7", scope("reports:read")),
+            ("POST", "/v2/reports", DEFAULT_REQUIREMENT),
+            ("head", "/v2/reports", DEFAULT_REQUIREMENT),
+            ("GET", "/v2/head-only", DEFAULT_REQUIREMENT),
         ];
         for (method, path, expected) in cases {
             assert_eq!(

@@ -1,6 +1,11 @@
 """Issue 17, the security review of contract v1, in a real Envoy: findings
-3 (HEAD follows GET) and 4 (a field given twice), as contract §7.1
-amends v1.
+2 (path parameters), 3 (HEAD follows GET) and 4 (a field given twice),
+as contract §7.1 amends v1.
+
+Path cases run over HTTP/1.1 and HTTP/2 (h2c), against the shipped edge
+configuration and against one without Envoy's path hardening
+(`edge=False`), so what is proven is the filter's own handling: Envoy's
+`normalize_path` leaves `;` alone either way.
 """
 
 from __future__ import annotations
@@ -51,6 +56,86 @@ def denied(response, status: int, code: str, what: str) -> None:
     assert response.upstream is None, f"{what}: reached the upstream ({response.status})"
     assert response.status == status, f"{what}: {response.status} {response.body[:200]!r}, expected {status} {code}"
     assert response.json["error"]["code"] == code, f"{what}: {response.json}"
+
+
+# --- finding 2: `;` path parameters -------------------------------------------
+
+# (path, key) -> the rule whose scope the key lacks must still apply.
+PARAMETER_DODGES = [
+    ("/v2/reports;x=1", NOSCOPE, "reports:read"),
+    ("/v2/reports;jsessionid=ABC/7", NOSCOPE, "reports:read"),
+    ("/api/v1/admin;x=1", READER, "admin"),
+    ("/api/v1/admin;x=1/keys", READER, "admin"),
+    ("/api/v1;v=1/admin", READER, "admin"),
+    ("/api/v1/admin;/keys?q=1", READER, "admin"),
+    ("/api/v1/exact;v=2", READER, "admin"),
+    ("/api/v1/exact;v=2/", READER, "admin"),
+    ("/api/v1/%61dmin;x=1", READER, "admin"),
+]
+
+
+@pytest.mark.parametrize("http2", PROTOCOLS)
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("path,key,scope", PARAMETER_DODGES, ids=[p for p, _, _ in PARAMETER_DODGES])
+def test_path_parameters_do_not_dodge_a_rule(gateways, profile, http2, path, key, scope):
+    response = gateways[profile].request("GET", path, [("X-API-Key", key)], http2=http2)
+    denied(response, 403, "insufficient_scope", f"{path} [{profile}]")
+    assert response.json["error"]["required_scope"] == scope
+
+
+@pytest.mark.parametrize("http2", PROTOCOLS)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_upstream_receives_the_path_parameters(gateways, profile, http2):
+    response = gateways[profile].request("GET", "/api/v1/admin;x=1/keys;v=2?q=1", [("X-API-Key", ADMIN)],
+                                         http2=http2)
+    assert response.status == 200, f"{response.status} {response.body[:200]!r}"
+    assert response.upstream["path"] == "/api/v1/admin;x=1/keys;v=2?q=1"
+
+
+# Tomcat removes parameters and then resolves dot segments:
+# /public/..;x=1/api/v1/admin is /api/v1/admin there, while a server that
+# keeps `..;x=1` as a name serves something under /public. No rule can be
+# matched safely for both readings, so the filter refuses the path (bare).
+# Envoy's own normalize_path (edge) reads `..;x` as `..` and `.;x` as `.`
+# and forwards what it made, so there the filter judges, and the upstream
+# receives, a path without the ambiguity: (path, edge answer to the reader
+# key, the upstream's path on a 200).
+AMBIGUOUS_DOT_SEGMENTS = [
+    ("/public/..;x=1/api/v1/admin", "403 insufficient_scope", None),
+    ("/public/..;/api/v1/admin", "403 insufficient_scope", None),
+    ("/public/.;x/api/v1/admin", "200", "/public/api/v1/admin"),
+    ("/public/%2e%2e;x=1/api/v1/admin", "400 invalid_path", None),
+    ("/public/;x/../api/v1/admin", "200", "/public/api/v1/admin"),
+    ("/v2/reports/..;/x?q=1", "200", "/v2/x?q=1"),
+]
+
+
+def answer(response) -> str:
+    if response.upstream is not None:
+        return str(response.status)
+    return f"{response.status} {response.json['error']['code']}"
+
+
+@pytest.mark.parametrize("http2", PROTOCOLS)
+@pytest.mark.parametrize("path,edge,upstream", AMBIGUOUS_DOT_SEGMENTS, ids=[p for p, _, _ in AMBIGUOUS_DOT_SEGMENTS])
+def test_a_dot_segment_with_parameters_is_refused_as_an_invalid_path(gateways, http2, path, edge, upstream):
+    for headers in ([], [("X-API-Key", ADMIN)], [("X-API-Key", READER)]):
+        response = gateways["bare"].request("GET", path, headers, http2=http2)
+        denied(response, 400, "invalid_path", f"{path} [bare] with {headers}")
+    response = gateways["edge"].request("GET", path, [("X-API-Key", READER)], http2=http2)
+    assert answer(response) == edge, f"{path} [edge]: {answer(response)}, expected {edge}"
+    if upstream is not None:
+        assert response.upstream["path"] == upstream, f"{path} [edge]: upstream got {response.upstream['path']}"
+
+
+@pytest.mark.parametrize("http2", PROTOCOLS)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_an_encoded_semicolon_is_data_not_a_parameter(gateways, profile, http2):
+    # %3B stays encoded (contract §5 decodes only unreserved characters)
+    # and, as in Tomcat and Spring, is part of the segment's name.
+    response = gateways[profile].request("GET", "/api/v1/admin%3bx=1", [("X-API-Key", READER)], http2=http2)
+    assert response.status == 200, f"{response.status} {response.body[:200]!r}"
+    assert response.upstream["path"] == "/api/v1/admin%3Bx=1"
 
 
 # --- finding 3: HEAD follows GET -----------------------------------------------

@@ -810,11 +810,20 @@ impl RawRule {
     }
 }
 
-/// A rule path must be a canonical absolute path with no query; it is stored
-/// without its trailing `/` and folded when paths are case-insensitive.
+/// A rule path must be a canonical absolute path with no query or
+/// parameters; it is stored without its trailing `/` and folded when paths
+/// are case-insensitive.
 fn rule_path(field: &str, text: &str, case_insensitive: bool) -> Result<Vec<u8>, ConfigError> {
     if text.contains('?') {
         return Err(refuse(field, "a rule path has no query string"));
+    }
+    // Rules compare request paths with their parameters removed (contract
+    // §7.1), so a rule path holding one could never match.
+    if text.contains(';') {
+        return Err(refuse(
+            field,
+            "a rule path has no `;` parameters (rules compare paths without them)",
+        ));
     }
     let normalised =
         path::normalise(text.as_bytes()).map_err(|error| refuse(field, error.reason()))?;

@@ -6,6 +6,8 @@
 //! First match wins; a request no rule matches needs a valid key and no
 //! scope.
 
+use crate::path;
+
 /// What a matching rule asks of the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Requirement {
@@ -101,18 +103,17 @@ impl RuleSet {
     }
 
     /// The requirement of the first rule matching `method` and the
-    /// normalised `path`.
+    /// normalised `path`, compared without its path parameters (contract
+    /// §7.1: a rule for `/api/v1/admin` covers `/api/v1/admin;x=1/keys`,
+    /// which Java upstreams serve as `/api/v1/admin/keys`).
     pub fn route(&self, method: &[u8], path: &[u8]) -> &Requirement {
-        let folded;
-        let path = if self.case_insensitive && path.iter().any(u8::is_ascii_uppercase) {
-            folded = path.to_ascii_lowercase();
-            folded.as_slice()
-        } else {
-            path
-        };
+        let mut path = path::without_parameters(path);
+        if self.case_insensitive && path.iter().any(u8::is_ascii_uppercase) {
+            path.to_mut().make_ascii_lowercase();
+        }
         self.rules
             .iter()
-            .find(|rule| rule.matches_method(method) && rule.path.matches(path))
+            .find(|rule| rule.matches_method(method) && rule.path.matches(&path))
             .map_or(&DEFAULT_REQUIREMENT, |rule| &rule.requirement)
     }
 }
@@ -229,6 +230,58 @@ mod tests {
                 rules.route(method.as_bytes(), path.as_bytes()),
                 &expected,
                 "{method} {path}"
+            );
+        }
+    }
+
+    /// Issue 17, finding 2: a key without `reports:read` got 200 for
+    /// `/v2/reports;x=1` under a `/v2/reports` rule, and Java-style
+    /// upstreams served `/v2/reports`. Contract §7.1: rules compare the
+    /// path with every segment's parameters removed.
+    #[test]
+    fn path_parameters_do_not_dodge_a_rule() {
+        let rules = RuleSet::new(
+            vec![
+                rule(
+                    PathMatch::Prefix(b"/v2/reports".to_vec()),
+                    None,
+                    scope("reports:read"),
+                ),
+                rule(
+                    PathMatch::Prefix(b"/api/v1/admin".to_vec()),
+                    None,
+                    scope("admin"),
+                ),
+                rule(
+                    PathMatch::Exact(b"/api/v1/exact".to_vec()),
+                    None,
+                    scope("exact"),
+                ),
+                rule(PathMatch::Exact(Vec::new()), None, scope("root")),
+            ],
+            false,
+        );
+        let cases: [(&str, Requirement); 13] = [
+            ("/v2/reports;x=1", scope("reports:read")),
+            ("/v2/reports;x=1/7", scope("reports:read")),
+            ("/v2;a=b/reports", scope("reports:read")),
+            ("/api/v1/admin;x=1", scope("admin")),
+            ("/api/v1/admin;x=1/keys", scope("admin")),
+            ("/api/v1/admin;/keys", scope("admin")),
+            ("/api/v1/admin/;x/keys", scope("admin")),
+            ("/api/v1/exact;v=2", scope("exact")),
+            ("/api/v1/exact;v=2/", scope("exact")),
+            ("/api/v1/exact/;v=2", scope("exact")),
+            ("/;x", scope("root")),
+            // An encoded `;` is data, part of the segment's name.
+            ("/api/v1/admin%3Bx=1", DEFAULT_REQUIREMENT),
+            ("/api/v1/adminx;y", DEFAULT_REQUIREMENT),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(
+                rules.route(b"GET", path.as_bytes()),
+                &expected,
+                "GET {path}"
             );
         }
     }

@@ -339,6 +339,12 @@ fn rule_shapes_are_validated() {
         "climbs",
     );
     assert_refused(
+        "parameters in a rule path",
+        |d| d["rules"][3]["path"] = json!("/api/v1/admin;v=1/keys"),
+        "rules[3].path",
+        "parameters",
+    );
+    assert_refused(
         "unknown rule field",
         |d| d["rules"][0]["prefix"] = json!("/x"),
         "rules[0].prefix",

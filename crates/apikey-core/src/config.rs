@@ -827,6 +827,14 @@ fn rule_path(field: &str, text: &str, case_insensitive: bool) -> Result<Vec<u8>,
     }
     let normalised =
         path::normalise(text.as_bytes()).map_err(|error| refuse(field, error.reason()))?;
+    // Such a path is refused on requests (see RuleSet::route), so the
+    // rule could never match.
+    if case_insensitive && crate::rules::holds_non_ascii(&normalised.path) {
+        return Err(refuse(
+            field,
+            "holds a character above ASCII, and paths compare case-insensitively",
+        ));
+    }
     let mut stored = crate::rules::stored_form(&normalised.path);
     if case_insensitive {
         stored.make_ascii_lowercase();

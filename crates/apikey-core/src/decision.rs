@@ -179,7 +179,9 @@ impl Gateway {
             Ok(normalised) => normalised,
             Err(_) => return Decision::deny(Denial::new(ErrorCode::InvalidPath)),
         };
-        let requirement = self.config.rules.route(request.method, &normalised.path);
+        let Ok(requirement) = self.config.rules.route(request.method, &normalised.path) else {
+            return Decision::deny(Denial::new(ErrorCode::InvalidPath));
+        };
         let extraction = credentials::extract(
             request.headers,
             &KeyFormat {

@@ -54,6 +54,11 @@ pub enum PathError {
     /// `..` removing a segment whose name is empty (`;x/..`): servers that
     /// remove parameters before resolving dot segments read it otherwise.
     AmbiguousParameters,
+    /// A byte above ASCII, raw or percent-encoded, while paths compare
+    /// case-insensitively (`case_insensitive_paths`): upstreams that fold
+    /// case in Java or Python fold some of them to ASCII letters (the
+    /// Kelvin sign `%E2%84%AA` to `k`), which an ASCII fold cannot follow.
+    NonAsciiFolded,
 }
 
 impl PathError {
@@ -68,6 +73,9 @@ impl PathError {
             Self::AboveRoot => "path climbs above the root",
             Self::AmbiguousParameters => {
                 "path holds a dot segment with parameters (such as ..;) or an empty one before .."
+            }
+            Self::NonAsciiFolded => {
+                "path holds a byte above ASCII and paths compare case-insensitively"
             }
         }
     }

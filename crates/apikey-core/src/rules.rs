@@ -6,7 +6,7 @@
 //! First match wins; a request no rule matches needs a valid key and no
 //! scope.
 
-use crate::path;
+use crate::path::{self, PathError};
 
 /// What a matching rule asks of the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +106,16 @@ impl RuleSet {
     /// normalised `path`, compared without its path parameters (contract
     /// §7.1: a rule for `/api/v1/admin` covers `/api/v1/admin;x=1/keys`,
     /// which Java upstreams serve as `/api/v1/admin/keys`).
-    pub fn route(&self, method: &[u8], path: &[u8]) -> &Requirement {
+    ///
+    /// With case-insensitive paths, a path holding a byte above ASCII (raw
+    /// or percent-encoded, parameters included) is refused: the fold here
+    /// is ASCII only, and upstreams that fold case in Java or Python turn
+    /// some such characters into ASCII letters (`%E2%84%AA`, the Kelvin
+    /// sign, into `k`), so no rule could be matched safely.
+    pub fn route(&self, method: &[u8], path: &[u8]) -> Result<&Requirement, PathError> {
+        if self.case_insensitive && holds_non_ascii(path) {
+            return Err(PathError::NonAsciiFolded);
+        }
         let mut path = path::without_parameters(path);
         if self.case_insensitive && path.iter().any(u8::is_ascii_uppercase) {
             path.to_mut().make_ascii_lowercase();
@@ -114,8 +123,21 @@ impl RuleSet {
         self.rules
             .iter()
             .find(|rule| rule.matches_method(method) && rule.path.matches(&path))
-            .map_or(&DEFAULT_REQUIREMENT, |rule| &rule.requirement)
+            .map_or(Ok(&DEFAULT_REQUIREMENT), |rule| Ok(&rule.requirement))
     }
+}
+
+/// Whether `path` holds a byte above ASCII, raw or as a `%XX` escape
+/// (whose first hex digit is then 8 to F, in either case).
+pub(crate) fn holds_non_ascii(path: &[u8]) -> bool {
+    path.iter().enumerate().any(|(at, &byte)| {
+        !byte.is_ascii()
+            || (byte == b'%'
+                && matches!(
+                    path.get(at + 1),
+                    Some(b'8'..=b'9' | b'A'..=b'F' | b'a'..=b'f')
+                ))
+    })
 }
 
 /// Strips one trailing `/` (the root becomes empty), the stored form of a
@@ -191,7 +213,7 @@ mod tests {
         for (method, path, expected) in cases {
             assert_eq!(
                 rules.route(method.as_bytes(), path.as_bytes()),
-                &expected,
+                Ok(&expected),
                 "{method} {path}"
             );
         }
@@ -228,7 +250,7 @@ mod tests {
         for (method, path, expected) in cases {
             assert_eq!(
                 rules.route(method.as_bytes(), path.as_bytes()),
-                &expected,
+                Ok(&expected),
                 "{method} {path}"
             );
         }
@@ -280,7 +302,7 @@ mod tests {
         for (path, expected) in cases {
             assert_eq!(
                 rules.route(b"GET", path.as_bytes()),
-                &expected,
+                Ok(&expected),
                 "GET {path}"
             );
         }
@@ -289,7 +311,10 @@ mod tests {
     #[test]
     fn methods_compare_exactly() {
         let rules = contract_example();
-        assert_eq!(rules.route(b"get", b"/api/v1/leads"), &DEFAULT_REQUIREMENT);
+        assert_eq!(
+            rules.route(b"get", b"/api/v1/leads"),
+            Ok(&DEFAULT_REQUIREMENT)
+        );
     }
 
     #[test]
@@ -297,7 +322,7 @@ mod tests {
         let rules = contract_example();
         assert_eq!(
             rules.route(b"GET", b"/API/v1/admin/keys"),
-            &DEFAULT_REQUIREMENT
+            Ok(&DEFAULT_REQUIREMENT)
         );
         let folded = RuleSet::new(
             vec![rule(
@@ -307,7 +332,53 @@ mod tests {
             )],
             true,
         );
-        assert_eq!(folded.route(b"GET", b"/V2/ADMIN/x"), &scope("admin"));
+        assert_eq!(folded.route(b"GET", b"/V2/ADMIN/x"), Ok(&scope("admin")));
+    }
+
+    /// Issue 17, finding 8: `case_insensitive_paths` folds ASCII only,
+    /// while upstreams that fold case in Java or Python also fold the
+    /// Kelvin sign (U+212A, `%E2%84%AA`) to `k` and the long s (U+017F,
+    /// `%C5%BF`) to `s`: `/v2/%E2%84%AAeys` skipped a `/v2/keys` rule and
+    /// reached `/v2/keys` upstream. With the option on, a path holding a
+    /// byte above ASCII is refused.
+    #[test]
+    fn folded_paths_with_bytes_above_ascii_are_refused() {
+        let folded = RuleSet::new(
+            vec![rule(
+                PathMatch::Prefix(b"/v2/keys".to_vec()),
+                None,
+                scope("admin"),
+            )],
+            true,
+        );
+        let refused: [&[u8]; 7] = [
+            b"/v2/%E2%84%AAeys",
+            b"/v2/%e2%84%aaeys",
+            b"/v2/key%C5%BF",
+            b"/v2/keys/%C3%A9",
+            b"/v2/keys;p=%80",
+            b"/%FF",
+            b"/v2/\xe2\x84\xaaeys",
+        ];
+        for path in refused {
+            assert_eq!(
+                folded.route(b"GET", path),
+                Err(PathError::NonAsciiFolded),
+                "GET {} with case-insensitive paths",
+                String::from_utf8_lossy(path)
+            );
+        }
+        // ASCII escapes and a literal `%` sign's escape are no reason.
+        assert_eq!(
+            folded.route(b"GET", b"/V2/KEYS/%20%7F%25"),
+            Ok(&scope("admin"))
+        );
+        assert_eq!(folded.route(b"GET", b"/x%3B"), Ok(&DEFAULT_REQUIREMENT));
+        // Paths that compare case-sensitively keep every byte.
+        let exact = RuleSet::new(Vec::new(), false);
+        for path in refused {
+            assert_eq!(exact.route(b"GET", path), Ok(&DEFAULT_REQUIREMENT));
+        }
     }
 
     #[test]
@@ -316,8 +387,8 @@ mod tests {
             vec![rule(PathMatch::Prefix(Vec::new()), None, scope("s"))],
             false,
         );
-        assert_eq!(root.route(b"GET", b"/"), &scope("s"));
-        assert_eq!(root.route(b"GET", b"/a/b"), &scope("s"));
+        assert_eq!(root.route(b"GET", b"/"), Ok(&scope("s")));
+        assert_eq!(root.route(b"GET", b"/a/b"), Ok(&scope("s")));
         let any = RuleSet::new(
             vec![rule(
                 PathMatch::Any,
@@ -326,8 +397,8 @@ mod tests {
             )],
             false,
         );
-        assert_eq!(any.route(b"OPTIONS", b"/x"), &Requirement::Public);
-        assert_eq!(any.route(b"GET", b"/x"), &DEFAULT_REQUIREMENT);
+        assert_eq!(any.route(b"OPTIONS", b"/x"), Ok(&Requirement::Public));
+        assert_eq!(any.route(b"GET", b"/x"), Ok(&DEFAULT_REQUIREMENT));
     }
 
     #[test]
@@ -340,8 +411,8 @@ mod tests {
             )],
             false,
         );
-        assert_eq!(rules.route(b"GET", b"/"), &Requirement::Public);
-        assert_eq!(rules.route(b"GET", b"/a"), &DEFAULT_REQUIREMENT);
+        assert_eq!(rules.route(b"GET", b"/"), Ok(&Requirement::Public));
+        assert_eq!(rules.route(b"GET", b"/a"), Ok(&DEFAULT_REQUIREMENT));
     }
 
     #[test]

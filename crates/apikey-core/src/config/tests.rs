@@ -90,9 +90,9 @@ fn the_contract_example_is_valid_and_compiles() {
     assert_eq!(config.rate_limit_headers, RateLimitHeaders::Denied);
     assert_eq!(
         config.rules.route(b"GET", b"/api/v1/admin/keys/"),
-        &Requirement::Key {
+        Ok(&Requirement::Key {
             scope: Some("admin".into())
-        }
+        })
     );
 }
 
@@ -363,15 +363,43 @@ fn rule_paths_are_stored_canonically() {
     let config = parse(&document).unwrap();
     assert_eq!(
         config.rules.route(b"GET", b"/api/v1/leads/7"),
-        &Requirement::Key {
+        Ok(&Requirement::Key {
             scope: Some("leads:read".into())
-        }
+        })
     );
     assert_eq!(
         config.rules.route(b"GET", b"/ADMIN"),
-        &Requirement::Key {
+        Ok(&Requirement::Key {
             scope: Some("admin".into())
-        }
+        })
+    );
+}
+
+#[test]
+fn case_insensitive_rule_paths_are_ascii_only() {
+    assert_refused(
+        "non-ASCII rule path, folded",
+        |d| {
+            d["case_insensitive_paths"] = json!(true);
+            d["rules"][3]["path"] = json!("/caf\u{e9}");
+        },
+        "rules[3].path",
+        "above ASCII",
+    );
+    assert_refused(
+        "encoded non-ASCII rule path, folded",
+        |d| {
+            d["case_insensitive_paths"] = json!(true);
+            d["rules"][1]["path_prefix"] = json!("/%E2%84%AAeys");
+        },
+        "rules[1].path_prefix",
+        "above ASCII",
+    );
+    let mut document = example();
+    document["rules"][3]["path"] = json!("/caf\u{e9}");
+    assert!(
+        parse(&document).is_ok(),
+        "a non-ASCII rule path is refused with case-sensitive paths"
     );
 }
 

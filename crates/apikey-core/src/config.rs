@@ -30,6 +30,11 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_ID_LEN: usize = 64;
 /// The longest `name`, `hint` or `realm`.
 pub const MAX_LABEL_LEN: usize = 256;
+/// The most scopes one key may hold (contract §7.1): with 128-byte
+/// patterns, a key's record stays bounded (see [`crate::key_record`]).
+pub const MAX_KEY_SCOPES: usize = 256;
+/// The most `rate_limits` entries one key may have (contract §7.1).
+pub const MAX_KEY_LIMITS: usize = 64;
 
 /// A refused configuration: the field and the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -706,6 +711,24 @@ impl RawKey<'_> {
         let hash = KeyHash::from_hex(&self.sha256)
             .map_err(|reason| refuse(format!("{field}.sha256"), reason))?;
         check_name(&format_args!("{field}.tenant"), &self.tenant)?;
+        if self.scopes.len() > MAX_KEY_SCOPES {
+            return Err(refuse(
+                format!("{field}.scopes"),
+                format!(
+                    "a key holds at most {MAX_KEY_SCOPES} scopes, got {}",
+                    self.scopes.len()
+                ),
+            ));
+        }
+        if self.rate_limits.0.len() > MAX_KEY_LIMITS {
+            return Err(refuse(
+                format!("{field}.rate_limits"),
+                format!(
+                    "a key has at most {MAX_KEY_LIMITS} entries, got {}",
+                    self.rate_limits.0.len()
+                ),
+            ));
+        }
         let scopes = parse_patterns(&format_args!("{field}.scopes"), self.scopes)?;
         let plan = match &self.plan {
             None => None,

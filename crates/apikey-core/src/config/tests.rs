@@ -2,6 +2,7 @@
 //! field, and a valid document compiles to what it says.
 
 use super::*;
+use crate::scope::MAX_SCOPE_LEN;
 use serde_json::{json, Value};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -655,5 +656,49 @@ fn a_field_given_twice_is_refused_at_every_level_whatever_its_values() {
         "{} cases wrong:\n{}",
         wrong.len(),
         wrong.join("\n")
+    );
+}
+
+/// Issue 17, finding 5: a key with hundreds of long scopes was accepted,
+/// written with a truncated length and never decoded again, so it
+/// silently answered `invalid_key`. Contract §7.1: more than 256 scopes
+/// or more than 64 `rate_limits` entries is refused with the field named.
+#[test]
+fn a_key_with_more_scopes_or_limits_than_a_record_holds_is_refused() {
+    let scopes = |count: usize| -> Vec<String> {
+        (0..count)
+            .map(|i| format!("s{i:03}:{}", "x".repeat(MAX_SCOPE_LEN - 5)))
+            .collect()
+    };
+    let limits = |count: usize| -> Value {
+        (0..count)
+            .map(|i| {
+                (
+                    format!("l{i:02}:read"),
+                    json!({"requests": 1, "period_seconds": 1}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let mut at_limit = example();
+    at_limit["keys"][0]["scopes"] = json!(scopes(MAX_KEY_SCOPES));
+    at_limit["keys"][0]["rate_limits"] = limits(MAX_KEY_LIMITS);
+    let config = parse(&at_limit).unwrap_or_else(|e| panic!("256 scopes and 64 limits: {e}"));
+    assert_eq!(config.keys[0].scopes.len(), 256);
+    assert_eq!(config.keys[0].rate_limits.entries().len(), 64);
+    for count in [MAX_KEY_SCOPES + 1, 600] {
+        assert_refused(
+            &format!("{count} scopes"),
+            |d| d["keys"][0]["scopes"] = json!(scopes(count)),
+            "keys[0].scopes",
+            "at most 256",
+        );
+    }
+    assert_refused(
+        "65 limits",
+        |d| d["keys"][0]["rate_limits"] = limits(MAX_KEY_LIMITS + 1),
+        "keys[0].rate_limits",
+        "at most 64",
     );
 }

@@ -4,7 +4,9 @@
 //! trailing `/` dropped, folded to lower case when paths are
 //! case-insensitive), so matching a request is a few byte comparisons.
 //! First match wins; a request no rule matches needs a valid key and no
-//! scope.
+//! scope. Requests are matched as contract §7.1 amends v1: on the path
+//! without its `;` parameters, with `HEAD` following `GET`, and, when
+//! paths are case-insensitive, never on a path holding a byte above ASCII.
 
 use crate::path::{self, PathError};
 

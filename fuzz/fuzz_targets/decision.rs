@@ -27,7 +27,8 @@
 //! - every allowed request has every forged identity header removed, in any
 //!   spelling, and its credential removed unless `forward_credential`, and
 //!   goes upstream with the normalised path (rewritten exactly when
-//!   normalisation changed it);
+//!   normalisation changed it), one the rules accept (with
+//!   `case_insensitive_paths`, a path with a byte above ASCII is not);
 //! - a denial's reply never contains a presented key;
 //! - over the sequence, the rate-limited key is admitted at most
 //!   `burst + rate × (latest − earliest monotonic reading)` times.
@@ -320,7 +321,10 @@ fn check(
     };
     let normalised = path::normalise(head.path)
         .unwrap_or_else(|e| panic!("allowed a path the filter refuses: {e:?}"));
-    let requirement = config.rules.route(head.method, &normalised.path);
+    let requirement = config
+        .rules
+        .route(head.method, &normalised.path)
+        .unwrap_or_else(|e| panic!("allowed a path the rules refuse: {e:?}"));
     assert_eq!(
         allow.edits.path,
         normalised.changed().then(|| normalised.target()),

@@ -12,10 +12,16 @@
 //! - the query (from the first `?`) is set aside byte for byte, and the
 //!   upstream target is the canonical path followed by it;
 //! - a path reported unchanged is exactly what the client sent;
-//! - an accepted input held no raw `\`, control byte or encoded separator.
+//! - an accepted input held no raw `\`, control byte or encoded separator;
+//! - no segment of an accepted path is named `.` or `..` once its
+//!   parameters (`;` on) are removed, so servers that remove them before
+//!   resolving dot segments (Tomcat) resolve it as the filter did;
+//! - the path rules compare (`without_parameters`, contract §7.1) holds no
+//!   `;`, no empty or dot segment, keeps every segment's name in order,
+//!   and is its own parameter-free form.
 #![no_main]
 
-use apikey_core::path::normalise;
+use apikey_core::path::{normalise, without_parameters};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|target: &[u8]| check(target));
@@ -45,6 +51,7 @@ fn check(target: &[u8]) {
     }
     assert_canonical(path);
     assert_input_was_safe(sent_path);
+    assert_rule_view(path);
 
     let twice = normalise(path).unwrap_or_else(|e| {
         panic!(
@@ -109,6 +116,51 @@ fn assert_canonical(path: &[u8]) {
             String::from_utf8_lossy(escape)
         );
         rest = &rest[at + 3..];
+    }
+}
+
+/// The name of a segment: what precedes its first `;`.
+fn name(segment: &[u8]) -> &[u8] {
+    segment.split(|&b| b == b';').next().unwrap_or(segment)
+}
+
+fn assert_rule_view(path: &[u8]) {
+    let shown = String::from_utf8_lossy(path);
+    let segments: Vec<&[u8]> = path.split(|&b| b == b'/').skip(1).collect();
+    for segment in &segments {
+        assert!(
+            name(segment) != b"." && name(segment) != b"..",
+            "{shown:?} holds a dot segment with parameters"
+        );
+    }
+    let view = without_parameters(path);
+    let view_shown = String::from_utf8_lossy(&view);
+    assert_eq!(view.first(), Some(&b'/'), "{view_shown:?} must start with /");
+    assert!(!view.contains(&b';'), "{view_shown:?} kept a parameter");
+    assert!(
+        !view.windows(2).any(|w| w == b"//"),
+        "{view_shown:?} holds an empty segment"
+    );
+    let names: Vec<&[u8]> = segments
+        .iter()
+        .map(|segment| name(segment))
+        .filter(|name| !name.is_empty())
+        .collect();
+    let view_names: Vec<&[u8]> = view
+        .split(|&b| b == b'/')
+        .filter(|name| !name.is_empty())
+        .collect();
+    assert_eq!(
+        view_names, names,
+        "{view_shown:?} lost or changed a segment name of {shown:?}"
+    );
+    assert_eq!(
+        without_parameters(&view).as_ref(),
+        view.as_ref(),
+        "removing parameters twice changed {view_shown:?}"
+    );
+    if !path.contains(&b';') {
+        assert_eq!(view.as_ref(), path, "a path without parameters changed");
     }
 }
 

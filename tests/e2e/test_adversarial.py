@@ -7,7 +7,9 @@
   names rejected, header limits);
 - `bare`: the same bootstrap without that hardening (`edge=False`), so the
   filter itself meets the raw paths and `_` header names a deployment
-  without those settings would pass to it.
+  without those settings would pass to it;
+- `folded`: `bare` with `case_insensitive_paths: true`, where a path
+  holding a byte above ASCII is refused (issue 17, finding 8).
 
 Each row is one request. Its `expect` is the answer: `200` (the upstream
 answered), `<status> <error.code>` (the filter denied), `<status>` (a HEAD,
@@ -15,7 +17,7 @@ whose denial has no body), `envoy <status>` (Envoy answered before the
 filter, no JSON) or `reset` (the HTTP/2 codec reset the stream). Where the
 gateways or codecs legitimately differ the row says so with overriding
 keys, most specific first: `edge_h2`, `h2`, `edge`, then `expect` (same for
-`bare`, `h1`). `upstream` checks what the upstream received on a 200:
+`bare`, `folded`, `h1`). `upstream` checks what the upstream received on a 200:
 `path`, `headers` (exactly one header of that name with that value) and
 `absent` (no header of that name). Placeholders: `{KEY}` and the other key
 names below, `{rep N TEXT}` (TEXT N times), and the header entries
@@ -51,7 +53,7 @@ from harness import Gateway, GatewayError, parse_http1_response
 
 TABLE = Path(__file__).with_name("adversarial.jsonl")
 GROUPS = ("encodings", "sizes", "repetition", "paths", "methods", "forged-identity", "keys-elsewhere")
-PROFILES = ("edge", "bare")
+PROFILES = ("edge", "bare", "folded")
 PROTOCOLS = ("h1", "h2")
 
 KEYS = {
@@ -83,6 +85,7 @@ CONFIG = {
         {"path_prefix": "/api/v1/admin", "scope": "admin"},
         {"path_prefix": "/api/v1/reports", "methods": ["GET", "HEAD"], "scope": "reports:read"},
         {"path": "/api/v1/exact", "scope": "admin"},
+        {"path_prefix": "/api/v1/get-only", "methods": ["GET"], "scope": "admin"},
     ],
     "key_prefixes": ["sk_live_"],
 }
@@ -121,7 +124,7 @@ def load_table(path: Path = TABLE) -> list[Row]:
             continue
         data = json.loads(line)
         overrides = {key: data.pop(key) for key in list(data)
-                     if key in PROTOCOLS or key in PROFILES or re.fullmatch(r"(edge|bare)_h[12]", key)}
+                     if key in PROTOCOLS or key in PROFILES or re.fullmatch(r"(edge|bare|folded)_h[12]", key)}
         try:
             rows.append(Row(**data, overrides=overrides))
         except TypeError as error:
@@ -263,9 +266,12 @@ def vm_stats(gw: Gateway) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def targets(wasm_module):
+    folded_config = {**CONFIG, "case_insensitive_paths": True}
     with Gateway(wasm_module, config=CONFIG, concurrency=2) as edge, \
-            Gateway(wasm_module, config=CONFIG, concurrency=2, edge=False) as bare:
-        yield {"edge": Target(edge, vm_stats(edge)), "bare": Target(bare, vm_stats(bare))}
+            Gateway(wasm_module, config=CONFIG, concurrency=2, edge=False) as bare, \
+            Gateway(wasm_module, config=folded_config, concurrency=2, edge=False) as folded:
+        yield {"edge": Target(edge, vm_stats(edge)), "bare": Target(bare, vm_stats(bare)),
+               "folded": Target(folded, vm_stats(folded))}
 
 
 # --- the tests ---------------------------------------------------------------

@@ -50,6 +50,9 @@ NORMALISED = [
     ("/api/v1/reports?q=%2F..%2F", "/api/v1/reports?q=%2F..%2F"),
     ("/api/v1/x/../reports?a=1", "/api/v1/reports?a=1"),
     ("/api/v1/%52EPORTS", "/api/v1/REPORTS"),
+    # Path parameters go upstream as sent (contract §7.1).
+    ("/api/v1/reports;v=2/a;b/../c?x=1", "/api/v1/reports;v=2/c?x=1"),
+    ("/api/v1/reports/%3b", "/api/v1/reports/%3B"),
 ]
 
 
@@ -71,6 +74,11 @@ DODGES = [
     "/api/v1/./admin",
     "/api/v1/exact/",
     "/public/../api/v1/admin",
+    # Rules compare the path without its parameters (contract §7.1).
+    "/api/v1/admin;x=1",
+    "/api/v1/admin;x=1/keys",
+    "/api;v=1/v1/admin",
+    "/api/v1/exact;v=2",
 ]
 
 
@@ -95,6 +103,11 @@ UNSAFE = [
     "/%2e%2e/x",
     "/api/v1/reports%00",
     "/public%2F..%2Fapi/v1/admin",
+    # Dot segments with parameters: Tomcat's /public/..;/x is /x.
+    "/public/..;x=1/api/v1/admin",
+    "/public/..;/api/v1/admin",
+    "/public/%2e%2e;/api/v1/admin",
+    "/public/;x/../api/v1/admin",
 ]
 
 

@@ -1,7 +1,8 @@
 //! The plugin configuration (contract §1): parsing, validation, compilation.
 //!
 //! A control plane sends JSON. It is read (by [`crate::json`]) into `Raw*`
-//! types that refuse unknown fields and names given twice, then validated field by field into a
+//! types that refuse unknown fields and names given twice (whatever the
+//! values, `null` too), then validated field by field into a
 //! [`Config`] whose rules, plans and limits are indexed for the request
 //! path. Any problem rejects the whole configuration with one
 //! [`ConfigError`] naming the field (`keys[3].plan: unknown plan "gold"`),
@@ -31,6 +32,11 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_ID_LEN: usize = 64;
 /// The longest `name`, `hint` or `realm`.
 pub const MAX_LABEL_LEN: usize = 256;
+/// The most scopes one key may hold (contract §7.1): with 128-byte
+/// patterns, a key's record stays bounded (see [`crate::key_record`]).
+pub const MAX_KEY_SCOPES: usize = 256;
+/// The most `rate_limits` entries one key may have (contract §7.1).
+pub const MAX_KEY_LIMITS: usize = 64;
 
 /// A refused configuration: the field and the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,17 +187,8 @@ impl From<JsonError> for ConfigError {
     }
 }
 
-/// Stores a field's value, refusing a field given twice (`{"id": A, "id":
-/// B}` would otherwise silently mean B).
-fn once<T>(slot: &mut Option<T>, path: &Path<'_>, value: T) -> Result<(), JsonError> {
-    if slot.is_some() {
-        return Err(JsonError::at(path, "is given twice"));
-    }
-    *slot = Some(value);
-    Ok(())
-}
-
-/// Reads an optional field: `null` leaves it out.
+/// Reads an optional field: `null` leaves it out. A repeat never gets
+/// here: [`fields`] refuses it first, whatever either value is.
 fn optional<'a, T>(
     reader: &mut Reader<'a>,
     slot: &mut Option<T>,
@@ -201,12 +198,45 @@ fn optional<'a, T>(
     if reader.null()? {
         return Ok(());
     }
-    let value = read(reader, path)?;
-    once(slot, path, value)
+    *slot = Some(read(reader, path)?);
+    Ok(())
+}
+
+/// Reads an object whose field names are `names`, refusing any other name
+/// and any name given twice before `field` reads its value.
+///
+/// The repeat is judged on the name alone (contract §7.1, issue 17): a
+/// check on the stored value missed `"expires_at": "2020-…",
+/// "expires_at": null`, since `null` stores nothing, and kept the first
+/// value while another reader of the same text may keep the last.
+fn fields<'a, const N: usize>(
+    reader: &mut Reader<'a>,
+    path: &Path<'_>,
+    names: &[&str; N],
+    mut field: impl FnMut(&mut Reader<'a>, &str, &Path<'_>) -> Result<(), JsonError>,
+) -> Result<(), JsonError> {
+    let mut seen = [false; N];
+    reader.object(path, |reader, name, at| {
+        let slot = names
+            .iter()
+            .position(|known| *known == name)
+            .and_then(|index| seen.get_mut(index))
+            .ok_or_else(|| unknown_field(at, name, names))?;
+        if *slot {
+            return Err(JsonError::at(at, "is given twice"));
+        }
+        *slot = true;
+        field(reader, name, at)
+    })
 }
 
 /// The refusal of a field the schema does not have.
-fn unknown_field(path: &Path<'_>, name: &str, expected: &str) -> JsonError {
+fn unknown_field(path: &Path<'_>, name: &str, expected: &[&str]) -> JsonError {
+    let expected = expected
+        .iter()
+        .map(|known| format!("`{known}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
     JsonError::at(
         path,
         format!("unknown field `{name}`, expected one of {expected}"),
@@ -267,47 +297,64 @@ struct RawConfig<'a> {
 }
 
 impl<'a> RawConfig<'a> {
-    const FIELDS: &'static str = "`keys`, `plans`, `rules`, `schemes`, `key_prefixes`, \
-        `forward_credential`, `realm`, `rate_limit_headers`, `case_insensitive_paths`, `fleet`, \
-        `require_https`, `trusted_https_header`, `error_doc_url`";
+    const FIELDS: [&'static str; 13] = [
+        "keys",
+        "plans",
+        "rules",
+        "schemes",
+        "key_prefixes",
+        "forward_credential",
+        "realm",
+        "rate_limit_headers",
+        "case_insensitive_paths",
+        "fleet",
+        "require_https",
+        "trusted_https_header",
+        "error_doc_url",
+    ];
 
     fn read(reader: &mut Reader<'a>) -> Result<Self, JsonError> {
         let mut raw = Self::default();
-        reader.object(&Path::Root, |reader, name, path| match name {
-            "keys" => {
-                let start = reader.position();
-                optional(reader, &mut raw.keys, path, |reader, path| {
-                    reader.list(path, RawKey::read)
-                })?;
-                raw.keys_span = Some(start..reader.position());
-                Ok(())
-            }
-            "plans" => optional(reader, &mut raw.plans, path, |reader, path| {
-                UniqueMap::read(reader, path, RawPlan::read)
-            }),
-            "rules" => optional(reader, &mut raw.rules, path, |reader, path| {
-                reader.list(path, RawRule::read)
-            }),
-            "schemes" => optional(reader, &mut raw.schemes, path, Reader::strings),
-            "key_prefixes" => optional(reader, &mut raw.key_prefixes, path, Reader::strings),
-            "forward_credential" => {
-                optional(reader, &mut raw.forward_credential, path, Reader::bool)
-            }
-            "realm" => optional(reader, &mut raw.realm, path, Reader::string),
-            "rate_limit_headers" => {
-                optional(reader, &mut raw.rate_limit_headers, path, Reader::string)
-            }
-            "case_insensitive_paths" => {
-                optional(reader, &mut raw.case_insensitive_paths, path, Reader::bool)
-            }
-            "fleet" => optional(reader, &mut raw.fleet, path, RawFleet::read),
-            "require_https" => optional(reader, &mut raw.require_https, path, Reader::bool),
-            "trusted_https_header" => {
-                optional(reader, &mut raw.trusted_https_header, path, Reader::string)
-            }
-            "error_doc_url" => optional(reader, &mut raw.error_doc_url, path, Reader::string),
-            _ => Err(unknown_field(path, name, Self::FIELDS)),
-        })?;
+        fields(
+            reader,
+            &Path::Root,
+            &Self::FIELDS,
+            |reader, name, path| match name {
+                "keys" => {
+                    let start = reader.position();
+                    optional(reader, &mut raw.keys, path, |reader, path| {
+                        reader.list(path, RawKey::read)
+                    })?;
+                    raw.keys_span = Some(start..reader.position());
+                    Ok(())
+                }
+                "plans" => optional(reader, &mut raw.plans, path, |reader, path| {
+                    UniqueMap::read(reader, path, RawPlan::read)
+                }),
+                "rules" => optional(reader, &mut raw.rules, path, |reader, path| {
+                    reader.list(path, RawRule::read)
+                }),
+                "schemes" => optional(reader, &mut raw.schemes, path, Reader::strings),
+                "key_prefixes" => optional(reader, &mut raw.key_prefixes, path, Reader::strings),
+                "forward_credential" => {
+                    optional(reader, &mut raw.forward_credential, path, Reader::bool)
+                }
+                "realm" => optional(reader, &mut raw.realm, path, Reader::string),
+                "rate_limit_headers" => {
+                    optional(reader, &mut raw.rate_limit_headers, path, Reader::string)
+                }
+                "case_insensitive_paths" => {
+                    optional(reader, &mut raw.case_insensitive_paths, path, Reader::bool)
+                }
+                "fleet" => optional(reader, &mut raw.fleet, path, RawFleet::read),
+                "require_https" => optional(reader, &mut raw.require_https, path, Reader::bool),
+                "trusted_https_header" => {
+                    optional(reader, &mut raw.trusted_https_header, path, Reader::string)
+                }
+                "error_doc_url" => optional(reader, &mut raw.error_doc_url, path, Reader::string),
+                _ => Err(unknown_field(path, name, &Self::FIELDS)),
+            },
+        )?;
         Ok(raw)
     }
 }
@@ -320,19 +367,22 @@ struct RawFleet {
 }
 
 impl RawFleet {
+    const FIELDS: [&'static str; 4] = ["cluster", "domain", "timeout_ms", "on_failure"];
+
     fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
         let (mut cluster, mut domain, mut timeout_ms, mut on_failure) = (None, None, None, None);
-        reader.object(path, |reader, name, field| match name {
-            "cluster" => optional(reader, &mut cluster, field, Reader::string),
-            "domain" => optional(reader, &mut domain, field, Reader::string),
-            "timeout_ms" => optional(reader, &mut timeout_ms, field, Reader::u64),
-            "on_failure" => optional(reader, &mut on_failure, field, Reader::string),
-            _ => Err(unknown_field(
-                field,
-                name,
-                "`cluster`, `domain`, `timeout_ms`, `on_failure`",
-            )),
-        })?;
+        fields(
+            reader,
+            path,
+            &Self::FIELDS,
+            |reader, name, field| match name {
+                "cluster" => optional(reader, &mut cluster, field, Reader::string),
+                "domain" => optional(reader, &mut domain, field, Reader::string),
+                "timeout_ms" => optional(reader, &mut timeout_ms, field, Reader::u64),
+                "on_failure" => optional(reader, &mut on_failure, field, Reader::string),
+                _ => Err(unknown_field(field, name, &Self::FIELDS)),
+            },
+        )?;
         Ok(Self {
             cluster: cluster.ok_or_else(|| missing(path, "cluster"))?,
             domain: domain.ok_or_else(|| missing(path, "domain"))?,
@@ -364,32 +414,50 @@ struct RawKey<'a> {
 }
 
 impl<'a> RawKey<'a> {
-    const FIELDS: &'static str = "`id`, `sha256`, `tenant`, `scopes`, `plan`, `env`, \
-        `expires_at`, `revoked`, `name`, `hint`, `created_at`, `replaced_by`, `rate_limits`";
+    const FIELDS: [&'static str; 13] = [
+        "id",
+        "sha256",
+        "tenant",
+        "scopes",
+        "plan",
+        "env",
+        "expires_at",
+        "revoked",
+        "name",
+        "hint",
+        "created_at",
+        "replaced_by",
+        "rate_limits",
+    ];
 
     fn read(reader: &mut Reader<'a>, path: &Path<'_>) -> Result<Self, JsonError> {
         let (mut id, mut sha256, mut tenant, mut scopes) = (None, None, None, None);
         let (mut plan, mut env, mut expires_at, mut revoked) = (None, None, None, None);
         let (mut name, mut hint, mut created_at, mut rate_limits) = (None, None, None, None);
         let mut replaced_by = None;
-        reader.object(path, |reader, field_name, field| match field_name {
-            "id" => optional(reader, &mut id, field, Reader::string),
-            "sha256" => optional(reader, &mut sha256, field, Reader::text),
-            "tenant" => optional(reader, &mut tenant, field, Reader::string),
-            "scopes" => optional(reader, &mut scopes, field, Reader::strings),
-            "plan" => optional(reader, &mut plan, field, Reader::text),
-            "env" => optional(reader, &mut env, field, Reader::string),
-            "expires_at" => optional(reader, &mut expires_at, field, Reader::string),
-            "revoked" => optional(reader, &mut revoked, field, Reader::bool),
-            "name" => optional(reader, &mut name, field, Reader::string),
-            "hint" => optional(reader, &mut hint, field, Reader::string),
-            "created_at" => optional(reader, &mut created_at, field, Reader::string),
-            "replaced_by" => optional(reader, &mut replaced_by, field, Reader::string),
-            "rate_limits" => optional(reader, &mut rate_limits, field, |reader, path| {
-                UniqueMap::read(reader, path, RawLimit::read)
-            }),
-            _ => Err(unknown_field(field, field_name, Self::FIELDS)),
-        })?;
+        fields(
+            reader,
+            path,
+            &Self::FIELDS,
+            |reader, field_name, field| match field_name {
+                "id" => optional(reader, &mut id, field, Reader::string),
+                "sha256" => optional(reader, &mut sha256, field, Reader::text),
+                "tenant" => optional(reader, &mut tenant, field, Reader::string),
+                "scopes" => optional(reader, &mut scopes, field, Reader::strings),
+                "plan" => optional(reader, &mut plan, field, Reader::text),
+                "env" => optional(reader, &mut env, field, Reader::string),
+                "expires_at" => optional(reader, &mut expires_at, field, Reader::string),
+                "revoked" => optional(reader, &mut revoked, field, Reader::bool),
+                "name" => optional(reader, &mut name, field, Reader::string),
+                "hint" => optional(reader, &mut hint, field, Reader::string),
+                "created_at" => optional(reader, &mut created_at, field, Reader::string),
+                "replaced_by" => optional(reader, &mut replaced_by, field, Reader::string),
+                "rate_limits" => optional(reader, &mut rate_limits, field, |reader, path| {
+                    UniqueMap::read(reader, path, RawLimit::read)
+                }),
+                _ => Err(unknown_field(field, field_name, &Self::FIELDS)),
+            },
+        )?;
         Ok(Self {
             id: id.ok_or_else(|| missing(path, "id"))?,
             sha256: sha256.ok_or_else(|| missing(path, "sha256"))?,
@@ -414,15 +482,22 @@ struct RawPlan {
 }
 
 impl RawPlan {
+    const FIELDS: [&'static str; 2] = ["scopes", "rate_limits"];
+
     fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
         let (mut scopes, mut rate_limits) = (None, None);
-        reader.object(path, |reader, name, field| match name {
-            "scopes" => optional(reader, &mut scopes, field, Reader::strings),
-            "rate_limits" => optional(reader, &mut rate_limits, field, |reader, path| {
-                UniqueMap::read(reader, path, RawLimit::read)
-            }),
-            _ => Err(unknown_field(field, name, "`scopes`, `rate_limits`")),
-        })?;
+        fields(
+            reader,
+            path,
+            &Self::FIELDS,
+            |reader, name, field| match name {
+                "scopes" => optional(reader, &mut scopes, field, Reader::strings),
+                "rate_limits" => optional(reader, &mut rate_limits, field, |reader, path| {
+                    UniqueMap::read(reader, path, RawLimit::read)
+                }),
+                _ => Err(unknown_field(field, name, &Self::FIELDS)),
+            },
+        )?;
         Ok(Self {
             scopes,
             rate_limits: rate_limits.unwrap_or_default(),
@@ -437,18 +512,21 @@ struct RawLimit {
 }
 
 impl RawLimit {
+    const FIELDS: [&'static str; 3] = ["requests", "period_seconds", "burst"];
+
     fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
         let (mut requests, mut period_seconds, mut burst) = (None, None, None);
-        reader.object(path, |reader, name, field| match name {
-            "requests" => optional(reader, &mut requests, field, Reader::u64),
-            "period_seconds" => optional(reader, &mut period_seconds, field, Reader::u64),
-            "burst" => optional(reader, &mut burst, field, Reader::u64),
-            _ => Err(unknown_field(
-                field,
-                name,
-                "`requests`, `period_seconds`, `burst`",
-            )),
-        })?;
+        fields(
+            reader,
+            path,
+            &Self::FIELDS,
+            |reader, name, field| match name {
+                "requests" => optional(reader, &mut requests, field, Reader::u64),
+                "period_seconds" => optional(reader, &mut period_seconds, field, Reader::u64),
+                "burst" => optional(reader, &mut burst, field, Reader::u64),
+                _ => Err(unknown_field(field, name, &Self::FIELDS)),
+            },
+        )?;
         Ok(Self {
             requests: requests.ok_or_else(|| missing(path, "requests"))?,
             period_seconds: period_seconds.ok_or_else(|| missing(path, "period_seconds"))?,
@@ -466,21 +544,24 @@ struct RawRule {
 }
 
 impl RawRule {
+    const FIELDS: [&'static str; 5] = ["path", "path_prefix", "methods", "public", "scope"];
+
     fn read(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Self, JsonError> {
         let (mut rule_path, mut path_prefix, mut methods, mut public, mut scope) =
             (None, None, None, None, None);
-        reader.object(path, |reader, name, field| match name {
-            "path" => optional(reader, &mut rule_path, field, Reader::string),
-            "path_prefix" => optional(reader, &mut path_prefix, field, Reader::string),
-            "methods" => optional(reader, &mut methods, field, Reader::strings),
-            "public" => optional(reader, &mut public, field, Reader::bool),
-            "scope" => optional(reader, &mut scope, field, Reader::string),
-            _ => Err(unknown_field(
-                field,
-                name,
-                "`path`, `path_prefix`, `methods`, `public`, `scope`",
-            )),
-        })?;
+        fields(
+            reader,
+            path,
+            &Self::FIELDS,
+            |reader, name, field| match name {
+                "path" => optional(reader, &mut rule_path, field, Reader::string),
+                "path_prefix" => optional(reader, &mut path_prefix, field, Reader::string),
+                "methods" => optional(reader, &mut methods, field, Reader::strings),
+                "public" => optional(reader, &mut public, field, Reader::bool),
+                "scope" => optional(reader, &mut scope, field, Reader::string),
+                _ => Err(unknown_field(field, name, &Self::FIELDS)),
+            },
+        )?;
         Ok(Self {
             path: rule_path,
             path_prefix,
@@ -661,6 +742,24 @@ impl RawKey<'_> {
         let hash = KeyHash::from_hex(&self.sha256)
             .map_err(|reason| refuse(format!("{field}.sha256"), reason))?;
         check_name(&format_args!("{field}.tenant"), &self.tenant)?;
+        if self.scopes.len() > MAX_KEY_SCOPES {
+            return Err(refuse(
+                format!("{field}.scopes"),
+                format!(
+                    "a key holds at most {MAX_KEY_SCOPES} scopes, got {}",
+                    self.scopes.len()
+                ),
+            ));
+        }
+        if self.rate_limits.0.len() > MAX_KEY_LIMITS {
+            return Err(refuse(
+                format!("{field}.rate_limits"),
+                format!(
+                    "a key has at most {MAX_KEY_LIMITS} entries, got {}",
+                    self.rate_limits.0.len()
+                ),
+            ));
+        }
         let scopes = parse_patterns(&format_args!("{field}.scopes"), self.scopes)?;
         let plan = match &self.plan {
             None => None,
@@ -773,8 +872,6 @@ impl RawRule {
     }
 }
 
-/// A rule path must be a canonical absolute path with no query; it is stored
-/// without its trailing `/` and folded when paths are case-insensitive.
 /// The segment of a rule path that matches the key's tenant (§7.3).
 const TENANT_SEGMENT: &str = "{tenant}";
 
@@ -828,12 +925,31 @@ fn rule_path_match(
     })
 }
 
+/// A rule path must be a canonical absolute path with no query or
+/// parameters; it is stored without its trailing `/` and folded when paths
+/// are case-insensitive.
 fn rule_path(field: &str, text: &str, case_insensitive: bool) -> Result<Vec<u8>, ConfigError> {
     if text.contains('?') {
         return Err(refuse(field, "a rule path has no query string"));
     }
+    // Rules compare request paths with their parameters removed (contract
+    // §7.1), so a rule path holding one could never match.
+    if text.contains(';') {
+        return Err(refuse(
+            field,
+            "a rule path has no `;` parameters (rules compare paths without them)",
+        ));
+    }
     let normalised =
         path::normalise(text.as_bytes()).map_err(|error| refuse(field, error.reason()))?;
+    // Such a path is refused on requests (see RuleSet::route), so the
+    // rule could never match.
+    if case_insensitive && crate::rules::holds_non_ascii(&normalised.path) {
+        return Err(refuse(
+            field,
+            "holds a character above ASCII, and paths compare case-insensitively",
+        ));
+    }
     let mut stored = crate::rules::stored_form(&normalised.path);
     if case_insensitive {
         stored.make_ascii_lowercase();

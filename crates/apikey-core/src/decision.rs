@@ -260,11 +260,9 @@ impl Gateway {
             Ok(normalised) => normalised,
             Err(_) => return Decision::deny(Denial::new(ErrorCode::InvalidPath)),
         };
-        let route = self.config.rules.resolve(request.method, &normalised.path);
-        let tenant_segment = route
-            .tenant
-            .as_ref()
-            .and_then(|range| normalised.path.get(range.clone()));
+        let Ok(route) = self.config.rules.resolve(request.method, &normalised.path) else {
+            return Decision::deny(Denial::new(ErrorCode::InvalidPath));
+        };
         let extraction = credentials::extract(request.headers, &format);
         let mut edits = self.upstream_edits(request.headers, &extraction);
         if normalised.changed() {
@@ -283,7 +281,14 @@ impl Gateway {
             }
             Requirement::Key { scope } => scope.as_deref(),
         };
-        let mut decision = self.authorise(&extraction, scope, tenant_segment, store, clock, edits);
+        let mut decision = self.authorise(
+            &extraction,
+            scope,
+            route.tenant.as_deref(),
+            store,
+            clock,
+            edits,
+        );
         decision.scope = scope.map(str::to_owned);
         decision
     }

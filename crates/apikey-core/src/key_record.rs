@@ -7,13 +7,25 @@
 //! the generation of the table it belongs to, so a record left behind by an
 //! older table is recognised and ignored. Decoding checks every length and
 //! never panics: shared data is trusted, but not blindly.
+//!
+//! Every length and count is written whole, as a LEB128 number (one byte
+//! below 128, so a typical record is smaller than with fixed `u16`s), so
+//! no field can be cut short. Format 1 wrote `u16`s and saturated longer
+//! values: a key whose effective scopes made `x-api-scopes` longer than
+//! 65,535 bytes was written and then never decoded, answering
+//! `invalid_key` (issue 17, finding 5). The configuration bounds what one
+//! key holds (256 scopes, 64 limits, 128-byte names and patterns, a 64-byte
+//! id): with that, a record is at most about 45 KB plus its `x-api-scopes`
+//! value, which a plan can widen (key `b:*` on a plan granting many `b:`
+//! names) but which is written whole at any length.
 
 use crate::config::{KeySpec, Plan, PlanIndex};
 use crate::rate_limit::{Limit, LimitTable};
 use crate::scope::{effective_scopes, ScopePattern};
 use crate::timestamp::UnixNanos;
 
-const FORMAT_VERSION: u8 = 1;
+/// 2: LEB128 lengths and counts (1 wrote saturating `u16`s).
+const FORMAT_VERSION: u8 = 2;
 const REVOKED: u8 = 1;
 const HAS_EXPIRY: u8 = 2;
 const HAS_PLAN: u8 = 4;
@@ -121,10 +133,20 @@ pub fn decode(bytes: &[u8]) -> Option<KeyRecord<'_>> {
         None
     };
     let scopes_header = reader.str()?;
-    let held = (0..reader.u16()?)
+    let held_count = reader.count()?;
+    // Each pattern takes at least one byte: a count beyond what is left
+    // is refused before anything is allocated for it.
+    if held_count > reader.bytes.len() {
+        return None;
+    }
+    let held = (0..held_count)
         .map(|_| reader.str())
         .collect::<Option<Vec<_>>>()?;
-    let limits = (0..reader.u16()?)
+    let limits_count = reader.count()?;
+    if limits_count > reader.bytes.len() {
+        return None;
+    }
+    let limits = (0..limits_count)
         .map(|_| {
             let pattern = reader.str()?;
             let limit = Limit {
@@ -149,9 +171,19 @@ pub fn decode(bytes: &[u8]) -> Option<KeyRecord<'_>> {
     })
 }
 
+/// Writes `count` as LEB128: seven bits a byte, lowest first, the high bit
+/// set on every byte but the last. Any `usize` fits, so nothing is cut.
 fn put_count(out: &mut Vec<u8>, count: usize) {
-    // Configurations bound every list far below u16::MAX entries per key.
-    out.extend_from_slice(&u16::try_from(count).unwrap_or(u16::MAX).to_le_bytes());
+    let mut rest = count;
+    loop {
+        let low = (rest & 0x7F) as u8;
+        rest >>= 7;
+        if rest == 0 {
+            out.push(low);
+            return;
+        }
+        out.push(low | 0x80);
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, text: &str) {
@@ -188,12 +220,33 @@ impl<'a> Reader<'a> {
         self.take().map(u16::from_le_bytes)
     }
 
+    /// Reads a LEB128 count; `None` when it is cut short, does not fit a
+    /// `usize`, or is spelt with more bytes than it needs (so a record
+    /// has exactly one spelling).
+    fn count(&mut self) -> Option<usize> {
+        let mut value = 0usize;
+        let mut shift = 0u32;
+        loop {
+            let byte = self.u8()?;
+            let bits = usize::from(byte & 0x7F);
+            let shifted = bits.checked_shl(shift)?;
+            if shifted >> shift != bits {
+                return None;
+            }
+            value |= shifted;
+            if byte & 0x80 == 0 {
+                return (byte != 0 || shift == 0).then_some(value);
+            }
+            shift += 7;
+        }
+    }
+
     fn u64(&mut self) -> Option<u64> {
         self.take().map(u64::from_le_bytes)
     }
 
     fn str(&mut self) -> Option<&'a str> {
-        let len = usize::from(self.u16()?);
+        let len = self.count()?;
         if len > self.bytes.len() {
             return None;
         }
@@ -265,6 +318,111 @@ mod tests {
         );
         assert_eq!(record.scopes_header, "");
         assert!(record.held.is_empty());
+    }
+
+    /// Issue 17, finding 5: a key whose effective scopes made an
+    /// `x-api-scopes` value longer than 65,535 bytes was written with a
+    /// truncated length and never decoded again (it answered
+    /// `invalid_key`). A key at every maximum the configuration allows
+    /// must come back whole.
+    #[test]
+    fn a_key_at_every_maximum_round_trips() {
+        use crate::config::{
+            MAX_ID_LEN, MAX_KEY_LIMITS, MAX_KEY_SCOPES, MAX_LABEL_LEN, MAX_NAME_LEN,
+        };
+        use crate::rate_limit::{MAX_PERIOD_SECONDS, MAX_REQUESTS};
+        use crate::scope::MAX_SCOPE_LEN;
+        let long = |prefix: &str, i: usize| {
+            format!(
+                "{prefix}{i:03}{}",
+                "x".repeat(MAX_SCOPE_LEN - prefix.len() - 3)
+            )
+        };
+        // Held: `b:*` and 255 long `a:` names; the plan grants `a:*` and
+        // 256 long `b:` names, so 511 long names are effective.
+        let held: Vec<String> = std::iter::once("b:*".to_owned())
+            .chain((1..MAX_KEY_SCOPES).map(|i| long("a:", i)))
+            .collect();
+        let granted: Vec<String> = std::iter::once("a:*".to_owned())
+            .chain((0..256).map(|i| long("b:", i)))
+            .collect();
+        let limit = serde_json::json!({
+            "requests": MAX_REQUESTS, "period_seconds": MAX_PERIOD_SECONDS, "burst": MAX_REQUESTS
+        });
+        let limits: serde_json::Map<String, serde_json::Value> = (0..MAX_KEY_LIMITS)
+            .map(|i| (long("l:", i), limit.clone()))
+            .collect();
+        let name_128 = "\u{e9}".repeat(MAX_NAME_LEN / 2);
+        let plan_name = "p".repeat(MAX_NAME_LEN);
+        let document = serde_json::json!({
+            "keys": [{
+                "id": "i".repeat(MAX_ID_LEN),
+                "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                "tenant": name_128, "env": "e".repeat(MAX_NAME_LEN), "plan": plan_name,
+                "scopes": held, "rate_limits": limits,
+                "expires_at": "9999-12-31T23:59:59.999999999Z", "revoked": true,
+                "name": "n".repeat(MAX_LABEL_LEN), "hint": "h".repeat(MAX_LABEL_LEN),
+            }],
+            "plans": { plan_name.clone(): { "scopes": granted } },
+        });
+        let config = Config::parse(document.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("the maximal key is refused: {e}"))
+            .unwrap();
+        let key = &config.keys[0];
+        let bytes = encode(key, &config.plans, u64::MAX);
+        let record = decode(&bytes)
+            .unwrap_or_else(|| panic!("a record of {} bytes does not decode", bytes.len()));
+        assert_eq!(record.generation, u64::MAX);
+        assert!(record.revoked);
+        assert_eq!(record.expires_at, key.expires_at);
+        assert_eq!(record.plan, Some(0));
+        assert_eq!(
+            (record.id, record.tenant),
+            (key.id.as_str(), key.tenant.as_str())
+        );
+        assert_eq!(record.env, key.env.as_deref());
+        let effective: Vec<&str> = record.scopes_header.split(' ').collect();
+        assert_eq!(effective.len(), 511, "effective scopes in x-api-scopes");
+        assert!(
+            record.scopes_header.len() > usize::from(u16::MAX),
+            "the test must cross 64 KiB: {} bytes",
+            record.scopes_header.len()
+        );
+        assert_eq!(
+            record.held,
+            key.scopes
+                .iter()
+                .map(ScopePattern::as_str)
+                .collect::<Vec<_>>()
+        );
+        let limits: Vec<(&str, Limit)> = key
+            .rate_limits
+            .entries()
+            .iter()
+            .map(|(pattern, limit)| (pattern.as_str(), *limit))
+            .collect();
+        assert_eq!(record.limits, limits);
+        let rest = bytes.len() - record.scopes_header.len();
+        assert!(
+            rest <= 45_000,
+            "beside x-api-scopes the record takes {rest} bytes, more than the documented 45 KB"
+        );
+    }
+
+    #[test]
+    fn counts_are_read_whole_and_spelt_one_way() {
+        let read = |bytes: &[u8]| Reader { bytes }.count();
+        for value in [0, 1, 127, 128, 300, 65_535, 65_536, usize::MAX] {
+            let mut out = Vec::new();
+            put_count(&mut out, value);
+            assert_eq!(read(&out), Some(value), "{value} spelt {out:?}");
+        }
+        assert_eq!(read(&[0x80, 0x00]), None, "a needless zero byte");
+        assert_eq!(read(&[0x80]), None, "cut short");
+        assert_eq!(read(&[0xFF; 11]), None, "more bits than a usize");
+        let mut too_wide = vec![0xFF; (usize::BITS / 7) as usize];
+        too_wide.push(0x7F);
+        assert_eq!(read(&too_wide), None, "bits beyond a usize");
     }
 
     #[test]

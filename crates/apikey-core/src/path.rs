@@ -12,6 +12,19 @@
 //! and repeated `/` merged. Anything whose meaning an upstream might read
 //! differently is refused instead.
 //!
+//! Path parameters (`;` and what follows it, up to the next `/`) stay in
+//! the canonical path, which is what the upstream receives; rules compare
+//! the path with them removed ([`without_parameters`], contract §7.1), as
+//! Java servlet containers and Spring route it. Only a raw `;` starts a
+//! parameter: `%3B` is kept encoded (it is not unreserved) and is data, as
+//! in Tomcat, Jetty and Spring, which split parameters off before they
+//! decode. A segment that Tomcat's reading (remove parameters, merge `//`,
+//! then resolve dot segments) and a literal reading would resolve to
+//! different paths is refused: `..;x` and `.;x` (Tomcat's `/public/..;/admin`
+//! is `/admin`, the "`..;/`" bypass class), and a `..` that would remove a
+//! segment with an empty name and parameters (`/a/;x/../b`: `/b` to Tomcat,
+//! `/a/b` here). Jetty refuses the same "ambiguous path parameter".
+//!
 //! Raw bytes above ASCII are not allowed in a URI (RFC 3986 §2) and upstreams
 //! read them differently: Python's `http.server` splits its request line on
 //! U+0085 and U+00A0, so `/api/v1/admin\x85` reached a rule-less path in the
@@ -37,6 +50,15 @@ pub enum PathError {
     MalformedEscape,
     /// A `..` segment that would climb above `/`.
     AboveRoot,
+    /// A segment with parameters whose name is `.` or `..` (`..;x`), or a
+    /// `..` removing a segment whose name is empty (`;x/..`): servers that
+    /// remove parameters before resolving dot segments read it otherwise.
+    AmbiguousParameters,
+    /// A byte above ASCII, raw or percent-encoded, while paths compare
+    /// case-insensitively (`case_insensitive_paths`): upstreams that fold
+    /// case in Java or Python fold some of them to ASCII letters (the
+    /// Kelvin sign `%E2%84%AA` to `k`), which an ASCII fold cannot follow.
+    NonAsciiFolded,
 }
 
 impl PathError {
@@ -49,6 +71,12 @@ impl PathError {
             Self::ControlByte => "path holds a control byte",
             Self::MalformedEscape => "path holds a malformed percent escape",
             Self::AboveRoot => "path climbs above the root",
+            Self::AmbiguousParameters => {
+                "path holds a dot segment with parameters (such as ..;) or an empty one before .."
+            }
+            Self::NonAsciiFolded => {
+                "path holds a byte above ASCII and paths compare case-insensitively"
+            }
         }
     }
 }
@@ -136,6 +164,11 @@ fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, PathError> {
 /// Resolves `.` and `..` segments and merges repeated `/`. A trailing `/`
 /// is kept, and a path ending in a dot segment ends in `/` (RFC 3986
 /// §5.2.4: `/a/b/..` is `/a/`).
+///
+/// Path parameters are kept, but a segment is judged by its name (what
+/// precedes its first `;`) too, so that no path resolves one way here and
+/// another way in a server that removes parameters first (see the module
+/// documentation): refusing is the only answer safe for both readings.
 fn resolve_segments(path: &[u8]) -> Result<Vec<u8>, PathError> {
     let mut segments: Vec<&[u8]> = Vec::new();
     let mut trailing_slash = false;
@@ -144,10 +177,16 @@ fn resolve_segments(path: &[u8]) -> Result<Vec<u8>, PathError> {
             b"" => trailing_slash = true,
             b"." => trailing_slash = true,
             b".." => {
-                segments.pop().ok_or(PathError::AboveRoot)?;
+                let removed = segments.pop().ok_or(PathError::AboveRoot)?;
+                if segment_name(removed).is_empty() {
+                    return Err(PathError::AmbiguousParameters);
+                }
                 trailing_slash = true;
             }
             _ => {
+                if matches!(segment_name(segment), b"." | b"..") {
+                    return Err(PathError::AmbiguousParameters);
+                }
                 segments.push(segment);
                 trailing_slash = false;
             }
@@ -162,6 +201,38 @@ fn resolve_segments(path: &[u8]) -> Result<Vec<u8>, PathError> {
         out.push(b'/');
     }
     Ok(out)
+}
+
+/// A segment's name: what precedes its first `;` (all of it without one).
+fn segment_name(segment: &[u8]) -> &[u8] {
+    segment.split(|&b| b == b';').next().unwrap_or(segment)
+}
+
+/// The path rules compare (contract §7.1): a normalised path with every
+/// segment's parameters removed, and the segments left with no name
+/// dropped as repeated `/` are (`/a/;x/b` is `/a/b`, as Tomcat merges the
+/// `//` it leaves). Borrowed when the path has no `;`.
+pub fn without_parameters(normalised: &[u8]) -> Cow<'_, [u8]> {
+    if !normalised.contains(&b';') {
+        return Cow::Borrowed(normalised);
+    }
+    let mut out = Vec::with_capacity(normalised.len());
+    let mut trailing_slash = false;
+    // The first piece is what precedes the leading `/`: nothing.
+    for segment in normalised.split(|&b| b == b'/').skip(1) {
+        let name = segment_name(segment);
+        if name.is_empty() {
+            trailing_slash = true;
+        } else {
+            out.push(b'/');
+            out.extend_from_slice(name);
+            trailing_slash = false;
+        }
+    }
+    if trailing_slash || out.is_empty() {
+        out.push(b'/');
+    }
+    Cow::Owned(out)
 }
 
 /// The upper-case hex digit of a nibble (0–15).
@@ -299,6 +370,74 @@ mod tests {
             normalise(b"/a\r\nb").map(|_| ()),
             Err(PathError::ControlByte)
         );
+    }
+
+    /// Issue 17, finding 2: Tomcat removes path parameters and then
+    /// resolves dot segments, so `/public/..;x=1/admin` is `/admin` there,
+    /// while a server that keeps `..;x=1` as a name serves a path under
+    /// `/public`. No rule can be matched safely for both readings.
+    #[test]
+    fn a_dot_segment_with_parameters_is_refused() {
+        for input in [
+            "/public/..;x=1/admin",
+            "/public/..;/admin",
+            "/public/.;x/admin",
+            "/public/.;/admin",
+            "/public/%2e%2e;x=1/admin",
+            "/public/.%2E;/admin",
+            "/..;",
+            "/a/..;x",
+            // Tomcat also merges the `//` left of an empty-named segment
+            // before resolving, so this `..` removes `public` there and
+            // `;x` here.
+            "/public/;x/../admin",
+            "/public/;/../admin",
+        ] {
+            assert_eq!(
+                normalise(input.as_bytes()).map(|n| n.path),
+                Err(PathError::AmbiguousParameters),
+                "normalising {input}"
+            );
+        }
+    }
+
+    #[test]
+    fn parameters_are_kept_in_the_normalised_path() {
+        let cases = [
+            ("/a;x=1/b", "/a;x=1/b"),
+            ("/a/b;x/../c;y", "/a/c;y"),
+            ("/a/;x/b", "/a/;x/b"),
+            ("/a/...;x/b", "/a/...;x/b"),
+            ("/a/%3B/b", "/a/%3B/b"),
+            ("/a/%3b..;x", "/a/%3B..;x"),
+        ];
+        for (input, expected) in cases {
+            let (path, _) = canonical(input).unwrap_or_else(|e| panic!("{input}: {e:?}"));
+            assert_eq!(path, expected, "normalising {input}");
+        }
+    }
+
+    #[test]
+    fn rules_see_the_path_without_its_parameters() {
+        let cases = [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a;x=1", "/a"),
+            ("/a;x=1/b;y;z/", "/a/b/"),
+            ("/a;/b", "/a/b"),
+            ("/;x", "/"),
+            ("/a/;x", "/a/"),
+            ("/a/;x/b", "/a/b"),
+            ("/a%3Bx/b", "/a%3Bx/b"),
+        ];
+        for (normalised, expected) in cases {
+            assert_eq!(
+                without_parameters(normalised.as_bytes()).as_ref(),
+                expected.as_bytes(),
+                "parameters removed from {normalised}"
+            );
+        }
+        assert!(matches!(without_parameters(b"/a/b"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! trailing `/` dropped, folded to lower case when paths are
 //! case-insensitive), so matching a request is a few byte comparisons.
 //! First match wins; a request no rule matches needs a valid key and no
-//! scope.
+//! scope. Requests are matched as contract §7.1 amends v1: on the path
+//! without its `;` parameters, with `HEAD` following `GET`, and, when
+//! paths are case-insensitive, never on a path holding a byte above ASCII.
 //!
 //! A rule path may hold one `{tenant}` segment (contract v1.1 §7.3): it
-//! matches any one non-empty segment, and the match says where that
-//! segment lies so the decision can compare it with the key's tenant.
+//! matches any one non-empty segment, and the match hands that segment to
+//! the decision, which compares it with the key's tenant.
 
 use core::ops::Range;
+
+use crate::path::{self, PathError};
 
 /// What a matching rule asks of the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +102,23 @@ pub struct Rule {
     pub requirement: Requirement,
 }
 
+impl Rule {
+    /// Whether the rule applies to `method`. Methods compare exactly, and
+    /// a rule listing `GET` also applies to `HEAD` (contract §7.1, RFC 9110
+    /// §9.3.2: the same resource without its body). Without that, a rule
+    /// written for `GET` left `HEAD` open, and an upstream that answers
+    /// `HEAD` through its `GET` handler runs that handler, side effects
+    /// and all, for a key without the scope (issue 17, finding 3).
+    fn matches_method(&self, method: &[u8]) -> bool {
+        let Some(methods) = &self.methods else {
+            return true;
+        };
+        methods
+            .iter()
+            .any(|listed| listed.as_bytes() == method || (method == b"HEAD" && listed == "GET"))
+    }
+}
+
 /// The rules of a configuration, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleSet {
@@ -113,8 +134,9 @@ pub const DEFAULT_REQUIREMENT: Requirement = Requirement::Key { scope: None };
 pub struct Route<'r> {
     /// The first matching rule's requirement.
     pub requirement: &'r Requirement,
-    /// Where that rule's `{tenant}` segment lies in the routed path.
-    pub tenant: Option<Range<usize>>,
+    /// That rule's `{tenant}` segment as the request has it (without its
+    /// parameters; lower-cased when paths are case-insensitive).
+    pub tenant: Option<Vec<u8>>,
 }
 
 impl RuleSet {
@@ -133,39 +155,42 @@ impl RuleSet {
     }
 
     /// The requirement of the first rule matching `method` and the
-    /// normalised `path`.
-    pub fn route(&self, method: &[u8], path: &[u8]) -> &Requirement {
-        self.resolve(method, path).requirement
+    /// normalised `path`, compared without its path parameters (contract
+    /// §7.1: a rule for `/api/v1/admin` covers `/api/v1/admin;x=1/keys`,
+    /// which Java upstreams serve as `/api/v1/admin/keys`).
+    ///
+    /// With case-insensitive paths, a path holding a byte above ASCII (raw
+    /// or percent-encoded, parameters included) is refused: the fold here
+    /// is ASCII only, and upstreams that fold case in Java or Python turn
+    /// some such characters into ASCII letters (`%E2%84%AA`, the Kelvin
+    /// sign, into `k`), so no rule could be matched safely.
+    pub fn route(&self, method: &[u8], path: &[u8]) -> Result<&Requirement, PathError> {
+        self.resolve(method, path).map(|route| route.requirement)
     }
 
-    /// The first rule matching `method` and the normalised `path`: its
-    /// requirement, and where its `{tenant}` segment lies in `path` (case
-    /// folding keeps every byte where it was).
-    pub fn resolve(&self, method: &[u8], path: &[u8]) -> Route<'_> {
-        let folded;
-        let path = if self.case_insensitive && path.iter().any(u8::is_ascii_uppercase) {
-            folded = path.to_ascii_lowercase();
-            folded.as_slice()
-        } else {
-            path
-        };
-        self.rules
+    /// [`Self::route`], with the matching rule's `{tenant}` segment.
+    pub fn resolve(&self, method: &[u8], path: &[u8]) -> Result<Route<'_>, PathError> {
+        if self.case_insensitive && holds_non_ascii(path) {
+            return Err(PathError::NonAsciiFolded);
+        }
+        let mut path = path::without_parameters(path);
+        if self.case_insensitive && path.iter().any(u8::is_ascii_uppercase) {
+            path.to_mut().make_ascii_lowercase();
+        }
+        let found = self
+            .rules
             .iter()
-            .filter(|rule| {
-                rule.methods
-                    .as_ref()
-                    .is_none_or(|methods| methods.iter().any(|m| m.as_bytes() == method))
-            })
+            .filter(|rule| rule.matches_method(method))
             .find_map(|rule| {
-                rule.path.matches(path).map(|tenant| Route {
+                rule.path.matches(&path).map(|tenant| Route {
                     requirement: &rule.requirement,
-                    tenant,
+                    tenant: tenant.and_then(|range| path.get(range)).map(<[u8]>::to_vec),
                 })
-            })
-            .unwrap_or(Route {
-                requirement: &DEFAULT_REQUIREMENT,
-                tenant: None,
-            })
+            });
+        Ok(found.unwrap_or(Route {
+            requirement: &DEFAULT_REQUIREMENT,
+            tenant: None,
+        }))
     }
 }
 
@@ -199,6 +224,19 @@ pub fn segment_names_tenant(segment: &[u8], tenant: &str, case_insensitive: bool
     } else {
         decoded == tenant.as_bytes()
     }
+}
+
+/// Whether `path` holds a byte above ASCII, raw or as a `%XX` escape
+/// (whose first hex digit is then 8 to F, in either case).
+pub(crate) fn holds_non_ascii(path: &[u8]) -> bool {
+    path.iter().enumerate().any(|(at, &byte)| {
+        !byte.is_ascii()
+            || (byte == b'%'
+                && matches!(
+                    path.get(at + 1),
+                    Some(b'8'..=b'9' | b'A'..=b'F' | b'a'..=b'f')
+                ))
+    })
 }
 
 /// Strips one trailing `/` (the root becomes empty), the stored form of a
@@ -274,8 +312,97 @@ mod tests {
         for (method, path, expected) in cases {
             assert_eq!(
                 rules.route(method.as_bytes(), path.as_bytes()),
-                &expected,
+                Ok(&expected),
                 "{method} {path}"
+            );
+        }
+    }
+
+    /// Issue 17, finding 3: a rule for `GET` left `HEAD` of the same
+    /// resource open. Contract §7.1: a rule whose `methods` list `GET`
+    /// also matches `HEAD`.
+    #[test]
+    fn a_get_rule_also_matches_head() {
+        let rules = RuleSet::new(
+            vec![
+                rule(
+                    PathMatch::Prefix(b"/v2/reports".to_vec()),
+                    Some(&["GET"]),
+                    scope("reports:read"),
+                ),
+                rule(
+                    PathMatch::Prefix(b"/v2/head-only".to_vec()),
+                    Some(&["HEAD"]),
+                    scope("h"),
+                ),
+            ],
+            false,
+        );
+        let cases: [(&str, &str, Requirement); 6] = [
+            ("GET", "/v2/reports", scope("reports:read")),
+            ("HEAD", "/v2/reports", scope("reports:read")),
+            ("HEAD", "/v2/reports/7", scope("reports:read")),
+            ("POST", "/v2/reports", DEFAULT_REQUIREMENT),
+            ("head", "/v2/reports", DEFAULT_REQUIREMENT),
+            ("GET", "/v2/head-only", DEFAULT_REQUIREMENT),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(
+                rules.route(method.as_bytes(), path.as_bytes()),
+                Ok(&expected),
+                "{method} {path}"
+            );
+        }
+    }
+
+    /// Issue 17, finding 2: a key without `reports:read` got 200 for
+    /// `/v2/reports;x=1` under a `/v2/reports` rule, and Java-style
+    /// upstreams served `/v2/reports`. Contract §7.1: rules compare the
+    /// path with every segment's parameters removed.
+    #[test]
+    fn path_parameters_do_not_dodge_a_rule() {
+        let rules = RuleSet::new(
+            vec![
+                rule(
+                    PathMatch::Prefix(b"/v2/reports".to_vec()),
+                    None,
+                    scope("reports:read"),
+                ),
+                rule(
+                    PathMatch::Prefix(b"/api/v1/admin".to_vec()),
+                    None,
+                    scope("admin"),
+                ),
+                rule(
+                    PathMatch::Exact(b"/api/v1/exact".to_vec()),
+                    None,
+                    scope("exact"),
+                ),
+                rule(PathMatch::Exact(Vec::new()), None, scope("root")),
+            ],
+            false,
+        );
+        let cases: [(&str, Requirement); 13] = [
+            ("/v2/reports;x=1", scope("reports:read")),
+            ("/v2/reports;x=1/7", scope("reports:read")),
+            ("/v2;a=b/reports", scope("reports:read")),
+            ("/api/v1/admin;x=1", scope("admin")),
+            ("/api/v1/admin;x=1/keys", scope("admin")),
+            ("/api/v1/admin;/keys", scope("admin")),
+            ("/api/v1/admin/;x/keys", scope("admin")),
+            ("/api/v1/exact;v=2", scope("exact")),
+            ("/api/v1/exact;v=2/", scope("exact")),
+            ("/api/v1/exact/;v=2", scope("exact")),
+            ("/;x", scope("root")),
+            // An encoded `;` is data, part of the segment's name.
+            ("/api/v1/admin%3Bx=1", DEFAULT_REQUIREMENT),
+            ("/api/v1/adminx;y", DEFAULT_REQUIREMENT),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(
+                rules.route(b"GET", path.as_bytes()),
+                Ok(&expected),
+                "GET {path}"
             );
         }
     }
@@ -283,7 +410,10 @@ mod tests {
     #[test]
     fn methods_compare_exactly() {
         let rules = contract_example();
-        assert_eq!(rules.route(b"get", b"/api/v1/leads"), &DEFAULT_REQUIREMENT);
+        assert_eq!(
+            rules.route(b"get", b"/api/v1/leads"),
+            Ok(&DEFAULT_REQUIREMENT)
+        );
     }
 
     #[test]
@@ -291,7 +421,7 @@ mod tests {
         let rules = contract_example();
         assert_eq!(
             rules.route(b"GET", b"/API/v1/admin/keys"),
-            &DEFAULT_REQUIREMENT
+            Ok(&DEFAULT_REQUIREMENT)
         );
         let folded = RuleSet::new(
             vec![rule(
@@ -301,7 +431,53 @@ mod tests {
             )],
             true,
         );
-        assert_eq!(folded.route(b"GET", b"/V2/ADMIN/x"), &scope("admin"));
+        assert_eq!(folded.route(b"GET", b"/V2/ADMIN/x"), Ok(&scope("admin")));
+    }
+
+    /// Issue 17, finding 8: `case_insensitive_paths` folds ASCII only,
+    /// while upstreams that fold case in Java or Python also fold the
+    /// Kelvin sign (U+212A, `%E2%84%AA`) to `k` and the long s (U+017F,
+    /// `%C5%BF`) to `s`: `/v2/%E2%84%AAeys` skipped a `/v2/keys` rule and
+    /// reached `/v2/keys` upstream. With the option on, a path holding a
+    /// byte above ASCII is refused.
+    #[test]
+    fn folded_paths_with_bytes_above_ascii_are_refused() {
+        let folded = RuleSet::new(
+            vec![rule(
+                PathMatch::Prefix(b"/v2/keys".to_vec()),
+                None,
+                scope("admin"),
+            )],
+            true,
+        );
+        let refused: [&[u8]; 7] = [
+            b"/v2/%E2%84%AAeys",
+            b"/v2/%e2%84%aaeys",
+            b"/v2/key%C5%BF",
+            b"/v2/keys/%C3%A9",
+            b"/v2/keys;p=%80",
+            b"/%FF",
+            b"/v2/\xe2\x84\xaaeys",
+        ];
+        for path in refused {
+            assert_eq!(
+                folded.route(b"GET", path),
+                Err(PathError::NonAsciiFolded),
+                "GET {} with case-insensitive paths",
+                String::from_utf8_lossy(path)
+            );
+        }
+        // ASCII escapes and a literal `%` sign's escape are no reason.
+        assert_eq!(
+            folded.route(b"GET", b"/V2/KEYS/%20%7F%25"),
+            Ok(&scope("admin"))
+        );
+        assert_eq!(folded.route(b"GET", b"/x%3B"), Ok(&DEFAULT_REQUIREMENT));
+        // Paths that compare case-sensitively keep every byte.
+        let exact = RuleSet::new(Vec::new(), false);
+        for path in refused {
+            assert_eq!(exact.route(b"GET", path), Ok(&DEFAULT_REQUIREMENT));
+        }
     }
 
     #[test]
@@ -310,8 +486,8 @@ mod tests {
             vec![rule(PathMatch::Prefix(Vec::new()), None, scope("s"))],
             false,
         );
-        assert_eq!(root.route(b"GET", b"/"), &scope("s"));
-        assert_eq!(root.route(b"GET", b"/a/b"), &scope("s"));
+        assert_eq!(root.route(b"GET", b"/"), Ok(&scope("s")));
+        assert_eq!(root.route(b"GET", b"/a/b"), Ok(&scope("s")));
         let any = RuleSet::new(
             vec![rule(
                 PathMatch::Any,
@@ -320,8 +496,8 @@ mod tests {
             )],
             false,
         );
-        assert_eq!(any.route(b"OPTIONS", b"/x"), &Requirement::Public);
-        assert_eq!(any.route(b"GET", b"/x"), &DEFAULT_REQUIREMENT);
+        assert_eq!(any.route(b"OPTIONS", b"/x"), Ok(&Requirement::Public));
+        assert_eq!(any.route(b"GET", b"/x"), Ok(&DEFAULT_REQUIREMENT));
     }
 
     #[test]
@@ -334,8 +510,8 @@ mod tests {
             )],
             false,
         );
-        assert_eq!(rules.route(b"GET", b"/"), &Requirement::Public);
-        assert_eq!(rules.route(b"GET", b"/a"), &DEFAULT_REQUIREMENT);
+        assert_eq!(rules.route(b"GET", b"/"), Ok(&Requirement::Public));
+        assert_eq!(rules.route(b"GET", b"/a"), Ok(&DEFAULT_REQUIREMENT));
     }
 
     fn tenant_rule(before: &str, after: &str, prefix: bool) -> RuleSet {
@@ -353,25 +529,27 @@ mod tests {
         )
     }
 
-    fn tenant_of<'p>(rules: &RuleSet, path: &'p str) -> Option<&'p str> {
-        let route = rules.resolve(b"GET", path.as_bytes());
-        route.tenant.map(|range| &path[range])
+    fn tenant_of(rules: &RuleSet, path: &str) -> Option<String> {
+        let route = rules.resolve(b"GET", path.as_bytes()).unwrap();
+        route
+            .tenant
+            .map(|segment| String::from_utf8(segment).unwrap())
     }
 
     #[test]
-    fn a_tenant_segment_matches_any_one_non_empty_segment_and_says_where() {
+    fn a_tenant_segment_matches_any_one_non_empty_segment_and_hands_it_over() {
         let exact = tenant_rule("/api/v1/tenants/", "/leads", false);
         assert_eq!(
             tenant_of(&exact, "/api/v1/tenants/acme/leads"),
-            Some("acme")
+            Some("acme".to_owned())
         );
         assert_eq!(
             tenant_of(&exact, "/api/v1/tenants/acme/leads/"),
-            Some("acme")
+            Some("acme".to_owned())
         );
         assert_eq!(
             tenant_of(&exact, "/api/v1/tenants/a%20b/leads"),
-            Some("a%20b")
+            Some("a%20b".to_owned())
         );
         for unmatched in [
             "/api/v1/tenants/acme/leads/7",
@@ -380,7 +558,7 @@ mod tests {
             "/api/v1/tenants/acme/x/leads",
             "/api/v1/tenants/acme",
         ] {
-            let route = exact.resolve(b"GET", unmatched.as_bytes());
+            let route = exact.resolve(b"GET", unmatched.as_bytes()).unwrap();
             assert_eq!(
                 (route.requirement, route.tenant),
                 (&DEFAULT_REQUIREMENT, None),
@@ -390,16 +568,19 @@ mod tests {
         let prefix = tenant_rule("/api/v1/tenants/", "/leads", true);
         assert_eq!(
             tenant_of(&prefix, "/api/v1/tenants/acme/leads/7"),
-            Some("acme")
+            Some("acme".to_owned())
         );
         assert_eq!(
             prefix.route(b"GET", b"/api/v1/tenants/acme/leadsx"),
-            &DEFAULT_REQUIREMENT
+            Ok(&DEFAULT_REQUIREMENT)
         );
         let last = tenant_rule("/t/", "", true);
-        assert_eq!(tenant_of(&last, "/t/acme"), Some("acme"));
-        assert_eq!(tenant_of(&last, "/t/acme/anything"), Some("acme"));
-        assert_eq!(last.route(b"GET", b"/t/"), &DEFAULT_REQUIREMENT);
+        assert_eq!(tenant_of(&last, "/t/acme"), Some("acme".to_owned()));
+        assert_eq!(
+            tenant_of(&last, "/t/acme/anything"),
+            Some("acme".to_owned())
+        );
+        assert_eq!(last.route(b"GET", b"/t/"), Ok(&DEFAULT_REQUIREMENT));
     }
 
     #[test]
@@ -412,6 +593,15 @@ mod tests {
         assert!(!segment_names_tenant(b"acme2", "acme", false));
         assert!(!segment_names_tenant(b"acm", "acme", false));
         assert!(!segment_names_tenant(b"%zz", "%zz", false));
+    }
+
+    #[test]
+    fn a_tenant_segment_is_named_without_its_parameters() {
+        let rules = tenant_rule("/t/", "/leads", true);
+        assert_eq!(
+            tenant_of(&rules, "/t/acme;v=1/leads/7"),
+            Some("acme".to_owned())
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! field, and a valid document compiles to what it says.
 
 use super::*;
+use crate::scope::MAX_SCOPE_LEN;
 use serde_json::{json, Value};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -90,9 +91,9 @@ fn the_contract_example_is_valid_and_compiles() {
     assert_eq!(config.rate_limit_headers, RateLimitHeaders::Denied);
     assert_eq!(
         config.rules.route(b"GET", b"/api/v1/admin/keys/"),
-        &Requirement::Key {
+        Ok(&Requirement::Key {
             scope: Some("admin".into())
-        }
+        })
     );
 }
 
@@ -355,6 +356,12 @@ fn rule_shapes_are_validated() {
         "climbs",
     );
     assert_refused(
+        "parameters in a rule path",
+        |d| d["rules"][3]["path"] = json!("/api/v1/admin;v=1/keys"),
+        "rules[3].path",
+        "parameters",
+    );
+    assert_refused(
         "unknown rule field",
         |d| d["rules"][0]["prefix"] = json!("/x"),
         "rules[0].prefix",
@@ -373,15 +380,43 @@ fn rule_paths_are_stored_canonically() {
     let config = parse(&document).unwrap();
     assert_eq!(
         config.rules.route(b"GET", b"/api/v1/leads/7"),
-        &Requirement::Key {
+        Ok(&Requirement::Key {
             scope: Some("leads:read".into())
-        }
+        })
     );
     assert_eq!(
         config.rules.route(b"GET", b"/ADMIN"),
-        &Requirement::Key {
+        Ok(&Requirement::Key {
             scope: Some("admin".into())
-        }
+        })
+    );
+}
+
+#[test]
+fn case_insensitive_rule_paths_are_ascii_only() {
+    assert_refused(
+        "non-ASCII rule path, folded",
+        |d| {
+            d["case_insensitive_paths"] = json!(true);
+            d["rules"][3]["path"] = json!("/caf\u{e9}");
+        },
+        "rules[3].path",
+        "above ASCII",
+    );
+    assert_refused(
+        "encoded non-ASCII rule path, folded",
+        |d| {
+            d["case_insensitive_paths"] = json!(true);
+            d["rules"][1]["path_prefix"] = json!("/%E2%84%AAeys");
+        },
+        "rules[1].path_prefix",
+        "above ASCII",
+    );
+    let mut document = example();
+    document["rules"][3]["path"] = json!("/caf\u{e9}");
+    assert!(
+        parse(&document).is_ok(),
+        "a non-ASCII rule path is refused with case-sensitive paths"
     );
 }
 
@@ -613,12 +648,19 @@ fn a_tenant_segment_is_one_whole_segment_at_most_once_and_never_public() {
         {"path": "/t/{tenant}/"}
     ]);
     let config = parse(&document).unwrap();
-    let route = config
-        .rules
-        .resolve(b"GET", b"/api/v1/tenants/acme/leads/7");
-    assert_eq!(route.tenant, Some(16..20));
-    assert_eq!(config.rules.resolve(b"GET", b"/acme").tenant, Some(1..5));
-    assert_eq!(config.rules.resolve(b"GET", b"/t/acme/").tenant, Some(3..7));
+    let tenant = |path: &str| {
+        config
+            .rules
+            .resolve(b"GET", path.as_bytes())
+            .unwrap()
+            .tenant
+    };
+    assert_eq!(
+        tenant("/api/v1/tenants/acme/leads/7"),
+        Some(b"acme".to_vec())
+    );
+    assert_eq!(tenant("/acme"), Some(b"acme".to_vec()));
+    assert_eq!(tenant("/t/acme/"), Some(b"acme".to_vec()));
     let refused: [(&str, Value, &str); 4] = [
         (
             "twice",
@@ -656,4 +698,152 @@ fn a_tenant_segment_is_one_whole_segment_at_most_once_and_never_public() {
             reason,
         );
     }
+}
+
+/// Issue 17, finding 4: `"expires_at": "2020-…", "expires_at": null` kept
+/// the first value (and so did a top-level and a limit field): a later
+/// `null` was read as "left out" before the repeat was noticed. Contract
+/// §7.1: a field given twice is refused whatever either value is, at every
+/// level of the configuration.
+#[test]
+fn a_field_given_twice_is_refused_at_every_level_whatever_its_values() {
+    // (level, field as the refusal names it, document with FIELD where the
+    // repeated field goes, the field's name, a valid value for it)
+    let levels: [(&str, &str, &str, &str, &str); 9] = [
+        (
+            "top level",
+            "realm",
+            r#"{FIELD, "keys": []}"#,
+            "realm",
+            r#""api""#,
+        ),
+        (
+            "keys[i]",
+            "keys[0].expires_at",
+            r#"{"keys": [{"id": "k", "sha256": "HASH", "tenant": "t", FIELD}]}"#,
+            "expires_at",
+            r#""2020-01-01T00:00:00Z""#,
+        ),
+        (
+            "keys[i] boolean",
+            "keys[0].revoked",
+            r#"{"keys": [{"id": "k", "sha256": "HASH", "tenant": "t", FIELD}]}"#,
+            "revoked",
+            "true",
+        ),
+        (
+            "plans.X",
+            "plans.pro.scopes",
+            r#"{"plans": {"pro": {FIELD}}}"#,
+            "scopes",
+            r#"["a"]"#,
+        ),
+        (
+            "plan rate limit object",
+            "plans.pro.rate_limits.*.burst",
+            r#"{"plans": {"pro": {"rate_limits": {"*": {"requests": 5, "period_seconds": 1, FIELD}}}}}"#,
+            "burst",
+            "2",
+        ),
+        (
+            "key rate limit object",
+            "keys[0].rate_limits.a.burst",
+            r#"{"keys": [{"id": "k", "sha256": "HASH", "tenant": "t",
+                 "rate_limits": {"a": {"requests": 5, "period_seconds": 1, FIELD}}}]}"#,
+            "burst",
+            "2",
+        ),
+        (
+            "rules[i]",
+            "rules[0].scope",
+            r#"{"rules": [{"path_prefix": "/admin", FIELD}]}"#,
+            "scope",
+            r#""admin""#,
+        ),
+        (
+            "fleet",
+            "fleet.timeout_ms",
+            r#"{"fleet": {"cluster": "c", "domain": "d", FIELD}}"#,
+            "timeout_ms",
+            "50",
+        ),
+        ("top-level list", "keys", r#"{FIELD}"#, "keys", "[]"),
+    ];
+    let mut wrong = Vec::new();
+    for (level, field, template, name, value) in levels {
+        let template = template.replace("HASH", HASH_A);
+        for (first, second) in [
+            (value, "null"),
+            ("null", value),
+            ("null", "null"),
+            (value, value),
+        ] {
+            let text = template.replace(
+                "FIELD",
+                &format!(r#""{name}": {first}, "{name}": {second}"#),
+            );
+            let single = template.replace("FIELD", &format!(r#""{name}": {first}"#));
+            assert!(
+                Config::parse(single.as_bytes()).is_ok(),
+                "{level}: the document with the field once is refused: {single}"
+            );
+            match Config::parse(text.as_bytes()) {
+                Ok(_) => wrong.push(format!("{level}: {name} given as {first} then {second} was accepted")),
+                Err(error) if error.field != field || !error.reason.contains("given twice") => {
+                    wrong.push(format!("{level}: {first} then {second} refused as {error}, not as {field} given twice"))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} cases wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// Issue 17, finding 5: a key with hundreds of long scopes was accepted,
+/// written with a truncated length and never decoded again, so it
+/// silently answered `invalid_key`. Contract §7.1: more than 256 scopes
+/// or more than 64 `rate_limits` entries is refused with the field named.
+#[test]
+fn a_key_with_more_scopes_or_limits_than_a_record_holds_is_refused() {
+    let scopes = |count: usize| -> Vec<String> {
+        (0..count)
+            .map(|i| format!("s{i:03}:{}", "x".repeat(MAX_SCOPE_LEN - 5)))
+            .collect()
+    };
+    let limits = |count: usize| -> Value {
+        (0..count)
+            .map(|i| {
+                (
+                    format!("l{i:02}:read"),
+                    json!({"requests": 1, "period_seconds": 1}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let mut at_limit = example();
+    at_limit["keys"][0]["scopes"] = json!(scopes(MAX_KEY_SCOPES));
+    at_limit["keys"][0]["rate_limits"] = limits(MAX_KEY_LIMITS);
+    let config = parse(&at_limit).unwrap_or_else(|e| panic!("256 scopes and 64 limits: {e}"));
+    assert_eq!(config.keys[0].scopes.len(), 256);
+    assert_eq!(config.keys[0].rate_limits.entries().len(), 64);
+    for count in [MAX_KEY_SCOPES + 1, 600] {
+        assert_refused(
+            &format!("{count} scopes"),
+            |d| d["keys"][0]["scopes"] = json!(scopes(count)),
+            "keys[0].scopes",
+            "at most 256",
+        );
+    }
+    assert_refused(
+        "65 limits",
+        |d| d["keys"][0]["rate_limits"] = limits(MAX_KEY_LIMITS + 1),
+        "keys[0].rate_limits",
+        "at most 64",
+    );
 }

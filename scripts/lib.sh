@@ -16,9 +16,11 @@ WASM_MODULE="$REPO_ROOT/target/$WASM_TARGET/release/apikey_filter.wasm"
 TOOLS_ROOT="${APIKEY_TOOLS_ROOT:-$HOME/.cache/apikey-gateway/tools}"
 WASM_BINDGEN_TEST_RUNNER="$TOOLS_ROOT/bin/wasm-bindgen-test-runner"
 
-# step TITLE: a header that makes each stage of a long log easy to find.
+# step TITLE: a header that makes each stage of a long log easy to find,
+# with the seconds since the script started (how long set-up took on a
+# fresh machine is read off the next header).
 step() {
-  printf '\n==> %s\n' "$*"
+  printf '\n==> %s  [%d s]\n' "$*" "$SECONDS"
 }
 
 # die MESSAGE: stop the script with a message that says what to do.

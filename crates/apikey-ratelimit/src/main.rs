@@ -34,7 +34,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::args::{Command, RedisAuth, Settings};
-use crate::grpc::RateLimitService;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::store::Redis;
@@ -121,7 +120,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
     let mut grpc_stopped = stopped;
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let served = Server::builder()
-        .serve_with_incoming_shutdown(RateLimitService::new(limiter), incoming, async move {
+        .serve_with_incoming_shutdown(grpc::server(limiter), incoming, async move {
             let _ = grpc_stopped.wait_for(|stop| *stop).await;
         })
         .await;

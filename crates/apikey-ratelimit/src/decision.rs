@@ -7,7 +7,7 @@
 //! here without Redis.
 
 use crate::proto::{
-    Code, DescriptorStatus, Duration, RateLimit, RateLimitRequest, RateLimitResponse,
+    duration_from_millis, Code, DescriptorStatus, RateLimit, RateLimitRequest, RateLimitResponse,
 };
 use crate::window::{counter_key, Unit, Window};
 
@@ -110,7 +110,8 @@ pub fn status(charge: &Charge, counted: Counted) -> DescriptorStatus {
             unit: charge.unit.as_proto(),
         }),
         limit_remaining: u32::try_from(limit.saturating_sub(counted.count)).unwrap_or(u32::MAX),
-        duration_until_reset: Some(Duration::from_millis(counted.ttl_ms)),
+        duration_until_reset: Some(duration_from_millis(counted.ttl_ms)),
+        ..DescriptorStatus::default()
     }
 }
 
@@ -129,13 +130,14 @@ pub fn response(statuses: Vec<DescriptorStatus>) -> RateLimitResponse {
     RateLimitResponse {
         overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
         statuses,
+        ..RateLimitResponse::default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Entry, RateLimitDescriptor, RateLimitOverride, UInt64Value};
+    use crate::proto::{Duration, Entry, RateLimitDescriptor, RateLimitOverride, UInt64Value};
 
     const NOW_MS: u64 = 1_767_225_615_000; // 2026-01-01T00:00:15Z
 
@@ -156,6 +158,7 @@ mod tests {
                 unit,
             }),
             hits_addend: None,
+            is_negative_hits: false,
         }
     }
 

@@ -146,6 +146,7 @@ mod tests {
                     unit: 2,
                 }),
                 hits_addend: None,
+                is_negative_hits: false,
             }],
             hits_addend: 1,
         }

@@ -33,30 +33,18 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::args::{Command, RedisAuth, Settings};
-use crate::grpc::RateLimitService;
+use crate::args::{RedisAuth, Settings};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::store::Redis;
 
 fn main() -> ExitCode {
-    let command = match args::parse(std::env::args().skip(1), |name| std::env::var(name).ok()) {
-        Ok(command) => command,
+    let settings = match args::from_process() {
+        Ok(settings) => settings,
         Err(message) => {
             eprintln!("apikey-ratelimit: {message}");
             return ExitCode::from(2);
         }
-    };
-    let settings = match command {
-        Command::Help => {
-            print!("{}", args::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Command::Version => {
-            println!("apikey-ratelimit {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Command::Serve(settings) => settings,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -121,7 +109,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
     let mut grpc_stopped = stopped;
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let served = Server::builder()
-        .serve_with_incoming_shutdown(RateLimitService::new(limiter), incoming, async move {
+        .serve_with_incoming_shutdown(grpc::server(limiter), incoming, async move {
             let _ = grpc_stopped.wait_for(|stop| *stop).await;
         })
         .await;

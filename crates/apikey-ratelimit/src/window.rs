@@ -10,6 +10,8 @@
 
 use std::fmt::Write as _;
 
+use crate::proto::RateLimitUnit;
+
 /// `envoy.type.v3.RateLimitUnit`, the units this server counts in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -24,27 +26,28 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// The unit numbered `value` in the protobuf enum; `None` for
-    /// `UNKNOWN` and for the calendar units (`MONTH`, `YEAR`, `WEEK`),
-    /// which have no fixed length here.
+    /// The unit numbered `value` in `envoy.type.v3.RateLimitUnit`; `None`
+    /// for `UNKNOWN`, for the calendar units (`MONTH`, `YEAR`), which have
+    /// no fixed length here, and for numbers the enum does not have.
     pub fn from_proto(value: i32) -> Option<Self> {
-        match value {
-            1 => Some(Self::Second),
-            2 => Some(Self::Minute),
-            3 => Some(Self::Hour),
-            4 => Some(Self::Day),
-            _ => None,
+        match RateLimitUnit::try_from(value).ok()? {
+            RateLimitUnit::Second => Some(Self::Second),
+            RateLimitUnit::Minute => Some(Self::Minute),
+            RateLimitUnit::Hour => Some(Self::Hour),
+            RateLimitUnit::Day => Some(Self::Day),
+            RateLimitUnit::Unknown | RateLimitUnit::Month | RateLimitUnit::Year => None,
         }
     }
 
     /// The protobuf number of this unit.
     pub fn as_proto(self) -> i32 {
-        match self {
-            Self::Second => 1,
-            Self::Minute => 2,
-            Self::Hour => 3,
-            Self::Day => 4,
-        }
+        let unit = match self {
+            Self::Second => RateLimitUnit::Second,
+            Self::Minute => RateLimitUnit::Minute,
+            Self::Hour => RateLimitUnit::Hour,
+            Self::Day => RateLimitUnit::Day,
+        };
+        unit as i32
     }
 
     /// The unit's length in seconds.

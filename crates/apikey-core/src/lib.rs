@@ -28,5 +28,6 @@ pub mod rate_limit;
 pub mod rls_codec;
 pub mod rules;
 pub mod scope;
+pub mod store;
 pub mod timestamp;
 pub mod token_bucket;

@@ -25,6 +25,7 @@ pub mod key_table;
 pub mod memory_store;
 pub mod path;
 pub mod rate_limit;
+pub mod refusal;
 pub mod rls_codec;
 pub mod rules;
 pub mod scope;

@@ -351,7 +351,12 @@ mod tests {
     fn a_record_holding_a_pattern_that_does_not_parse_is_absent() {
         let mut out = Writer::default();
         out.u8(FORMAT_VERSION).u64(1).u8(0);
-        out.str("k").str("t").str("le*ds").count(1).str("le*ds").count(0);
+        out.str("k")
+            .str("t")
+            .str("le*ds")
+            .count(1)
+            .str("le*ds")
+            .count(0);
         assert_eq!(decode(&out.finish()), None, "a half-read key was served");
     }
 

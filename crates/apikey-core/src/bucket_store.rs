@@ -8,14 +8,20 @@
 //! a conflict retries a bounded number of times and then denies, so a limit
 //! is never exceeded under contention.
 
-use crate::key_table::{buckets_key, Lineage, SharedStore, StoreError};
 use crate::rate_limit::Limit;
+use crate::store::cursor::{Reader, Writer};
+use crate::store::names::{buckets_key, Lineage};
+use crate::store::{self, Change, SharedStore, StoreError};
 use crate::token_bucket::{self, Bucket, Take};
 
 const FORMAT_VERSION: u8 = 1;
 
-/// How many CAS conflicts a take retries before denying.
-pub const MAX_CAS_RETRIES: u32 = 8;
+/// The initial value of a bucket entry: no bucket used yet.
+pub const EMPTY_BUCKETS: &[u8] = &[FORMAT_VERSION];
+
+/// How many CAS conflicts a take retries before denying: the one bound of
+/// every shared-data update ([`store::MAX_RETRIES`]).
+pub const MAX_CAS_RETRIES: u32 = store::MAX_RETRIES;
 
 /// The answer of [`take`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,88 +50,72 @@ pub fn take(
     limit: &Limit,
     now_ns: u64,
 ) -> Result<Outcome, StoreError> {
-    let entry_key = buckets_key(lineage, key_id);
-    for conflicts in 0..=MAX_CAS_RETRIES {
-        let Some((bytes, cas)) = store.get(&entry_key)? else {
-            return Ok(Outcome::Missing);
+    let updated = store::update(store, &buckets_key(lineage, key_id), |current| {
+        let Some(bytes) = current else {
+            return Change::Keep(None);
         };
-        let mut buckets = decode(&bytes).unwrap_or_default();
+        let mut buckets = decode(bytes).unwrap_or_default();
         let slot = buckets.iter().position(|(p, _)| *p == pattern.as_bytes());
         let stored = slot
             .and_then(|index| buckets.get(index))
             .map(|(_, bucket)| *bucket);
         let answer = token_bucket::take(stored, limit, now_ns);
         let Take::Allowed { bucket, .. } = answer else {
-            return Ok(Outcome::Bucket {
-                take: answer,
-                conflicts,
-            });
+            return Change::Keep(Some(answer));
         };
         match slot.and_then(|index| buckets.get_mut(index)) {
             Some((_, stored)) => *stored = bucket,
             None => buckets.push((pattern.as_bytes(), bucket)),
         }
-        match store.set(&entry_key, &encode(&buckets), cas) {
-            Ok(()) => {
-                return Ok(Outcome::Bucket {
-                    take: answer,
-                    conflicts,
-                })
-            }
-            Err(StoreError::CasMismatch) => continue,
-            Err(error) => return Err(error),
-        }
+        Change::Write(encode(&buckets), Some(answer))
+    });
+    match updated {
+        Ok(store::Updated {
+            value: Some(take),
+            conflicts,
+        }) => Ok(Outcome::Bucket { take, conflicts }),
+        Ok(store::Updated { value: None, .. }) => Ok(Outcome::Missing),
+        Err(StoreError::Contention) => Ok(Outcome::Contention),
+        Err(error) => Err(error),
     }
-    Ok(Outcome::Contention)
 }
 
 fn decode(bytes: &[u8]) -> Option<Vec<(&[u8], Bucket)>> {
-    let (&version, mut rest) = bytes.split_first()?;
-    if version != FORMAT_VERSION {
+    let mut reader = Reader::new(bytes);
+    if reader.u8()? != FORMAT_VERSION {
         return None;
     }
     let mut buckets = Vec::new();
-    while let Some((&len, tail)) = rest.split_first() {
-        let len = usize::from(len);
-        if tail.len() < len {
-            return None;
-        }
-        let (pattern, tail) = tail.split_at(len);
-        let (units, tail) = tail.split_first_chunk::<16>()?;
-        let (updated, tail) = tail.split_first_chunk::<8>()?;
-        buckets.push((
-            pattern,
-            Bucket {
-                units: u128::from_le_bytes(*units),
-                updated_ns: u64::from_le_bytes(*updated),
-            },
-        ));
-        rest = tail;
+    while !reader.is_empty() {
+        let len = reader.u8()?;
+        let pattern = reader.bytes(usize::from(len))?;
+        let units = reader.u128()?;
+        let updated_ns = reader.u64()?;
+        buckets.push((pattern, Bucket { units, updated_ns }));
     }
     Some(buckets)
 }
 
 fn encode(buckets: &[(&[u8], Bucket)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + buckets.len() * 48);
-    out.push(FORMAT_VERSION);
+    let mut out = Writer::with_capacity(1 + buckets.len() * 48);
+    out.u8(FORMAT_VERSION);
     for (pattern, bucket) in buckets {
-        // Patterns are at most 128 bytes (scope::MAX_SCOPE_LEN).
-        out.push(u8::try_from(pattern.len()).unwrap_or(u8::MAX));
-        out.extend_from_slice(
-            pattern
-                .get(..usize::from(u8::MAX).min(pattern.len()))
-                .unwrap_or_default(),
-        );
-        out.extend_from_slice(&bucket.units.to_le_bytes());
-        out.extend_from_slice(&bucket.updated_ns.to_le_bytes());
+        // Patterns are at most 128 bytes (scope::MAX_SCOPE_LEN); the
+        // length is one byte, as format 1 has always spelt it.
+        let pattern = pattern
+            .get(..usize::from(u8::MAX).min(pattern.len()))
+            .unwrap_or_default();
+        out.u8(u8::try_from(pattern.len()).unwrap_or(u8::MAX))
+            .bytes(pattern)
+            .u128(bucket.units)
+            .u64(bucket.updated_ns);
     }
-    out
+    out.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key_table::EMPTY_BUCKETS;
     use crate::memory_store::MemoryStore;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;

@@ -14,8 +14,9 @@ use crate::credentials::{self, CredentialError, Extraction, KeyFormat};
 use crate::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
 use crate::fleet::{Fleet, FleetQuery};
 use crate::header_map::HeaderPair;
-use crate::key_cache::{KeyCache, KeyEntry};
+use crate::key_cache::KeyCache;
 use crate::key_hash::KeyHash;
+use crate::key_record::KeyRecord;
 use crate::key_table::{Lineage, SharedStore, TableRef};
 use crate::path;
 use crate::rate_limit;
@@ -479,7 +480,7 @@ impl Gateway {
 fn take_token(
     store: &dyn SharedStore,
     lineage: &Lineage,
-    record: &KeyEntry,
+    record: &KeyRecord,
     pattern: &ScopePattern,
     limit: &rate_limit::Limit,
     clock: &dyn Clock,
@@ -532,7 +533,7 @@ fn bucket_report(
     }
 }
 
-fn identity_headers(record: &KeyEntry, plan: Option<&str>) -> Vec<(&'static str, String)> {
+fn identity_headers(record: &KeyRecord, plan: Option<&str>) -> Vec<(&'static str, String)> {
     let mut headers = vec![
         ("x-api-key-id", record.id.clone()),
         ("x-api-tenant", record.tenant.clone()),

@@ -12,9 +12,11 @@
 //! `on_failure` applies), then asks again.
 
 use crate::denial::{Denial, ErrorCode, RateLimitReport};
-use crate::key_table::{SharedStore, StoreError};
 use crate::rate_limit::Limit;
 use crate::rls_codec::{self, Answer, Code, Descriptor, Unit};
+use crate::store::cursor::{Reader, Writer};
+use crate::store::names::circuit_key;
+use crate::store::{self, Change, SharedStore, StoreError};
 
 /// Failures in a row that open the circuit.
 pub const TRIP_AFTER: u32 = 5;
@@ -154,30 +156,25 @@ impl Circuit {
         }
     }
 
-    fn encode(&self) -> [u8; 12] {
-        let mut out = [0u8; 12];
-        let (failures, open_until) = out.split_at_mut(4);
-        failures.copy_from_slice(&self.failures.to_le_bytes());
-        open_until.copy_from_slice(&self.open_until_ns.to_le_bytes());
-        out
+    /// The stored entry: failures, then the instant the circuit closes.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Writer::with_capacity(12);
+        out.u32(self.failures).u64(self.open_until_ns);
+        out.finish()
     }
 
+    /// The circuit in an entry; closed when the entry is unreadable, so
+    /// a bad entry never stops the calls.
     fn decode(bytes: &[u8]) -> Self {
-        let Some((failures, rest)) = bytes.split_first_chunk::<4>() else {
-            return Self::default();
-        };
-        let Some((open_until, _)) = rest.split_first_chunk::<8>() else {
-            return Self::default();
-        };
-        Self {
-            failures: u32::from_le_bytes(*failures),
-            open_until_ns: u64::from_le_bytes(*open_until),
+        let mut reader = Reader::new(bytes);
+        match (reader.u32(), reader.u64()) {
+            (Some(failures), Some(open_until_ns)) => Self {
+                failures,
+                open_until_ns,
+            },
+            _ => Self::default(),
         }
     }
-}
-
-fn circuit_key(cluster: &str) -> String {
-    format!("apikey.v1.fleet.{cluster}")
 }
 
 /// The circuit of `cluster`, shared by every worker (and every
@@ -189,32 +186,27 @@ pub fn read_circuit(store: &dyn SharedStore, cluster: &str) -> Result<Circuit, S
         .unwrap_or_default())
 }
 
-/// Records a call's result. A few CAS retries; a lost update only delays
-/// the circuit by one call, which is not worth failing a request over.
+/// Records a call's result at `now_ns` and answers the circuit as stored.
+/// A write that keeps losing to other workers' is
+/// [`StoreError::Contention`]: the result was not recorded, which only
+/// delays the circuit by one call, and the caller must not act as if it
+/// had been (a circuit it did not open was not opened by it).
 pub fn record_result(
     store: &dyn SharedStore,
     cluster: &str,
     success: bool,
     now_ns: u64,
 ) -> Result<Circuit, StoreError> {
-    let key = circuit_key(cluster);
-    let mut last = Circuit::default();
-    for _ in 0..4 {
-        let (current, cas) = match store.get(&key)? {
-            Some((bytes, cas)) => (Circuit::decode(&bytes), cas),
-            None => (Circuit::default(), 0),
-        };
-        last = current.after(success, now_ns);
-        if last == current {
-            return Ok(last);
+    let updated = store::update(store, &circuit_key(cluster), |current| {
+        let before = current.map(Circuit::decode).unwrap_or_default();
+        let after = before.after(success, now_ns);
+        if after == before {
+            Change::Keep(after)
+        } else {
+            Change::Write(after.encode(), after)
         }
-        match store.set(&key, &last.encode(), cas) {
-            Ok(()) => return Ok(last),
-            Err(StoreError::CasMismatch) => continue,
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(last)
+    })?;
+    Ok(updated.value)
 }
 
 #[cfg(test)]
@@ -367,5 +359,42 @@ mod tests {
             read_circuit(&store, "ratelimit").unwrap(),
             Circuit::default()
         );
+    }
+
+    /// Issue 19: a result lost to contention was answered `Ok` with the
+    /// circuit it would have written, so the edge could report a circuit
+    /// opened that no worker stored.
+    #[test]
+    fn a_result_lost_to_contention_is_an_error_not_a_recorded_circuit() {
+        let store = MemoryStore::new();
+        for _ in 0..TRIP_AFTER - 1 {
+            record_result(&store, "ratelimit", false, SECOND).unwrap();
+        }
+        let stored = read_circuit(&store, "ratelimit").unwrap();
+        store.inject_conflicts(u32::MAX);
+        assert_eq!(
+            record_result(&store, "ratelimit", false, SECOND),
+            Err(StoreError::Contention),
+            "the fifth failure was reported recorded though every write lost"
+        );
+        store.inject_conflicts(0);
+        assert_eq!(
+            read_circuit(&store, "ratelimit").unwrap(),
+            stored,
+            "the circuit changed though the write was lost"
+        );
+        assert!(read_circuit(&store, "ratelimit")
+            .unwrap()
+            .allows_call(2 * SECOND));
+    }
+
+    #[test]
+    fn a_short_circuit_entry_reads_as_closed() {
+        assert_eq!(Circuit::decode(&[1, 0, 0]), Circuit::default());
+        let open = Circuit {
+            failures: 7,
+            open_until_ns: 9,
+        };
+        assert_eq!(Circuit::decode(&open.encode()), open);
     }
 }

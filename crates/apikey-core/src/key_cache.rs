@@ -1,4 +1,4 @@
-//! A per-worker cache of the key entries one configuration has looked up.
+//! A per-worker cache of the key records one configuration has looked up.
 //!
 //! Reading a record from shared data costs a host call, a copy into the VM
 //! and a decode on every request. A record can only change with a new
@@ -12,75 +12,19 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::config::PlanIndex;
 use crate::key_hash::KeyHash;
 use crate::key_record::{self, KeyRecord};
-use crate::key_table::{record_key, SharedStore, StoreError, TableRef};
-use crate::rate_limit::LimitTable;
-use crate::scope::{pattern_matches, ScopePattern};
-use crate::timestamp::UnixNanos;
+use crate::key_table::TableRef;
+use crate::store::names::record_key;
+use crate::store::{SharedStore, StoreError};
 
 /// How many keys one worker keeps per configuration (about 300 bytes each).
 pub const CAPACITY: usize = 16_384;
 
-/// A key's table entry, decoded once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyEntry {
-    /// `x-api-key-id`.
-    pub id: String,
-    /// `x-api-tenant`.
-    pub tenant: String,
-    /// `x-api-env`.
-    pub env: Option<String>,
-    /// `x-api-scopes`.
-    pub scopes_header: String,
-    /// Held scope patterns.
-    pub held: Vec<String>,
-    /// Its plan.
-    pub plan: Option<PlanIndex>,
-    /// Revoked.
-    pub revoked: bool,
-    /// Expiry.
-    pub expires_at: Option<UnixNanos>,
-    /// Its own limits.
-    pub limits: LimitTable,
-}
-
-impl KeyEntry {
-    fn from_record(record: &KeyRecord<'_>) -> Self {
-        Self {
-            id: record.id.to_owned(),
-            tenant: record.tenant.to_owned(),
-            env: record.env.map(str::to_owned),
-            scopes_header: record.scopes_header.to_owned(),
-            held: record.held.iter().map(|p| (*p).to_owned()).collect(),
-            plan: record.plan,
-            revoked: record.revoked,
-            expires_at: record.expires_at,
-            limits: LimitTable::new(
-                record
-                    .limits
-                    .iter()
-                    .filter_map(|(pattern, limit)| {
-                        Some((ScopePattern::parse(pattern).ok()?, *limit))
-                    })
-                    .collect(),
-            ),
-        }
-    }
-
-    /// Whether a held pattern matches `scope`.
-    pub fn holds(&self, scope: &str) -> bool {
-        self.held
-            .iter()
-            .any(|pattern| pattern_matches(pattern, scope))
-    }
-}
-
 /// The cache of one configuration in one worker.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: RefCell<HashMap<[u8; 32], Rc<KeyEntry>>>,
+    entries: RefCell<HashMap<[u8; 32], Rc<KeyRecord>>>,
 }
 
 impl core::fmt::Debug for KeyCache {
@@ -90,14 +34,15 @@ impl core::fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    /// The entry of `hash` in `table`: from the cache, else from the store.
-    /// A record of another generation (left by an older table) is absent.
+    /// The record of `hash` in `table`: from the cache, else from the
+    /// store. A record of another generation (left by an older table) is
+    /// absent.
     pub fn lookup(
         &self,
         store: &dyn SharedStore,
         table: TableRef,
         hash: &KeyHash,
-    ) -> Result<Option<Rc<KeyEntry>>, StoreError> {
+    ) -> Result<Option<Rc<KeyRecord>>, StoreError> {
         if let Some(entry) = self.entries.borrow().get(hash.as_bytes()) {
             return Ok(Some(Rc::clone(entry)));
         }
@@ -108,13 +53,13 @@ impl KeyCache {
         else {
             return Ok(None);
         };
-        let entry = Rc::new(KeyEntry::from_record(&record));
+        let record = Rc::new(record);
         let mut entries = self.entries.borrow_mut();
         if entries.len() >= CAPACITY {
             entries.clear();
         }
-        entries.insert(*hash.as_bytes(), Rc::clone(&entry));
-        Ok(Some(entry))
+        entries.insert(*hash.as_bytes(), Rc::clone(&record));
+        Ok(Some(record))
     }
 
     /// How many entries are cached.

@@ -6,7 +6,9 @@
 //! key (identity header values precomputed, held scopes, own limits) and
 //! the generation of the table it belongs to, so a record left behind by an
 //! older table is recognised and ignored. Decoding checks every length and
-//! never panics: shared data is trusted, but not blindly.
+//! never panics: shared data is trusted, but not blindly. A record is
+//! decoded once per worker and configuration (the `key_cache` keeps it),
+//! straight into the [`KeyRecord`] the request path reads.
 //!
 //! Every length and count is written whole, as a LEB128 number (one byte
 //! below 128, so a typical record is smaller than with fixed `u16`s), so
@@ -22,6 +24,7 @@
 use crate::config::{KeySpec, Plan, PlanIndex};
 use crate::rate_limit::{Limit, LimitTable};
 use crate::scope::{effective_scopes, ScopePattern};
+use crate::store::cursor::{Reader, Writer};
 use crate::timestamp::UnixNanos;
 
 /// 2: LEB128 lengths and counts (1 wrote saturating `u16`s).
@@ -31,9 +34,9 @@ const HAS_EXPIRY: u8 = 2;
 const HAS_PLAN: u8 = 4;
 const HAS_ENV: u8 = 8;
 
-/// A decoded record, borrowing its strings from the stored bytes.
+/// A key as the table holds it: what a request needs about its key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRecord<'a> {
+pub struct KeyRecord {
     /// The table generation that wrote it.
     pub generation: u64,
     /// Whether the key was revoked.
@@ -43,17 +46,24 @@ pub struct KeyRecord<'a> {
     /// Its plan, an index into the configuration's plans.
     pub plan: Option<PlanIndex>,
     /// `x-api-key-id`.
-    pub id: &'a str,
+    pub id: String,
     /// `x-api-tenant`.
-    pub tenant: &'a str,
+    pub tenant: String,
     /// `x-api-env`.
-    pub env: Option<&'a str>,
+    pub env: Option<String>,
     /// `x-api-scopes`: effective scopes, space separated.
-    pub scopes_header: &'a str,
-    /// Held scope patterns (already validated when written).
-    pub held: Vec<&'a str>,
+    pub scopes_header: String,
+    /// Held scope patterns.
+    pub held: Vec<ScopePattern>,
     /// The key's own limits.
-    pub limits: Vec<(&'a str, Limit)>,
+    pub limits: LimitTable,
+}
+
+impl KeyRecord {
+    /// Whether a held pattern matches `scope`.
+    pub fn holds(&self, scope: &str) -> bool {
+        self.held.iter().any(|pattern| pattern.matches(scope))
+    }
 }
 
 /// Encodes the record of `key` for table `generation`. `plans` resolves the
@@ -83,40 +93,44 @@ pub fn encode(key: &KeySpec, plans: &[Plan], generation: u64) -> Vec<u8> {
         flags |= HAS_ENV;
     }
     let mut out =
-        Vec::with_capacity(64 + key.id.len() + key.tenant.len() + scopes_header.len() * 2);
-    out.push(FORMAT_VERSION);
-    out.extend_from_slice(&generation.to_le_bytes());
-    out.push(flags);
+        Writer::with_capacity(64 + key.id.len() + key.tenant.len() + scopes_header.len() * 2);
+    out.u8(FORMAT_VERSION).u64(generation).u8(flags);
     if let Some(expires_at) = key.expires_at {
-        out.extend_from_slice(&expires_at.to_le_bytes());
+        out.bytes(&expires_at.to_le_bytes());
     }
     if let Some(plan) = key.plan {
-        out.extend_from_slice(&plan.to_le_bytes());
+        out.u16(plan);
     }
-    put_str(&mut out, &key.id);
-    put_str(&mut out, &key.tenant);
+    out.str(&key.id).str(&key.tenant);
     if let Some(env) = &key.env {
-        put_str(&mut out, env);
+        out.str(env);
     }
-    put_str(&mut out, &scopes_header);
-    put_count(&mut out, key.scopes.len());
+    out.str(&scopes_header).count(key.scopes.len());
     for pattern in &key.scopes {
-        put_str(&mut out, pattern.as_str());
+        out.str(pattern.as_str());
     }
-    put_limits(&mut out, &key.rate_limits);
-    out
+    out.count(key.rate_limits.entries().len());
+    for (pattern, limit) in key.rate_limits.entries() {
+        out.str(pattern.as_str())
+            .u64(limit.requests)
+            .u64(limit.period_seconds)
+            .u64(limit.burst);
+    }
+    out.finish()
 }
 
-/// Decodes a record; `None` when the bytes are not a record of this format.
-pub fn decode(bytes: &[u8]) -> Option<KeyRecord<'_>> {
-    let mut reader = Reader { bytes };
+/// Decodes a record; `None` when the bytes are not a record of this format
+/// (or hold a pattern that does not parse, which this module never writes:
+/// such a key is absent rather than half-read).
+pub fn decode(bytes: &[u8]) -> Option<KeyRecord> {
+    let mut reader = Reader::new(bytes);
     if reader.u8()? != FORMAT_VERSION {
         return None;
     }
     let generation = reader.u64()?;
     let flags = reader.u8()?;
     let expires_at = if flags & HAS_EXPIRY != 0 {
-        Some(reader.u64()? as i64)
+        Some(i64::from_le_bytes(reader.array()?))
     } else {
         None
     };
@@ -136,19 +150,19 @@ pub fn decode(bytes: &[u8]) -> Option<KeyRecord<'_>> {
     let held_count = reader.count()?;
     // Each pattern takes at least one byte: a count beyond what is left
     // is refused before anything is allocated for it.
-    if held_count > reader.bytes.len() {
+    if held_count > reader.remaining() {
         return None;
     }
     let held = (0..held_count)
-        .map(|_| reader.str())
+        .map(|_| pattern(&mut reader))
         .collect::<Option<Vec<_>>>()?;
     let limits_count = reader.count()?;
-    if limits_count > reader.bytes.len() {
+    if limits_count > reader.remaining() {
         return None;
     }
     let limits = (0..limits_count)
         .map(|_| {
-            let pattern = reader.str()?;
+            let pattern = pattern(&mut reader)?;
             let limit = Limit {
                 requests: reader.u64()?,
                 period_seconds: reader.u64()?,
@@ -157,103 +171,22 @@ pub fn decode(bytes: &[u8]) -> Option<KeyRecord<'_>> {
             Some((pattern, limit))
         })
         .collect::<Option<Vec<_>>>()?;
-    reader.bytes.is_empty().then_some(KeyRecord {
+    reader.is_empty().then(|| KeyRecord {
         generation,
         revoked: flags & REVOKED != 0,
         expires_at,
         plan,
-        id,
-        tenant,
-        env,
-        scopes_header,
+        id: id.to_owned(),
+        tenant: tenant.to_owned(),
+        env: env.map(str::to_owned),
+        scopes_header: scopes_header.to_owned(),
         held,
-        limits,
+        limits: LimitTable::new(limits),
     })
 }
 
-/// Writes `count` as LEB128: seven bits a byte, lowest first, the high bit
-/// set on every byte but the last. Any `usize` fits, so nothing is cut.
-fn put_count(out: &mut Vec<u8>, count: usize) {
-    let mut rest = count;
-    loop {
-        let low = (rest & 0x7F) as u8;
-        rest >>= 7;
-        if rest == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
-}
-
-fn put_str(out: &mut Vec<u8>, text: &str) {
-    put_count(out, text.len());
-    out.extend_from_slice(text.as_bytes());
-}
-
-fn put_limits(out: &mut Vec<u8>, limits: &LimitTable) {
-    put_count(out, limits.entries().len());
-    for (pattern, limit) in limits.entries() {
-        put_str(out, pattern.as_str());
-        for value in [limit.requests, limit.period_seconds, limit.burst] {
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-    }
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (head, rest) = self.bytes.split_first_chunk::<N>()?;
-        self.bytes = rest;
-        Some(*head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take::<1>().map(|[byte]| byte)
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        self.take().map(u16::from_le_bytes)
-    }
-
-    /// Reads a LEB128 count; `None` when it is cut short, does not fit a
-    /// `usize`, or is spelt with more bytes than it needs (so a record
-    /// has exactly one spelling).
-    fn count(&mut self) -> Option<usize> {
-        let mut value = 0usize;
-        let mut shift = 0u32;
-        loop {
-            let byte = self.u8()?;
-            let bits = usize::from(byte & 0x7F);
-            let shifted = bits.checked_shl(shift)?;
-            if shifted >> shift != bits {
-                return None;
-            }
-            value |= shifted;
-            if byte & 0x80 == 0 {
-                return (byte != 0 || shift == 0).then_some(value);
-            }
-            shift += 7;
-        }
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        self.take().map(u64::from_le_bytes)
-    }
-
-    fn str(&mut self) -> Option<&'a str> {
-        let len = self.count()?;
-        if len > self.bytes.len() {
-            return None;
-        }
-        let (text, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        core::str::from_utf8(text).ok()
-    }
+fn pattern(reader: &mut Reader<'_>) -> Option<ScopePattern> {
+    ScopePattern::parse(reader.str()?).ok()
 }
 
 #[cfg(test)]
@@ -262,6 +195,15 @@ mod tests {
     use crate::config::Config;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn held(record: &KeyRecord) -> Vec<&str> {
+        record.held.iter().map(ScopePattern::as_str).collect()
+    }
+
+    fn limits(record: &KeyRecord) -> Vec<(&str, Limit)> {
+        let entries = record.limits.entries().iter();
+        entries.map(|(p, limit)| (p.as_str(), *limit)).collect()
+    }
 
     fn config() -> Config {
         let text = r#"{
@@ -286,16 +228,20 @@ mod tests {
         assert_eq!(record.expires_at, config.keys[0].expires_at);
         assert_eq!(record.plan, Some(0));
         assert_eq!(
-            (record.id, record.tenant, record.env),
+            (
+                record.id.as_str(),
+                record.tenant.as_str(),
+                record.env.as_deref()
+            ),
             ("k1", "acme", Some("live"))
         );
         assert_eq!(
             record.scopes_header, "crm:*",
             "key * narrowed by plan crm:*; admin not granted"
         );
-        assert_eq!(record.held, ["*", "admin"]);
+        assert_eq!(held(&record), ["*", "admin"]);
         assert_eq!(
-            record.limits,
+            limits(&record),
             [(
                 "crm:write",
                 Limit {
@@ -305,6 +251,7 @@ mod tests {
                 }
             )]
         );
+        assert!(record.holds("crm:read"), "held * does not hold crm:read");
     }
 
     #[test]
@@ -313,11 +260,17 @@ mod tests {
         let record_bytes = encode(&config.keys[1], &config.plans, 7);
         let record = decode(&record_bytes).unwrap();
         assert_eq!(
-            (record.revoked, record.expires_at, record.plan, record.env),
+            (
+                record.revoked,
+                record.expires_at,
+                record.plan,
+                record.env.as_deref()
+            ),
             (false, None, None, None)
         );
         assert_eq!(record.scopes_header, "");
         assert!(record.held.is_empty());
+        assert!(!record.holds("*"), "a key holding nothing holds *");
     }
 
     /// Issue 17, finding 5: a key whose effective scopes made an
@@ -376,11 +329,8 @@ mod tests {
         assert!(record.revoked);
         assert_eq!(record.expires_at, key.expires_at);
         assert_eq!(record.plan, Some(0));
-        assert_eq!(
-            (record.id, record.tenant),
-            (key.id.as_str(), key.tenant.as_str())
-        );
-        assert_eq!(record.env, key.env.as_deref());
+        assert_eq!((&record.id, &record.tenant), (&key.id, &key.tenant));
+        assert_eq!(record.env, key.env);
         let effective: Vec<&str> = record.scopes_header.split(' ').collect();
         assert_eq!(effective.len(), 511, "effective scopes in x-api-scopes");
         assert!(
@@ -388,20 +338,8 @@ mod tests {
             "the test must cross 64 KiB: {} bytes",
             record.scopes_header.len()
         );
-        assert_eq!(
-            record.held,
-            key.scopes
-                .iter()
-                .map(ScopePattern::as_str)
-                .collect::<Vec<_>>()
-        );
-        let limits: Vec<(&str, Limit)> = key
-            .rate_limits
-            .entries()
-            .iter()
-            .map(|(pattern, limit)| (pattern.as_str(), *limit))
-            .collect();
-        assert_eq!(record.limits, limits);
+        assert_eq!(record.held, key.scopes);
+        assert_eq!(record.limits, key.rate_limits);
         let rest = bytes.len() - record.scopes_header.len();
         assert!(
             rest <= 45_000,
@@ -410,19 +348,16 @@ mod tests {
     }
 
     #[test]
-    fn counts_are_read_whole_and_spelt_one_way() {
-        let read = |bytes: &[u8]| Reader { bytes }.count();
-        for value in [0, 1, 127, 128, 300, 65_535, 65_536, usize::MAX] {
-            let mut out = Vec::new();
-            put_count(&mut out, value);
-            assert_eq!(read(&out), Some(value), "{value} spelt {out:?}");
-        }
-        assert_eq!(read(&[0x80, 0x00]), None, "a needless zero byte");
-        assert_eq!(read(&[0x80]), None, "cut short");
-        assert_eq!(read(&[0xFF; 11]), None, "more bits than a usize");
-        let mut too_wide = vec![0xFF; (usize::BITS / 7) as usize];
-        too_wide.push(0x7F);
-        assert_eq!(read(&too_wide), None, "bits beyond a usize");
+    fn a_record_holding_a_pattern_that_does_not_parse_is_absent() {
+        let mut out = Writer::default();
+        out.u8(FORMAT_VERSION).u64(1).u8(0);
+        out.str("k")
+            .str("t")
+            .str("le*ds")
+            .count(1)
+            .str("le*ds")
+            .count(0);
+        assert_eq!(decode(&out.finish()), None, "a half-read key was served");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use crate::key_table::{SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError};
 
 /// A single-threaded stand-in for proxy-wasm shared data.
 #[derive(Default)]

@@ -121,16 +121,6 @@ impl fmt::Debug for ScopePattern {
     }
 }
 
-/// Whether already-validated pattern text matches `name`, without parsing
-/// it (for patterns read back from the shared key table on the hot path).
-pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        // Valid patterns end in `*` only as `*` (empty prefix) or `prefix:*`.
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
-    }
-}
-
 /// Checks that `name` is a plain scope name a rule can require.
 pub fn check_scope_name(name: &str) -> Result<(), String> {
     check_scope_chars(name)?;
@@ -211,19 +201,6 @@ mod tests {
         ];
         for (pattern, name, expected) in cases {
             assert_eq!(p(pattern).matches(name), expected, "{pattern} vs {name}");
-        }
-    }
-
-    #[test]
-    fn text_matching_agrees_with_parsed_matching() {
-        for pattern in ["*", "a:*", "a:b", "a:b:*"] {
-            for name in ["a", "a:", "a:b", "a:b:c", "b:a", ""] {
-                assert_eq!(
-                    pattern_matches(pattern, name),
-                    p(pattern).matches(name),
-                    "{pattern} vs {name}"
-                );
-            }
         }
     }
 

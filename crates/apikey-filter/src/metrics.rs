@@ -6,12 +6,13 @@
 //! Configuration outcomes are counted once per process, not once per VM:
 //! an accepted configuration by the VM that publishes its table, a refused
 //! one by the first VM to refuse that exact configuration (see
-//! `count_refusal`).
+//! `apikey_core::refusal`).
 
 use std::cell::RefCell;
 
 use apikey_core::denial::ErrorCode;
-use apikey_core::key_table::{Lineage, SharedStore};
+use apikey_core::key_table::Lineage;
+use apikey_core::refusal;
 
 use crate::host::{self, SharedData};
 
@@ -165,15 +166,9 @@ pub fn config_accepted() {
 /// A configuration of `lineage` refused. Every VM refuses the same bad
 /// configuration; only the first to record its digest in shared data
 /// counts it (per lineage, so two filters refusing in turn both count).
+/// When shared data fails it is counted.
 pub fn config_refused(lineage: &Lineage, digest: &[u8; 32]) {
-    let last_refused = lineage.key("last_refused");
-    let first = match SharedData.get(&last_refused) {
-        Ok(Some((seen, _))) if seen == digest => false,
-        Ok(Some((_, cas))) => SharedData.set(&last_refused, digest, cas).is_ok(),
-        Ok(None) => SharedData.set(&last_refused, digest, 0).is_ok(),
-        Err(_) => true,
-    };
-    if first {
+    if refusal::first_to_refuse(&SharedData, lineage, digest).unwrap_or(true) {
         with_ids(|ids| increment(ids.config_refused, 1));
     }
 }

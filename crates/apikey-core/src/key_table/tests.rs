@@ -1,8 +1,12 @@
 //! The shared key table protocol, driven through an in-memory store with
 //! Envoy's CAS semantics.
 
+use super::head::{read_head, Bank, BankState, Head};
+use super::known_ids::{encode_known, id_fingerprint, sort_fingerprints, KnownList};
 use super::*;
+use crate::key_hash::KeyHash;
 use crate::key_record;
+use crate::store::names::{head_key, known_buckets_key};
 
 mod claims;
 mod lineages;
@@ -403,7 +407,7 @@ fn an_unreadable_list_of_known_entries_means_nothing_is_known() {
     for list in [&b"\x09garbage"[..], &[1u8; 20][..], &[1u8, 9, 9][..]] {
         let store = CountingStore::new();
         published(&store, 9, &[("z", "key-z")]);
-        store.set(&lineage().key(KNOWN_BUCKETS), list, 0).unwrap();
+        store.set(&known_buckets_key(&lineage()), list, 0).unwrap();
         store
             .set(&buckets_key(&lineage(), "a"), b"in use", 0)
             .unwrap();

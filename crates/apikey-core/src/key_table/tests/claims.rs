@@ -120,7 +120,7 @@ impl SharedStore for Timeline<'_> {
 
 /// The writer's claim in the head of `lineage()`, if one stands.
 fn writing_claim(store: &dyn SharedStore) -> Option<(u64, u64)> {
-    let (head, _) = read_head(store, &lineage()).unwrap();
+    let head = read_head(store, &lineage()).unwrap();
     head.banks.iter().find_map(|bank| match bank.state {
         BankState::Writing {
             started_ns,

@@ -168,7 +168,7 @@ fn lineages_differ_by_name_and_by_root_id() {
             assert_ne!(a, b, "two plugins share a lineage");
         }
     }
-    let key = lineages[0].key("head");
+    let key = head_key(&lineages[0]);
     assert!(
         key.starts_with("apikey.v1.") && key.len() == "apikey.v1.".len() + 16 + ".head".len(),
         "unexpected key name {key}"

@@ -8,7 +8,8 @@
 
 use std::ptr::null_mut;
 
-use apikey_core::decision::{Clock, EditRefused, RequestEditor};
+use apikey_core::decision::{Clock, RequestEditor};
+use apikey_core::host::HostError as Refused;
 use apikey_core::key_table::{SharedStore, StoreError};
 
 /// A host status other than `Ok`.
@@ -350,16 +351,16 @@ impl SharedStore for SharedData {
 pub struct RequestHeaders;
 
 impl RequestEditor for RequestHeaders {
-    fn remove(&mut self, name: &[u8]) -> Result<(), EditRefused> {
-        remove_request_header(name).map_err(|HostError(status)| EditRefused(status))
+    fn remove(&mut self, name: &[u8]) -> Result<(), Refused> {
+        remove_request_header(name).map_err(|HostError(status)| Refused::Other(status))
     }
 
-    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
-        add_request_header(name, value).map_err(|HostError(status)| EditRefused(status))
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), Refused> {
+        add_request_header(name, value).map_err(|HostError(status)| Refused::Other(status))
     }
 
-    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
-        replace_request_header(name, value).map_err(|HostError(status)| EditRefused(status))
+    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), Refused> {
+        replace_request_header(name, value).map_err(|HostError(status)| Refused::Other(status))
     }
 }
 

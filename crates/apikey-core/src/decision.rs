@@ -14,6 +14,7 @@ use crate::credentials::{self, CredentialError, Extraction, KeyFormat};
 use crate::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
 use crate::fleet::{Fleet, FleetQuery};
 use crate::header_map::HeaderPair;
+use crate::host::HostError;
 use crate::key_cache::KeyCache;
 use crate::key_hash::KeyHash;
 use crate::key_record::KeyRecord;
@@ -33,13 +34,9 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
     "x-api-env",
 ];
 
-/// The clocks a decision reads.
-pub trait Clock {
-    /// Wall-clock nanoseconds since the Unix epoch (for expiry only).
-    fn wall_ns(&self) -> i64;
-    /// Monotonic nanoseconds, shared by every worker (for buckets).
-    fn monotonic_ns(&self) -> u64;
-}
+/// The clocks a decision reads (part of the host port; named here too
+/// because the decision is where they are read).
+pub use crate::host::Clock;
 
 /// The parts of a request the decision reads.
 #[derive(Debug)]
@@ -92,26 +89,22 @@ pub struct HeaderEdits {
     pub path: Option<Vec<u8>>,
 }
 
-/// Where an allowed request's header edits go: the edge implements it
-/// with host calls, tests with a map (or with a host that refuses).
+/// Where an allowed request's header edits go: the request flow passes
+/// its [`crate::host::Host`], tests a map (or a host that refuses).
 pub trait RequestEditor {
     /// Removes every value of header `name`.
-    fn remove(&mut self, name: &[u8]) -> Result<(), EditRefused>;
+    fn remove(&mut self, name: &[u8]) -> Result<(), HostError>;
     /// Adds a value of header `name`.
-    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused>;
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError>;
     /// Sets header (or pseudo-header) `name` to one value.
-    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused>;
+    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError>;
 }
-
-/// A header edit the host refused, with its status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EditRefused(pub u32);
 
 impl HeaderEdits {
     /// Makes every edit through `editor`, in order: removals (forged
     /// identity headers and the credential), the rebuilt `Authorization`,
     /// the identity headers, `:path`. Stops at the first refusal.
-    pub fn apply(&self, editor: &mut dyn RequestEditor) -> Result<(), EditRefused> {
+    pub fn apply(&self, editor: &mut dyn RequestEditor) -> Result<(), HostError> {
         for name in &self.remove {
             editor.remove(name)?;
         }
@@ -166,7 +159,7 @@ impl Decision {
     /// edge writes the audit record and counts it: a refused forward is
     /// never logged or counted as allowed (contract §7.1). A denied
     /// decision is left as it is.
-    pub fn forward(&mut self, editor: &mut dyn RequestEditor) -> Result<(), EditRefused> {
+    pub fn forward(&mut self, editor: &mut dyn RequestEditor) -> Result<(), HostError> {
         let Ok(allow) = &self.result else {
             return Ok(());
         };
@@ -177,9 +170,20 @@ impl Decision {
         applied
     }
 
-    fn deny(denial: Denial) -> Self {
+    /// A request denied before any key record was found: there is no
+    /// identity to record.
+    pub fn denied(denial: Denial) -> Self {
+        Self::without_key(Err(denial))
+    }
+
+    /// A request allowed without a key (a public route).
+    pub fn allowed(allow: Allow) -> Self {
+        Self::without_key(Ok(allow))
+    }
+
+    fn without_key(result: Result<Allow, Denial>) -> Self {
         Self {
-            result: Err(denial),
+            result,
             key_id: None,
             tenant: None,
             scope: None,
@@ -187,6 +191,29 @@ impl Decision {
             contention: false,
         }
     }
+
+    /// The outcome for the key whose `record` was found: its id and tenant
+    /// go to the audit record whether it is allowed or not.
+    fn for_key(record: &KeyRecord, result: Result<Allow, Denial>, metering: Metering) -> Self {
+        Self {
+            result,
+            key_id: Some(record.id.clone()),
+            tenant: Some(record.tenant.clone()),
+            scope: None,
+            cas_conflicts: metering.cas_conflicts,
+            contention: metering.contention,
+        }
+    }
+}
+
+/// What taking a token met in the shared store, for metrics.
+#[derive(Clone, Copy, Debug, Default)]
+struct Metering {
+    /// CAS conflicts retried.
+    cas_conflicts: u32,
+    /// Whether the bucket could not be used (conflicts outlasted the
+    /// retries, or the entry was missing or unreadable).
+    contention: bool,
 }
 
 /// A configuration ready to serve: rules and plans in worker memory, keys
@@ -251,7 +278,7 @@ impl Gateway {
                 // Whatever the request carried in a credential scheme
                 // crossed the network in clear: say so, never what it was.
                 let extraction = credentials::extract(request.headers, &format);
-                return Decision::deny(Denial {
+                return Decision::denied(Denial {
                     credential_exposed: !matches!(extraction.result, Err(CredentialError::Missing)),
                     ..Denial::new(ErrorCode::HttpsRequired)
                 });
@@ -259,10 +286,10 @@ impl Gateway {
         }
         let normalised = match path::normalise(request.path) {
             Ok(normalised) => normalised,
-            Err(_) => return Decision::deny(Denial::new(ErrorCode::InvalidPath)),
+            Err(_) => return Decision::denied(Denial::new(ErrorCode::InvalidPath)),
         };
         let Ok(route) = self.config.rules.resolve(request.method, &normalised.path) else {
-            return Decision::deny(Denial::new(ErrorCode::InvalidPath));
+            return Decision::denied(Denial::new(ErrorCode::InvalidPath));
         };
         let extraction = credentials::extract(request.headers, &format);
         let mut edits = self.upstream_edits(request.headers, &extraction);
@@ -271,14 +298,11 @@ impl Gateway {
         }
         let scope = match route.requirement {
             Requirement::Public => {
-                return Decision {
-                    result: Ok(Allow {
-                        edits,
-                        rate_limit: None,
-                        fleet: None,
-                    }),
-                    ..Decision::deny(Denial::new(ErrorCode::InvalidKey))
-                };
+                return Decision::allowed(Allow {
+                    edits,
+                    rate_limit: None,
+                    fleet: None,
+                });
             }
             Requirement::Key { scope } => scope.as_deref(),
         };
@@ -311,34 +335,30 @@ impl Gateway {
                     CredentialError::Malformed => ErrorCode::MalformedCredentials,
                     CredentialError::Conflicting => ErrorCode::ConflictingCredentials,
                 };
-                return Decision::deny(Denial::new(code));
+                return Decision::denied(Denial::new(code));
             }
         };
         let hash = KeyHash::of(presented.key);
         let record = match self.keys.lookup(store, self.table, &hash) {
             Ok(Some(record)) => record,
-            Ok(None) => return Decision::deny(Denial::new(ErrorCode::InvalidKey)),
+            Ok(None) => return Decision::denied(Denial::new(ErrorCode::InvalidKey)),
             // The table cannot be read: fail closed, as if unconfigured.
-            Err(_) => return Decision::deny(Denial::new(ErrorCode::NotConfigured)),
+            Err(_) => return Decision::denied(Denial::new(ErrorCode::NotConfigured)),
         };
-        let mut decision = Decision::deny(Denial::new(ErrorCode::InvalidKey));
-        decision.key_id = Some(record.id.clone());
-        decision.tenant = Some(record.tenant.clone());
+        let refused = |denial| Decision::for_key(&record, Err(denial), Metering::default());
         let plan = self.config.plan(record.plan);
         let denial = |code| Denial {
             scope: scope.map(str::to_owned),
             ..Denial::new(code)
         };
         if record.revoked {
-            decision.result = Err(denial(ErrorCode::KeyRevoked));
-            return decision;
+            return refused(denial(ErrorCode::KeyRevoked));
         }
         if record
             .expires_at
             .is_some_and(|expires_at| clock.wall_ns() >= expires_at)
         {
-            decision.result = Err(denial(ErrorCode::KeyExpired));
-            return decision;
+            return refused(denial(ErrorCode::KeyExpired));
         }
         // Another tenant's resource is answered as if it did not exist,
         // before scopes and limits say anything about it (§7.3).
@@ -349,30 +369,28 @@ impl Gateway {
                 self.config.rules.case_insensitive(),
             )
         }) {
-            decision.result = Err(Denial::new(ErrorCode::NotFound));
-            return decision;
+            return refused(Denial::new(ErrorCode::NotFound));
         }
         if let Some(scope) = scope {
             if !record.holds(scope) {
-                decision.result = Err(Denial {
+                return refused(Denial {
                     via_bearer: presented.via_bearer,
                     ..denial(ErrorCode::InsufficientScope)
                 });
-                return decision;
             }
             let granted = plan.and_then(|plan| plan.scopes.as_deref());
             if granted.is_some_and(|granted| !granted.iter().any(|pattern| pattern.matches(scope)))
             {
-                decision.result = Err(Denial {
+                return refused(Denial {
                     plan: plan.map(|plan| plan.name.clone()),
                     ..denial(ErrorCode::PlanUpgradeRequired)
                 });
-                return decision;
             }
         }
         let limit = rate_limit::select(&record.limits, plan.map(|plan| &plan.rate_limits), scope);
         let mut report = None;
         let mut fleet = None;
+        let mut metering = Metering::default();
         if let Some((pattern, limit)) = limit {
             let lineage = &self.table.lineage;
             match take_token(
@@ -382,7 +400,7 @@ impl Gateway {
                 pattern,
                 limit,
                 clock,
-                &mut decision,
+                &mut metering,
             ) {
                 Ok(taken) => {
                     report = Some(taken);
@@ -397,13 +415,13 @@ impl Gateway {
                     });
                 }
                 Err(retry_after) => {
-                    decision.result = Err(Denial {
+                    let limited = Denial {
                         scope: Some(scope.unwrap_or(rate_limit::NO_SCOPE).to_owned()),
                         retry_after: Some(retry_after),
                         rate_limit: Some(bucket_report(pattern, limit, 0, retry_after)),
                         ..Denial::new(ErrorCode::RateLimited)
-                    });
-                    return decision;
+                    };
+                    return Decision::for_key(&record, Err(limited), metering);
                 }
             }
         }
@@ -413,12 +431,12 @@ impl Gateway {
         ));
         let rate_limit =
             report.filter(|_| self.config.rate_limit_headers == RateLimitHeaders::Always);
-        decision.result = Ok(Allow {
+        let allow = Allow {
             edits,
             rate_limit,
             fleet,
-        });
-        decision
+        };
+        Decision::for_key(&record, Ok(allow), metering)
     }
 
     /// Removes forged identity headers and, unless the credential is to be
@@ -484,7 +502,7 @@ fn take_token(
     pattern: &ScopePattern,
     limit: &rate_limit::Limit,
     clock: &dyn Clock,
-    decision: &mut Decision,
+    metering: &mut Metering,
 ) -> Result<RateLimitReport, u64> {
     match bucket_store::take(
         store,
@@ -495,7 +513,7 @@ fn take_token(
         clock.monotonic_ns(),
     ) {
         Ok(Outcome::Bucket { take, conflicts }) => {
-            decision.cas_conflicts = conflicts;
+            metering.cas_conflicts = conflicts;
             match take {
                 Take::Allowed {
                     remaining,
@@ -506,13 +524,13 @@ fn take_token(
             }
         }
         Ok(Outcome::Contention) => {
-            decision.cas_conflicts = bucket_store::MAX_CAS_RETRIES.saturating_add(1);
-            decision.contention = true;
+            metering.cas_conflicts = bucket_store::MAX_CAS_RETRIES.saturating_add(1);
+            metering.contention = true;
             Err(1)
         }
         // A missing entry or an unreadable store: never admit unmetered.
         Ok(Outcome::Missing) | Err(_) => {
-            decision.contention = true;
+            metering.contention = true;
             Err(1)
         }
     }

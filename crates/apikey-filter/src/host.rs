@@ -1,41 +1,33 @@
-//! Every host call the filter makes, each mapped to a `Result` once, here.
+//! The core's [`Host`] port over the proxy-wasm ABI: every host call the
+//! filter makes, each status mapped to a [`HostError`] once, here.
 //!
 //! The SDK's `hostcalls` helpers `panic!` on an unexpected status and turn
 //! header names into `String` (panicking on non-UTF-8 bytes); a panic traps
-//! the VM and fails every later request on its worker. So the few calls the
-//! filter needs are declared directly against the proxy-wasm ABI, take and
-//! return bytes, and report a status as an error the caller decides on.
+//! the VM and fails every later request on its worker. So the calls the
+//! filter needs are declared directly against the ABI, take and return
+//! bytes, and report a status as an error the core decides on. The one
+//! exception is the gRPC call, which must go through the SDK so that its
+//! dispatcher routes the answer back to the calling context.
 
 use std::ptr::null_mut;
+use std::time::Duration;
 
-use apikey_core::decision::{Clock, EditRefused, RequestEditor};
+use apikey_core::denial::Reply;
+use apikey_core::header_map;
+use apikey_core::host::{Clock, GrpcCall, Host, HostError, LogLevel, Property};
 use apikey_core::key_table::{SharedStore, StoreError};
+use apikey_core::metrics::Metric;
 
-/// A host status other than `Ok`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostError(pub u32);
+use crate::metrics;
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
-const CAS_MISMATCH: u32 = 8;
 
 const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
-const PLUGIN_CONFIGURATION: u32 = 7;
 const GRPC_RECEIVE_BUFFER: u32 = 5;
+const PLUGIN_CONFIGURATION: u32 = 7;
 const STREAM_REQUEST: u32 = 0;
-
-/// proxy-wasm log levels.
-#[derive(Clone, Copy, Debug)]
-#[repr(u32)]
-pub enum Level {
-    /// Routine events (configuration loaded).
-    Info = 2,
-    /// Something an operator should look at.
-    Warn = 3,
-    /// A refused configuration, a trap.
-    Critical = 5,
-}
 
 // The SDK declares these imports too, with its own enum types for the
 // same `u32`s; ours keep statuses as plain numbers so no unknown value can
@@ -117,12 +109,20 @@ extern "C" {
 
 const WASI_CLOCK_MONOTONIC: u32 = 1;
 
+/// The one place a proxy-wasm status becomes a [`HostError`].
 fn check(status: u32) -> Result<(), HostError> {
-    if status == OK {
-        Ok(())
-    } else {
-        Err(HostError(status))
-    }
+    Err(match status {
+        OK => return Ok(()),
+        NOT_FOUND => HostError::NotFound,
+        2 => HostError::BadArgument,
+        3 => HostError::SerializationFailure,
+        4 => HostError::ParseFailure,
+        7 => HostError::Empty,
+        8 => HostError::CasMismatch,
+        10 => HostError::InternalFailure,
+        12 => HostError::Unimplemented,
+        other => HostError::Other(other),
+    })
 }
 
 /// Takes ownership of a buffer the host allocated through the SDK's
@@ -136,160 +136,32 @@ fn owned(data: *mut u8, size: usize) -> Vec<u8> {
     unsafe { Vec::from_raw_parts(data, size, size) }
 }
 
-/// Writes a log line. Failing to log is not worth failing a request over.
-pub fn log(level: Level, message: &str) {
+/// Writes a log line (also the panic hook's way out). Failing to log is
+/// not worth failing a request over.
+pub fn log(level: LogLevel, message: &str) {
+    let level = match level {
+        LogLevel::Info => 2,
+        LogLevel::Warn => 3,
+        LogLevel::Critical => 5,
+    };
     // SAFETY: pointer and length describe a live string.
-    let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+    let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
 }
 
-fn header_pairs(map: u32) -> Result<Vec<u8>, HostError> {
+fn replace_header(map: u32, name: &[u8], value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths describe live slices.
+    check(unsafe {
+        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
+}
+
+/// Up to `max_size` bytes of buffer `buffer` from byte `start`.
+fn buffer_bytes(buffer: u32, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {
     let mut data = null_mut();
     let mut size = 0;
     // SAFETY: out-pointers are valid for writes.
-    check(unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) })?;
+    check(unsafe { proxy_get_buffer_bytes(buffer, start, max_size, &mut data, &mut size) })?;
     Ok(owned(data, size))
-}
-
-/// The request headers, serialised (parse with `apikey_core::header_map`).
-pub fn request_headers() -> Result<Vec<u8>, HostError> {
-    header_pairs(REQUEST_HEADERS)
-}
-
-/// Removes every value of a request header.
-pub fn remove_request_header(name: &[u8]) -> Result<(), HostError> {
-    // SAFETY: pointer and length describe a live slice.
-    check(unsafe { proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()) })
-}
-
-/// Adds a request header value.
-pub fn add_request_header(name: &[u8], value: &[u8]) -> Result<(), HostError> {
-    // SAFETY: pointers and lengths describe live slices.
-    check(unsafe {
-        proxy_add_header_map_value(
-            REQUEST_HEADERS,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    })
-}
-
-/// Sets a request header (or pseudo-header such as `:path`) to one value.
-pub fn replace_request_header(name: &[u8], value: &[u8]) -> Result<(), HostError> {
-    // SAFETY: pointers and lengths describe live slices.
-    check(unsafe {
-        proxy_replace_header_map_value(
-            REQUEST_HEADERS,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    })
-}
-
-/// Sets a response header to one value.
-pub fn replace_response_header(name: &[u8], value: &[u8]) -> Result<(), HostError> {
-    // SAFETY: pointers and lengths describe live slices.
-    check(unsafe {
-        proxy_replace_header_map_value(
-            RESPONSE_HEADERS,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    })
-}
-
-/// Answers the request locally; `details` shows in Envoy's
-/// `%RESPONSE_CODE_DETAILS%`.
-pub fn send_local_response(
-    status: u32,
-    details: &str,
-    headers: &[u8],
-    body: &[u8],
-) -> Result<(), HostError> {
-    // SAFETY: pointers and lengths describe live buffers.
-    check(unsafe {
-        proxy_send_local_response(
-            status,
-            details.as_ptr(),
-            details.len(),
-            body.as_ptr(),
-            body.len(),
-            headers.as_ptr(),
-            headers.len(),
-            -1,
-        )
-    })
-}
-
-/// The plugin configuration, whole.
-pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
-    plugin_configuration_piece(0, usize::MAX)
-}
-
-/// Up to `max_size` bytes of the plugin configuration from byte `start`
-/// (fewer at its end). `start` must not pass the end: Envoy 1.40 does not
-/// check it.
-pub fn plugin_configuration_piece(start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {
-    let mut data = null_mut();
-    let mut size = 0;
-    // SAFETY: out-pointers are valid for writes.
-    match unsafe {
-        proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, start, max_size, &mut data, &mut size)
-    } {
-        OK => Ok(owned(data, size)),
-        // No configuration at all is the empty configuration.
-        NOT_FOUND => Ok(Vec::new()),
-        status => Err(HostError(status)),
-    }
-}
-
-/// Stores `value` in the request's filter state as `wasm.<name>`, where
-/// access logs can print it (`%FILTER_STATE(wasm.<name>:PLAIN)%`).
-pub fn set_filter_state(name: &str, value: &[u8]) -> Result<(), HostError> {
-    // Envoy takes a one-segment path as the name itself (a trailing NUL
-    // would become part of the name).
-    // SAFETY: pointers and lengths describe live buffers.
-    check(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
-}
-
-/// The value of the property at `path` (`plugin_name`; segments of a longer
-/// path each end with a NUL but the last), or `None` when the host has none.
-pub fn property(path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
-    let mut data = null_mut();
-    let mut size = 0;
-    // SAFETY: the path is a live slice; out-pointers are valid for writes.
-    match unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) } {
-        OK if data.is_null() => Ok(None),
-        OK => Ok(Some(owned(data, size))),
-        NOT_FOUND => Ok(None),
-        status => Err(HostError(status)),
-    }
-}
-
-/// Whether the request's downstream connection is TLS, as Envoy sees it:
-/// its `connection.tls_version` attribute, which plain TCP does not have.
-pub fn downstream_tls() -> Result<bool, HostError> {
-    property(b"connection\0tls_version").map(|version| version.is_some_and(|v| !v.is_empty()))
-}
-
-/// Resumes a request paused in `on_http_request_headers`.
-pub fn resume_request() -> Result<(), HostError> {
-    // SAFETY: plain value call.
-    check(unsafe { proxy_continue_stream(STREAM_REQUEST) })
-}
-
-/// The body of a gRPC call's response.
-pub fn grpc_response_body(size: usize) -> Result<Vec<u8>, HostError> {
-    let mut data = null_mut();
-    let mut len = 0;
-    // SAFETY: out-pointers are valid for writes.
-    check(unsafe { proxy_get_buffer_bytes(GRPC_RECEIVE_BUFFER, 0, size, &mut data, &mut len) })?;
-    Ok(owned(data, len))
 }
 
 /// The `grpc_service` argument of a gRPC call for `cluster`: a serialised
@@ -310,13 +182,7 @@ pub fn grpc_service_for_cluster(cluster: &str) -> String {
     out
 }
 
-/// Asks for `on_tick` every `period_ms` (0 stops it).
-pub fn set_tick_period(period_ms: u32) -> Result<(), HostError> {
-    // SAFETY: plain value call.
-    check(unsafe { proxy_set_tick_period_milliseconds(period_ms) })
-}
-
-/// Process-wide shared data, the home of the key table and the buckets.
+/// Process-wide shared data, the home of the key tables and the buckets.
 pub struct SharedData;
 
 impl SharedStore for SharedData {
@@ -325,59 +191,33 @@ impl SharedStore for SharedData {
         let mut size = 0;
         let mut cas = 0;
         // SAFETY: the key is a live string; out-pointers are valid.
-        match unsafe {
+        let status = unsafe {
             proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
-        } {
-            OK => Ok(Some((owned(data, size), cas))),
-            NOT_FOUND => Ok(None),
-            status => Err(StoreError::Host(status)),
+        };
+        match check(status) {
+            Ok(()) => Ok(Some((owned(data, size), cas))),
+            Err(HostError::NotFound) => Ok(None),
+            Err(_) => Err(StoreError::Host(status)),
         }
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         // SAFETY: key and value are live buffers.
-        match unsafe {
+        let status = unsafe {
             proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
-        } {
-            OK => Ok(()),
-            CAS_MISMATCH => Err(StoreError::CasMismatch),
-            status => Err(StoreError::Host(status)),
+        };
+        match check(status) {
+            Ok(()) => Ok(()),
+            Err(HostError::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(_) => Err(StoreError::Host(status)),
         }
     }
 }
 
-/// The request's header map, edited through the host.
-pub struct RequestHeaders;
+/// Envoy, as the core sees it: the host calls of the context being called.
+pub struct AbiHost;
 
-impl RequestEditor for RequestHeaders {
-    fn remove(&mut self, name: &[u8]) -> Result<(), EditRefused> {
-        remove_request_header(name).map_err(|HostError(status)| EditRefused(status))
-    }
-
-    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
-        add_request_header(name, value).map_err(|HostError(status)| EditRefused(status))
-    }
-
-    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
-        replace_request_header(name, value).map_err(|HostError(status)| EditRefused(status))
-    }
-}
-
-/// The host's clocks.
-pub struct HostClock;
-
-impl HostClock {
-    /// Monotonic nanoseconds (0 if the host refuses, which only stops
-    /// buckets from refilling: it never mints tokens).
-    pub fn monotonic() -> u64 {
-        let mut time = 0;
-        // SAFETY: the out-pointer is valid for writes.
-        let _ = unsafe { clock_time_get(WASI_CLOCK_MONOTONIC, 1, &mut time) };
-        time
-    }
-}
-
-impl Clock for HostClock {
+impl Clock for AbiHost {
     fn wall_ns(&self) -> i64 {
         let mut time = 0;
         // SAFETY: the out-pointer is valid for writes.
@@ -388,7 +228,149 @@ impl Clock for HostClock {
         i64::try_from(time).unwrap_or(i64::MAX)
     }
 
+    /// Monotonic nanoseconds (0 if the host refuses, which only stops
+    /// buckets from refilling: it never mints tokens).
     fn monotonic_ns(&self) -> u64 {
-        Self::monotonic()
+        let mut time = 0;
+        // SAFETY: the out-pointer is valid for writes.
+        let _ = unsafe { clock_time_get(WASI_CLOCK_MONOTONIC, 1, &mut time) };
+        time
+    }
+}
+
+impl Host for AbiHost {
+    fn store(&self) -> &dyn SharedStore {
+        &SharedData
+    }
+
+    fn request_headers(&self) -> Result<Vec<u8>, HostError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        // SAFETY: out-pointers are valid for writes.
+        check(unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) })?;
+        Ok(owned(data, size))
+    }
+
+    fn remove_request_header(&mut self, name: &[u8]) -> Result<(), HostError> {
+        // SAFETY: pointer and length describe a live slice.
+        check(unsafe { proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()) })
+    }
+
+    fn add_request_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {
+        // SAFETY: pointers and lengths describe live slices.
+        check(unsafe {
+            proxy_add_header_map_value(
+                REQUEST_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        })
+    }
+
+    fn replace_request_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {
+        replace_header(REQUEST_HEADERS, name, value)
+    }
+
+    fn replace_response_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {
+        replace_header(RESPONSE_HEADERS, name, value)
+    }
+
+    fn send_local_reply(&mut self, reply: &Reply, details: &str) -> Result<(), HostError> {
+        let headers = header_map::serialise(
+            &reply
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+                .collect::<Vec<_>>(),
+        );
+        let body = reply.body.as_bytes();
+        // SAFETY: pointers and lengths describe live buffers.
+        check(unsafe {
+            proxy_send_local_response(
+                reply.status,
+                details.as_ptr(),
+                details.len(),
+                body.as_ptr(),
+                body.len(),
+                headers.as_ptr(),
+                headers.len(),
+                -1,
+            )
+        })
+    }
+
+    fn set_filter_state(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        // Envoy takes a one-segment path as the name itself (a trailing NUL
+        // would become part of the name).
+        // SAFETY: pointers and lengths describe live buffers.
+        check(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+    }
+
+    fn resume_request(&mut self) -> Result<(), HostError> {
+        // SAFETY: plain value call.
+        check(unsafe { proxy_continue_stream(STREAM_REQUEST) })
+    }
+
+    fn increment(&mut self, metric: Metric, by: u64) {
+        metrics::increment(metric, by);
+    }
+
+    fn record(&mut self, metric: Metric, value: u64) {
+        metrics::record(metric, value);
+    }
+
+    fn property(&self, property: Property) -> Result<Option<Vec<u8>>, HostError> {
+        // Segments of a longer path each end with a NUL but the last.
+        let path: &[u8] = match property {
+            Property::PluginName => b"plugin_name",
+            Property::PluginRootId => b"plugin_root_id",
+            Property::ConnectionTlsVersion => b"connection\0tls_version",
+        };
+        let mut data = null_mut();
+        let mut size = 0;
+        // SAFETY: the path is a live slice; out-pointers are valid for writes.
+        match check(unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) })
+        {
+            Ok(()) if data.is_null() => Ok(None),
+            Ok(()) => Ok(Some(owned(data, size))),
+            Err(HostError::NotFound) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn dispatch_grpc(&mut self, call: &GrpcCall<'_>) -> Result<u32, HostError> {
+        proxy_wasm::hostcalls::dispatch_grpc_call(
+            &grpc_service_for_cluster(call.cluster),
+            call.service,
+            call.method,
+            Vec::new(),
+            Some(call.message),
+            Duration::from_millis(u64::from(call.timeout_ms)),
+        )
+        .map_err(|status| check(status as u32).err().unwrap_or(HostError::Other(0)))
+    }
+
+    fn grpc_response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        buffer_bytes(GRPC_RECEIVE_BUFFER, 0, size)
+    }
+
+    fn set_tick_period(&mut self, period_ms: u32) -> Result<(), HostError> {
+        // SAFETY: plain value call.
+        check(unsafe { proxy_set_tick_period_milliseconds(period_ms) })
+    }
+
+    /// `start` must not pass the end: Envoy 1.40 does not check it.
+    fn plugin_configuration(&self, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {
+        match buffer_bytes(PLUGIN_CONFIGURATION, start, max_size) {
+            // No configuration at all is the empty configuration.
+            Err(HostError::NotFound) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    fn log(&mut self, level: LogLevel, message: &str) {
+        log(level, message);
     }
 }

@@ -718,9 +718,9 @@ struct Editor {
 }
 
 impl Editor {
-    fn edit(&mut self, what: String) -> Result<(), EditRefused> {
+    fn edit(&mut self, what: String) -> Result<(), HostError> {
         if self.made.len() + 1 == self.refuse_at {
-            return Err(EditRefused(2));
+            return Err(HostError::BadArgument);
         }
         self.made.push(what);
         Ok(())
@@ -728,17 +728,17 @@ impl Editor {
 }
 
 impl RequestEditor for Editor {
-    fn remove(&mut self, name: &[u8]) -> Result<(), EditRefused> {
+    fn remove(&mut self, name: &[u8]) -> Result<(), HostError> {
         self.edit(format!("remove {}", String::from_utf8_lossy(name)))
     }
-    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+    fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {
         let (name, value) = (
             String::from_utf8_lossy(name),
             String::from_utf8_lossy(value),
         );
         self.edit(format!("add {name}: {value}"))
     }
-    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), EditRefused> {
+    fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {
         let (name, value) = (
             String::from_utf8_lossy(name),
             String::from_utf8_lossy(value),
@@ -800,7 +800,7 @@ fn an_allowed_request_whose_header_edit_fails_is_audited_as_the_503_it_received(
             refuse_at,
             made: Vec::new(),
         };
-        assert_eq!(decision.forward(&mut editor), Err(EditRefused(2)));
+        assert_eq!(decision.forward(&mut editor), Err(HostError::BadArgument));
         let record = audited(&decision);
         assert_eq!(
             (record["decision"].as_str(), record["key_id"].as_str()),

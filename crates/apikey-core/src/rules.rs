@@ -265,6 +265,17 @@ mod tests {
         }
     }
 
+    /// Routes each (method, path) and names the case that went wrong.
+    fn assert_routes(rules: &RuleSet, cases: &[(&str, &str, Requirement)]) {
+        for (method, path, expected) in cases {
+            assert_eq!(
+                rules.route(method.as_bytes(), path.as_bytes()),
+                Ok(expected),
+                "{method} {path}"
+            );
+        }
+    }
+
     fn contract_example() -> RuleSet {
         RuleSet::new(
             vec![
@@ -309,13 +320,7 @@ mod tests {
             ("GET", "/api/v1/admin/keys/", scope("admin")),
             ("GET", "/api/v1/admin/keys/7", DEFAULT_REQUIREMENT),
         ];
-        for (method, path, expected) in cases {
-            assert_eq!(
-                rules.route(method.as_bytes(), path.as_bytes()),
-                Ok(&expected),
-                "{method} {path}"
-            );
-        }
+        assert_routes(&rules, &cases);
     }
 
     /// Issue 17, finding 3: a rule for `GET` left `HEAD` of the same
@@ -346,13 +351,7 @@ mod tests {
             ("head", "/v2/reports", DEFAULT_REQUIREMENT),
             ("GET", "/v2/head-only", DEFAULT_REQUIREMENT),
         ];
-        for (method, path, expected) in cases {
-            assert_eq!(
-                rules.route(method.as_bytes(), path.as_bytes()),
-                Ok(&expected),
-                "{method} {path}"
-            );
-        }
+        assert_routes(&rules, &cases);
     }
 
     /// Issue 17, finding 2: a key without `reports:read` got 200 for

@@ -17,7 +17,6 @@ pub mod denial;
 pub mod fleet;
 pub mod header_map;
 pub mod https;
-pub mod json;
 pub mod key_cache;
 pub mod key_hash;
 pub mod key_record;

@@ -7,22 +7,24 @@
 //! which the derive cannot do; [`validate`](super::validate) checks both.
 //! Strings that are only looked at are borrowed from the text ([`Text`]);
 //! strings the compiled configuration keeps are owned.
+//!
+//! The same types write the *settings* back ([`settings`]): the document
+//! without its keys, which other workers parse once the key table is
+//! published.
 
 use core::fmt;
 use core::marker::PhantomData;
-use core::ops::Range;
 
 use serde::de::{Error as _, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::strict::Text;
 
 /// The whole document.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "no_keys")]
     pub keys: Option<Vec<RawKey<'a>>>,
     #[serde(borrow)]
     pub plans: Option<Entries<String, RawPlan<'a>>>,
@@ -76,7 +78,7 @@ pub(super) struct RawKey<'a> {
 }
 
 /// A value of `plans`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPlan<'a> {
     #[serde(borrow)]
@@ -86,7 +88,7 @@ pub(super) struct RawPlan<'a> {
 }
 
 /// A value of a `rate_limits` object.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimit {
     pub requests: Option<u64>,
@@ -95,7 +97,7 @@ pub(super) struct RawLimit {
 }
 
 /// An entry of `rules`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule<'a> {
     #[serde(borrow)]
@@ -108,7 +110,7 @@ pub(super) struct RawRule<'a> {
 }
 
 /// `fleet` (contract §6).
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFleet<'a> {
     pub cluster: Option<String>,
@@ -171,22 +173,21 @@ where
     }
 }
 
-/// Where the `keys` value lies in `text`, a document [`strict`](super::strict)
-/// has read: `None` when it has none (or `null`).
-///
-/// A second, shallow reading of the text (serde_json skips every other
-/// value): the derive hands values, not their places, to the first.
-pub(super) fn keys_span(text: &[u8]) -> Option<Range<usize>> {
-    #[derive(Deserialize)]
-    struct KeysOnly<'a> {
-        #[serde(borrow)]
-        keys: Option<&'a RawValue>,
+/// The settings of a document: `raw` written back as JSON with `keys`
+/// emptied (`[]`). Everything else keeps its value (a field left out or
+/// `null` is written as `null`, which reads the same), so the settings
+/// parse to the same [`Config`](super::Config) without its keys.
+pub(super) fn settings(raw: &RawConfig<'_>) -> Option<Vec<u8>> {
+    serde_json::to_vec(raw).ok()
+}
+
+/// `keys` in the settings: always empty.
+fn no_keys<S: Serializer>(_: &Option<Vec<RawKey<'_>>>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(core::iter::empty::<()>())
+}
+
+impl<K: Serialize, V: Serialize> Serialize for Entries<K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
     }
-    let keys = serde_json::from_slice::<KeysOnly<'_>>(text)
-        .ok()?
-        .keys?
-        .get();
-    // `keys` borrows from `text`: its address says where.
-    let start = (keys.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-    Some(start..start.checked_add(keys.len())?)
 }

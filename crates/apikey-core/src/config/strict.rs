@@ -23,7 +23,7 @@ use serde::de::value::{BorrowedStrDeserializer, StrDeserializer};
 use serde::de::{
     DeserializeSeed, Deserializer, EnumAccess, Error as _, MapAccess, SeqAccess, Visitor,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
@@ -44,7 +44,7 @@ pub(super) fn read<'de, T: Deserialize<'de>>(text: &'de [u8]) -> Result<T, Confi
 /// A string of the document: borrowed from the text when it holds no
 /// escape, so strings that are only checked (hashes, dates, plan names)
 /// are never copied.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(transparent)]
 pub(super) struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
 

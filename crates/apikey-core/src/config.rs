@@ -1,14 +1,14 @@
 //! The plugin configuration (contract §1): the compiled [`Config`] and how
 //! it is read.
 //!
-//! A control plane sends JSON. It is read in three steps, one file each:
-//! [`strict`] reads the text with serde_json into the types of
-//! [`document`] (the configuration as written), refusing unknown fields,
-//! fields given twice (whatever the values, `null` too) and anything but
-//! an object where one is expected; [`validate`] then checks every value
-//! and compiles them (with [`checks`] and, for rules, [`rule`]) into a
-//! [`Config`] whose rules, plans and limits are indexed for the request
-//! path. Any problem rejects the whole configuration with one
+//! A control plane sends JSON. It is read in two steps, a file each:
+//! `config/strict.rs` reads the text with serde_json into the types of
+//! `config/document.rs` (the configuration as written), refusing unknown
+//! fields, fields given twice (whatever the values, `null` too) and
+//! anything but an object where one is expected; `config/validate.rs`
+//! then checks every value and compiles them (with `config/checks.rs`
+//! and, for rules, `config/rule.rs`) into a [`Config`] whose rules, plans
+//! and limits are indexed for the request path. Any problem rejects the whole configuration with one
 //! [`ConfigError`] naming the field (`keys[3].plan: unknown plan "gold"`),
 //! so an operator can fix it and the filter keeps its previous table.
 

@@ -8,9 +8,10 @@
 //!   publish into an in-memory shared store, every key's record reads back
 //!   with its own id, tenant, revocation and expiry, and every rule path
 //!   and scope it compiled is one the decision can match;
-//! - its settings (the text with `keys` emptied, what workers read once the
-//!   table is published) parse to the same configuration without keys, and
-//!   the published table hands them back with the key count;
+//! - its settings (the configuration with `keys` emptied, what workers
+//!   read once the table is published) parse to the same configuration
+//!   without keys, and the published table hands them back with the key
+//!   count;
 //! - a refusal names where: a field path (`keys[3].plan`), or, for a
 //!   document that is not a JSON object at all, the line and column;
 //!   the reason is never empty.

@@ -7,7 +7,7 @@
 //! was a rate limit. The CLI's `usage` command reads it back.
 
 use crate::decision::Decision;
-use crate::denial::ErrorCode;
+use crate::denial::{push_json_string, ErrorCode};
 
 /// The filter-state name the record is stored under (Envoy prefixes
 /// `wasm.`).
@@ -43,22 +43,11 @@ pub fn not_configured() -> String {
 
 /// Key ids, tenants and scopes are validated configuration values (no
 /// control characters, no `"` in ids or scopes); tenants may hold `"` or
-/// `\`, so everything is escaped all the same.
+/// `\`, so everything is escaped all the same, by the bodies' escaper.
 fn push_optional(out: &mut String, value: Option<&str>) {
     match value {
         None => out.push_str("null"),
-        Some(value) => {
-            out.push('"');
-            for c in value.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-        }
+        Some(value) => push_json_string(out, value.as_bytes()),
     }
 }
 

@@ -412,25 +412,19 @@ fn push_field(body: &mut String, name: &str, value: &str) {
     push_json_string(body, value.as_bytes());
 }
 
-/// Appends `bytes` as a JSON string; invalid UTF-8 becomes U+FFFD and
-/// control characters are escaped, so client-chosen text (a request id)
-/// cannot break the document.
-fn push_json_string(out: &mut String, bytes: &[u8]) {
-    out.push('"');
-    for c in String::from_utf8_lossy(bytes).chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)));
-            }
-            c => out.push(c),
-        }
+/// Appends `bytes` as a JSON string, the one escaper of every JSON the
+/// filter writes (error bodies here, audit records in [`crate::audit`]):
+/// invalid UTF-8 becomes U+FFFD, and serde_json escapes `"`, `\` and
+/// control characters, so client-chosen text (a request id) cannot break
+/// the document.
+pub(crate) fn push_json_string(out: &mut String, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    // Serialising a string cannot fail; `null` would keep the document
+    // valid all the same.
+    match serde_json::to_string(&text) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("null"),
     }
-    out.push('"');
 }
 
 #[cfg(test)]

@@ -20,19 +20,9 @@ impl KeyHash {
 
     /// Parses 64 hexadecimal digits, upper or lower case.
     pub fn from_hex(text: &str) -> Result<Self, &'static str> {
-        if text.len() != 64 {
-            return Err("must be 64 hexadecimal digits");
-        }
         let mut bytes = [0u8; 32];
-        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-            let (Some(high), Some(low)) = (
-                pair.first().copied().and_then(nibble),
-                pair.get(1).copied().and_then(nibble),
-            ) else {
-                return Err("must be 64 hexadecimal digits");
-            };
-            *byte = high << 4 | low;
-        }
+        const_hex::decode_to_slice(text, &mut bytes)
+            .map_err(|_| "must be 64 hexadecimal digits")?;
         Ok(Self(bytes))
     }
 
@@ -48,56 +38,19 @@ impl KeyHash {
 
     /// Lower-case hexadecimal, the canonical spelling in configurations.
     pub fn to_hex(&self) -> String {
-        let mut text = String::with_capacity(64);
-        self.push_hex(&mut text);
-        text
+        const_hex::encode(self.0)
     }
 
     /// Appends the lower-case hexadecimal spelling to `text` (shared-data
     /// keys are built this way once per key and per request, without an
     /// intermediate string).
     pub fn push_hex(&self, text: &mut String) {
-        for byte in self.0 {
-            for nibble in [byte >> 4, byte & 0x0f] {
-                let digit = if nibble < 10 {
-                    b'0' + nibble
-                } else {
-                    b'a' + nibble - 10
-                };
-                text.push(char::from(digit));
-            }
+        let mut digits = [0u8; 64];
+        // Cannot fail: 64 digits for 32 bytes, all ASCII.
+        if const_hex::encode_to_slice(self.0, &mut digits).is_ok() {
+            text.push_str(core::str::from_utf8(&digits).unwrap_or_default());
         }
     }
-}
-
-/// Each byte's value as a hexadecimal digit, or `INVALID` (one table look-up
-/// per digit: a 1,000,000-key configuration decodes 64 million of them).
-// Built at compile time: an index out of range fails the build, never a
-// request.
-#[allow(clippy::indexing_slicing)]
-const HEX_VALUES: [u8; 256] = {
-    let mut table = [INVALID; 256];
-    let mut digit = 0;
-    while digit < 10 {
-        table[b'0' as usize + digit] = digit as u8;
-        digit += 1;
-    }
-    let mut letter = 0;
-    while letter < 6 {
-        table[b'a' as usize + letter] = 10 + letter as u8;
-        table[b'A' as usize + letter] = 10 + letter as u8;
-        letter += 1;
-    }
-    table
-};
-const INVALID: u8 = 0xff;
-
-/// The value of one hexadecimal digit.
-fn nibble(digit: u8) -> Option<u8> {
-    HEX_VALUES
-        .get(usize::from(digit))
-        .copied()
-        .filter(|&value| value != INVALID)
 }
 
 impl PartialEq for KeyHash {

@@ -23,7 +23,6 @@ pub mod fleet;
 pub mod header_map;
 pub mod host;
 pub mod https;
-pub mod json;
 pub mod key_cache;
 pub mod key_hash;
 pub mod key_record;

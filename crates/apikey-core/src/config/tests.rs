@@ -2,6 +2,9 @@
 //! field, and a valid document compiles to what it says.
 
 use super::*;
+use crate::credentials::Scheme;
+use crate::rate_limit::Limit;
+use crate::rules::Requirement;
 use crate::scope::MAX_SCOPE_LEN;
 use serde_json::{json, Value};
 #[cfg(target_arch = "wasm32")]
@@ -533,6 +536,22 @@ fn a_fleet_is_validated_and_defaults_apply() {
     );
 }
 
+/// `value` without the object fields that are `null` (which the settings
+/// write for fields left out: both read as left out).
+fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .filter(|(_, value)| !value.is_null())
+                .map(|(name, value)| (name, without_nulls(value)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nulls).collect()),
+        other => other,
+    }
+}
+
 #[test]
 fn the_settings_are_the_configuration_without_its_keys() {
     let text = example().to_string();
@@ -548,7 +567,11 @@ fn the_settings_are_the_configuration_without_its_keys() {
     let mut expected = example();
     expected["keys"] = json!([]);
     let reparsed: serde_json::Value = serde_json::from_slice(&settings).unwrap();
-    assert_eq!(reparsed, expected, "the settings changed more than `keys`");
+    assert_eq!(
+        without_nulls(reparsed),
+        expected,
+        "the settings changed more than `keys`"
+    );
     let from_settings = Config::parse(&settings).unwrap().unwrap();
     assert_eq!(
         Config {
@@ -560,7 +583,7 @@ fn the_settings_are_the_configuration_without_its_keys() {
 }
 
 #[test]
-fn settings_keep_the_text_whole_when_keys_are_null_or_absent() {
+fn settings_of_a_document_without_keys_parse_the_same() {
     for text in [r#"{"keys": null, "realm": "r"}"#, r#"{"realm": "r"}"#] {
         let (config, settings) = Config::parse_with_settings(text.as_bytes())
             .unwrap()
@@ -845,5 +868,170 @@ fn a_key_with_more_scopes_or_limits_than_a_record_holds_is_refused() {
         |d| d["keys"][0]["rate_limits"] = limits(MAX_KEY_LIMITS + 1),
         "keys[0].rate_limits",
         "at most 64",
+    );
+}
+
+// --- reading (serde_json through config/strict.rs) ------------------------------
+
+/// serde's derive also reads a struct from an array of its field values
+/// (serde issue 1587): a key written as `["k", "<hash>", "t"]` must still
+/// be refused, at every level that expects an object.
+#[test]
+fn an_array_is_never_read_as_an_object() {
+    let cases = [
+        ("the document".to_owned(), "[]".to_owned(), ""),
+        (
+            "a key".to_owned(),
+            format!(r#"{{"keys": [["k", "{HASH_A}", "t"]]}}"#),
+            "keys[0]",
+        ),
+        (
+            "a plan".to_owned(),
+            r#"{"plans": {"pro": [null, null]}}"#.to_owned(),
+            "plans.pro",
+        ),
+        (
+            "a limit".to_owned(),
+            r#"{"plans": {"pro": {"rate_limits": {"*": [1, 1, 1]}}}}"#.to_owned(),
+            "plans.pro.rate_limits.*",
+        ),
+        (
+            "the plans".to_owned(),
+            r#"{"plans": [{"scopes": []}]}"#.to_owned(),
+            "plans",
+        ),
+        (
+            "a rule".to_owned(),
+            r#"{"rules": [["/x", null, null, true]]}"#.to_owned(),
+            "rules[0]",
+        ),
+        (
+            "the fleet".to_owned(),
+            r#"{"fleet": ["c", "d"]}"#.to_owned(),
+            "fleet",
+        ),
+    ];
+    for (case, text, field) in cases {
+        match Config::parse(text.as_bytes()) {
+            Ok(_) => panic!("{case}: an array was accepted as an object: {text}"),
+            Err(error) => {
+                assert_eq!(error.field, field, "{case}: wrong field in {error}");
+                assert_eq!(
+                    error.reason, "invalid type: sequence, expected an object",
+                    "{case}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn malformed_json_is_refused_with_its_line_and_column() {
+    let texts: [&[u8]; 14] = [
+        b"{\"realm\": \"a\x01\"}",
+        br#"{"realm": "\ud800"}"#,
+        br#"{"realm": "\udc00"}"#,
+        br#"{"realm": "\x"}"#,
+        br#"{"realm": "\u12"}"#,
+        br#"{"realm": "open"#,
+        br#"{"realm": "a",}"#,
+        br#"{"schemes": ["bearer",]}"#,
+        b"{\"realm\": \"\xff\"}",
+        br#"{"forward_credential": tru}"#,
+        br#"{"fleet": {"cluster": "c", "domain": "d", "timeout_ms": 01}}"#,
+        br#"{"fleet": {"cluster": "c", "domain": "d", "timeout_ms": 1.}}"#,
+        br#"{"fleet": {"cluster": "c", "domain": "d", "timeout_ms": -}}"#,
+        br#"{"fleet": {"cluster": "c", "domain": "d", "timeout_ms": +1}}"#,
+    ];
+    for text in texts {
+        let shown = String::from_utf8_lossy(text);
+        let error = Config::parse(text).expect_err(&format!("{shown} was accepted"));
+        assert!(
+            error.field.is_empty() && error.reason.contains(" at line 1 column "),
+            "{shown}: refused as {error:?}, not as a syntax error with its place"
+        );
+    }
+}
+
+#[test]
+fn numbers_other_than_whole_ones_in_range_are_refused_by_field() {
+    let cases = [
+        ("1.5", "invalid type: floating point `1.5`, expected u64"),
+        ("1e3", "invalid type: floating point `1000.0`, expected u64"),
+        ("-1", "invalid value: integer `-1`, expected u64"),
+        ("18446744073709551616", "invalid type: floating point"),
+        ("\"5\"", "invalid type: string \"5\", expected u64"),
+    ];
+    for (number, reason) in cases {
+        let text =
+            format!(r#"{{"fleet": {{"cluster": "c", "domain": "d", "timeout_ms": {number}}}}}"#);
+        let error = Config::parse(text.as_bytes()).expect_err(&format!("{number} was accepted"));
+        assert_eq!(error.field, "fleet.timeout_ms", "{number}: {error}");
+        assert!(
+            error.reason.starts_with(reason),
+            "{number}: reason {:?} does not start with {reason:?}",
+            error.reason
+        );
+    }
+    let text = r#"{"fleet": {"cluster": "c", "domain": "d", "timeout_ms": 60000}}"#;
+    assert!(
+        Config::parse(text.as_bytes()).is_ok(),
+        "a whole number in range was refused"
+    );
+}
+
+/// Escaped strings are decoded, not borrowed: they must compare as what
+/// they spell (a plan name, a hash, a scope).
+#[test]
+fn escaped_strings_mean_what_they_spell() {
+    let text = format!(
+        r#"{{"keys": [{{"id": "k\u0031", "sha256": "\u0039{}", "tenant": "ac\"me",
+            "scopes": ["leads:\u0072ead"], "plan": "p\u0072o"}}],
+          "plans": {{"\u0070ro": {{"rate_limits": {{"le\u0061ds:read": {{"requests": 1, "period_seconds": 1}}}}}}}}}}"#,
+        &HASH_A[1..]
+    );
+    let config = Config::parse(text.as_bytes())
+        .unwrap_or_else(|error| panic!("escaped strings refused: {error}"))
+        .unwrap();
+    let key = &config.keys[0];
+    assert_eq!((key.id.as_str(), key.tenant.as_str()), ("k1", "ac\"me"));
+    assert_eq!(key.hash.to_hex(), HASH_A);
+    assert_eq!(key.scopes[0].as_str(), "leads:read");
+    assert_eq!(
+        config.plan(key.plan).map(|plan| plan.name.as_str()),
+        Some("pro")
+    );
+    assert!(config.plans[0]
+        .rate_limits
+        .select(Some("leads:read"))
+        .is_some());
+}
+
+/// The settings empty the top-level `keys` only: a plan named `keys` or
+/// `"keys": [`, and strings that needed escapes, come back as they were.
+#[test]
+fn the_settings_empty_only_the_top_level_keys() {
+    let text = format!(
+        "{{\n  \"plans\": {{\"keys\": {{}}, \"\\\"keys\\\": [\": {{\"scopes\": [\"a\\u003ab\"]}}}},\n  \"keys\" :\n    [ {{\"id\": \"k\", \"sha256\": \"{HASH_A}\", \"tenant\": \"t\", \"plan\": \"keys\"}} ] ,\n  \"schemes\": [\"bearer\"], \"realm\": \"r\\u0065alm\"\n}}"
+    );
+    let (config, settings) = Config::parse_with_settings(text.as_bytes())
+        .unwrap()
+        .unwrap();
+    assert_eq!(config.keys.len(), 1);
+    let mut expected: Value = serde_json::from_str(&text).unwrap();
+    expected["keys"] = json!([]);
+    let reparsed: Value = serde_json::from_slice(&settings).unwrap();
+    assert_eq!(
+        without_nulls(reparsed),
+        expected,
+        "the settings changed more than `keys`"
+    );
+    let from_settings = Config::parse(&settings).unwrap().unwrap();
+    assert_eq!(
+        from_settings,
+        Config {
+            keys: Vec::new(),
+            ..config
+        }
     );
 }

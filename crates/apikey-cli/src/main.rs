@@ -13,7 +13,6 @@ mod commands;
 mod duration;
 mod ecds_protobuf;
 mod error;
-mod keygen;
 mod render;
 mod state;
 mod store;
@@ -24,6 +23,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use apikey_core::timestamp::UnixNanos;
+use apikey_service::keygen;
 
 use crate::error::{refused_as, usage, CliError, Code};
 

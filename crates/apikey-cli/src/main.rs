@@ -9,11 +9,13 @@
 //! describes them.
 
 mod args;
+mod backend;
 mod commands;
 mod duration;
 mod ecds_protobuf;
 mod error;
 mod render;
+mod service_commands;
 mod state;
 mod store;
 mod usage;
@@ -28,9 +30,10 @@ use apikey_service::keygen;
 use crate::error::{refused_as, usage, CliError, Code};
 
 fn main() -> ExitCode {
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
-    let (mut out, mut err) = (stdout.lock(), stderr.lock());
+    // Not locked for the whole run: `apikey serve` writes its log lines
+    // from the runtime's threads, which would wait forever for a lock this
+    // thread held.
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let result = run(&mut out, &mut err);
     let _ = out.flush();
     match result {

@@ -55,6 +55,23 @@ impl Kind {
         }
     }
 
+    /// The kind an `error.code` names (a client reading a refusal).
+    pub fn from_code(code: &str) -> Option<Self> {
+        [
+            Self::InvalidRequest,
+            Self::Unauthorized,
+            Self::NotFound,
+            Self::MethodNotAllowed,
+            Self::Conflict,
+            Self::PayloadTooLarge,
+            Self::KeyLimitReached,
+            Self::Internal,
+            Self::Unavailable,
+        ]
+        .into_iter()
+        .find(|kind| kind.code() == code)
+    }
+
     /// The `error.code` of the body.
     pub fn code(self) -> &'static str {
         match self {

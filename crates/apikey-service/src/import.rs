@@ -43,8 +43,23 @@ pub fn import(
 ) -> Result<u64, ApiError> {
     let transaction = db::write(connection)?;
     let settings = settings_store::load(&transaction)?;
+    let total = import_into(&transaction, &settings, source, now)?;
+    transaction.commit()?;
+    Ok(total)
+}
+
+/// Imports every line of `source` within the caller's write transaction
+/// (which commits it, or drops it to undo everything), checking keys
+/// against `settings`.
+pub fn import_into(
+    transaction: &Connection,
+    settings: &Settings,
+    source: &mut dyn BufRead,
+    now: UnixNanos,
+) -> Result<u64, ApiError> {
     let mut batch: Vec<Line> = Vec::with_capacity(BATCH);
     let mut added: HashMap<String, u64> = HashMap::new();
+    let mut links: Vec<(String, String)> = Vec::new();
     let mut total = 0u64;
     let mut buffer = Vec::new();
     let mut number = 0usize;
@@ -84,10 +99,24 @@ pub fn import(
             object,
         });
         if batch.len() == BATCH {
-            total += store_batch(&transaction, &settings, &mut batch, &mut added, now)?;
+            total += store_batch(
+                transaction,
+                settings,
+                &mut batch,
+                &mut added,
+                &mut links,
+                now,
+            )?;
         }
     }
-    total += store_batch(&transaction, &settings, &mut batch, &mut added, now)?;
+    total += store_batch(
+        transaction,
+        settings,
+        &mut batch,
+        &mut added,
+        &mut links,
+        now,
+    )?;
     if total == 0 {
         return Err(ApiError::invalid(
             "",
@@ -96,7 +125,7 @@ pub fn import(
     }
     if let Some(cap) = settings.max_keys_per_tenant() {
         for (tenant, adding) in &added {
-            let active = active_keys(&transaction, tenant, now)?;
+            let active = active_keys(transaction, tenant, now)?;
             if active > cap {
                 return Err(cap_reached(
                     tenant,
@@ -107,16 +136,29 @@ pub fn import(
             }
         }
     }
-    transaction.commit()?;
+    link_successors(transaction, &links)?;
     Ok(total)
 }
 
-/// Validates and stores one batch; counts the active keys added per tenant.
+/// Sets `replaces` on the keys an imported `replaced_by` names, so a
+/// rotation carried over from a state file reads the same both ways.
+fn link_successors(transaction: &Connection, links: &[(String, String)]) -> Result<(), ApiError> {
+    let mut statement =
+        transaction.prepare("UPDATE keys SET replaces = ?2 WHERE id = ?1 AND replaces IS NULL")?;
+    for (successor, predecessor) in links {
+        statement.execute([successor, predecessor])?;
+    }
+    Ok(())
+}
+
+/// Validates and stores one batch; counts the active keys added per
+/// tenant and notes each `replaced_by`.
 fn store_batch(
     connection: &Connection,
     settings: &Settings,
     batch: &mut Vec<Line>,
     added: &mut HashMap<String, u64>,
+    links: &mut Vec<(String, String)>,
     now: UnixNanos,
 ) -> Result<u64, ApiError> {
     refuse_repeats(batch)?;
@@ -134,6 +176,9 @@ fn store_batch(
         let record = record_from_object(&line.object, now)?;
         keys::insert(connection, &record)
             .map_err(|error| duplicate(error, line.number, &record.id))?;
+        if let Some(successor) = &record.replaced_by {
+            links.push((successor.clone(), record.id.clone()));
+        }
         if state_word(&record, now) == "active" {
             *added.entry(record.tenant).or_default() += 1;
         }

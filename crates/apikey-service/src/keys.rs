@@ -374,7 +374,7 @@ fn parse_cursor(text: &str) -> Result<i64, ApiError> {
 }
 
 /// The cursor that continues after `seq`.
-fn cursor_after(seq: i64) -> String {
+pub fn cursor_after(seq: i64) -> String {
     format!("c{seq}")
 }
 

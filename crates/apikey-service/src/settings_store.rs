@@ -41,13 +41,23 @@ pub fn put(
     now: UnixNanos,
 ) -> Result<(), ApiError> {
     let transaction = db::write(connection)?;
-    check_stored_keys(&transaction, settings)?;
+    put_in(&transaction, settings, now)?;
+    transaction.commit()?;
+    Ok(())
+}
+
+/// [`put`] within the caller's write transaction.
+pub fn put_in(
+    transaction: &Connection,
+    settings: &Settings,
+    now: UnixNanos,
+) -> Result<(), ApiError> {
+    check_stored_keys(transaction, settings)?;
     transaction.execute(
         "INSERT INTO settings (id, document, updated_at) VALUES (1, ?1, ?2) \
          ON CONFLICT (id) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at",
         params![settings.to_text(), now],
     )?;
-    transaction.commit()?;
     Ok(())
 }
 

@@ -56,6 +56,8 @@ pub struct Created {
     pub record: KeyRecord,
     /// The raw key (in this answer only).
     pub key: SecretKey,
+    /// After a rotation: when the old key stops working.
+    pub old_expires_at: Option<String>,
 }
 
 impl Created {
@@ -64,6 +66,9 @@ impl Created {
         let mut map = self.record.public(now);
         map.insert("sha256".to_owned(), json!(self.record.sha256.to_hex()));
         map.insert("key".to_owned(), json!(self.key.expose()));
+        if let Some(old_expires_at) = &self.old_expires_at {
+            map.insert("old_expires_at".to_owned(), json!(old_expires_at));
+        }
         Value::Object(map)
     }
 }
@@ -130,7 +135,11 @@ pub fn create(
     insert(&transaction, &record)?;
     transaction.commit()?;
     let record = get(connection, &record.id)?;
-    Ok(Created { record, key })
+    Ok(Created {
+        record,
+        key,
+        old_expires_at: None,
+    })
 }
 
 /// `sk_<env>_`, `sk_live_` without an env.
@@ -450,8 +459,8 @@ pub fn revoke(
 
 /// `POST /v1/keys/{id}/rotate`: a new key with the old one's tenant,
 /// scopes, plan, env and limits (and its name, marked rotated), shown
-/// once; the old key expires at now + grace, never later than it already
-/// would. A key already rotated, revoked or expired is not rotated: 409.
+/// once, with `old_expires_at`; the old key expires at now + grace, never
+/// later than it already would. A key already rotated, revoked or expired is not rotated: 409.
 /// The tenant cap does not apply: after the grace the tenant holds as many
 /// keys as before.
 pub fn rotate(
@@ -519,7 +528,11 @@ pub fn rotate(
     )?;
     transaction.commit()?;
     let record = get(connection, &record.id)?;
-    Ok(Created { record, key })
+    Ok(Created {
+        record,
+        key,
+        old_expires_at: Some(old_expires_at),
+    })
 }
 
 /// Why a key cannot be rotated now, if it cannot.

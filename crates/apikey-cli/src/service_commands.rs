@@ -56,6 +56,17 @@ pub fn run(invocation: Invocation, io: &mut Io<'_>) -> Result<(), CliError> {
         (_, Command::Init(_)) => Err(usage(
             "init makes a state file; with --db or --server, apikey settings put FILE sets plans, rules and options",
         )),
+        (
+            _,
+            Command::Rotate {
+                prefix: Some(_), ..
+            }
+            | Command::Rotate {
+                expiry: Some(_), ..
+            },
+        ) => Err(usage(
+            "with --db or --server, rotate takes only --grace: the new key keeps the old key's prefix, and its lifetime again from now",
+        )),
         (_, Command::Update { .. } | Command::Delete { .. }) => Err(usage(
             "update and delete change a state file; the key service keeps every key for audit: revoke it, or rotate it, or create a new one",
         )),
@@ -136,17 +147,7 @@ fn on_backend(
             report(globals, io, &format!("revoked {id}"), record)?;
             Ok(true)
         }
-        Command::Rotate {
-            id,
-            grace,
-            prefix,
-            expiry,
-        } => {
-            if prefix.is_some() || expiry.is_some() {
-                return Err(usage(
-                    "with --db or --server, rotate takes only --grace: the new key keeps the old key's prefix, and its lifetime again from now",
-                ));
-            }
+        Command::Rotate { id, grace, .. } => {
             let seconds = grace / crate::duration::SECOND_NANOS;
             let body = backend.rotate(&id, json_object(json!({"grace_seconds": seconds})))?;
             show_new_key(globals, io, &body, "rotated")?;

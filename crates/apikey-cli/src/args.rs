@@ -5,9 +5,11 @@
 //!
 //! Options are `--name value` or `--name=value`. Global options may come
 //! before or after the subcommand and fall back to environment variables
-//! (`APIKEY_STATE`, `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_WASM`,
+//! (`APIKEY_STATE`, `APIKEY_DB`, `APIKEY_SERVER`, `APIKEY_ADMIN_TOKEN`,
+//! `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_WASM`,
 //! `APIKEY_MAX_KEYS_PER_TENANT`; empty counts as unset), read here rather
-//! than by clap so tests pass their own environment. A list option
+//! than by clap so tests pass their own environment. Where the keys live
+//! ([`Store`]) is one of `--state`, `--db` and `--server`. A list option
 //! (`--scopes`, `--schemes`, `--key-prefixes`) takes commas and may be
 //! given again to add to the list; any other option given twice is a
 //! mistake. `--` ends options (for an id that starts with `-`). Every
@@ -268,10 +270,11 @@ pub struct Invocation {
 const ABOUT: &str = "Manage the API-key gateway's keys";
 
 const LONG_ABOUT: &str = "\
-Manage the API-key gateway's keys. The state file is the filter's plugin
-configuration; a key is shown once, when it is made, and only its SHA-256
-and a hint are kept. Each change is locked, validated by the filter's own
-validator, written atomically and, with --ecds-dir, pushed to Envoy.";
+Manage the API-key gateway's keys: in the key service's database (--db), through
+a running key service (--server, apikey serve runs one), or in a JSON state file
+that is the filter's plugin configuration (--state, the default). A key is shown
+once, when it is made, and only its SHA-256 and a hint are kept. Each change is
+validated by the filter's own validator and, with --ecds-dir, pushed to Envoy.";
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 done, 1 refused (invalid state, unknown id, limit reached, I/O),
@@ -279,7 +282,9 @@ Exit codes: 0 done, 1 refused (invalid state, unknown id, limit reached, I/O),
 is one line on stderr, `apikey: <message>`; with --json it is the object
 {\"error\": {\"code\": ..., \"message\": ...}}, also on stderr. Codes: usage,
 invalid_state, invalid_change, no_state, not_found, limit_reached, not_active,
-already_rotated, already_exists, io_error, refused.";
+already_rotated, already_exists, io_error, refused; with --db or --server, the
+key service's codes (invalid_request, unauthorized, not_found, conflict,
+payload_too_large, key_limit_reached, internal_error, unavailable).";
 
 const EXPIRY_HELP: &str = "RFC3339";
 

@@ -1,12 +1,14 @@
-//! `apikey`: the key-management command line of the API-key gateway.
+//! `apikey`: the key-management command line of the API-key gateway, and
+//! its key service.
 //!
-//! Keys are made here, shown once, and stored only as a SHA-256 and a hint
-//! in a state file that is the filter's plugin configuration (contract §1),
-//! so the tool and the filter read one document. Each change is locked,
-//! validated by the core's own validator, written atomically and, with
-//! `--ecds-dir`, pushed to Envoy as an ECDS file. `apikey help` lists the
-//! commands, `apikey help <command>` explains one; crates/apikey-cli/README.md
-//! describes them.
+//! Keys are made here, shown once, and stored only as a SHA-256 and a hint:
+//! in the key service's SQLite database (`--db`, or through a running
+//! service with `--server`; `apikey serve` runs the service, contract §8),
+//! or in a state file that is the filter's plugin configuration (contract
+//! §1; the default, kept for existing deployments). Every change is
+//! validated by the core's own validator and, with `--ecds-dir`, pushed to
+//! Envoy as an ECDS file. `apikey help` lists the commands, `apikey help
+//! <command>` explains one; crates/apikey-cli/README.md describes them.
 
 mod args;
 mod backend;

@@ -188,6 +188,19 @@ mod tests {
     }
 
     #[test]
+    fn a_code_read_back_names_its_kind() {
+        for kind in [
+            Kind::InvalidRequest,
+            Kind::Conflict,
+            Kind::KeyLimitReached,
+            Kind::Unavailable,
+        ] {
+            assert_eq!(Kind::from_code(kind.code()), Some(kind));
+        }
+        assert_eq!(Kind::from_code("key_revoked"), None);
+    }
+
+    #[test]
     fn every_kind_has_the_status_and_code_of_contract_8_1() {
         let expected = [
             (Kind::InvalidRequest, 400, "invalid_request"),

@@ -604,3 +604,6 @@ fn rotated_name(old: &KeyRecord) -> String {
         format!("{name}{ROTATED_SUFFIX}")
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,9 +5,11 @@
 //!
 //! Options are `--name value` or `--name=value`. Global options may come
 //! before or after the subcommand and fall back to environment variables
-//! (`APIKEY_STATE`, `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_WASM`,
+//! (`APIKEY_STATE`, `APIKEY_DB`, `APIKEY_SERVER`, `APIKEY_ADMIN_TOKEN`,
+//! `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_WASM`,
 //! `APIKEY_MAX_KEYS_PER_TENANT`; empty counts as unset), read here rather
-//! than by clap so tests pass their own environment. A list option
+//! than by clap so tests pass their own environment. Where the keys live
+//! ([`Store`]) is one of `--state`, `--db` and `--server`. A list option
 //! (`--scopes`, `--schemes`, `--key-prefixes`) takes commas and may be
 //! given again to add to the list; any other option given twice is a
 //! mistake. `--` ends options (for an id that starts with `-`). Every
@@ -33,9 +35,43 @@ pub const DEFAULT_MAX_KEYS: usize = 25;
 /// The default grace of `rotate`.
 pub const DEFAULT_GRACE: &str = "24h";
 
+/// Where the keys live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// The JSON state file (`--state`; the default, kept for existing
+    /// deployments: `import-state` moves one into a database).
+    StateFile,
+    /// An SQLite database (`--db`), the one `apikey serve` serves.
+    Database(PathBuf),
+    /// A running key service (`--server URL`).
+    Server(String),
+}
+
+/// Where the admin token for `--server` comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `--admin-token-file`: read (and trimmed) when needed.
+    File(PathBuf),
+    /// `APIKEY_ADMIN_TOKEN`.
+    Value(String),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "File({})", path.display()),
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+        }
+    }
+}
+
 /// Options every subcommand takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Globals {
+    /// Where the keys live.
+    pub store: Store,
+    /// The admin token for `--server` (and `serve`'s admin token file).
+    pub admin_token: Option<TokenSource>,
     /// The state file.
     pub state: PathBuf,
     /// When set, every change also writes the ECDS file here.
@@ -48,6 +84,24 @@ pub struct Globals {
     pub json: bool,
     /// Active keys a tenant may have.
     pub max_keys: usize,
+    /// Whether `--max-keys-per-tenant` was given on the command line (with
+    /// `--db` or `--server` the cap is `settings.max_keys_per_tenant`).
+    pub max_keys_given: bool,
+}
+
+/// `serve`'s options (`--db` and `--admin-token-file` are global).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeArgs {
+    /// `HOST:PORT`.
+    pub listen: String,
+    /// The feed token's file.
+    pub feed_token_file: PathBuf,
+    /// The largest JSON body.
+    pub max_body_bytes: usize,
+    /// The largest NDJSON import.
+    pub max_import_bytes: u64,
+    /// No line per request on stderr.
+    pub quiet: bool,
 }
 
 /// `create`'s options.
@@ -114,6 +168,34 @@ pub enum Command {
     List {
         /// Only this tenant's.
         tenant: Option<String>,
+        /// One page of this many (database or server only).
+        limit: Option<usize>,
+        /// The page after this cursor (database or server only).
+        cursor: Option<String>,
+    },
+    /// Show one key.
+    Show {
+        /// Its id.
+        id: String,
+    },
+    /// Run the key service.
+    Serve(ServeArgs),
+    /// Load NDJSON §1 key objects, all or nothing.
+    Import {
+        /// The file (`-` for standard input).
+        file: String,
+    },
+    /// Move a JSON state file into a new database.
+    ImportState {
+        /// The state file.
+        file: PathBuf,
+    },
+    /// Print the settings.
+    SettingsGet,
+    /// Replace the settings.
+    SettingsPut {
+        /// The file (`-` for standard input).
+        file: String,
     },
     /// Revoke a key.
     Revoke {
@@ -188,10 +270,11 @@ pub struct Invocation {
 const ABOUT: &str = "Manage the API-key gateway's keys";
 
 const LONG_ABOUT: &str = "\
-Manage the API-key gateway's keys. The state file is the filter's plugin
-configuration; a key is shown once, when it is made, and only its SHA-256
-and a hint are kept. Each change is locked, validated by the filter's own
-validator, written atomically and, with --ecds-dir, pushed to Envoy.";
+Manage the API-key gateway's keys: in the key service's database (--db), through
+a running key service (--server, apikey serve runs one), or in a JSON state file
+that is the filter's plugin configuration (--state, the default). A key is shown
+once, when it is made, and only its SHA-256 and a hint are kept. Each change is
+validated by the filter's own validator and, with --ecds-dir, pushed to Envoy.";
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 done, 1 refused (invalid state, unknown id, limit reached, I/O),
@@ -199,7 +282,9 @@ Exit codes: 0 done, 1 refused (invalid state, unknown id, limit reached, I/O),
 is one line on stderr, `apikey: <message>`; with --json it is the object
 {\"error\": {\"code\": ..., \"message\": ...}}, also on stderr. Codes: usage,
 invalid_state, invalid_change, no_state, not_found, limit_reached, not_active,
-already_rotated, already_exists, io_error, refused.";
+already_rotated, already_exists, io_error, refused; with --db or --server, the
+key service's codes (invalid_request, unauthorized, not_found, conflict,
+payload_too_large, key_limit_reached, internal_error, unavailable).";
 
 const EXPIRY_HELP: &str = "RFC3339";
 
@@ -224,9 +309,22 @@ struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 struct GlobalArgs {
-    /// The state file [env: APIKEY_STATE] [default: ./apikey-state.json]
+    /// The JSON state file (legacy; see import-state) [env: APIKEY_STATE]
+    /// [default: ./apikey-state.json]
     #[arg(long, global = true, value_name = "FILE")]
     state: Option<PathBuf>,
+    /// Work on this SQLite database (created when missing), the one
+    /// apikey serve serves [env: APIKEY_DB]
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// Work through a running key service at URL (http://host:port)
+    /// [env: APIKEY_SERVER]
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
+    /// The admin token's file, for --server and serve [env: APIKEY_ADMIN_TOKEN
+    /// holds the token itself]
+    #[arg(long, global = true, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Every change also writes DIR/apikey.yaml (or apikey.pb) for Envoy to
     /// load [env: APIKEY_ECDS_DIR]
     #[arg(long, global = true, value_name = "DIR")]
@@ -282,6 +380,48 @@ enum Sub {
         /// Only this tenant's keys
         #[arg(long, value_name = "TENANT")]
         tenant: Option<String>,
+        /// With --db or --server: one page of N keys, newest first (the
+        /// next page's cursor goes to stderr, or into the --json object)
+        #[arg(long, value_name = "N", value_parser = page_size)]
+        limit: Option<usize>,
+        /// With --db or --server: the page after this cursor
+        #[arg(long, value_name = "CURSOR")]
+        cursor: Option<String>,
+    },
+    /// Show one key (never the key or its hash)
+    Show {
+        /// The key's id (apikey list shows them)
+        id: String,
+    },
+    /// Run the key service on the --db database (contract §8)
+    ///
+    /// apikey --db keys.db serve --listen 127.0.0.1:8470 --admin-token-file
+    /// admin.token --feed-token-file feed.token. Stops on SIGTERM or SIGINT
+    /// after the requests in flight.
+    Serve(ServeOpts),
+    /// Load newline-delimited §1 key objects (with sha256), all or nothing
+    /// (--db or --server)
+    Import {
+        /// The NDJSON file [default: standard input]
+        #[arg(value_name = "FILE", default_value = "-", hide_default_value = true)]
+        file: String,
+    },
+    /// Move a JSON state file (plans, rules, keys) into a new, empty --db
+    /// database
+    ///
+    /// The settings become the state's plans, rules and options, with
+    /// max_keys_per_tenant set to --max-keys-per-tenant (default 25, the
+    /// limit the state-file commands enforced); the keys keep their ids,
+    /// hashes, hints, creation times and rotations.
+    ImportState {
+        /// The state file
+        file: PathBuf,
+    },
+    /// Print or replace the settings (--db or --server)
+    #[command(subcommand_required = true, arg_required_else_help = false)]
+    Settings {
+        #[command(subcommand)]
+        action: SettingsSub,
     },
     /// Revoke a key: refused at once; the row stays for audit
     Revoke {
@@ -339,6 +479,37 @@ enum Sub {
     },
     /// Print the version
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum SettingsSub {
+    /// Print the settings (the §1 configuration without keys)
+    Get,
+    /// Replace the settings with a JSON file's object, validated as the filter validates §1
+    Put {
+        /// The JSON file [default: standard input]
+        #[arg(value_name = "FILE", default_value = "-", hide_default_value = true)]
+        file: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeOpts {
+    /// HOST:PORT to listen on (port 0: any free port, printed on stderr)
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// The file holding the token gateways present (trimmed)
+    #[arg(long, value_name = "FILE")]
+    feed_token_file: PathBuf,
+    /// The largest JSON body accepted (larger: 413)
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024, value_parser = positive)]
+    max_body_bytes: usize,
+    /// The largest NDJSON import accepted (larger: 413)
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = positive_u64)]
+    max_import_bytes: u64,
+    /// No line per request on stderr
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -513,6 +684,25 @@ fn expires_at(text: &str) -> Result<Expiry, String> {
     Ok(Expiry::At(text.to_owned(), nanos))
 }
 
+fn positive_u64(text: &str) -> Result<u64, String> {
+    text.parse()
+        .ok()
+        .filter(|&n: &u64| n > 0)
+        .ok_or_else(|| format!("{text:?} is not a positive number"))
+}
+
+fn page_size(text: &str) -> Result<usize, String> {
+    text.parse()
+        .ok()
+        .filter(|n: &usize| (1..=apikey_service::keys::MAX_PAGE).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a page size from 1 to {}",
+                apikey_service::keys::MAX_PAGE
+            )
+        })
+}
+
 fn positive(text: &str) -> Result<usize, String> {
     text.parse()
         .ok()
@@ -638,7 +828,23 @@ fn globals(args: GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Glo
             ))
         })?,
     };
+    let store = store(&args, env)?;
+    if matches!(store, Store::Server(_))
+        && (args.ecds_dir.is_some() || env("APIKEY_ECDS_DIR").is_some())
+    {
+        return Err(usage(
+            "--ecds-dir writes the ECDS file from a state file or a database: with --server, run apikey --db on the service's database to render it",
+        ));
+    }
+    let admin_token = args
+        .admin_token_file
+        .clone()
+        .map(TokenSource::File)
+        .or_else(|| env("APIKEY_ADMIN_TOKEN").map(TokenSource::Value));
     Ok(Globals {
+        store,
+        admin_token,
+        max_keys_given: args.max_keys.is_some(),
         state: args
             .state
             .or_else(|| env("APIKEY_STATE").map(PathBuf::from))
@@ -654,6 +860,39 @@ fn globals(args: GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Glo
         json: args.json,
         max_keys,
     })
+}
+
+/// Where the keys live: at most one of `--state`, `--db` and `--server`
+/// on the command line; else `APIKEY_DB` or `APIKEY_SERVER` (not both);
+/// else the state file.
+fn store(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Store, CliError> {
+    let given = [
+        args.state.is_some(),
+        args.db.is_some(),
+        args.server.is_some(),
+    ];
+    if given.iter().filter(|&&flag| flag).count() > 1 {
+        return Err(usage(
+            "--state, --db and --server each name where the keys live: give one",
+        ));
+    }
+    if let Some(db) = &args.db {
+        return Ok(Store::Database(db.clone()));
+    }
+    if let Some(url) = &args.server {
+        return Ok(Store::Server(url.clone()));
+    }
+    if args.state.is_some() {
+        return Ok(Store::StateFile);
+    }
+    match (env("APIKEY_DB"), env("APIKEY_SERVER")) {
+        (Some(_), Some(_)) => Err(usage(
+            "APIKEY_DB and APIKEY_SERVER are both set: unset one (or pass --db, --server or --state)",
+        )),
+        (Some(db), None) => Ok(Store::Database(PathBuf::from(db))),
+        (None, Some(url)) => Ok(Store::Server(url)),
+        (None, None) => Ok(Store::StateFile),
+    }
 }
 
 /// The command to run; `None` for `version`, which only prints.
@@ -682,7 +921,29 @@ fn command(sub: Sub, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Comm
             prefix: create.prefix,
             tenant_prefix: create.tenant_prefix,
         }),
-        Sub::List { tenant } => Command::List { tenant },
+        Sub::List {
+            tenant,
+            limit,
+            cursor,
+        } => Command::List {
+            tenant,
+            limit,
+            cursor,
+        },
+        Sub::Show { id } => Command::Show { id },
+        Sub::Serve(serve) => Command::Serve(ServeArgs {
+            listen: serve.listen,
+            feed_token_file: serve.feed_token_file,
+            max_body_bytes: serve.max_body_bytes,
+            max_import_bytes: serve.max_import_bytes,
+            quiet: serve.quiet,
+        }),
+        Sub::Import { file } => Command::Import { file },
+        Sub::ImportState { file } => Command::ImportState { file },
+        Sub::Settings { action } => match action {
+            SettingsSub::Get => Command::SettingsGet,
+            SettingsSub::Put { file } => Command::SettingsPut { file },
+        },
         Sub::Revoke { id } => Command::Revoke { id },
         Sub::Delete { id } => Command::Delete { id },
         Sub::Validate => Command::Validate,

@@ -17,7 +17,7 @@ use apikey_core::timestamp::UnixNanos;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::args::{self, Command, CreateArgs, Globals, InitArgs, Invocation, RenderTarget};
+use crate::args::{self, Command, CreateArgs, Globals, InitArgs, Invocation, RenderTarget, Store};
 use crate::error::{refused, refused_as, usage, CliError, Code};
 use crate::keygen::{self, RandomSource};
 use crate::render;
@@ -45,9 +45,27 @@ pub fn run(invocation: Invocation, io: &mut Io<'_>) -> Result<(), CliError> {
             .out
             .write_all(&args::completions(shell))
             .map_err(|error| refused_as(Code::IoError, format!("cannot write output: {error}"))),
+        Command::Usage { log } => usage_report(globals, &log, io),
+        _ if globals.store != Store::StateFile => crate::service_commands::run(invocation, io),
+        Command::Serve(_)
+        | Command::Show { .. }
+        | Command::Import { .. }
+        | Command::ImportState { .. }
+        | Command::SettingsGet
+        | Command::SettingsPut { .. } => Err(usage(
+            "this command works on the key service's database or through the service: pass --db PATH or --server URL",
+        )),
+        Command::List {
+            limit: Some(_), ..
+        }
+        | Command::List {
+            cursor: Some(_), ..
+        } => Err(usage(
+            "--limit and --cursor page through a database or a service (--db or --server); a state file lists whole",
+        )),
         Command::Init(init_args) => init(globals, init_args, io),
         Command::Create(create_args) => create(globals, create_args, io),
-        Command::List { tenant } => list(globals, tenant.as_deref(), io),
+        Command::List { tenant, .. } => list(globals, tenant.as_deref(), io),
         Command::Revoke { id } => {
             let (changed, ecds) = mutate(globals, |state| state.revoke(&id))?;
             let message = if changed {
@@ -112,8 +130,10 @@ pub fn run(invocation: Invocation, io: &mut Io<'_>) -> Result<(), CliError> {
             ecds
         }
         Command::Validate => validate(globals, io),
-        Command::Usage { log } => usage_report(globals, &log, io),
-        Command::Render { target, out } => render_to(globals, &target, out.as_deref(), io),
+        Command::Render { target, out } => {
+            let state = load(&globals.state)?;
+            render_state(globals, &state, &target, out.as_deref(), io)
+        }
     }
 }
 
@@ -134,7 +154,7 @@ fn mutate<T>(
 
 /// Writes `<ecds-dir>/apikey.yaml` (or `apikey.pb`) when an ECDS directory
 /// is set.
-fn publish(globals: &Globals, state: &State) -> Result<(), CliError> {
+pub fn publish(globals: &Globals, state: &State) -> Result<(), CliError> {
     let Some(dir) = &globals.ecds_dir else {
         return Ok(());
     };
@@ -331,7 +351,7 @@ fn list(globals: &Globals, tenant: Option<&str>, io: &mut Io<'_>) -> Result<(), 
 }
 
 /// The human table of `list`.
-fn table(rows: &[KeyRow]) -> String {
+pub fn table(rows: &[KeyRow]) -> String {
     let header = [
         "ID", "NAME", "TENANT", "SCOPES", "PLAN", "HINT", "CREATED", "EXPIRES", "STATE",
     ];
@@ -410,13 +430,15 @@ fn validate(globals: &Globals, io: &mut Io<'_>) -> Result<(), CliError> {
     )
 }
 
-fn render_to(
+/// Writes a deployment document of `state` (a state file's, or the one a
+/// database describes).
+pub fn render_state(
     globals: &Globals,
+    state: &State,
     target: &RenderTarget,
     out: Option<&Path>,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
-    let state = load(&globals.state)?;
     let failed = |error: serde_json::Error| refused(format!("cannot render: {error}"));
     let bytes = match target {
         RenderTarget::Ecds => {
@@ -424,7 +446,7 @@ fn render_to(
                 .map_err(failed)?
         }
         RenderTarget::Config => {
-            let mut text = serde_json::to_string_pretty(&state).map_err(failed)?;
+            let mut text = serde_json::to_string_pretty(state).map_err(failed)?;
             text.push('\n');
             text.into_bytes()
         }
@@ -435,7 +457,7 @@ fn render_to(
                     "apikey: no --url (or APIKEY_WASM_URL): spec.url is a placeholder to replace with where Istio fetches the module",
                 )?;
             }
-            render::istio_wasm_plugin(&state, options)
+            render::istio_wasm_plugin(state, options)
                 .map_err(failed)?
                 .into_bytes()
         }
@@ -450,7 +472,7 @@ fn render_to(
 }
 
 /// A result line: the message, or with `--json` the object.
-fn report(
+pub fn report(
     globals: &Globals,
     io: &mut Io<'_>,
     message: &str,
@@ -463,7 +485,7 @@ fn report(
     }
 }
 
-fn say(stream: &mut dyn Write, line: &str) -> Result<(), CliError> {
+pub fn say(stream: &mut dyn Write, line: &str) -> Result<(), CliError> {
     writeln!(stream, "{line}")
         .map_err(|error| refused_as(Code::IoError, format!("cannot write output: {error}")))
 }

@@ -34,6 +34,10 @@ pub enum Code {
     /// Any other refusal (a prefix the configuration forbids, an expiry in
     /// the past).
     Refused,
+    /// A refusal of the key service (`--db` or `--server`), with the
+    /// service's own code (`invalid_request`, `conflict`,
+    /// `key_limit_reached`, ...), the same whichever way it was reached.
+    Service(apikey_service::error::Kind),
 }
 
 impl Code {
@@ -50,6 +54,7 @@ impl Code {
             Self::AlreadyExists => "already_exists",
             Self::IoError => "io_error",
             Self::Refused => "refused",
+            Self::Service(kind) => kind.code(),
         }
     }
 }
@@ -108,6 +113,12 @@ pub fn usage(message: impl Into<String>) -> CliError {
         CliError::Usage(message)
     } else {
         CliError::Usage(format!("{message} (see apikey help)"))
+    }
+}
+
+impl From<apikey_service::error::ApiError> for CliError {
+    fn from(error: apikey_service::error::ApiError) -> Self {
+        Self::Refused(Code::Service(error.kind), error.message)
     }
 }
 

@@ -1,20 +1,23 @@
-//! `apikey`: the key-management command line of the API-key gateway.
+//! `apikey`: the key-management command line of the API-key gateway, and
+//! its key service.
 //!
-//! Keys are made here, shown once, and stored only as a SHA-256 and a hint
-//! in a state file that is the filter's plugin configuration (contract §1),
-//! so the tool and the filter read one document. Each change is locked,
-//! validated by the core's own validator, written atomically and, with
-//! `--ecds-dir`, pushed to Envoy as an ECDS file. `apikey help` lists the
-//! commands, `apikey help <command>` explains one; crates/apikey-cli/README.md
-//! describes them.
+//! Keys are made here, shown once, and stored only as a SHA-256 and a hint:
+//! in the key service's SQLite database (`--db`, or through a running
+//! service with `--server`; `apikey serve` runs the service, contract §8),
+//! or in a state file that is the filter's plugin configuration (contract
+//! §1; the default, kept for existing deployments). Every change is
+//! validated by the core's own validator and, with `--ecds-dir`, pushed to
+//! Envoy as an ECDS file. `apikey help` lists the commands, `apikey help
+//! <command>` explains one; crates/apikey-cli/README.md describes them.
 
 mod args;
+mod backend;
 mod commands;
 mod duration;
 mod ecds_protobuf;
 mod error;
-mod keygen;
 mod render;
+mod service_commands;
 mod state;
 mod store;
 mod usage;
@@ -24,13 +27,15 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use apikey_core::timestamp::UnixNanos;
+use apikey_service::keygen;
 
 use crate::error::{refused_as, usage, CliError, Code};
 
 fn main() -> ExitCode {
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
-    let (mut out, mut err) = (stdout.lock(), stderr.lock());
+    // Not locked for the whole run: `apikey serve` writes its log lines
+    // from the runtime's threads, which would wait forever for a lock this
+    // thread held.
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let result = run(&mut out, &mut err);
     let _ = out.flush();
     match result {

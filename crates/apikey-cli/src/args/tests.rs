@@ -344,3 +344,115 @@ fn json_is_seen_before_parsing_and_not_after_double_dash() {
     assert!(!wants_json(&words("revoke -- --json")));
     assert!(!wants_json(&words("list")));
 }
+
+fn parse_with(line: &str, env: &[(&str, &str)]) -> Result<Parsed, CliError> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    parse(&words(line), &move |name: &str| {
+        env.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    })
+}
+
+fn store_of(line: &str, env: &[(&str, &str)]) -> Store {
+    match parse_with(line, env) {
+        Ok(Parsed::Run(invocation)) => invocation.globals.store,
+        other => panic!("{line:?} with {env:?} gave {other:?}"),
+    }
+}
+
+#[test]
+fn where_the_keys_live_is_one_flag_else_one_variable_else_the_state_file() {
+    assert_eq!(store_of("list", &[]), Store::StateFile);
+    assert_eq!(
+        store_of("--db k.db list", &[]),
+        Store::Database(PathBuf::from("k.db"))
+    );
+    assert_eq!(
+        store_of("list --server http://h:1", &[]),
+        Store::Server("http://h:1".to_owned())
+    );
+    assert_eq!(
+        store_of("list", &[("APIKEY_DB", "env.db")]),
+        Store::Database(PathBuf::from("env.db"))
+    );
+    // A flag beats the environment, whichever it names.
+    assert_eq!(
+        store_of("--state s.json list", &[("APIKEY_SERVER", "http://h")]),
+        Store::StateFile
+    );
+    for line in ["--db a --state s list", "--db a --server http://h list"] {
+        assert!(
+            matches!(parse_line(line), Err(CliError::Usage(m)) if m.contains("give one")),
+            "{line}"
+        );
+    }
+    let both = parse_with("list", &[("APIKEY_DB", "a"), ("APIKEY_SERVER", "http://h")]);
+    assert!(matches!(both, Err(CliError::Usage(_))), "{both:?}");
+}
+
+#[test]
+fn the_admin_token_comes_from_its_file_or_the_environment_and_never_shows_in_debug() {
+    let Ok(Parsed::Run(invocation)) = parse_with(
+        "--server http://h list",
+        &[("APIKEY_ADMIN_TOKEN", "secret-token-value")],
+    ) else {
+        panic!("not a command")
+    };
+    let token = invocation.globals.admin_token.clone();
+    assert_eq!(
+        token,
+        Some(TokenSource::Value("secret-token-value".to_owned()))
+    );
+    assert!(
+        !format!("{invocation:?}").contains("secret-token-value"),
+        "the token is in the Debug output"
+    );
+    let file = invocation_with_file();
+    assert_eq!(
+        file.globals.admin_token,
+        Some(TokenSource::File(PathBuf::from("t.token")))
+    );
+}
+
+fn invocation_with_file() -> Invocation {
+    invocation("--server http://h --admin-token-file t.token list")
+}
+
+#[test]
+fn serve_and_the_service_commands_parse() {
+    let Command::Serve(serve) = invocation(
+        "serve --db k.db --listen 127.0.0.1:0 --admin-token-file a --feed-token-file f --max-body-bytes 10 --quiet",
+    )
+    .command
+    else {
+        panic!("not serve")
+    };
+    assert_eq!(serve.listen, "127.0.0.1:0");
+    assert_eq!(serve.max_body_bytes, 10);
+    assert_eq!(serve.max_import_bytes, 1024 * 1024 * 1024);
+    assert!(serve.quiet);
+    assert_eq!(
+        invocation("--db k settings put s.json").command,
+        Command::SettingsPut {
+            file: "s.json".to_owned()
+        }
+    );
+    assert_eq!(
+        invocation("--db k import").command,
+        Command::Import {
+            file: "-".to_owned()
+        }
+    );
+    assert!(matches!(
+        parse_line("--db k list --limit 0"),
+        Err(CliError::Usage(_))
+    ));
+    assert!(matches!(
+        parse_line("--server http://h --ecds-dir d list"),
+        Err(CliError::Usage(m)) if m.contains("--ecds-dir")
+    ));
+}

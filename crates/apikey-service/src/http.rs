@@ -1,0 +1,392 @@
+//! The management API's routes (contract §8.2), the health and metrics
+//! endpoints, and the guard every request passes: the admin token for
+//! `/v1/...`, a size limit on every body, a JSON body in the §3 shape for
+//! every refusal, a metric and one log line per request.
+//!
+//! `/healthz` and `/metrics` need no token, on the same port: the health
+//! check is for load balancers and orchestrators that hold no secret, and
+//! the metrics hold only counts and latencies by route template and status
+//! (no key id, tenant or token), so a Prometheus scrape needs no admin
+//! token either, and the admin token never has to sit in a scraper's
+//! configuration. Bind `--listen` to an address only the operators' network
+//! reaches.
+
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{json, Map, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::auth::{Caller, Tokens};
+use crate::error::{ApiError, Kind};
+use crate::keygen::OsRandom;
+use crate::keys::{self, ListQuery};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::settings::Settings;
+use crate::{import, now, settings_store, strict_json};
+
+/// Body size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Every JSON body (settings, create, revoke, rotate).
+    pub body_bytes: usize,
+    /// An NDJSON import.
+    pub import_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 1024 * 1024,
+            import_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct App {
+    /// The database.
+    pub pool: Arc<Pool>,
+    /// The admin and feed tokens' digests.
+    pub tokens: Tokens,
+    /// The API's metrics.
+    pub metrics: Metrics,
+    /// Body limits.
+    pub limits: Limits,
+    /// Where an import's body is spooled before it is read (the database's
+    /// directory: the same disk, and no size limit of a tmpfs).
+    pub spool_dir: PathBuf,
+    /// Whether to write one line per request on stderr.
+    pub access_log: bool,
+}
+
+/// The router of the whole service.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/settings", get(get_settings).put(put_settings))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/import", post(import_keys))
+        .route("/v1/keys/{id}", get(get_key))
+        .route("/v1/keys/{id}/revoke", post(revoke_key))
+        .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), guard))
+        .with_state(app)
+}
+
+/// The guard around every request: the admin token on `/v1/...`, then the
+/// route, then the metric and the log line. Tokens are never logged; the
+/// log names the route template, not the path.
+async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let path = request.uri().path();
+    let management = path == "/v1" || path.starts_with("/v1/");
+    let response = if management {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match app.tokens.identify(authorization) {
+            Caller::Admin => next.run(request).await,
+            Caller::Feed => error(&ApiError::new(
+                Kind::Unauthorized,
+                "the feed token is for gateways; managing keys takes the admin token",
+            )),
+            Caller::Unknown => error(&ApiError::new(
+                Kind::Unauthorized,
+                "missing or wrong admin token (send Authorization: Bearer <admin token>)",
+            )),
+        }
+    } else {
+        next.run(request).await
+    };
+    let status = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
+    app.metrics.observe(&route, &method, status, seconds);
+    if app.access_log {
+        eprintln!(
+            "apikey serve: {method} {route} {status} {:.1}ms",
+            seconds * 1000.0
+        );
+    }
+    response
+}
+
+/// A JSON answer; `no-store`, since some hold a key shown once.
+fn json_response(status: u16, value: &Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, value.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A refusal in the §3 shape; a 401 also carries the challenge.
+fn error(error: &ApiError) -> Response {
+    let mut response = json_response(error.kind.status(), &error.body());
+    if error.kind == Kind::Unauthorized {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"apikey-admin\""),
+        );
+    }
+    response
+}
+
+fn respond(result: Result<(u16, Value), ApiError>) -> Response {
+    match result {
+        Ok((status, value)) => json_response(status, &value),
+        Err(refusal) => error(&refusal),
+    }
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        Kind::PayloadTooLarge,
+        format!("the body is larger than the limit of {limit} bytes"),
+    )
+    .with("limit", json!(limit))
+}
+
+/// Reads a whole body of at most `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(failure) if failure.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(too_large(u64::try_from(limit).unwrap_or(u64::MAX)))
+        }
+        Err(failure) => Err(ApiError::invalid(
+            "",
+            format!("cannot read the body: {failure}"),
+        )),
+    }
+}
+
+/// A body that may be empty (no options) or a JSON object.
+fn optional_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if bytes.trim_ascii().is_empty() {
+        Ok(Map::new())
+    } else {
+        strict_json::parse_object(bytes)
+    }
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let checked = app
+        .pool
+        .read(|connection| Ok(connection.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?))
+        .await;
+    match checked {
+        Ok(_) => json_response(200, &json!({"status": "ok"})),
+        Err(failure) => error(&ApiError::new(
+            Kind::Unavailable,
+            format!("the database does not answer: {failure}"),
+        )),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    match app.metrics.render() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => error(&ApiError::new(Kind::Internal, "cannot encode the metrics")),
+    }
+}
+
+async fn not_found() -> Response {
+    error(&ApiError::new(Kind::NotFound, "no such route"))
+}
+
+async fn method_not_allowed() -> Response {
+    error(&ApiError::new(
+        Kind::MethodNotAllowed,
+        "this route does not take this method",
+    ))
+}
+
+async fn get_settings(State(app): State<Arc<App>>) -> Response {
+    let result = app
+        .pool
+        .read(settings_store::load)
+        .await
+        .map(|settings| (200, Value::Object(settings.document().clone())));
+    respond(result)
+}
+
+async fn put_settings(State(app): State<Arc<App>>, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(body, app.limits.body_bytes).await?;
+        let settings = Settings::from_body(&bytes)?;
+        let document = Value::Object(settings.document().clone());
+        let now = now();
+        app.pool
+            .write(move |connection| settings_store::put(connection, &settings, now))
+            .await?;
+        Ok((200, document))
+    }
+    .await;
+    respond(result)
+}
+
+async fn create_key(State(app): State<Arc<App>>, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(body, app.limits.body_bytes).await?;
+        let fields = strict_json::parse_object(&bytes)?;
+        let now = now();
+        let created = app
+            .pool
+            .write(move |connection| keys::create(connection, fields, now, &mut OsRandom))
+            .await?;
+        Ok((201, created.body(now)))
+    }
+    .await;
+    respond(result)
+}
+
+async fn import_keys(State(app): State<Arc<App>>, body: Body) -> Response {
+    let result = async {
+        let spooled = spool(body, app.limits.import_bytes, &app.spool_dir).await?;
+        let now = now();
+        let imported = app
+            .pool
+            .write(move |connection| {
+                let mut reader = std::io::BufReader::with_capacity(1 << 20, spooled);
+                import::import(connection, &mut reader, now)
+            })
+            .await?;
+        Ok((200, json!({"imported": imported})))
+    }
+    .await;
+    respond(result)
+}
+
+/// Writes an import's body to an unnamed temporary file (nothing is left
+/// behind if the process dies), so a slow upload never holds the write
+/// lock, and the body never sits whole in memory.
+async fn spool(
+    mut body: Body,
+    limit: u64,
+    dir: &std::path::Path,
+) -> Result<std::fs::File, ApiError> {
+    let internal = |what: &str, failure: std::io::Error| {
+        ApiError::new(
+            Kind::Internal,
+            format!("cannot {what} the import's spool file: {failure}"),
+        )
+    };
+    let file = tempfile::tempfile_in(dir).map_err(|failure| internal("create", failure))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|failure| ApiError::invalid("", format!("cannot read the body: {failure}")))?;
+        if let Ok(data) = frame.into_data() {
+            total = total.saturating_add(u64::try_from(data.len()).unwrap_or(u64::MAX));
+            if total > limit {
+                return Err(too_large(limit));
+            }
+            file.write_all(&data)
+                .await
+                .map_err(|failure| internal("write", failure))?;
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|failure| internal("write", failure))?;
+    let mut file = file.into_std().await;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|failure| internal("rewind", failure))?;
+    Ok(file)
+}
+
+async fn list_keys(State(app): State<Arc<App>>, uri: Uri) -> Response {
+    let result = async {
+        let query = ListQuery::parse(uri.query())?;
+        let page = app
+            .pool
+            .read(move |connection| keys::list(connection, &query))
+            .await?;
+        Ok((200, page.body(now())))
+    }
+    .await;
+    respond(result)
+}
+
+async fn get_key(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let result = async {
+        let record = app
+            .pool
+            .read(move |connection| keys::get(connection, &id))
+            .await?;
+        let mut body = record.public(now());
+        body.insert(
+            "last_used_at".to_owned(),
+            json!(record
+                .last_used_at
+                .map(apikey_core::timestamp::format_rfc3339)),
+        );
+        Ok((200, Value::Object(body)))
+    }
+    .await;
+    respond(result)
+}
+
+async fn revoke_key(State(app): State<Arc<App>>, Path(id): Path<String>, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(body, app.limits.body_bytes).await?;
+        keys::check_fields(&optional_object(&bytes)?, &[])?;
+        let now = now();
+        let record = app
+            .pool
+            .write(move |connection| keys::revoke(connection, &id, now))
+            .await?;
+        Ok((200, Value::Object(record.public(now))))
+    }
+    .await;
+    respond(result)
+}
+
+async fn rotate_key(State(app): State<Arc<App>>, Path(id): Path<String>, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(body, app.limits.body_bytes).await?;
+        let options = optional_object(&bytes)?;
+        let now = now();
+        let created = app
+            .pool
+            .write(move |connection| keys::rotate(connection, &id, &options, now, &mut OsRandom))
+            .await?;
+        Ok((201, created.body(now)))
+    }
+    .await;
+    respond(result)
+}

@@ -1,0 +1,213 @@
+"""The `apikey` CLI on the key service (issue 20): the same commands on
+the database (`--db`) and through a running service (`--server`), with
+the same output and the same error codes; `import-state` moving an old
+state file into a database; `render` and `--ecds-dir` from a database,
+enforced by a real Envoy; and the mistakes in choosing where the keys live.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import ECDS_FILE, Gateway
+from key_service import KeyService, apikey_binary, clean_env, imported_key, sha256_hex
+from test_control_plane import ENFORCED_WITHIN, call, code, wait_for_code
+
+PLANS = {"pro": {"scopes": ["leads:*"]}, "free": {"scopes": ["leads:read"]}}
+RULES = [{"path_prefix": "/api/v1/leads", "methods": ["GET", "HEAD"], "scope": "leads:read"}]
+RAW_KEY = re.compile(r"^sk_live_[0-9A-Za-z]{24}$")
+
+
+class Cli:
+    """The CLI pointed at the service's database or at the service."""
+
+    def __init__(self, service: KeyService, way: str):
+        self.service, self.way = service, way
+        self.target = ["--db", str(service.db)] if way == "db" else ["--server", service.url]
+
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        env = {**clean_env(), "APIKEY_ADMIN_TOKEN": self.service.admin_token}
+        return subprocess.run([str(apikey_binary()), *self.target, *args], input=stdin, capture_output=True,
+                              text=True, env=env, timeout=60)
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        done = self.run(*args, stdin=stdin)
+        assert done.returncode == 0, f"apikey {self.way} {args}: {done.stderr}"
+        return done.stdout
+
+    def refused(self, *args: str) -> dict:
+        done = self.run("--json", *args)
+        assert done.returncode == 1, f"apikey {self.way} {args} was not refused: {done.stdout} {done.stderr}"
+        return json.loads(done.stderr)["error"]
+
+
+@pytest.fixture(params=["db", "server"])
+def cli(request, tmp_path):
+    with KeyService(tmp_path / "service", "--quiet") as service:
+        yield Cli(service, request.param)
+
+
+def test_keys_are_managed_the_same_way_on_the_database_and_through_the_service(cli, tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"plans": PLANS, "max_keys_per_tenant": 3}))
+    assert cli.ok("settings", "put", str(settings)).strip() == "settings stored"
+    assert json.loads(cli.ok("settings", "get")) == {"plans": PLANS, "max_keys_per_tenant": 3}
+
+    key = cli.ok("create", "--tenant", "acme", "--name", "CRM", "--scopes", "leads:read", "--plan", "pro").strip()
+    assert RAW_KEY.match(key), f"create printed {key!r}, not the key alone"
+    listed = json.loads(cli.ok("--json", "list"))
+    assert len(listed) == 1 and "sha256" not in listed[0]
+    key_id = listed[0]["id"]
+    table = cli.ok("list")
+    assert key_id in table and listed[0]["hint"] in table and key not in table
+    shown = json.loads(cli.ok("--json", "show", key_id))
+    assert (shown["tenant"], shown["plan"], shown["last_used_at"]) == ("acme", "pro", None)
+    assert key not in cli.ok("show", key_id)
+
+    rotated = json.loads(cli.ok("--json", "rotate", key_id, "--grace", "1h"))
+    assert rotated["replaces"] == key_id and rotated["sha256"] == sha256_hex(rotated["key"])
+    assert cli.refused("rotate", key_id)["code"] == "conflict"
+    assert json.loads(cli.ok("--json", "revoke", rotated["id"]))["revoked"] is True
+
+    cli.ok("create", "--tenant", "acme", "--name", "second", "--scopes", "")
+    cli.ok("create", "--tenant", "acme", "--name", "third", "--scopes", "")
+    assert cli.refused("create", "--tenant", "acme", "--name", "fourth", "--scopes", "")["code"] == \
+        "key_limit_reached"
+    assert cli.refused("create", "--tenant", "acme", "--name", "x", "--scopes", "", "--plan", "gold")["code"] == \
+        "invalid_request"
+    assert cli.refused("show", "key_nobody")["code"] == "not_found"
+
+    lines = tmp_path / "keys.ndjson"
+    lines.write_text("".join(json.dumps(imported_key(i, tenant=f"b{i}")) + "\n" for i in range(5)))
+    assert cli.ok("import", str(lines)).strip() == "imported 5 keys"
+    assert cli.refused("import", str(lines))["code"] == "conflict"
+    assert json.loads(cli.ok("--json", "import", stdin=json.dumps(imported_key(9)) + "\n")) == {"imported": 1}
+
+    page = json.loads(cli.ok("--json", "list", "--limit", "3"))
+    assert len(page["keys"]) == 3 and page["next_cursor"]
+    rest = json.loads(cli.ok("--json", "list", "--limit", "100", "--cursor", page["next_cursor"]))
+    every = json.loads(cli.ok("--json", "list"))
+    assert [r["id"] for r in page["keys"] + rest["keys"]] == [r["id"] for r in every]
+    assert len(every) == 10 and every[0]["id"] == "imp_bulk_9", "not newest first"
+    assert json.loads(cli.ok("--json", "list", "--tenant", "acme"))[0]["tenant"] == "acme"
+
+
+def test_the_raw_key_goes_to_stdout_once_and_nowhere_else(cli):
+    done = cli.run("create", "--tenant", "acme", "--name", "x", "--scopes", "")
+    key = done.stdout.strip()
+    assert RAW_KEY.match(key) and key not in done.stderr
+    assert "shown once" in done.stderr
+
+
+def test_import_state_moves_a_state_file_into_a_database(tmp_path):
+    state = tmp_path / "state.json"
+    env = clean_env()
+
+    def legacy(*args: str) -> str:
+        done = subprocess.run([str(apikey_binary()), "--state", str(state), *args], capture_output=True, text=True,
+                              env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps(PLANS))
+    legacy("init", "--plans", str(plans), "--key-prefixes", "sk_live_,sk_test_")
+    keys = [json.loads(legacy("--json", "create", "--tenant", "acme", "--name", f"k{i}", "--scopes", "leads:read",
+                              "--plan", "pro")) for i in range(3)]
+    rotated = json.loads(legacy("--json", "rotate", keys[0]["id"], "--grace", "1h"))
+    legacy("revoke", keys[1]["id"])
+    before = json.loads(state.read_text())
+
+    db = tmp_path / "keys.db"
+    done = subprocess.run([str(apikey_binary()), "--db", str(db), "--json", "import-state", str(state)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"imported": 4, "max_keys_per_tenant": 25}
+    again = subprocess.run([str(apikey_binary()), "--db", str(db), "--json", "import-state", str(state)],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 1 and json.loads(again.stderr)["error"]["code"] == "already_exists"
+
+    rendered = subprocess.run([str(apikey_binary()), "--db", str(db), "render", "config"], capture_output=True,
+                              text=True, env=env, timeout=60)
+    config = json.loads(rendered.stdout)
+    assert {k: v for k, v in config.items() if k != "keys"} == {k: v for k, v in before.items() if k != "keys"}
+    assert [(k["id"], k["sha256"], k.get("revoked", False), k.get("expires_at"), k.get("replaced_by"))
+            for k in config["keys"]] == \
+        [(k["id"], k["sha256"], k.get("revoked", False), k.get("expires_at"), k.get("replaced_by"))
+         for k in before["keys"]]
+
+    with KeyService(tmp_path / "served", "--quiet", db=db) as service:
+        records = {r["id"]: r for r in service.all_keys()}
+        assert records[rotated["id"]]["replaces"] == keys[0]["id"]
+        assert records[keys[1]["id"]]["state"] == "revoked"
+        assert service.ok("GET", "/v1/settings")["max_keys_per_tenant"] == 25
+
+
+def test_a_database_renders_what_envoy_enforces(wasm_module, tmp_path):
+    """--db with --ecds-dir: each change rewrites the ECDS file from the
+    database, as a state file's commands do, and Envoy enforces it."""
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"plans": PLANS, "rules": RULES}))
+    db = tmp_path / "keys.db"
+    with Gateway(wasm_module, config=None) as gw:
+        base = [str(apikey_binary()), "--db", str(db), "--ecds-dir", str(gw.ecds_dir), "--wasm", str(wasm_module)]
+
+        def change(*args: str) -> str:
+            before = gw.ecds_counters()
+            done = subprocess.run([*base, *args], capture_output=True, text=True, env=clean_env(), timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert gw.await_update(before), f"Envoy refused the ECDS file of apikey {args}"
+            return done.stdout
+
+        change("settings", "put", str(settings))
+        created = json.loads(change("--json", "create", "--tenant", "acme", "--name", "x", "--scopes",
+                                    "leads:read", "--plan", "pro"))
+        assert code(call(gw, created["key"])) == "200"
+        rendered = tmp_path / "rendered.yaml"
+        subprocess.run([*base, "render", "ecds", "--out", str(rendered)], check=True, env=clean_env())
+        assert rendered.read_text() == (gw.ecds_dir / ECDS_FILE).read_text()
+        istio = subprocess.run([*base, "render", "istio", "--url", "oci://example/apikey:1"], capture_output=True,
+                               text=True, env=clean_env(), check=True)
+        assert created["sha256"] in istio.stdout and "kind: WasmPlugin" in istio.stdout
+        change("revoke", created["id"])
+        assert wait_for_code(gw, created["key"], "key_revoked", within=ENFORCED_WITHIN) <= ENFORCED_WITHIN
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--db", "a.db", "--state", "s.json", "list"], "give one"),
+    (["--db", "a.db", "--server", "http://x", "list"], "give one"),
+    (["--server", "http://127.0.0.1:1", "list"], "APIKEY_ADMIN_TOKEN"),
+    (["--db", "a.db", "update", "key_x", "--name", "n"], "revoke"),
+    (["--db", "a.db", "delete", "key_x"], "audit"),
+    (["--db", "a.db", "init"], "settings put"),
+    (["--server", "http://x", "render", "ecds"], "--db"),
+    (["--server", "http://x", "--ecds-dir", "d", "list"], "--ecds-dir"),
+    (["--db", "a.db", "--max-keys-per-tenant", "3", "list"], "max_keys_per_tenant"),
+    (["--db", "a.db", "rotate", "key_x", "--prefix", "p_"], "--grace"),
+    (["show", "key_x"], "--db"),
+    (["serve", "--listen", "127.0.0.1:0", "--feed-token-file", "f"], "--db"),
+])
+def test_mistakes_in_where_the_keys_live_are_usage_errors(tmp_path, args, says):
+    done = subprocess.run([str(apikey_binary()), *args], capture_output=True, text=True, env=clean_env(),
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode == 2, (args, done.returncode, done.stderr)
+    assert says in done.stderr, (args, done.stderr)
+    assert not (tmp_path / "a.db").exists(), "a refused command created the database"
+
+
+def test_serve_refuses_weak_or_shared_tokens(tmp_path):
+    token = tmp_path / "t"
+    token.write_text("same-token-0123456789\n")
+    short = tmp_path / "s"
+    short.write_text("short\n")
+    for admin, feed, says in [(token, token, "the same"), (short, token, "shorter")]:
+        done = subprocess.run([str(apikey_binary()), "--db", str(tmp_path / "k.db"), "serve", "--listen",
+                               "127.0.0.1:0", "--admin-token-file", str(admin), "--feed-token-file", str(feed)],
+                              capture_output=True, text=True, env=clean_env(), timeout=60)
+        assert done.returncode == 1 and says in done.stderr, done.stderr
+        assert "same-token-0123456789" not in done.stderr and "short\n" not in done.stderr

@@ -106,8 +106,10 @@ PROBE_SETS = [
 
 ENVOY_CORE = "1"
 WRK_CORE = "0"
-FLEET_BEGIN = "<!-- fleet:begin -->"
-FLEET_END = "<!-- fleet:end -->"
+# Sections other benchmarks write into docs/performance.md (bench/fleet_latency.py,
+# bench/service_bench.py's figures): kept as they are when this report is
+# regenerated, between their markers.
+KEPT_SECTIONS = ("fleet", "key-service")
 WASM_SIZE_TARGET = 300 * 1024
 
 # The request every allowed set-up sends: a scoped route, a key from the header.
@@ -1253,7 +1255,7 @@ def neighbour_note(neighbours: dict | None) -> str:
             + ".")
 
 
-def render_markdown(results: dict, fleet_section: str | None) -> str:
+def render_markdown(results: dict, kept_sections: list[str]) -> str:
     m = results["machine"]
     by_name = {s["name"]: s for s in results["setups"]}
     empty = by_name["empty"]
@@ -1426,20 +1428,25 @@ def render_markdown(results: dict, fleet_section: str | None) -> str:
     notes = results.get("notes")
     if notes:
         lines += ["## Notes", "", notes.strip(), ""]
-    if fleet_section:
-        lines += [fleet_section, ""]
+    for section in kept_sections:
+        lines += [section, ""]
     return "\n".join(lines)
 
 
-def existing_fleet_section() -> str | None:
+def existing_kept_sections() -> list[str]:
+    """The KEPT_SECTIONS docs/performance.md holds now, each with its
+    `<!-- NAME:begin -->` and `<!-- NAME:end -->` markers."""
     if not DOC.exists():
-        return None
+        return []
     text = DOC.read_text(encoding="utf-8")
-    begin = text.find(FLEET_BEGIN)
-    end = text.find(FLEET_END, begin + 1) if begin >= 0 else -1
-    if begin < 0 or end < 0:
-        return None
-    return text[begin:end + len(FLEET_END)]
+    sections = []
+    for name in KEPT_SECTIONS:
+        begin_marker, end_marker = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        begin = text.find(begin_marker)
+        end = text.find(end_marker, begin + 1) if begin >= 0 else -1
+        if begin >= 0 and end >= 0:
+            sections.append(text[begin:end + len(end_marker)])
+    return sections
 
 
 def render_chart(results: dict) -> None:
@@ -1503,9 +1510,9 @@ def write_report(results: dict) -> None:
     notes_file = REPO / "bench" / "notes.md"
     if notes_file.exists():
         results = {**results, "notes": notes_file.read_text(encoding="utf-8")}
-    fleet = existing_fleet_section()
+    kept = existing_kept_sections()
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(render_markdown(results, fleet), encoding="utf-8")
+    DOC.write_text(render_markdown(results, kept), encoding="utf-8")
     render_chart(results)
 
 

@@ -58,6 +58,32 @@ pub const MIGRATIONS: &[&str] = &[
          last_used_at INTEGER
      );
      CREATE INDEX keys_by_tenant ON keys (tenant, seq);",
+    // 2: the gateways' feed (contract §8.3, [`crate::feed`]). Every change
+    // a gateway must see appends one row to `feed_log` (its generation) in
+    // the writer's own transaction, by trigger, so no write path (the API,
+    // `apikey --db` in another process, an import-state) can forget it.
+    // Existing keys and settings are logged once, so a database made
+    // before the feed serves it like any other.
+    "CREATE TABLE feed_meta (
+         id INTEGER PRIMARY KEY CHECK (id = 1),
+         epoch TEXT NOT NULL
+     );
+     INSERT INTO feed_meta (id, epoch) VALUES (1, lower(hex(randomblob(16))));
+     CREATE TABLE feed_log (
+         generation INTEGER PRIMARY KEY AUTOINCREMENT,
+         key_seq INTEGER
+     );
+     INSERT INTO feed_log (key_seq) SELECT NULL FROM settings;
+     INSERT INTO feed_log (key_seq) SELECT seq FROM keys ORDER BY seq;
+     CREATE TRIGGER feed_key_added AFTER INSERT ON keys
+     BEGIN INSERT INTO feed_log (key_seq) VALUES (NEW.seq); END;
+     CREATE TRIGGER feed_key_changed
+     AFTER UPDATE OF id, sha256, tenant, scopes, plan, env, expires_at, revoked, rate_limits ON keys
+     BEGIN INSERT INTO feed_log (key_seq) VALUES (NEW.seq); END;
+     CREATE TRIGGER feed_settings_added AFTER INSERT ON settings
+     BEGIN INSERT INTO feed_log (key_seq) VALUES (NULL); END;
+     CREATE TRIGGER feed_settings_changed AFTER UPDATE ON settings
+     BEGIN INSERT INTO feed_log (key_seq) VALUES (NULL); END;",
 ];
 
 /// Opens (creating when missing) the database at `path`, in WAL mode with

@@ -29,6 +29,10 @@ pub enum Kind {
     /// revoked or expired where an active one is needed, settings that
     /// stored keys would not satisfy.
     Conflict,
+    /// 410 `snapshot_required`: the feed cannot bring a gateway forward
+    /// from the generation it names (another database, or more changes
+    /// than one answer holds); it takes a new snapshot.
+    SnapshotRequired,
     /// 413 `payload_too_large`: a body over the limit.
     PayloadTooLarge,
     /// 422 `key_limit_reached`: the tenant's `max_keys_per_tenant`.
@@ -48,6 +52,7 @@ impl Kind {
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
+            Self::SnapshotRequired => 410,
             Self::PayloadTooLarge => 413,
             Self::KeyLimitReached => 422,
             Self::Internal => 500,
@@ -63,6 +68,7 @@ impl Kind {
             Self::NotFound,
             Self::MethodNotAllowed,
             Self::Conflict,
+            Self::SnapshotRequired,
             Self::PayloadTooLarge,
             Self::KeyLimitReached,
             Self::Internal,
@@ -80,6 +86,7 @@ impl Kind {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
+            Self::SnapshotRequired => "snapshot_required",
             Self::PayloadTooLarge => "payload_too_large",
             Self::KeyLimitReached => "key_limit_reached",
             Self::Internal => "internal_error",

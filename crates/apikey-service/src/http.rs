@@ -1,6 +1,8 @@
-//! The management API's routes (contract §8.2), the health and metrics
-//! endpoints, and the guard every request passes: the admin token for
-//! `/v1/...`, a size limit on every body, a JSON body in the §3 shape for
+//! The management API's routes (contract §8.2), the gateways' feed
+//! (§8.3, [`crate::feed`]), the health and metrics endpoints, and the guard
+//! every request passes: the feed token for `/v1/feed/...` and the admin
+//! token for every other `/v1/...` (neither opens the other's routes), a
+//! size limit on every body, a JSON body in the §3 shape for
 //! every refusal, a metric and one log line per request.
 //!
 //! `/healthz` and `/metrics` need no token, on the same port: the health
@@ -18,7 +20,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +31,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::auth::{Caller, Tokens};
 use crate::error::{ApiError, Kind};
+use crate::feed::{self, ChangesQuery, Feed, SnapshotQuery};
 use crate::keygen::OsRandom;
 use crate::keys::{self, ListQuery};
 use crate::metrics::Metrics;
@@ -59,6 +62,8 @@ impl Default for Limits {
 pub struct App {
     /// The database.
     pub pool: Arc<Pool>,
+    /// The gateways' feed: its running digest and published generation.
+    pub feed: Arc<Feed>,
     /// The admin and feed tokens' digests.
     pub tokens: Tokens,
     /// The API's metrics.
@@ -83,6 +88,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/keys/{id}", get(get_key))
         .route("/v1/keys/{id}/revoke", post(revoke_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/feed/snapshot", get(feed_snapshot))
+        .route("/v1/feed/changes", get(feed_changes))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&app), guard))
@@ -100,8 +107,23 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let path = request.uri().path();
+    let feed_route = path == "/v1/feed" || path.starts_with("/v1/feed/");
     let management = path == "/v1" || path.starts_with("/v1/");
-    let response = if management {
+    let response = if feed_route {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match app.tokens.identify(authorization) {
+            Caller::Feed => next.run(request).await,
+            Caller::Admin => {
+                feed_refusal("the admin token manages keys; the feed takes the feed token")
+            }
+            Caller::Unknown => feed_refusal(
+                "missing or wrong feed token (send Authorization: Bearer <feed token>)",
+            ),
+        }
+    } else if management {
         let authorization = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -154,6 +176,17 @@ fn error(error: &ApiError) -> Response {
             HeaderValue::from_static("Bearer realm=\"apikey-admin\""),
         );
     }
+    response
+}
+
+/// A 401 on the feed: the §3 shape, with the feed's realm.
+fn feed_refusal(message: &str) -> Response {
+    let refusal = ApiError::new(Kind::Unauthorized, message);
+    let mut response = json_response(refusal.kind.status(), &refusal.body());
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"apikey-feed\""),
+    );
     response
 }
 
@@ -252,6 +285,7 @@ async fn put_settings(State(app): State<Arc<App>>, body: Body) -> Response {
         app.pool
             .write(move |connection| settings_store::put(connection, &settings, now))
             .await?;
+        app.feed.changed();
         Ok((200, document))
     }
     .await;
@@ -267,6 +301,7 @@ async fn create_key(State(app): State<Arc<App>>, body: Body) -> Response {
             .pool
             .write(move |connection| keys::create(connection, fields, now, &mut OsRandom))
             .await?;
+        app.feed.changed();
         Ok((201, created.body(now)))
     }
     .await;
@@ -284,6 +319,7 @@ async fn import_keys(State(app): State<Arc<App>>, body: Body) -> Response {
                 import::import(connection, &mut reader, now)
             })
             .await?;
+        app.feed.changed();
         Ok((200, json!({"imported": imported})))
     }
     .await;
@@ -370,6 +406,7 @@ async fn revoke_key(State(app): State<Arc<App>>, Path(id): Path<String>, body: B
             .pool
             .write(move |connection| keys::revoke(connection, &id, now))
             .await?;
+        app.feed.changed();
         Ok((200, Value::Object(record.public(now))))
     }
     .await;
@@ -385,8 +422,90 @@ async fn rotate_key(State(app): State<Arc<App>>, Path(id): Path<String>, body: B
             .pool
             .write(move |connection| keys::rotate(connection, &id, &options, now, &mut OsRandom))
             .await?;
+        app.feed.changed();
         Ok((201, created.body(now)))
     }
     .await;
     respond(result)
+}
+
+/// A feed answer: NDJSON, never cached by a proxy, with its ETag.
+fn feed_response(answer: &feed::Answer) -> Response {
+    let mut response = (StatusCode::OK, answer.body()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(tag) = HeaderValue::from_str(&feed::etag(&answer.head)) {
+        headers.insert(header::ETAG, tag);
+    }
+    response
+}
+
+async fn feed_snapshot(State(app): State<Arc<App>>, uri: Uri) -> Response {
+    let result = async {
+        let query = SnapshotQuery::parse(uri.query())?;
+        let feed = Arc::clone(&app.feed);
+        app.pool
+            .read(move |connection| feed::snapshot(&feed, connection, query))
+            .await
+    }
+    .await;
+    match result {
+        Ok(answer) => feed_response(&answer),
+        Err(refusal) => error(&refusal),
+    }
+}
+
+/// `GET /v1/feed/changes?since=G&wait=S`: answers at once when something
+/// changed after `G`; otherwise holds the request (on the published
+/// generation, never on the database) until something does or `wait`
+/// ends. Nothing changed: 304 when `If-None-Match` names the current
+/// table, else an answer with no lines to apply.
+async fn feed_changes(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let query = ChangesQuery::parse(uri.query())?;
+        // Subscribed before the first read: a change committed between
+        // the read and the wait is still seen.
+        let mut published = app.feed.subscribe();
+        let read = |query: ChangesQuery| {
+            let feed = Arc::clone(&app.feed);
+            app.pool
+                .read(move |connection| feed::changes(&feed, connection, &query))
+        };
+        let mut answer = read(query.clone()).await?;
+        if answer.is_empty() && !query.wait.is_zero() {
+            let since = query.since;
+            // The watch's guard is dropped here, before the next await.
+            let moved = matches!(
+                tokio::time::timeout(query.wait, published.wait_for(|&seen| seen > since)).await,
+                Ok(Ok(_))
+            );
+            if moved {
+                answer = read(query).await?;
+            }
+        }
+        Ok::<_, ApiError>(answer)
+    }
+    .await;
+    match result {
+        Ok(answer) => {
+            let tag = feed::etag(&answer.head);
+            let unchanged = headers
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|given| given.as_bytes() == tag.as_bytes());
+            if answer.is_empty() && unchanged {
+                let mut response = StatusCode::NOT_MODIFIED.into_response();
+                if let Ok(tag) = HeaderValue::from_str(&tag) {
+                    response.headers_mut().insert(header::ETAG, tag);
+                }
+                response
+            } else {
+                feed_response(&answer)
+            }
+        }
+        Err(refusal) => error(&refusal),
+    }
 }

@@ -6,7 +6,8 @@
 //! versioned migrations); [`settings`] holds the §1 settings and checks
 //! keys against them with the core's own validator; [`keys`], [`import`]
 //! and [`settings_store`] are the operations, each one transaction;
-//! [`http`] maps routes to them, with [`auth`]'s constant-time token check
+//! [`feed`] is what gateways follow (a snapshot, then changes, with a
+//! digest); [`http`] maps routes to them, with [`auth`]'s constant-time token check
 //! and [`metrics`]; [`server`] runs it all until SIGTERM or SIGINT. It is
 //! a crate of its own so the CLI's `--db` mode calls the very operations
 //! the API runs, and so the HTTP stack and SQLite build once for both.
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub mod import;
 pub mod keygen;

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::auth::Tokens;
+use crate::feed::{self, Feed};
 use crate::http::{router, App, Limits};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -60,8 +61,13 @@ async fn serve(options: &Options) -> Result<(), String> {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let feed = Arc::new(Feed::new());
+    // Reads the generation and builds the digest before the first gateway
+    // asks, then keeps both current.
+    tokio::spawn(feed::follow(Arc::clone(&feed), Arc::clone(&pool)));
     let app = Arc::new(App {
         pool,
+        feed,
         tokens,
         metrics: Metrics::new(),
         limits: options.limits,

@@ -305,18 +305,19 @@ CLI = REPO / "target" / "release" / "apikey"
 
 def check_protobuf_matches_cli() -> dict:
     """The `.pb` rows measure what users deploy only if this encoder writes
-    the CLI's bytes. With a 10-key table of the bench's own as the CLI's
-    state: the CLI's text ECDS document must be the one ecds_document()
+    the CLI's bytes. With a 10-key table of the bench's own moved into a
+    scratch key database (`apikey import-state`): the CLI's text ECDS document must be the one ecds_document()
     builds for the configuration the CLI serves (the JSON `fail_open: false`
     of envoy/envoy.yaml is protobuf's default, so no field goes unencoded),
     and ecds_protobuf() of it must equal, byte for byte, the file
     `apikey --ecds-format pb render ecds --out F` writes."""
     bootstrap = render_bootstrap("wasm", WORK / "pb-check", FILTER_WASM)
     with tempfile.TemporaryDirectory() as scratch:
-        state = Path(scratch) / "state.json"
-        state.write_text(plugin_config(10), encoding="utf-8")
+        config = Path(scratch) / "config.json"
+        config.write_text(plugin_config(10), encoding="utf-8")
         out_yaml, out_pb = Path(scratch) / "apikey.yaml", Path(scratch) / "apikey.pb"
-        base = [str(CLI), "--state", str(state), "--wasm", str(FILTER_WASM)]
+        base = [str(CLI), "--db", str(Path(scratch) / "apikey.db"), "--wasm", str(FILTER_WASM)]
+        subprocess.run(base + ["import-state", str(config)], check=True, capture_output=True)
         subprocess.run(base + ["render", "ecds", "--out", str(out_yaml)], check=True, capture_output=True)
         subprocess.run(base + ["--ecds-format", "pb", "render", "ecds", "--out", str(out_pb)], check=True,
                        capture_output=True)

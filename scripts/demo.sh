@@ -3,8 +3,10 @@
 # :10443 (admin 127.0.0.1:9901) running envoy/envoy.yaml unmodified from the
 # repository root, the echo upstream on 127.0.0.1:8080 (production) and
 # another on 127.0.0.1:8090 (the sandbox, where test keys go), a self-signed
-# certificate (scripts/tls-cert.sh), and envoy/demo-config.json pushed
-# through ECDS. Prints a curl line for each answer the filter gives,
+# certificate (scripts/tls-cert.sh), and the demo keys pushed through ECDS
+# by the key-management CLI: envoy/demo-config.json is moved into a key
+# database, .work/demo/apikey.db (`apikey import-state`), and the CLI writes
+# the ECDS file from it. Prints a curl line for each answer the filter gives,
 # with the answer it gives right now, then follows Envoy's log (JSON access
 # lines included) until Ctrl-C.
 #
@@ -33,6 +35,8 @@ ADMIN="http://127.0.0.1:9901"
 ECDS_FILE="envoy/ecds/apikey.yaml"  # the path envoy/envoy.yaml watches
 RELOADS_STAT="extension_config_discovery.http_filter.apikey.config_reload"
 ENVOY_LOG="$REPO_ROOT/.work/demo/envoy.log"
+DEMO_DB=".work/demo/apikey.db"  # the demo's key database, made afresh each run
+APIKEY="$REPO_ROOT/target/debug/apikey"
 PIDS=()
 
 cleanup() {
@@ -43,7 +47,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
-  rm -f "$ECDS_FILE"
+  rm -f "$ECDS_FILE" "$ECDS_FILE.lock"
 }
 
 # wait_for WHAT COMMAND...: polls COMMAND for up to 30 s; gives up at once
@@ -75,8 +79,11 @@ start() {
   bash scripts/setup.sh
   build_module
   bash scripts/tls-cert.sh
-  "$VENV_PYTHON" tests/e2e/harness.py write-ecds envoy/envoy.yaml envoy/demo-config.json
+  cargo build --quiet -p apikey-cli
+  mkdir -p "$(dirname "$DEMO_DB")"
+  rm -f "$DEMO_DB" "$DEMO_DB-wal" "$DEMO_DB-shm"
   trap cleanup EXIT
+  "$APIKEY" --db "$DEMO_DB" --ecds-dir "$(dirname "$ECDS_FILE")" import-state envoy/demo-config.json >/dev/null
   trap 'exit 130' INT TERM
   "$VENV_PYTHON" tests/e2e/echo_upstream.py --port 8080 >/dev/null &
   PIDS+=($!)
@@ -137,8 +144,9 @@ tour() {
   printf '\n# 429 rate_limited: the free plan allows 5 requests a minute\n'
   printf "for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%%{http_code} ' -H 'X-API-Key: %s' %s; done; echo\n" \
     "$FREE_KEY" "$GATEWAY/api/v1/leads"
-  step "try them; edit envoy/demo-config.json and push it without a restart:"
-  echo "cargo run -q -p apikey-cli -- --state envoy/demo-config.json render ecds --out $ECDS_FILE"
+  step "try them; change the keys with the CLI (no restart: each change rewrites $ECDS_FILE), e.g. revoke the pro key:"
+  echo "cargo run -q -p apikey-cli -- --db $DEMO_DB --ecds-dir $(dirname "$ECDS_FILE") revoke key_acme_pro"
+  echo "cargo run -q -p apikey-cli -- --db $DEMO_DB list"
   step "Envoy's log and access log (${ENVOY_LOG#"$REPO_ROOT"/}) follow; Ctrl-C stops Envoy and the upstream"
 }
 

@@ -1,12 +1,13 @@
 """The key-management CLI as the control plane of a real Envoy (issue 4).
 
-The `apikey` binary owns a state file and, with `--ecds-dir`, writes the
-ECDS file the gateway watches, exactly as an operator runs it; these tests
-then ask Envoy whether each change is enforced: a created key works, a
-revoked one is refused at once, a rotated one overlaps its successor for
-the grace and then expires, a deleted one is unknown, and a hand-edited
-invalid state is refused by the CLI and, pushed anyway, by the filter,
-which keeps enforcing the previous table.
+The `apikey` binary works on a key database (`--db`) and, with
+`--ecds-dir`, writes the ECDS file the gateway watches from it, exactly as
+an operator runs it for a small deployment; these tests then ask Envoy
+whether each change is enforced: a created key works, a revoked one is
+refused at once (and stays in the table, revoked), a rotated one overlaps
+its successor for the grace and then expires, and settings that would
+break a stored key are refused by the CLI and, an invalid table pushed
+anyway, by the filter, which keeps enforcing the previous table.
 """
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ def cli_binary() -> Path:
 
 
 class ControlPlane:
-    """The CLI pointed at one gateway: its state file in the gateway's work
+    """The CLI pointed at one gateway: its database in the gateway's work
     directory, its ECDS output in the directory Envoy watches."""
 
     def __init__(self, gw: Gateway, module: Path):
         self.gw = gw
-        self.state = gw.workdir / "apikey-state.json"
-        self.globals = ["--state", str(self.state), "--ecds-dir", str(gw.ecds_dir), "--wasm", str(module)]
+        self.db = gw.workdir / "apikey.db"
+        self.globals = ["--db", str(self.db), "--ecds-dir", str(gw.ecds_dir), "--wasm", str(module)]
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
         env = {name: value for name, value in os.environ.items() if not name.startswith("APIKEY_")}
@@ -157,15 +158,20 @@ def test_rotation_overlaps_for_the_grace_then_the_old_key_expires(plane):
     assert code(call(gw, new_key)) == "200"
 
 
-def test_deleted_key_is_unknown(plane):
+def test_a_revoked_key_stays_in_the_table_for_audit(plane):
     gw = plane.gw
     key_id, key = plane.create("--tenant", "acme", "--scopes", "leads:read", "--plan", "pro", "--name", "tmp")
     assert code(call(gw, key)) == "200"
-    plane.change("delete", key_id)
-    assert code(call(gw, key)) == "invalid_key"
+    plane.change("revoke", key_id)
+    assert code(call(gw, key)) == "key_revoked"
+    listed = {row["id"]: row for row in json.loads(plane.ok("--json", "list"))}
+    assert listed[key_id]["state"] == "revoked" and listed[key_id]["revoked_at"], listed[key_id]
+    for gone in ("update", "delete"):
+        refused = plane.run(gone, key_id)
+        assert refused.returncode == 2, (gone, refused.stderr)
 
 
-def test_invalid_hand_edited_state_is_refused_by_cli_and_filter_and_old_table_stays(plane):
+def test_settings_that_break_a_key_are_refused_by_cli_and_filter_and_old_table_stays(plane, tmp_path):
     gw = plane.gw
     live_id, live_key = plane.create("--tenant", "acme", "--scopes", "leads:read", "--plan", "pro",
                                      "--name", "live")
@@ -173,24 +179,23 @@ def test_invalid_hand_edited_state_is_refused_by_cli_and_filter_and_old_table_st
                                      "--name", "revoked")
     plane.change("revoke", gone_id)
     ecds_before = (gw.ecds_dir / ECDS_FILE).read_text()
+    config_before = plane.ok("render", "config")
 
-    state = json.loads(plane.state.read_text())
-    state["keys"][0]["plan"] = "gold"  # no such plan
-    state["keys"][1]["revoked"] = False  # would bring the revoked key back
-    edited = json.dumps(state, indent=2)
-    plane.state.write_text(edited)
+    without_pro = tmp_path / "settings.json"
+    without_pro.write_text(json.dumps({"plans": {"free": PLANS["free"]}, "rules": RULES}))
+    refused = plane.run("--json", "settings", "put", str(without_pro))
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    error = json.loads(refused.stderr)["error"]
+    assert error["code"] == "conflict" and live_id in error["message"], error
+    assert plane.ok("render", "config") == config_before, "refused settings changed the database"
+    assert (gw.ecds_dir / ECDS_FILE).read_text() == ecds_before, "the CLI published refused settings"
 
-    for args in (["list"], ["validate"], ["render", "ecds"],
-                 ["create", "--tenant", "acme", "--scopes", "leads:read", "--name", "x"],
-                 ["revoke", live_id]):
-        refused = plane.run(*args)
-        assert refused.returncode == 1, (args, refused.stdout, refused.stderr)
-        assert 'keys[0].plan: unknown plan "gold"' in refused.stderr, (args, refused.stderr)
-    assert plane.state.read_text() == edited
-    assert (gw.ecds_dir / ECDS_FILE).read_text() == ecds_before, "the CLI published an invalid state"
-
-    # Pushed to Envoy anyway: the filter refuses it and keeps the old table.
-    assert gw.push(edited) is False
+    # An invalid table pushed to Envoy anyway: the filter refuses it and
+    # keeps the old table.
+    edited = json.loads(config_before)
+    edited["keys"][0]["plan"] = "gold"  # no such plan
+    edited["keys"][1]["revoked"] = False  # would bring the revoked key back
+    assert gw.push(json.dumps(edited)) is False
     assert code(call(gw, live_key)) == "200"
     assert code(call(gw, gone_key)) == "key_revoked"
 

@@ -104,24 +104,30 @@ def test_the_raw_key_goes_to_stdout_once_and_nowhere_else(cli):
     assert "shown once" in done.stderr
 
 
+def old_state_file() -> dict:
+    """A state file as the old `apikey --state` commands wrote it (the
+    filter's §1 configuration plus the CLI's created_at and replaced_by):
+    three keys made, the first rotated into a fourth, the second revoked."""
+    def key(n: int, **extra) -> dict:
+        raw = f"sk_live_oldState{n:016d}"
+        return {"id": f"key_old{n}", "sha256": sha256_hex(raw), "tenant": "acme", "scopes": ["leads:read"],
+                "plan": "pro", "env": "live", "name": f"k{n}", "hint": f"{raw[:11]}…{raw[-4:]}",
+                "created_at": f"2026-01-0{n + 1}T00:00:00Z", **extra}
+    return {
+        "keys": [key(0, expires_at="2099-01-01T00:00:00Z", replaced_by="key_old3"), key(1, revoked=True), key(2),
+                 key(3, name="k0 (rotated)")],
+        "plans": PLANS,
+        "key_prefixes": ["sk_live_", "sk_test_"],
+    }
+
+
 def test_import_state_moves_a_state_file_into_a_database(tmp_path):
     state = tmp_path / "state.json"
     env = clean_env()
-
-    def legacy(*args: str) -> str:
-        done = subprocess.run([str(apikey_binary()), "--state", str(state), *args], capture_output=True, text=True,
-                              env=env, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    plans = tmp_path / "plans.json"
-    plans.write_text(json.dumps(PLANS))
-    legacy("init", "--plans", str(plans), "--key-prefixes", "sk_live_,sk_test_")
-    keys = [json.loads(legacy("--json", "create", "--tenant", "acme", "--name", f"k{i}", "--scopes", "leads:read",
-                              "--plan", "pro")) for i in range(3)]
-    rotated = json.loads(legacy("--json", "rotate", keys[0]["id"], "--grace", "1h"))
-    legacy("revoke", keys[1]["id"])
-    before = json.loads(state.read_text())
+    before = old_state_file()
+    state.write_text(json.dumps(before, indent=2, ensure_ascii=False))
+    keys = before["keys"]
+    rotated = keys[3]
 
     db = tmp_path / "keys.db"
     done = subprocess.run([str(apikey_binary()), "--db", str(db), "--json", "import-state", str(state)],
@@ -179,18 +185,18 @@ def test_a_database_renders_what_envoy_enforces(wasm_module, tmp_path):
 
 
 @pytest.mark.parametrize("args,says", [
-    (["--db", "a.db", "--state", "s.json", "list"], "give one"),
+    (["--db", "a.db", "--state", "s.json", "list"], "--state"),
     (["--db", "a.db", "--server", "http://x", "list"], "give one"),
     (["--server", "http://127.0.0.1:1", "list"], "APIKEY_ADMIN_TOKEN"),
-    (["--db", "a.db", "update", "key_x", "--name", "n"], "revoke"),
-    (["--db", "a.db", "delete", "key_x"], "audit"),
-    (["--db", "a.db", "init"], "settings put"),
+    (["--db", "a.db", "update", "key_x", "--name", "n"], "'update'"),
+    (["--db", "a.db", "delete", "key_x"], "'delete'"),
+    (["--server", "http://x", "init"], "--db"),
+    (["--server", "http://x", "import-state", "s.json"], "--db"),
     (["--server", "http://x", "render", "ecds"], "--db"),
     (["--server", "http://x", "--ecds-dir", "d", "list"], "--ecds-dir"),
     (["--db", "a.db", "--max-keys-per-tenant", "3", "list"], "max_keys_per_tenant"),
-    (["--db", "a.db", "rotate", "key_x", "--prefix", "p_"], "--grace"),
-    (["show", "key_x"], "--db"),
-    (["serve", "--listen", "127.0.0.1:0", "--feed-token-file", "f"], "--db"),
+    (["--db", "a.db", "rotate", "key_x", "--prefix", "p_"], "'--prefix'"),
+    (["--server", "http://x", "serve", "--listen", "127.0.0.1:0", "--feed-token-file", "f"], "--db"),
 ])
 def test_mistakes_in_where_the_keys_live_are_usage_errors(tmp_path, args, says):
     done = subprocess.run([str(apikey_binary()), *args], capture_output=True, text=True, env=clean_env(),
@@ -198,6 +204,34 @@ def test_mistakes_in_where_the_keys_live_are_usage_errors(tmp_path, args, says):
     assert done.returncode == 2, (args, done.returncode, done.stderr)
     assert says in done.stderr, (args, done.stderr)
     assert not (tmp_path / "a.db").exists(), "a refused command created the database"
+
+
+@pytest.mark.parametrize("args", [["list"], ["show", "key_x"], ["revoke", "key_x"], ["render", "config"]])
+def test_a_command_on_a_missing_database_is_refused_and_makes_none(tmp_path, args):
+    """Without --db the CLI works on ./apikey.db; a command that reads or
+    changes keys refuses a database that is not there rather than making
+    an empty one in whatever directory it was run from."""
+    done = subprocess.run([str(apikey_binary()), "--json", *args], capture_output=True, text=True,
+                          env=clean_env(), cwd=tmp_path, timeout=60)
+    assert done.returncode == 1, (args, done.stderr)
+    error = json.loads(done.stderr)["error"]
+    assert error["code"] == "no_database" and "apikey.db" in error["message"], error
+    assert list(tmp_path.iterdir()) == [], "a refused command left a file"
+
+
+def test_import_state_explains_a_missing_or_invalid_file(tmp_path):
+    def refused(path: Path) -> dict:
+        done = subprocess.run([str(apikey_binary()), "--db", str(tmp_path / "k.db"), "--json", "import-state",
+                               str(path)], capture_output=True, text=True, env=clean_env(), timeout=60)
+        assert done.returncode == 1, done.stderr
+        return json.loads(done.stderr)["error"]
+
+    missing = refused(tmp_path / "apikey-state.json")
+    assert missing["code"] == "no_state" and "apikey-state.json" in missing["message"], missing
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"keys": [{"id": "k"}]}')
+    invalid = refused(broken)
+    assert invalid["code"] == "invalid_state" and "keys[0]" in invalid["message"], invalid
 
 
 def test_serve_refuses_weak_or_shared_tokens(tmp_path):

@@ -5,17 +5,17 @@
 //!
 //! Options are `--name value` or `--name=value`. Global options may come
 //! before or after the subcommand and fall back to environment variables
-//! (`APIKEY_STATE`, `APIKEY_DB`, `APIKEY_SERVER`, `APIKEY_ADMIN_TOKEN`,
+//! (`APIKEY_DB`, `APIKEY_SERVER`, `APIKEY_ADMIN_TOKEN`,
 //! `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_WASM`,
 //! `APIKEY_MAX_KEYS_PER_TENANT`; empty counts as unset), read here rather
 //! than by clap so tests pass their own environment. Where the keys live
-//! ([`Store`]) is one of `--state`, `--db` and `--server`. A list option
+//! ([`Store`]) is `--db` (default `./apikey.db`) or `--server`. A list option
 //! (`--scopes`, `--schemes`, `--key-prefixes`) takes commas and may be
 //! given again to add to the list; any other option given twice is a
 //! mistake. `--` ends options (for an id that starts with `-`). Every
 //! mistake is a [`CliError::Usage`] of one line naming what was typed, and
 //! values are checked here (durations, dates, numbers) so a bad one never
-//! reaches the state.
+//! reaches the database.
 
 use std::path::PathBuf;
 
@@ -25,12 +25,15 @@ use clap_complete::Shell;
 
 use crate::duration::parse_duration;
 use crate::error::{usage, CliError};
+use crate::expiry::Expiry;
 use crate::render::{self, EcdsFormat, IstioOptions};
-use crate::state::{Expiry, KeyUpdate};
 
-/// The default state file, in the working directory.
-pub const DEFAULT_STATE: &str = "apikey-state.json";
-/// The default limit of active keys per tenant (the seeds' 25).
+/// The default database, in the working directory (as the JSON state file
+/// it replaces was), so `apikey init` then `apikey create` work in a
+/// directory without naming it.
+pub const DEFAULT_DB: &str = "apikey.db";
+/// The default `max_keys_per_tenant` that `init` and `import-state` write
+/// (the seeds' 25).
 pub const DEFAULT_MAX_KEYS: usize = 25;
 /// The default grace of `rotate`.
 pub const DEFAULT_GRACE: &str = "24h";
@@ -38,10 +41,8 @@ pub const DEFAULT_GRACE: &str = "24h";
 /// Where the keys live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Store {
-    /// The JSON state file (`--state`; the default, kept for existing
-    /// deployments: `import-state` moves one into a database).
-    StateFile,
-    /// An SQLite database (`--db`), the one `apikey serve` serves.
+    /// An SQLite database (`--db`, default [`DEFAULT_DB`]), the one
+    /// `apikey serve` serves.
     Database(PathBuf),
     /// A running key service (`--server URL`).
     Server(String),
@@ -72,8 +73,6 @@ pub struct Globals {
     pub store: Store,
     /// The admin token for `--server` (and `serve`'s admin token file).
     pub admin_token: Option<TokenSource>,
-    /// The state file.
-    pub state: PathBuf,
     /// When set, every change also writes the ECDS file here.
     pub ecds_dir: Option<PathBuf>,
     /// How the ECDS file is written (and so its name).
@@ -82,10 +81,11 @@ pub struct Globals {
     pub wasm: String,
     /// Machine-readable output (and errors).
     pub json: bool,
-    /// Active keys a tenant may have.
+    /// The `max_keys_per_tenant` that `init` and `import-state` write.
     pub max_keys: usize,
-    /// Whether `--max-keys-per-tenant` was given on the command line (with
-    /// `--db` or `--server` the cap is `settings.max_keys_per_tenant`).
+    /// Whether `--max-keys-per-tenant` was given on the command line (only
+    /// `init` and `import-state` take it: afterwards the cap is
+    /// `settings.max_keys_per_tenant`).
     pub max_keys_given: bool,
 }
 
@@ -160,7 +160,7 @@ pub enum RenderTarget {
 /// A subcommand and its options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Make a state file.
+    /// Make a database with settings.
     Init(InitArgs),
     /// Make a key.
     Create(CreateArgs),
@@ -168,9 +168,9 @@ pub enum Command {
     List {
         /// Only this tenant's.
         tenant: Option<String>,
-        /// One page of this many (database or server only).
+        /// One page of this many.
         limit: Option<usize>,
-        /// The page after this cursor (database or server only).
+        /// The page after this cursor.
         cursor: Option<String>,
     },
     /// Show one key.
@@ -208,24 +208,8 @@ pub enum Command {
         id: String,
         /// How long the old key keeps working.
         grace: i64,
-        /// The new key's prefix.
-        prefix: Option<String>,
-        /// The new key's expiry.
-        expiry: Option<Expiry>,
     },
-    /// Change a key.
-    Update {
-        /// Its id.
-        id: String,
-        /// The changes.
-        update: KeyUpdate,
-    },
-    /// Remove a key.
-    Delete {
-        /// Its id.
-        id: String,
-    },
-    /// Check the state file.
+    /// Check the configuration the database describes.
     Validate,
     /// Per-key activity from an access log.
     Usage {
@@ -270,21 +254,22 @@ pub struct Invocation {
 const ABOUT: &str = "Manage the API-key gateway's keys";
 
 const LONG_ABOUT: &str = "\
-Manage the API-key gateway's keys: in the key service's database (--db), through
-a running key service (--server, apikey serve runs one), or in a JSON state file
-that is the filter's plugin configuration (--state, the default). A key is shown
-once, when it is made, and only its SHA-256 and a hint are kept. Each change is
-validated by the filter's own validator and, with --ecds-dir, pushed to Envoy.";
+Manage the API-key gateway's keys: in the key service's SQLite database (--db,
+default ./apikey.db) or through a running key service (--server; apikey serve
+runs one). A key is shown once, when it is made, and only its SHA-256 and a hint
+are kept. Each change is validated by the filter's own validator and, with
+--ecds-dir, pushed to Envoy. apikey import-state moves an old JSON state file
+into a database.";
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 done, 1 refused (invalid state, unknown id, limit reached, I/O),
+Exit codes: 0 done, 1 refused (unknown id, limit reached, invalid request, I/O),
 2 usage (unknown option, missing value, bad duration or date). Either failure
 is one line on stderr, `apikey: <message>`; with --json it is the object
-{\"error\": {\"code\": ..., \"message\": ...}}, also on stderr. Codes: usage,
-invalid_state, invalid_change, no_state, not_found, limit_reached, not_active,
-already_rotated, already_exists, io_error, refused; with --db or --server, the
-key service's codes (invalid_request, unauthorized, not_found, conflict,
-payload_too_large, key_limit_reached, internal_error, unavailable).";
+{\"error\": {\"code\": ..., \"message\": ...}}, also on stderr. Codes: usage;
+the key service's (invalid_request, unauthorized, not_found, conflict,
+payload_too_large, key_limit_reached, internal_error, unavailable), the same
+with --db and --server; and no_database, no_state, invalid_state,
+already_exists, io_error, refused.";
 
 const EXPIRY_HELP: &str = "RFC3339";
 
@@ -309,12 +294,9 @@ struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 struct GlobalArgs {
-    /// The JSON state file (legacy; see import-state) [env: APIKEY_STATE]
-    /// [default: ./apikey-state.json]
-    #[arg(long, global = true, value_name = "FILE")]
-    state: Option<PathBuf>,
-    /// Work on this SQLite database (created when missing), the one
-    /// apikey serve serves [env: APIKEY_DB]
+    /// Work on this SQLite database, the one apikey serve serves (init,
+    /// import-state, settings put and serve create it when missing)
+    /// [env: APIKEY_DB] [default: ./apikey.db]
     #[arg(long, global = true, value_name = "PATH")]
     db: Option<PathBuf>,
     /// Work through a running key service at URL (http://host:port)
@@ -342,7 +324,8 @@ struct GlobalArgs {
     /// on stderr
     #[arg(long, global = true)]
     json: bool,
-    /// Active keys a tenant may have [env: APIKEY_MAX_KEYS_PER_TENANT]
+    /// For init and import-state: the max_keys_per_tenant setting, the
+    /// active keys a tenant may have [env: APIKEY_MAX_KEYS_PER_TENANT]
     /// [default: 25]
     #[arg(long = "max-keys-per-tenant", global = true, value_name = "N", value_parser = positive)]
     max_keys: Option<usize>,
@@ -358,11 +341,12 @@ enum FormatArg {
 
 #[derive(Debug, Subcommand)]
 enum Sub {
-    /// Make the state file (never overwrites one)
+    /// Make the database and its settings (never over existing ones)
     ///
-    /// Starts from nothing, or from a whole configuration (--from), and
-    /// sets plans, rules, schemes and key prefixes from the options; plans
-    /// default to {}.
+    /// Starts from nothing, or from a §1 configuration without keys
+    /// (--from; one with keys is moved by import-state), and sets plans,
+    /// rules, schemes, key prefixes and the §7 options from the options;
+    /// plans default to {}, max_keys_per_tenant to --max-keys-per-tenant.
     Init(InitOpts),
     /// Make a key and print it once
     ///
@@ -380,11 +364,11 @@ enum Sub {
         /// Only this tenant's keys
         #[arg(long, value_name = "TENANT")]
         tenant: Option<String>,
-        /// With --db or --server: one page of N keys, newest first (the
-        /// next page's cursor goes to stderr, or into the --json object)
+        /// One page of N keys, newest first (the next page's cursor goes to
+        /// stderr, or into the --json object)
         #[arg(long, value_name = "N", value_parser = page_size)]
         limit: Option<usize>,
-        /// With --db or --server: the page after this cursor
+        /// The page after this cursor
         #[arg(long, value_name = "CURSOR")]
         cursor: Option<String>,
     },
@@ -400,24 +384,24 @@ enum Sub {
     /// after the requests in flight.
     Serve(ServeOpts),
     /// Load newline-delimited §1 key objects (with sha256), all or nothing
-    /// (--db or --server)
     Import {
         /// The NDJSON file [default: standard input]
         #[arg(value_name = "FILE", default_value = "-", hide_default_value = true)]
         file: String,
     },
-    /// Move a JSON state file (plans, rules, keys) into a new, empty --db
+    /// Move an old JSON state file (plans, rules, keys) into a new, empty
     /// database
     ///
     /// The settings become the state's plans, rules and options, with
     /// max_keys_per_tenant set to --max-keys-per-tenant (default 25, the
     /// limit the state-file commands enforced); the keys keep their ids,
-    /// hashes, hints, creation times and rotations.
+    /// hashes, hints, creation times and rotations. The state file is only
+    /// read: delete it once the database serves.
     ImportState {
         /// The state file
         file: PathBuf,
     },
-    /// Print or replace the settings (--db or --server)
+    /// Print or replace the settings
     #[command(subcommand_required = true, arg_required_else_help = false)]
     Settings {
         #[command(subcommand)]
@@ -430,19 +414,14 @@ enum Sub {
     },
     /// Replace a key with a new one, printed once
     ///
-    /// The new key has the old key's tenant, scopes, plan, env and limits.
-    /// The old key works for the grace more (never longer than it already
-    /// would), then expires. A key is rotated once: rotating it again during
-    /// its grace is refused (rotate its successor instead).
+    /// The new key has the old key's tenant, scopes, plan, env, limits and
+    /// prefix, and its lifetime again from now. The old key works for the
+    /// grace more (never longer than it already would), then expires. A key
+    /// is rotated once: rotating it again during its grace is refused
+    /// (rotate its successor instead).
     Rotate(RotateOpts),
-    /// Change what a key may do and until when
-    Update(UpdateOpts),
-    /// Remove a key entirely (the filter then answers invalid_key)
-    Delete {
-        /// The key's id (apikey list shows them)
-        id: String,
-    },
-    /// Check the state file with the filter's own validator
+    /// Check the configuration the database describes with the filter's
+    /// own validator
     Validate,
     /// Per-key activity from Envoy's JSON access log
     ///
@@ -552,7 +531,7 @@ struct CreateOpts {
     /// plan grants, '' none (required: no silent default between the two)
     #[arg(long, value_name = "a,b", required = true, action = ArgAction::Append)]
     scopes: Vec<String>,
-    /// The plan (a name in the state's plans)
+    /// The plan (a name in the settings' plans)
     #[arg(long, value_name = "PLAN")]
     plan: Option<String>,
     /// The environment label; also the default prefix sk_<env>_
@@ -572,29 +551,6 @@ struct CreateOpts {
     tenant_prefix: bool,
 }
 
-/// `--expires`, `--expires-in`, `--no-expiry`: at most one.
-#[derive(Debug, Args)]
-struct ExpiryOpts {
-    /// Expires at this instant (RFC 3339, e.g. 2027-01-31T00:00:00Z)
-    #[arg(long, value_name = EXPIRY_HELP, value_parser = expires_at,
-          conflicts_with_all = ["expires_in", "no_expiry"])]
-    expires: Option<Expiry>,
-    /// Expires this long from now (30d, 12h, 1h30m)
-    #[arg(long, value_name = "DURATION", value_parser = expires_in, conflicts_with = "no_expiry")]
-    expires_in: Option<Expiry>,
-    /// Never expires
-    #[arg(long)]
-    no_expiry: bool,
-}
-
-impl ExpiryOpts {
-    fn expiry(self) -> Option<Expiry> {
-        self.expires
-            .or(self.expires_in)
-            .or(self.no_expiry.then_some(Expiry::Never))
-    }
-}
-
 #[derive(Debug, Args)]
 struct RotateOpts {
     /// The key's id (apikey list shows them)
@@ -602,36 +558,6 @@ struct RotateOpts {
     /// How long the old key keeps working (0s: it stops at once)
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_GRACE, value_parser = duration)]
     grace: i64,
-    /// The new key's prefix [default: the old key's]
-    #[arg(long, value_name = "PREFIX")]
-    prefix: Option<String>,
-    /// The new key's expiry [default: none if the old key had none, else the
-    /// old key's lifetime again from now]
-    #[command(flatten)]
-    expiry: ExpiryOpts,
-}
-
-#[derive(Debug, Args)]
-struct UpdateOpts {
-    /// The key's id (apikey list shows them)
-    id: String,
-    /// New scope patterns, comma-separated; repeatable ('' for none)
-    #[arg(long, value_name = "a,b", action = ArgAction::Append)]
-    scopes: Vec<String>,
-    /// A new plan
-    #[arg(long, value_name = "PLAN", conflicts_with = "no_plan")]
-    plan: Option<String>,
-    /// No plan any more
-    #[arg(long)]
-    no_plan: bool,
-    #[command(flatten)]
-    expiry: ExpiryOpts,
-    /// A new name
-    #[arg(long, value_name = "NAME")]
-    name: Option<String>,
-    /// A new environment label
-    #[arg(long, value_name = "ENV")]
-    env: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -833,7 +759,7 @@ fn globals(args: GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Glo
         && (args.ecds_dir.is_some() || env("APIKEY_ECDS_DIR").is_some())
     {
         return Err(usage(
-            "--ecds-dir writes the ECDS file from a state file or a database: with --server, run apikey --db on the service's database to render it",
+            "--ecds-dir writes the ECDS file from a database: with --server, run apikey --db on the service's database to render it",
         ));
     }
     let admin_token = args
@@ -845,10 +771,6 @@ fn globals(args: GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Glo
         store,
         admin_token,
         max_keys_given: args.max_keys.is_some(),
-        state: args
-            .state
-            .or_else(|| env("APIKEY_STATE").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE)),
         ecds_dir: args
             .ecds_dir
             .or_else(|| env("APIKEY_ECDS_DIR").map(PathBuf::from)),
@@ -862,36 +784,27 @@ fn globals(args: GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Glo
     })
 }
 
-/// Where the keys live: at most one of `--state`, `--db` and `--server`
-/// on the command line; else `APIKEY_DB` or `APIKEY_SERVER` (not both);
-/// else the state file.
+/// Where the keys live: `--db` or `--server` on the command line (not
+/// both); else `APIKEY_DB` or `APIKEY_SERVER` (not both); else the
+/// database [`DEFAULT_DB`] in the working directory.
 fn store(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Store, CliError> {
-    let given = [
-        args.state.is_some(),
-        args.db.is_some(),
-        args.server.is_some(),
-    ];
-    if given.iter().filter(|&&flag| flag).count() > 1 {
-        return Err(usage(
-            "--state, --db and --server each name where the keys live: give one",
-        ));
-    }
-    if let Some(db) = &args.db {
-        return Ok(Store::Database(db.clone()));
-    }
-    if let Some(url) = &args.server {
-        return Ok(Store::Server(url.clone()));
-    }
-    if args.state.is_some() {
-        return Ok(Store::StateFile);
+    match (&args.db, &args.server) {
+        (Some(_), Some(_)) => {
+            return Err(usage(
+                "--db and --server each name where the keys live: give one",
+            ))
+        }
+        (Some(db), None) => return Ok(Store::Database(db.clone())),
+        (None, Some(url)) => return Ok(Store::Server(url.clone())),
+        (None, None) => {}
     }
     match (env("APIKEY_DB"), env("APIKEY_SERVER")) {
         (Some(_), Some(_)) => Err(usage(
-            "APIKEY_DB and APIKEY_SERVER are both set: unset one (or pass --db, --server or --state)",
+            "APIKEY_DB and APIKEY_SERVER are both set: unset one (or pass --db or --server)",
         )),
         (Some(db), None) => Ok(Store::Database(PathBuf::from(db))),
         (None, Some(url)) => Ok(Store::Server(url)),
-        (None, None) => Ok(Store::StateFile),
+        (None, None) => Ok(Store::Database(PathBuf::from(DEFAULT_DB))),
     }
 }
 
@@ -945,38 +858,12 @@ fn command(sub: Sub, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Comm
             SettingsSub::Put { file } => Command::SettingsPut { file },
         },
         Sub::Revoke { id } => Command::Revoke { id },
-        Sub::Delete { id } => Command::Delete { id },
         Sub::Validate => Command::Validate,
         Sub::Usage { log } => Command::Usage { log },
         Sub::Rotate(rotate) => Command::Rotate {
             id: rotate.id,
             grace: rotate.grace,
-            prefix: rotate.prefix,
-            expiry: rotate.expiry.expiry(),
         },
-        Sub::Update(update) => {
-            let plan = match (update.plan, update.no_plan) {
-                (Some(plan), _) => Some(Some(plan)),
-                (None, true) => Some(None),
-                (None, false) => None,
-            };
-            let changes = KeyUpdate {
-                scopes: given_list(&update.scopes),
-                plan,
-                expiry: update.expiry.expiry(),
-                name: update.name,
-                env: update.env,
-            };
-            if changes == KeyUpdate::default() {
-                return Err(usage(
-                    "update needs at least one of --scopes, --plan, --no-plan, --expires, --expires-in, --no-expiry, --name, --env (see apikey help update)",
-                ));
-            }
-            Command::Update {
-                id: update.id,
-                update: changes,
-            }
-        }
         Sub::Render { target, out } => Command::Render {
             target: match target {
                 RenderSub::Ecds => RenderTarget::Ecds,

@@ -1,36 +1,33 @@
-//! Runs a parsed command: the glue between the arguments, the state file,
-//! the pure changes of [`crate::state`] and the renderers.
+//! Runs a parsed command: the commands that need no keys (`completions`,
+//! `usage`) here, every other one on the key service's data
+//! ([`crate::service_commands`]), and what both share: the renderers
+//! behind `render` and `--ecds-dir`, and the one-line reports.
 //!
-//! Every mutating command goes through [`mutate`]: lock, read and validate
-//! the state (an invalid state is refused by every command, naming the
-//! field), change it, validate the whole result, write it atomically, then
-//! write the ECDS file under the same lock so concurrent runs publish in
-//! order. Writing the state is the commit point: a new key is printed only
-//! after it was stored, and a failed ECDS write after it is reported
+//! `--ecds-dir` is published after the change was committed to the
+//! database: the database is the commit point, so a new key is printed
+//! only after it was stored, and a failed ECDS write after it is reported
 //! (exit code 1) without hiding the key that now exists. Raw keys go to
-//! `out` once, alone on a line (or in the `--json` object); messages go to `err`.
+//! `out` once, alone on a line (or in the `--json` object); messages go to
+//! `err`.
 
 use std::io::Write;
 use std::path::Path;
 
 use apikey_core::timestamp::UnixNanos;
-use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use crate::args::{self, Command, CreateArgs, Globals, InitArgs, Invocation, RenderTarget, Store};
-use crate::error::{refused, refused_as, usage, CliError, Code};
-use crate::keygen::{self, RandomSource};
+use crate::args::{self, Command, Globals, Invocation, RenderTarget};
+use crate::backend::Database;
+use crate::error::{refused, refused_as, CliError, Code};
 use crate::render;
-use crate::state::{Issued, KeyRow, KeyStatus, NewKey, Rotation, State};
 use crate::store;
 
-/// What a command needs from the world: the time, randomness and the two
-/// output streams.
+/// What a command needs from the world: the time and the two output
+/// streams (new keys come from the OS's random source, in the service's
+/// operations).
 pub struct Io<'a> {
     /// The wall clock, read once per command.
     pub now: UnixNanos,
-    /// The source of new keys and ids.
-    pub random: &'a mut dyn RandomSource,
     /// Standard output: results (and a new key, once).
     pub out: &'a mut dyn Write,
     /// Standard error: messages for people.
@@ -39,291 +36,93 @@ pub struct Io<'a> {
 
 /// Runs one invocation.
 pub fn run(invocation: Invocation, io: &mut Io<'_>) -> Result<(), CliError> {
-    let globals = &invocation.globals;
     match invocation.command {
         Command::Completions { shell } => io
             .out
             .write_all(&args::completions(shell))
             .map_err(|error| refused_as(Code::IoError, format!("cannot write output: {error}"))),
-        Command::Usage { log } => usage_report(globals, &log, io),
-        _ if globals.store != Store::StateFile => crate::service_commands::run(invocation, io),
-        Command::Serve(_)
-        | Command::Show { .. }
-        | Command::Import { .. }
-        | Command::ImportState { .. }
-        | Command::SettingsGet
-        | Command::SettingsPut { .. } => Err(usage(
-            "this command works on the key service's database or through the service: pass --db PATH or --server URL",
-        )),
-        Command::List {
-            limit: Some(_), ..
-        }
-        | Command::List {
-            cursor: Some(_), ..
-        } => Err(usage(
-            "--limit and --cursor page through a database or a service (--db or --server); a state file lists whole",
-        )),
-        Command::Init(init_args) => init(globals, init_args, io),
-        Command::Create(create_args) => create(globals, create_args, io),
-        Command::List { tenant, .. } => list(globals, tenant.as_deref(), io),
-        Command::Revoke { id } => {
-            let (changed, ecds) = mutate(globals, |state| state.revoke(&id))?;
-            let message = if changed {
-                format!("revoked {id}")
-            } else {
-                format!("{id} was already revoked")
-            };
-            report(globals, io, &message, json!({"id": id, "revoked": true}))?;
-            ecds
-        }
-        Command::Delete { id } => {
-            let (deleted, ecds) = mutate(globals, |state| state.delete(&id))?;
-            report(
-                globals,
-                io,
-                &format!("deleted {id} ({})", deleted.name.as_deref().unwrap_or("")),
-                json!({"id": id, "deleted": true}),
-            )?;
-            ecds
-        }
-        Command::Rotate {
-            id,
-            grace,
-            prefix,
-            expiry,
-        } => {
-            if let Some(prefix) = &prefix {
-                keygen::check_prefix(prefix).map_err(usage)?;
-            }
-            let rotation = Rotation {
-                grace,
-                prefix,
-                expiry,
-            };
-            let now = io.now;
-            let random = &mut *io.random;
-            let (rotated, ecds) =
-                mutate(globals, |state| state.rotate(&id, rotation, now, random))?;
-            let issued = &rotated.issued;
-            let mut extra = Map::new();
-            extra.insert("replaces".to_owned(), json!(id));
-            extra.insert("old_expires_at".to_owned(), json!(rotated.old_expires_at));
-            show_key(globals, io, issued, extra)?;
-            say(
-                io.err,
-                &format!(
-                    "rotated {id} to {} ({}); {id} stops working at {}. The new key is shown once: store it now.",
-                    issued.id, issued.hint, rotated.old_expires_at
-                ),
-            )?;
-            ecds
-        }
-        Command::Update { id, update } => {
-            let now = io.now;
-            let max_keys = globals.max_keys;
-            let (row, ecds) = mutate(globals, |state| {
-                state.update(&id, update, now, max_keys)?;
-                Ok(state.rows(None, now).into_iter().find(|row| row.id == id))
-            })?;
-            let value = serde_json::to_value(&row).map_err(|e| refused(e.to_string()))?;
-            report(globals, io, &format!("updated {id}"), value)?;
-            ecds
-        }
-        Command::Validate => validate(globals, io),
-        Command::Render { target, out } => {
-            let state = load(&globals.state)?;
-            render_state(globals, &state, &target, out.as_deref(), io)
-        }
+        Command::Usage { log } => usage_report(&invocation.globals, &log, io),
+        _ => crate::service_commands::run(invocation, io),
     }
 }
 
-/// Locks, reads and validates the state, applies `change`, validates and
-/// writes the result, and (with `--ecds-dir`) writes the ECDS file. The
-/// second value is the ECDS outcome: the state is already written then.
-fn mutate<T>(
-    globals: &Globals,
-    change: impl FnOnce(&mut State) -> Result<T, CliError>,
-) -> Result<(T, Result<(), CliError>), CliError> {
-    let _lock = store::lock(&globals.state)?;
-    let mut state = load(&globals.state)?;
-    let result = change(&mut state)?;
-    let bytes = state.to_checked_bytes()?;
-    store::write_atomic(&globals.state, &bytes, store::STATE_MODE)?;
-    Ok((result, publish(globals, &state)))
-}
-
-/// Writes `<ecds-dir>/apikey.yaml` (or `apikey.pb`) when an ECDS directory
-/// is set.
-pub fn publish(globals: &Globals, state: &State) -> Result<(), CliError> {
+/// Writes `<ecds-dir>/apikey.yaml` (or `apikey.pb`) from the database at
+/// `db`, when an ECDS directory is set.
+///
+/// Two commands may change the database at once; each publishes after its
+/// own commit. The read of the database and the write of the file happen
+/// under an exclusive lock beside the ECDS file, so the last file written
+/// was read after every earlier commit: a change is never undone by a
+/// slower run writing an older table over it.
+pub fn publish(globals: &Globals, db: &Path, now: UnixNanos) -> Result<(), CliError> {
     let Some(dir) = &globals.ecds_dir else {
         return Ok(());
     };
-    let document = render::ecds_file(&state.to_compact()?, &globals.wasm, globals.ecds_format)
-        .map_err(|error| refused(format!("cannot render the ECDS file: {error}")))?;
-    store::write_atomic(
-        &dir.join(globals.ecds_format.file_name()),
-        &document,
-        store::PUBLIC_MODE,
-    )
-    .map_err(|error| {
-        refused_as(Code::IoError, format!(
-            "the state was updated but the ECDS file was not: {error} (apikey render ecds --out … retries)"
-        ))
-    })
-}
-
-/// Reads and validates the state file.
-fn load(path: &Path) -> Result<State, CliError> {
-    let bytes = store::read(path)?;
-    State::parse(&bytes).map_err(|reason| {
-        refused_as(Code::InvalidState, format!(
-            "refused: {} is invalid: {reason} (every command refuses an invalid state; fix the file)",
-            path.display()
-        ))
-    })
-}
-
-fn init(globals: &Globals, init_args: InitArgs, io: &mut Io<'_>) -> Result<(), CliError> {
-    let mut state = match &init_args.from {
-        Some(path) => load(path)?,
-        None => State::new(Map::new()),
-    };
-    if let Some(path) = &init_args.plans {
-        let plans = read_json(path, "plans", Value::is_object)?;
-        state.rest.insert("plans".to_owned(), plans);
-    }
-    state.rest.entry("plans").or_insert_with(|| json!({}));
-    if let Some(path) = &init_args.rules {
-        let rules = read_json(path, "rules", Value::is_array)?;
-        state.rest.insert("rules".to_owned(), rules);
-    }
-    if let Some(schemes) = init_args.schemes {
-        state.rest.insert("schemes".to_owned(), json!(schemes));
-    }
-    if let Some(prefixes) = init_args.key_prefixes {
-        state
-            .rest
-            .insert("key_prefixes".to_owned(), json!(prefixes));
-    }
-    if init_args.require_https {
-        state.rest.insert("require_https".to_owned(), json!(true));
-    }
-    if let Some(header) = init_args.trusted_https_header {
-        state
-            .rest
-            .insert("trusted_https_header".to_owned(), json!(header));
-    }
-    if let Some(template) = init_args.error_doc_url {
-        state
-            .rest
-            .insert("error_doc_url".to_owned(), json!(template));
-    }
-    let _lock = store::lock(&globals.state)?;
-    if globals.state.exists() {
-        return Err(refused_as(
-            Code::AlreadyExists,
+    let file = dir.join(globals.ecds_format.file_name());
+    let not_published = |error: CliError| {
+        refused_as(
+            Code::IoError,
             format!(
-                "{} already exists: init never overwrites a state file",
-                globals.state.display()
+                "the database was updated but the ECDS file was not: {error} (apikey render ecds --out {} retries)",
+                file.display()
             ),
-        ));
-    }
-    let bytes = state.to_checked_bytes()?;
-    store::write_atomic(&globals.state, &bytes, store::STATE_MODE)?;
-    let ecds = publish(globals, &state);
-    report(
-        globals,
-        io,
-        &format!("created {}", globals.state.display()),
-        json!({"state": globals.state.display().to_string()}),
-    )?;
-    ecds
-}
-
-/// Reads a JSON file that must hold a value of the right shape.
-fn read_json(path: &Path, what: &str, shape: fn(&Value) -> bool) -> Result<Value, CliError> {
-    let bytes = store::read(path)?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|error| refused(format!("{}: {error}", path.display())))?;
-    if !shape(&value) {
-        return Err(refused(format!(
-            "{} must hold the {what} value itself ({})",
-            path.display(),
-            if what == "rules" {
-                "an array"
-            } else {
-                "an object"
-            }
-        )));
-    }
-    Ok(value)
-}
-
-fn create(globals: &Globals, create_args: CreateArgs, io: &mut Io<'_>) -> Result<(), CliError> {
-    let tenant_in_key = create_args
-        .tenant_prefix
-        .then_some(create_args.tenant.as_str());
-    let prefix = keygen::choose_prefix(
-        create_args.prefix.as_deref(),
-        tenant_in_key,
-        Some(&create_args.env),
-    )
-    .map_err(usage)?;
-    let new = NewKey {
-        tenant: create_args.tenant,
-        scopes: create_args.scopes,
-        plan: create_args.plan,
-        env: Some(create_args.env),
-        name: create_args.name,
-        expiry: create_args.expiry,
-        prefix,
+        )
     };
-    let (now, max_keys) = (io.now, globals.max_keys);
-    let random = &mut *io.random;
-    let (issued, ecds) = mutate(globals, |state| state.create(new, now, max_keys, random))?;
-    show_key(globals, io, &issued, Map::new())?;
-    say(
-        io.err,
-        &format!(
-            "created {} ({}). The key is shown once: store it now; only its SHA-256 is kept.",
-            issued.id, issued.hint
-        ),
-    )?;
-    ecds
+    let _lock = store::lock(&file).map_err(not_published)?;
+    let document = Database::open(db, now)?.config_document()?;
+    let bytes = ecds_bytes(globals, &document)?;
+    store::write_atomic(&file, &bytes, store::PUBLIC_MODE).map_err(not_published)
 }
 
-/// The `--json` answer of `create` and `rotate`, `id` first.
-#[derive(Serialize)]
-struct ShownKey<'a> {
-    id: &'a str,
-    key: &'a str,
-    hint: &'a str,
-    #[serde(flatten)]
-    extra: Map<String, Value>,
+/// The ECDS file of a §1 configuration (compact JSON).
+fn ecds_bytes(globals: &Globals, document: &[u8]) -> Result<Vec<u8>, CliError> {
+    let configuration = std::str::from_utf8(document)
+        .map_err(|error| refused(format!("the configuration is not UTF-8: {error}")))?;
+    render::ecds_file(configuration, &globals.wasm, globals.ecds_format)
+        .map_err(|error| refused(format!("cannot render the ECDS file: {error}")))
 }
 
-/// Prints a new key: alone on a line, or as `{"id", "key", "hint", …}`.
-fn show_key(
+/// Writes a deployment document of the §1 configuration `document` (the
+/// one the database describes) to `out`, or to stdout.
+pub fn render_document(
     globals: &Globals,
+    document: &[u8],
+    target: &RenderTarget,
+    out: Option<&Path>,
     io: &mut Io<'_>,
-    issued: &Issued,
-    extra: Map<String, Value>,
 ) -> Result<(), CliError> {
-    if globals.json {
-        let shown = ShownKey {
-            id: &issued.id,
-            key: issued.key.expose(),
-            hint: &issued.hint,
-            extra,
-        };
-        let text = serde_json::to_string(&shown).map_err(|e| refused(e.to_string()))?;
-        say(io.out, &text)
-    } else {
-        say(io.out, issued.key.expose())
+    let failed = |error: serde_json::Error| refused(format!("cannot render: {error}"));
+    let bytes = match target {
+        RenderTarget::Ecds => ecds_bytes(globals, document)?,
+        RenderTarget::Config => {
+            let value: Value = serde_json::from_slice(document).map_err(failed)?;
+            let mut text = serde_json::to_string_pretty(&value).map_err(failed)?;
+            text.push('\n');
+            text.into_bytes()
+        }
+        RenderTarget::Istio(options) => {
+            if options.url == render::IstioOptions::default().url {
+                say(
+                    io.err,
+                    "apikey: no --url (or APIKEY_WASM_URL): spec.url is a placeholder to replace with where Istio fetches the module",
+                )?;
+            }
+            let value: Value = serde_json::from_slice(document).map_err(failed)?;
+            render::istio_wasm_plugin(&value, options)
+                .map_err(failed)?
+                .into_bytes()
+        }
+    };
+    match out {
+        Some(path) => store::write_atomic(path, &bytes, store::PUBLIC_MODE),
+        None => io
+            .out
+            .write_all(&bytes)
+            .map_err(|error| refused_as(Code::IoError, format!("cannot write to stdout: {error}"))),
     }
 }
 
-/// `usage`: reads an access log (not the state file: it needs no lock).
+/// `usage`: reads an access log (no keys needed).
 fn usage_report(globals: &Globals, log: &str, io: &mut Io<'_>) -> Result<(), CliError> {
     let report = if log == "-" {
         crate::usage::summarise(std::io::stdin().lock())
@@ -340,38 +139,40 @@ fn usage_report(globals: &Globals, log: &str, io: &mut Io<'_>) -> Result<(), Cli
     say(io.out, crate::usage::table(&report).trim_end())
 }
 
-fn list(globals: &Globals, tenant: Option<&str>, io: &mut Io<'_>) -> Result<(), CliError> {
-    let state = load(&globals.state)?;
-    let rows = state.rows(tenant, io.now);
-    if globals.json {
-        let text = serde_json::to_string_pretty(&rows).map_err(|e| refused(e.to_string()))?;
-        return say(io.out, &text);
-    }
-    say(io.out, &table(&rows))
-}
-
-/// The human table of `list`.
-pub fn table(rows: &[KeyRow]) -> String {
+/// The human table of `list`: one row per API record (never a key or its
+/// hash: the records carry neither).
+pub fn table(records: &[Value]) -> String {
     let header = [
         "ID", "NAME", "TENANT", "SCOPES", "PLAN", "HINT", "CREATED", "EXPIRES", "STATE",
     ];
-    let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
-    for row in rows {
+    for record in records {
+        let text = |name: &str, absent: &str| {
+            record
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or(absent)
+                .to_owned()
+        };
+        let scopes: Vec<&str> = record
+            .get("scopes")
+            .and_then(Value::as_array)
+            .map(|scopes| scopes.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         lines.push(vec![
-            row.id.clone(),
-            or_dash(&row.name),
-            row.tenant.clone(),
-            if row.scopes.is_empty() {
+            text("id", ""),
+            text("name", "-"),
+            text("tenant", ""),
+            if scopes.is_empty() {
                 "-".to_owned()
             } else {
-                row.scopes.join(",")
+                scopes.join(",")
             },
-            or_dash(&row.plan),
-            or_dash(&row.hint),
-            or_dash(&row.created_at),
-            row.expires_at.clone().unwrap_or_else(|| "never".to_owned()),
-            row.state.as_str().to_owned(),
+            text("plan", "-"),
+            text("hint", "-"),
+            text("created_at", "-"),
+            text("expires_at", "never"),
+            text("state", "active"),
         ]);
     }
     let mut widths = vec![0usize; header.len()];
@@ -393,84 +194,6 @@ pub fn table(rows: &[KeyRow]) -> String {
     text.trim_end().to_owned()
 }
 
-fn validate(globals: &Globals, io: &mut Io<'_>) -> Result<(), CliError> {
-    let state = load(&globals.state)?;
-    let count = |status| {
-        state
-            .keys
-            .iter()
-            .filter(|key| key.status(io.now) == status)
-            .count()
-    };
-    let (active, revoked, expired) = (
-        count(KeyStatus::Active),
-        count(KeyStatus::Revoked),
-        count(KeyStatus::Expired),
-    );
-    let plans = state
-        .rest
-        .get("plans")
-        .and_then(Value::as_object)
-        .map_or(0, Map::len);
-    let rules = state
-        .rest
-        .get("rules")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    report(
-        globals,
-        io,
-        &format!(
-            "{} is valid: {} keys ({active} active, {revoked} revoked, {expired} expired), {plans} plans, {rules} rules",
-            globals.state.display(),
-            state.keys.len()
-        ),
-        json!({"valid": true, "keys": state.keys.len(), "active": active, "revoked": revoked,
-               "expired": expired, "plans": plans, "rules": rules}),
-    )
-}
-
-/// Writes a deployment document of `state` (a state file's, or the one a
-/// database describes).
-pub fn render_state(
-    globals: &Globals,
-    state: &State,
-    target: &RenderTarget,
-    out: Option<&Path>,
-    io: &mut Io<'_>,
-) -> Result<(), CliError> {
-    let failed = |error: serde_json::Error| refused(format!("cannot render: {error}"));
-    let bytes = match target {
-        RenderTarget::Ecds => {
-            render::ecds_file(&state.to_compact()?, &globals.wasm, globals.ecds_format)
-                .map_err(failed)?
-        }
-        RenderTarget::Config => {
-            let mut text = serde_json::to_string_pretty(state).map_err(failed)?;
-            text.push('\n');
-            text.into_bytes()
-        }
-        RenderTarget::Istio(options) => {
-            if options.url == render::IstioOptions::default().url {
-                say(
-                    io.err,
-                    "apikey: no --url (or APIKEY_WASM_URL): spec.url is a placeholder to replace with where Istio fetches the module",
-                )?;
-            }
-            render::istio_wasm_plugin(state, options)
-                .map_err(failed)?
-                .into_bytes()
-        }
-    };
-    match out {
-        Some(path) => store::write_atomic(path, &bytes, store::PUBLIC_MODE),
-        None => io
-            .out
-            .write_all(&bytes)
-            .map_err(|error| refused_as(Code::IoError, format!("cannot write to stdout: {error}"))),
-    }
-}
-
 /// A result line: the message, or with `--json` the object.
 pub fn report(
     globals: &Globals,
@@ -485,7 +208,37 @@ pub fn report(
     }
 }
 
+/// Writes one line.
 pub fn say(stream: &mut dyn Write, line: &str) -> Result<(), CliError> {
     writeln!(stream, "{line}")
         .map_err(|error| refused_as(Code::IoError, format!("cannot write output: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_list_table_shows_dashes_for_what_a_key_lacks() {
+        let records = [
+            json!({"id": "key_a", "name": "CRM", "tenant": "acme", "scopes": ["leads:read", "leads:write"],
+                   "plan": "pro", "hint": "sk_live_AbC…9Mn0", "created_at": "2026-01-01T00:00:00Z",
+                   "expires_at": null, "state": "active"}),
+            json!({"id": "key_b", "name": null, "tenant": "globex", "scopes": [], "plan": null,
+                   "hint": "sk_live_XyZ…0000", "created_at": "2026-01-02T00:00:00Z",
+                   "expires_at": "2026-02-01T00:00:00Z", "state": "revoked"}),
+        ];
+        let text = table(&records);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "a header and a row per key: {text}");
+        assert!(
+            lines[1].contains("leads:read,leads:write") && lines[1].contains("never"),
+            "the first row lacks its scopes or 'never': {text}"
+        );
+        assert!(
+            lines[2].contains("globex  -") && lines[2].ends_with("revoked"),
+            "the second row lacks its dashes or its state: {text}"
+        );
+    }
 }

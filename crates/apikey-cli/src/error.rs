@@ -2,8 +2,8 @@
 //! script reads from `--json` errors.
 //!
 //! Scripts tell a mistake in the command line (exit 2: fix the invocation)
-//! from a refusal (exit 1: the state, the files or the request itself say
-//! no). Either is one line on stderr, `apikey: <message>`, or with `--json`
+//! from a refusal (exit 1: the database, the service, the files or the
+//! request itself say no). Either is one line on stderr, `apikey: <message>`, or with `--json`
 //! the object `{"error": {"code": ..., "message": ...}}`, also on stderr,
 //! so stdout only ever holds results. Neither ever holds a raw key.
 
@@ -12,30 +12,22 @@ use core::fmt;
 /// Why a command was refused, as `--json` errors name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
-    /// The state file is not a valid configuration (hand-edited).
+    /// The file `import-state` reads is not a valid state file, or the
+    /// configuration a database describes is invalid.
     InvalidState,
-    /// The change would make an invalid configuration (an unknown plan,
-    /// a bad scope pattern, a tenant too long).
-    InvalidChange,
-    /// There is no state file yet.
+    /// There is no state file where `import-state` was pointed.
     NoState,
-    /// No key has this id.
-    NotFound,
-    /// The tenant holds its limit of active keys.
-    LimitReached,
-    /// The key is revoked or expired (rotate replaces an active key).
-    NotActive,
-    /// The key was rotated already and is in (or past) its grace.
-    AlreadyRotated,
-    /// `init` on an existing state file.
+    /// There is no database where `--db` (or the default) points, for a
+    /// command that reads or changes one.
+    NoDatabase,
+    /// `init` or `import-state` on a database that holds settings or keys.
     AlreadyExists,
     /// A file, the lock, the random source or an output stream failed.
     IoError,
-    /// Any other refusal (a prefix the configuration forbids, an expiry in
-    /// the past).
+    /// Any other refusal (an expiry in the past, a file of the wrong shape).
     Refused,
     /// A refusal of the key service (`--db` or `--server`), with the
-    /// service's own code (`invalid_request`, `conflict`,
+    /// service's own code (`invalid_request`, `not_found`, `conflict`,
     /// `key_limit_reached`, ...), the same whichever way it was reached.
     Service(apikey_service::error::Kind),
 }
@@ -45,12 +37,8 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidState => "invalid_state",
-            Self::InvalidChange => "invalid_change",
             Self::NoState => "no_state",
-            Self::NotFound => "not_found",
-            Self::LimitReached => "limit_reached",
-            Self::NotActive => "not_active",
-            Self::AlreadyRotated => "already_rotated",
+            Self::NoDatabase => "no_database",
             Self::AlreadyExists => "already_exists",
             Self::IoError => "io_error",
             Self::Refused => "refused",
@@ -64,8 +52,8 @@ impl Code {
 pub enum CliError {
     /// The command line is wrong: unknown flag, missing value, bad duration.
     Usage(String),
-    /// The operation was refused: invalid state, unknown id, limit reached,
-    /// an I/O error.
+    /// The operation was refused: unknown id, limit reached, an invalid
+    /// request, an I/O error.
     Refused(Code, String),
 }
 
@@ -138,11 +126,11 @@ mod tests {
 
     #[test]
     fn json_errors_carry_the_code_and_the_message_people_see() {
-        let error = refused_as(Code::NotFound, "no key with id \"key_x\"");
+        let error = refused_as(Code::NoDatabase, "no database at keys.db");
         let value: serde_json::Value = serde_json::from_str(&error.to_json()).unwrap();
         assert_eq!(
             value,
-            serde_json::json!({"error": {"code": "not_found", "message": "no key with id \"key_x\""}})
+            serde_json::json!({"error": {"code": "no_database", "message": "no database at keys.db"}})
         );
         assert_eq!(error.exit_code(), 1);
         let mistake = usage("--bogus is not an option");

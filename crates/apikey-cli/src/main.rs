@@ -1,13 +1,12 @@
 //! `apikey`: the key-management command line of the API-key gateway, and
 //! its key service.
 //!
-//! Keys are made here, shown once, and stored only as a SHA-256 and a hint:
-//! in the key service's SQLite database (`--db`, or through a running
-//! service with `--server`; `apikey serve` runs the service, contract §8),
-//! or in a state file that is the filter's plugin configuration (contract
-//! §1; the default, kept for existing deployments). Every change is
-//! validated by the core's own validator and, with `--ecds-dir`, pushed to
-//! Envoy as an ECDS file. `apikey help` lists the commands, `apikey help
+//! Keys are made here, shown once, and stored only as a SHA-256 and a hint,
+//! in the key service's SQLite database (`--db`, default `./apikey.db`, or
+//! through a running service with `--server`; `apikey serve` runs the
+//! service, contract §8). Every change is validated by the core's own
+//! validator and, with `--ecds-dir`, pushed to Envoy as an ECDS file;
+//! `apikey import-state` moves an old JSON state file into a database. `apikey help` lists the commands, `apikey help
 //! <command>` explains one; crates/apikey-cli/README.md describes them.
 
 mod args;
@@ -16,9 +15,9 @@ mod commands;
 mod duration;
 mod ecds_protobuf;
 mod error;
+mod expiry;
 mod render;
 mod service_commands;
-mod state;
 mod store;
 mod usage;
 
@@ -27,7 +26,6 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use apikey_core::timestamp::UnixNanos;
-use apikey_service::keygen;
 
 use crate::error::{refused_as, usage, CliError, Code};
 
@@ -78,10 +76,8 @@ fn execute(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> Result<
             })
         }
     };
-    let mut random = keygen::OsRandom;
     let mut io = commands::Io {
         now: now(),
-        random: &mut random,
         out,
         err,
     };

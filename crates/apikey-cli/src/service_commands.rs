@@ -1,15 +1,20 @@
-//! The commands on the key service's data: on its database (`--db`) or
-//! through a running service (`--server`), and `serve` itself.
+//! The commands on the key service's data: on its database (`--db`,
+//! default `./apikey.db`) or through a running service (`--server`), and
+//! `serve` itself.
 //!
 //! Both ways go through a [`Backend`] that answers with the API's bodies,
 //! so `create`, `list`, `show`, `revoke`, `rotate`, `import` and `settings`
 //! print the same thing either way. A new key is printed once, alone on a
-//! line (or in the `--json` body), exactly as with a state file. With
-//! `--db`, `render` and `validate` read the whole configuration the
-//! database describes, and `--ecds-dir` rewrites the ECDS file after each
-//! change, as it does for a state file (for small deployments; large
-//! tables belong in the service, §8). `import-state` moves a state file
-//! into a new database.
+//! line (or in the `--json` body). With `--db`, `init` makes the database
+//! and its settings, `render` and `validate` read the whole configuration
+//! the database describes, and `--ecds-dir` rewrites the ECDS file after
+//! each change (for small deployments; large tables belong in the service,
+//! §8). `import-state` moves an old JSON state file into a new database.
+//!
+//! A database that does not exist is created only by the commands that
+//! fill it (`init`, `import-state`, `settings put`) and by `serve`
+//! (contract §8.1); any other command refuses it, so a mistyped path or
+//! the wrong directory never leaves an empty database behind.
 
 use std::io::Read;
 use std::path::Path;
@@ -19,66 +24,74 @@ use apikey_service::keys::ListQuery;
 use apikey_service::server::{self, Options};
 use apikey_service::settings::{Settings, MAX_KEYS_FIELD};
 use apikey_service::{db, http::Limits, import, settings_store};
+use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
-use crate::args::{Command, CreateArgs, Globals, Invocation, ServeArgs, Store, TokenSource};
+use crate::args::{
+    Command, CreateArgs, Globals, InitArgs, Invocation, ServeArgs, Store, TokenSource,
+};
 use crate::backend::{Backend, Database, Server};
-use crate::commands::{publish, render_state, report, say, table, Io};
+use crate::commands::{publish, render_document, report, say, table, Io};
 use crate::error::{refused, refused_as, usage, CliError, Code};
-use crate::keygen;
-use crate::state::{KeyRow, KeyStatus, State};
+use apikey_service::keygen;
 
 /// Runs a command on the database or the server the globals name.
 pub fn run(invocation: Invocation, io: &mut Io<'_>) -> Result<(), CliError> {
     let globals = &invocation.globals;
-    if globals.max_keys_given && !matches!(invocation.command, Command::ImportState { .. }) {
+    if globals.max_keys_given
+        && !matches!(
+            invocation.command,
+            Command::ImportState { .. } | Command::Init(_)
+        )
+    {
         return Err(usage(
-            "--max-keys-per-tenant is the state file's limit: with --db or --server the cap is settings.max_keys_per_tenant (apikey settings put)",
+            "--max-keys-per-tenant sets max_keys_per_tenant when init or import-state makes a database; afterwards change it with apikey settings put",
         ));
+    }
+    if let Store::Database(path) = &globals.store {
+        let fills = matches!(
+            invocation.command,
+            Command::Init(_)
+                | Command::ImportState { .. }
+                | Command::SettingsPut { .. }
+                | Command::Serve(_)
+        );
+        if !fills && !path.exists() {
+            return Err(refused_as(
+                Code::NoDatabase,
+                format!(
+                    "no database at {} (apikey init makes one, apikey import-state OLD.json moves a state file into one; --db or APIKEY_DB names another)",
+                    path.display()
+                ),
+            ));
+        }
     }
     match (&globals.store, invocation.command) {
         (Store::Database(path), Command::Serve(serve_args)) => serve(globals, path, serve_args),
-        (_, Command::Serve(_)) => Err(usage("apikey serve needs the database: --db PATH")),
+        (_, Command::Serve(_)) => Err(usage(
+            "apikey serve runs on the database: --db PATH, not --server",
+        )),
         (Store::Database(path), Command::ImportState { file }) => {
             import_state(globals, path, &file, io)
         }
-        (_, Command::ImportState { .. }) => Err(usage(
-            "import-state fills a new database: pass --db PATH (then apikey serve --db PATH serves it)",
+        (Store::Database(path), Command::Init(init_args)) => init(globals, path, init_args, io),
+        (_, Command::ImportState { .. } | Command::Init(_)) => Err(usage(
+            "init and import-state make a database: pass --db PATH (then apikey serve --db PATH serves it); through a running service, apikey settings put FILE sets the settings",
         )),
         (Store::Database(path), Command::Validate) => validate(path, io, globals),
         (Store::Database(path), Command::Render { target, out }) => {
-            let state = database_state(&Database::open(path, io.now)?)?;
-            render_state(globals, &state, &target, out.as_deref(), io)
+            let document = Database::open(path, io.now)?.config_document()?;
+            render_document(globals, &document, &target, out.as_deref(), io)
         }
         (Store::Server(_), Command::Validate | Command::Render { .. }) => Err(usage(
             "render and validate need the whole table, hashes included, which the API never returns: run them with --db on the service's database",
         )),
-        (_, Command::Init(_)) => Err(usage(
-            "init makes a state file; with --db or --server, apikey settings put FILE sets plans, rules and options",
-        )),
-        (
-            _,
-            Command::Rotate {
-                prefix: Some(_), ..
-            }
-            | Command::Rotate {
-                expiry: Some(_), ..
-            },
-        ) => Err(usage(
-            "with --db or --server, rotate takes only --grace: the new key keeps the old key's prefix, and its lifetime again from now",
-        )),
-        (_, Command::Update { .. } | Command::Delete { .. }) => Err(usage(
-            "update and delete change a state file; the key service keeps every key for audit: revoke it, or rotate it, or create a new one",
-        )),
         (store, command) => {
             let mut backend = open_backend(globals, store, io)?;
             let changed = on_backend(globals, backend.as_mut(), command, io)?;
-            if changed {
-                if let (Store::Database(path), Some(_)) = (store, &globals.ecds_dir) {
-                    drop(backend);
-                    let state = database_state(&Database::open(path, io.now)?)?;
-                    publish(globals, &state)?;
-                }
+            if let (true, Store::Database(path)) = (changed, store) {
+                drop(backend);
+                publish(globals, path, io.now)?;
             }
             Ok(())
         }
@@ -93,7 +106,6 @@ fn open_backend(
     match store {
         Store::Database(path) => Ok(Box::new(Database::open(path, io.now)?)),
         Store::Server(url) => Ok(Box::new(Server::new(url, &admin_token(globals)?))),
-        Store::StateFile => Err(usage("no database or server named")),
     }
 }
 
@@ -147,7 +159,7 @@ fn on_backend(
             report(globals, io, &format!("revoked {id}"), record)?;
             Ok(true)
         }
-        Command::Rotate { id, grace, .. } => {
+        Command::Rotate { id, grace } => {
             let seconds = grace / crate::duration::SECOND_NANOS;
             let body = backend.rotate(&id, json_object(json!({"grace_seconds": seconds})))?;
             show_new_key(globals, io, &body, "rotated")?;
@@ -178,7 +190,7 @@ fn on_backend(
             report(globals, io, "settings stored", settings)?;
             Ok(true)
         }
-        _ => Err(usage("this command does not work with --db or --server")),
+        _ => Err(usage("this command does not work with --server")),
     }
 }
 
@@ -279,8 +291,7 @@ fn list(
         };
         return pretty(io, &value);
     }
-    let rows: Vec<KeyRow> = records.iter().map(row).collect();
-    say(io.out, &table(&rows))?;
+    say(io.out, &table(&records))?;
     if let Some(next) = next {
         say(io.err, &format!("more: apikey list --cursor {next}"))?;
     }
@@ -304,38 +315,6 @@ fn list_query(
         params.append_pair("cursor", cursor);
     }
     ListQuery::parse(Some(&params.finish())).map_err(|error| usage(error.message))
-}
-
-/// A record of the API as a row of the `list` table.
-fn row(record: &Value) -> KeyRow {
-    let text = |name: &str| record.get(name).and_then(Value::as_str).map(str::to_owned);
-    KeyRow {
-        id: text("id").unwrap_or_default(),
-        name: text("name"),
-        tenant: text("tenant").unwrap_or_default(),
-        scopes: record
-            .get("scopes")
-            .and_then(Value::as_array)
-            .map(|scopes| {
-                scopes
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        plan: text("plan"),
-        env: text("env"),
-        hint: text("hint"),
-        created_at: text("created_at"),
-        expires_at: text("expires_at"),
-        state: match text("state").as_deref() {
-            Some("revoked") => KeyStatus::Revoked,
-            Some("expired") => KeyStatus::Expired,
-            _ => KeyStatus::Active,
-        },
-        replaced_by: text("replaced_by"),
-    }
 }
 
 /// `show`: the record as `field: value` lines, or pretty JSON.
@@ -375,17 +354,6 @@ fn read_input(file: &str) -> Result<Vec<u8>, CliError> {
     };
     result.map_err(|error| refused_as(Code::IoError, format!("{file}: {error}")))?;
     Ok(bytes)
-}
-
-/// The state a database describes (for the renderers and `--ecds-dir`).
-fn database_state(database: &Database) -> Result<State, CliError> {
-    let document = database.config_document()?;
-    State::parse(&document).map_err(|reason| {
-        refused_as(
-            Code::InvalidState,
-            format!("the database's configuration is invalid: {reason}"),
-        )
-    })
 }
 
 /// `validate` on a database: the whole configuration it describes, through
@@ -445,34 +413,111 @@ fn serve(globals: &Globals, path: &Path, serve_args: ServeArgs) -> Result<(), Cl
     server::run(&options).map_err(|message| refused_as(Code::IoError, message))
 }
 
-/// `import-state OLD.json --db NEW.db`: the state's settings and keys, in
-/// one transaction, into a database that holds neither yet.
-fn import_state(
+/// `init`: a new database holding the settings the options describe
+/// (never over settings or keys already there).
+fn init(
     globals: &Globals,
     path: &Path,
-    file: &Path,
+    init_args: InitArgs,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
-    let bytes = crate::store::read(file)?;
-    let state = State::parse(&bytes).map_err(|reason| {
-        refused_as(
-            Code::InvalidState,
-            format!("{} is invalid: {reason}", file.display()),
-        )
-    })?;
-    let mut document = state.rest.clone();
-    document.insert(MAX_KEYS_FIELD.to_owned(), json!(globals.max_keys));
+    let mut document = match &init_args.from {
+        Some(from) => from_document(from)?,
+        None => Map::new(),
+    };
+    if let Some(plans) = &init_args.plans {
+        let plans = read_json(plans, "plans", Value::is_object)?;
+        document.insert("plans".to_owned(), plans);
+    }
+    document.entry("plans").or_insert_with(|| json!({}));
+    if let Some(rules) = &init_args.rules {
+        let rules = read_json(rules, "rules", Value::is_array)?;
+        document.insert("rules".to_owned(), rules);
+    }
+    if let Some(schemes) = init_args.schemes {
+        document.insert("schemes".to_owned(), json!(schemes));
+    }
+    if let Some(prefixes) = init_args.key_prefixes {
+        document.insert("key_prefixes".to_owned(), json!(prefixes));
+    }
+    if init_args.require_https {
+        document.insert("require_https".to_owned(), json!(true));
+    }
+    if let Some(header) = init_args.trusted_https_header {
+        document.insert("trusted_https_header".to_owned(), json!(header));
+    }
+    if let Some(template) = init_args.error_doc_url {
+        document.insert("error_doc_url".to_owned(), json!(template));
+    }
+    if globals.max_keys_given || !document.contains_key(MAX_KEYS_FIELD) {
+        document.insert(MAX_KEYS_FIELD.to_owned(), json!(globals.max_keys));
+    }
     let settings = Settings::from_document(document)?;
-    let lines: Vec<u8> = state
-        .keys
-        .iter()
-        .map(|key| serde_json::to_string(key).map(|line| line + "\n"))
-        .collect::<Result<String, _>>()
-        .map_err(|error| refused(error.to_string()))?
-        .into_bytes();
     let mut connection = db::open(path)?;
     let transaction = db::write(&mut connection).map_err(CliError::from)?;
-    let (keys, has_settings): (i64, i64) = transaction
+    refuse_filled(
+        &transaction,
+        path,
+        "init never overwrites them (apikey settings put replaces the settings)",
+    )?;
+    settings_store::put_in(&transaction, &settings, io.now)?;
+    transaction
+        .commit()
+        .map_err(|error| CliError::from(apikey_service::error::ApiError::from(error)))?;
+    drop(connection);
+    let ecds = publish(globals, path, io.now);
+    report(
+        globals,
+        io,
+        &format!("created {}", path.display()),
+        json!({"db": path.display().to_string(), "settings": settings.document()}),
+    )?;
+    ecds
+}
+
+/// `init --from`: a §1 configuration's settings; one with keys is
+/// `import-state`'s to move.
+fn from_document(path: &Path) -> Result<Map<String, Value>, CliError> {
+    let mut document = match read_json(path, "configuration", Value::is_object)? {
+        Value::Object(document) => document,
+        _ => Map::new(),
+    };
+    match document.remove("keys") {
+        Some(Value::Array(keys)) if !keys.is_empty() => Err(refused_as(
+            Code::InvalidState,
+            format!(
+                "{} holds keys: apikey import-state {} moves a configuration with its keys into a new database",
+                path.display(),
+                path.display()
+            ),
+        )),
+        _ => Ok(document),
+    }
+}
+
+/// Reads a JSON file that must hold a value of the right shape.
+fn read_json(path: &Path, what: &str, shape: fn(&Value) -> bool) -> Result<Value, CliError> {
+    let bytes = std::fs::read(path)
+        .map_err(|error| refused_as(Code::IoError, format!("{}: {error}", path.display())))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|error| refused(format!("{}: {error}", path.display())))?;
+    if !shape(&value) {
+        return Err(refused(format!(
+            "{} must hold the {what} value itself ({})",
+            path.display(),
+            if what == "rules" {
+                "an array"
+            } else {
+                "an object"
+            }
+        )));
+    }
+    Ok(value)
+}
+
+/// Refuses a database that already holds settings or keys.
+fn refuse_filled(connection: &Connection, path: &Path, why: &str) -> Result<(), CliError> {
+    let (keys, has_settings): (i64, i64) = connection
         .query_row(
             "SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM settings)",
             [],
@@ -482,14 +527,80 @@ fn import_state(
     if keys > 0 || has_settings > 0 {
         return Err(refused_as(
             Code::AlreadyExists,
-            format!(
-                "{} already holds settings or keys: import-state fills a new database (apikey import adds keys to one)",
-                path.display()
-            ),
+            format!("{} already holds settings or keys: {why}", path.display()),
         ));
     }
+    Ok(())
+}
+
+/// Reads the state file `import-state` moves: the filter's §1
+/// configuration, as the old `--state` commands wrote it. A missing file,
+/// one that is not JSON and one the filter would refuse each get their
+/// own message, naming the file.
+fn read_state(file: &Path) -> Result<Map<String, Value>, CliError> {
+    let bytes = std::fs::read(file).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            refused_as(
+                Code::NoState,
+                format!(
+                    "no state file at {}: import-state reads the JSON state file the old apikey --state commands wrote (apikey-state.json by default); give its path",
+                    file.display()
+                ),
+            )
+        } else {
+            refused_as(Code::IoError, format!("cannot read {}: {error}", file.display()))
+        }
+    })?;
+    let invalid = |reason: String| {
+        refused_as(
+            Code::InvalidState,
+            format!(
+                "{} is not a valid state file: {reason} (a state file is the filter's plugin configuration, contract §1; nothing was imported)",
+                file.display()
+            ),
+        )
+    };
+    match Config::parse(&bytes) {
+        Err(error) => return Err(invalid(error.to_string())),
+        Ok(None) => return Err(invalid("it is empty".to_owned())),
+        Ok(Some(_)) => {}
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(document)) => Ok(document),
+        Ok(_) => Err(invalid("it is not a JSON object".to_owned())),
+        Err(error) => Err(invalid(error.to_string())),
+    }
+}
+
+/// `import-state OLD.json --db NEW.db`: the state's settings and keys, in
+/// one transaction, into a database that holds neither yet.
+fn import_state(
+    globals: &Globals,
+    path: &Path,
+    file: &Path,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
+    let mut document = read_state(file)?;
+    let keys = match document.remove("keys") {
+        Some(Value::Array(keys)) => keys,
+        _ => Vec::new(),
+    };
+    document.insert(MAX_KEYS_FIELD.to_owned(), json!(globals.max_keys));
+    let settings = Settings::from_document(document)?;
+    let lines: Vec<u8> = keys
+        .iter()
+        .map(|key| format!("{key}\n"))
+        .collect::<String>()
+        .into_bytes();
+    let mut connection = db::open(path)?;
+    let transaction = db::write(&mut connection).map_err(CliError::from)?;
+    refuse_filled(
+        &transaction,
+        path,
+        "import-state fills a new database (apikey import adds keys to one)",
+    )?;
     settings_store::put_in(&transaction, &settings, io.now)?;
-    let imported = if state.keys.is_empty() {
+    let imported = if keys.is_empty() {
         0
     } else {
         import::import_into(&transaction, &settings, &mut lines.as_slice(), io.now)?
@@ -498,9 +609,7 @@ fn import_state(
         .commit()
         .map_err(|error| CliError::from(apikey_service::error::ApiError::from(error)))?;
     drop(connection);
-    if globals.ecds_dir.is_some() {
-        publish(globals, &database_state(&Database::open(path, io.now)?)?)?;
-    }
+    publish(globals, path, io.now)?;
     report(
         globals,
         io,

@@ -1,16 +1,18 @@
-//! The state file on disk: an exclusive lock, whole-file reads, atomic
-//! replacement.
+//! Files the CLI writes for Envoy and Istio (the ECDS file, `render
+//! --out`): an exclusive lock and atomic replacement.
 //!
-//! Two operators (or two CI jobs) may run `apikey create` at once; each
-//! must see the other's key. Every mutating command therefore holds an
-//! exclusive `flock` on a `.lock` file beside the state (`<state>.lock`,
-//! never deleted: removing a lock file lets a third process lock a
-//! different inode) for its whole read–change–write. Files are replaced by
-//! writing a temporary file in the same directory (a random name, created
-//! exclusively, so no link planted there is followed), fsyncing it, renaming
-//! it over the target and fsyncing the directory, so a reader (Envoy
-//! watching the ECDS directory, a concurrent `list`) sees the old document
-//! or the new one, never half of one, and a crash cannot lose both.
+//! Two operators (or two CI jobs) may change the database at once, and
+//! each then rewrites the ECDS file; the later file must not be the older
+//! table. [`publish`](crate::commands::publish) therefore holds an
+//! exclusive `flock` on a `.lock` file beside the ECDS file
+//! (`apikey.yaml.lock`, never deleted: removing a lock file lets a third
+//! process lock a different inode) while it reads the database and writes
+//! the file. Files are replaced by writing a temporary file in the same
+//! directory (a random name, created exclusively, so no link planted there
+//! is followed), fsyncing it, renaming it over the target and fsyncing the
+//! directory, so a reader (Envoy watching the ECDS directory) sees the old
+//! document or the new one, never half of one, and a crash cannot lose
+//! both.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -19,33 +21,30 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{refused_as, CliError, Code};
 
-/// Permissions of a new state file: it names every key's hash and tenant,
-/// so only its owner reads it.
-pub const STATE_MODE: u32 = 0o600;
 /// Permissions of a new ECDS or rendered file: Envoy, often another user,
 /// must read it.
 pub const PUBLIC_MODE: u32 = 0o644;
 
-/// An exclusive lock on a state file, released when dropped.
+/// An exclusive lock on a file, released when dropped.
 #[derive(Debug)]
-pub struct StateLock {
+pub struct FileLock {
     _file: File,
 }
 
-/// The lock file of a state file: `<state>.lock` in the same directory.
-pub fn lock_path(state: &Path) -> PathBuf {
-    let mut name = state
+/// The lock file of a file: `<file>.lock` in the same directory.
+pub fn lock_path(file: &Path) -> PathBuf {
+    let mut name = file
         .file_name()
         .map(OsString::from)
-        .unwrap_or_else(|| OsString::from("apikey-state.json"));
+        .unwrap_or_else(|| OsString::from("apikey"));
     name.push(".lock");
-    state.with_file_name(name)
+    file.with_file_name(name)
 }
 
-/// Takes the exclusive lock on `state`, waiting for another holder (and
+/// Takes the exclusive lock on `file`, waiting for another holder (and
 /// saying so on stderr) rather than failing.
-pub fn lock(state: &Path) -> Result<StateLock, CliError> {
-    let path = lock_path(state);
+pub fn lock(file: &Path) -> Result<FileLock, CliError> {
+    let path = lock_path(file);
     let mut options = OpenOptions::new();
     options.create(true).truncate(false).write(true);
     // A link planted at the lock's name is refused (ELOOP) rather than
@@ -70,21 +69,7 @@ pub fn lock(state: &Path) -> Result<StateLock, CliError> {
             return Err(io_refused("cannot lock", &path, &error));
         }
     }
-    Ok(StateLock { _file: file })
-}
-
-/// Reads a whole file; a missing state file gets a hint to run `init`.
-pub fn read(path: &Path) -> Result<Vec<u8>, CliError> {
-    fs::read(path).map_err(|error| {
-        if error.kind() == io::ErrorKind::NotFound {
-            refused_as(Code::NoState, format!(
-                "no state file at {} (apikey init makes one; --state or APIKEY_STATE names another)",
-                path.display()
-            ))
-        } else {
-            io_refused("cannot read", path, &error)
-        }
-    })
+    Ok(FileLock { _file: file })
 }
 
 /// Replaces `path` with `bytes` atomically and durably. An existing file
@@ -174,48 +159,48 @@ mod tests {
     }
 
     #[test]
-    fn the_lock_file_sits_beside_the_state() {
+    fn the_lock_file_sits_beside_the_file_it_guards() {
         assert_eq!(
-            lock_path(Path::new("/srv/keys/state.json")),
-            Path::new("/srv/keys/state.json.lock")
+            lock_path(Path::new("/srv/ecds/apikey.yaml")),
+            Path::new("/srv/ecds/apikey.yaml.lock")
         );
         assert_eq!(
-            lock_path(Path::new("state.json")),
-            Path::new("state.json.lock")
+            lock_path(Path::new("apikey.pb")),
+            Path::new("apikey.pb.lock")
         );
     }
 
     #[test]
     fn an_atomic_write_replaces_the_file_and_leaves_no_temporary() {
         let dir = scratch("replace");
-        let path = dir.join("state.json");
-        write_atomic(&path, b"one", STATE_MODE).unwrap();
-        write_atomic(&path, b"two", STATE_MODE).unwrap();
+        let path = dir.join("apikey.yaml");
+        write_atomic(&path, b"one", PUBLIC_MODE).unwrap();
+        write_atomic(&path, b"two", PUBLIC_MODE).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|entry| entry.unwrap().file_name())
             .collect();
-        assert_eq!(names, ["state.json"]);
+        assert_eq!(names, ["apikey.yaml"]);
         fs::remove_dir_all(dir).unwrap();
     }
 
     #[cfg(unix)]
     #[test]
-    fn a_new_state_file_is_private_and_an_existing_mode_is_kept() {
+    fn a_new_file_gets_the_mode_asked_and_an_existing_mode_is_kept() {
         use std::os::unix::fs::PermissionsExt;
         let dir = scratch("mode");
-        let path = dir.join("state.json");
-        write_atomic(&path, b"{}", STATE_MODE).unwrap();
+        let path = dir.join("apikey.yaml");
+        write_atomic(&path, b"{}", PUBLIC_MODE).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&path), 0o644, "a new file did not get the mode asked");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        write_atomic(&path, b"{\"keys\": []}", STATE_MODE).unwrap();
-        assert_eq!(mode(&path), 0o640);
+        write_atomic(&path, b"{\"keys\": []}", PUBLIC_MODE).unwrap();
+        assert_eq!(mode(&path), 0o640, "the existing mode was not kept");
         fs::remove_dir_all(dir).unwrap();
     }
 
-    /// Issue 17 finding 9: another local user who can write to the state's
+    /// Issue 17 finding 9: another local user who can write to the ECDS
     /// directory plants a link where a predictable temporary file would go
     /// (the old name was `.<file>.tmp.<pid>`); the write must never go
     /// through it, and the target ends up a regular file of its own.
@@ -225,10 +210,10 @@ mod tests {
         let dir = scratch("symlink");
         let victim = dir.join("victim");
         fs::write(&victim, b"untouched").unwrap();
-        let path = dir.join("state.json");
-        let planted = dir.join(format!(".state.json.tmp.{}", std::process::id()));
+        let path = dir.join("apikey.yaml");
+        let planted = dir.join(format!(".apikey.yaml.tmp.{}", std::process::id()));
         std::os::unix::fs::symlink(&victim, &planted).unwrap();
-        write_atomic(&path, b"secret state", STATE_MODE).unwrap();
+        write_atomic(&path, b"the table", PUBLIC_MODE).unwrap();
         assert_eq!(
             fs::read(&victim).unwrap(),
             b"untouched",
@@ -236,9 +221,9 @@ mod tests {
         );
         assert!(
             fs::symlink_metadata(&path).unwrap().file_type().is_file(),
-            "the state file is a link, not a file of its own"
+            "the ECDS file is a link, not a file of its own"
         );
-        assert_eq!(fs::read(&path).unwrap(), b"secret state");
+        assert_eq!(fs::read(&path).unwrap(), b"the table");
         assert!(
             fs::symlink_metadata(&planted)
                 .unwrap()
@@ -254,23 +239,14 @@ mod tests {
     fn a_planted_symlink_at_the_lock_file_is_refused_not_followed() {
         let dir = scratch("lock-link");
         let target = dir.join("created-through-the-link");
-        let state = dir.join("state.json");
-        std::os::unix::fs::symlink(&target, lock_path(&state)).unwrap();
-        let error = lock(&state).unwrap_err();
+        let file = dir.join("apikey.yaml");
+        std::os::unix::fs::symlink(&target, lock_path(&file)).unwrap();
+        let error = lock(&file).unwrap_err();
         assert!(
             matches!(&error, CliError::Refused(_, m) if m.contains("cannot open the lock file")),
             "{error:?}"
         );
         assert!(!target.exists(), "the lock was taken through the link");
         fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn a_missing_state_file_points_at_init() {
-        let error = read(Path::new("/nonexistent/apikey-state.json")).unwrap_err();
-        assert!(
-            matches!(&error, CliError::Refused(_, m) if m.contains("apikey init")),
-            "{error:?}"
-        );
     }
 }

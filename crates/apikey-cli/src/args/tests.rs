@@ -42,9 +42,12 @@ fn the_command_line_model_is_consistent() {
 #[test]
 fn create_takes_its_options_in_any_order_with_either_spelling() {
     let invocation = invocation(
-        "--state /tmp/s.json create --name=CRM --tenant acme --scopes leads:read,leads:write --plan pro --expires-in 30d --json",
+        "--db /tmp/k.db create --name=CRM --tenant acme --scopes leads:read,leads:write --plan pro --expires-in 30d --json",
     );
-    assert_eq!(invocation.globals.state, PathBuf::from("/tmp/s.json"));
+    assert_eq!(
+        invocation.globals.store,
+        Store::Database(PathBuf::from("/tmp/k.db"))
+    );
     assert!(invocation.globals.json);
     let Command::Create(create) = invocation.command else {
         panic!("{:?}", invocation.command)
@@ -96,25 +99,12 @@ fn an_empty_scopes_value_means_no_scopes() {
         panic!("--scopes '' was refused")
     };
     assert!(create.scopes.is_empty(), "{:?}", create.scopes);
-    let args = ["update", "key_1", "--scopes", ""].map(str::to_owned);
-    let Ok(Parsed::Run(Invocation {
-        command: Command::Update { update, .. },
-        ..
-    })) = parse(&args, &no_env)
-    else {
-        panic!("update --scopes '' was refused")
-    };
-    assert_eq!(
-        update.scopes,
-        Some(Vec::new()),
-        "'' is no scopes, not no change"
-    );
 }
 
 #[test]
 fn global_options_fall_back_to_the_environment_and_flags_win() {
     let env = |name: &str| match name {
-        "APIKEY_STATE" => Some("/env/state.json".to_owned()),
+        "APIKEY_DB" => Some("/env/keys.db".to_owned()),
         "APIKEY_ECDS_DIR" => Some("/env/ecds".to_owned()),
         "APIKEY_WASM" => Some("/env/m.wasm".to_owned()),
         "APIKEY_MAX_KEYS_PER_TENANT" => Some("3".to_owned()),
@@ -125,18 +115,21 @@ fn global_options_fall_back_to_the_environment_and_flags_win() {
         panic!("list did not parse")
     };
     let globals = run.globals;
-    assert_eq!(globals.state, PathBuf::from("/env/state.json"));
+    assert_eq!(
+        globals.store,
+        Store::Database(PathBuf::from("/env/keys.db"))
+    );
     assert_eq!(globals.ecds_dir, Some(PathBuf::from("/env/ecds")));
     assert_eq!(globals.ecds_format, EcdsFormat::Protobuf);
     assert_eq!(globals.wasm, "/env/m.wasm");
     assert_eq!(globals.max_keys, 3);
     let Ok(Parsed::Run(run)) = parse(
-        &words("list --state flag.json --ecds-format yaml --max-keys-per-tenant 4"),
+        &words("list --db flag.db --ecds-format yaml --max-keys-per-tenant 4"),
         &env,
     ) else {
         panic!("list with flags did not parse")
     };
-    assert_eq!(run.globals.state, PathBuf::from("flag.json"));
+    assert_eq!(run.globals.store, Store::Database(PathBuf::from("flag.db")));
     assert_eq!(run.globals.ecds_format, EcdsFormat::Yaml);
     assert_eq!(run.globals.max_keys, 4);
 }
@@ -165,7 +158,7 @@ fn a_bad_environment_variable_is_named() {
 #[test]
 fn defaults_apply_without_flags_or_environment() {
     let globals = invocation("list").globals;
-    assert_eq!(globals.state, PathBuf::from("apikey-state.json"));
+    assert_eq!(globals.store, Store::Database(PathBuf::from("apikey.db")));
     assert_eq!(globals.ecds_dir, None);
     assert_eq!(globals.ecds_format, EcdsFormat::Yaml);
     assert_eq!(globals.ecds_format.file_name(), "apikey.yaml");
@@ -197,17 +190,13 @@ fn mistakes_are_one_line_usage_errors_naming_what_was_typed() {
             "'--tenant <TENANT>' cannot be used multiple times",
         ),
         ("rotate key_1 --grace soon", "'soon' for '--grace"),
-        (
-            "rotate key_1 --expires-in 1d --no-expiry",
-            "cannot be used with",
-        ),
+        ("rotate key_1 --prefix p_", "'--prefix'"),
+        ("rotate key_1 --expires-in 1d", "'--expires-in'"),
         ("revoke", "<ID>"),
         ("revoke a b", "unexpected argument 'b'"),
-        ("update key_1", "at least one"),
-        (
-            "update key_1 --plan pro --no-plan",
-            "cannot be used with '--no-plan'",
-        ),
+        ("update key_1 --name n", "'update'"),
+        ("delete key_1", "'delete'"),
+        ("list --state s.json", "'--state'"),
         ("render", "ecds, istio, config"),
         ("render yaml", "'yaml'"),
         ("render ecds --url x", "'--url'"),
@@ -230,7 +219,7 @@ fn mistakes_are_one_line_usage_errors_naming_what_was_typed() {
 
 #[test]
 fn a_mistake_points_at_the_help_of_its_command() {
-    let message = usage_message("--state s.json render istio --bogus");
+    let message = usage_message("--db k.db render istio --bogus");
     assert!(
         message.ends_with("see apikey render istio --help)"),
         "{message}"
@@ -240,22 +229,20 @@ fn a_mistake_points_at_the_help_of_its_command() {
 }
 
 #[test]
-fn update_and_rotate_read_their_changes() {
-    let Command::Update { id, update } =
-        invocation("update key_1 --no-plan --no-expiry --scopes a:*").command
-    else {
-        panic!()
+fn rotate_reads_its_grace_with_a_default_of_a_day() {
+    let Command::Rotate { id, grace } = invocation("rotate key_1").command else {
+        panic!("rotate key_1 is not a rotation")
     };
     assert_eq!(id, "key_1");
-    assert_eq!(update.plan, Some(None));
-    assert_eq!(update.expiry, Some(Expiry::Never));
-    assert_eq!(update.scopes, Some(vec!["a:*".to_owned()]));
-    assert_eq!(update.name, None);
-    let Command::Rotate { grace, expiry, .. } = invocation("rotate key_1").command else {
-        panic!()
+    assert_eq!(
+        grace,
+        24 * 3_600 * 1_000_000_000,
+        "the default grace is not 24h"
+    );
+    let Command::Rotate { grace, .. } = invocation("rotate key_1 --grace 0s").command else {
+        panic!("rotate --grace 0s is not a rotation")
     };
-    assert_eq!(grace, 24 * 3_600 * 1_000_000_000);
-    assert_eq!(expiry, None);
+    assert_eq!(grace, 0, "--grace 0s is not an immediate end");
 }
 
 #[test]
@@ -298,7 +285,7 @@ fn no_command_or_help_anywhere_prints_the_help() {
     for command in ["create", "rotate", "render"] {
         assert!(top.contains(command), "the help lists no {command}: {top}");
     }
-    for line in ["help", "--help", "-h", "--state x"] {
+    for line in ["help", "--help", "-h", "--db x"] {
         assert!(shown(line).contains("Usage: apikey"), "{line:?}");
     }
     for line in [
@@ -365,8 +352,11 @@ fn store_of(line: &str, env: &[(&str, &str)]) -> Store {
 }
 
 #[test]
-fn where_the_keys_live_is_one_flag_else_one_variable_else_the_state_file() {
-    assert_eq!(store_of("list", &[]), Store::StateFile);
+fn where_the_keys_live_is_one_flag_else_one_variable_else_the_default_database() {
+    assert_eq!(
+        store_of("list", &[]),
+        Store::Database(PathBuf::from("apikey.db"))
+    );
     assert_eq!(
         store_of("--db k.db list", &[]),
         Store::Database(PathBuf::from("k.db"))
@@ -381,15 +371,18 @@ fn where_the_keys_live_is_one_flag_else_one_variable_else_the_state_file() {
     );
     // A flag beats the environment, whichever it names.
     assert_eq!(
-        store_of("--state s.json list", &[("APIKEY_SERVER", "http://h")]),
-        Store::StateFile
+        store_of("--db k.db list", &[("APIKEY_SERVER", "http://h")]),
+        Store::Database(PathBuf::from("k.db"))
     );
-    for line in ["--db a --state s list", "--db a --server http://h list"] {
-        assert!(
-            matches!(parse_line(line), Err(CliError::Usage(m)) if m.contains("give one")),
-            "{line}"
-        );
-    }
+    assert_eq!(
+        store_of("--server http://h list", &[("APIKEY_DB", "env.db")]),
+        Store::Server("http://h".to_owned())
+    );
+    let line = "--db a --server http://h list";
+    assert!(
+        matches!(parse_line(line), Err(CliError::Usage(m)) if m.contains("give one")),
+        "{line}"
+    );
     let both = parse_with("list", &[("APIKEY_DB", "a"), ("APIKEY_SERVER", "http://h")]);
     assert!(matches!(both, Err(CliError::Usage(_))), "{both:?}");
 }

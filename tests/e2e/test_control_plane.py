@@ -12,7 +12,6 @@ anyway, by the filter, which keeps enforcing the previous table.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import ECDS_FILE, REPO_ROOT, Gateway, GatewayError
+from harness import ECDS_FILE, Gateway
+from key_service import apikey_binary
 
 PLANS = {
     "pro": {"scopes": ["leads:*"], "rate_limits": {"*": {"requests": 1000, "period_seconds": 1}}},
@@ -38,19 +38,6 @@ LEADS = "/api/v1/leads"
 ENFORCED_WITHIN = 1.0
 
 
-@functools.cache
-def cli_binary() -> Path:
-    """Builds the CLI once per session (APIKEY_CLI names a prebuilt one)."""
-    override = os.environ.get("APIKEY_CLI")
-    if override:
-        return Path(override).resolve()
-    command = ["cargo", "build", "-p", "apikey-cli"]
-    built = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-    if built.returncode != 0:
-        raise GatewayError(f"{' '.join(command)} failed:\n{built.stderr[-4000:]}")
-    return REPO_ROOT / "target" / "debug" / "apikey"
-
-
 class ControlPlane:
     """The CLI pointed at one gateway: its database in the gateway's work
     directory, its ECDS output in the directory Envoy watches."""
@@ -62,7 +49,7 @@ class ControlPlane:
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
         env = {name: value for name, value in os.environ.items() if not name.startswith("APIKEY_")}
-        return subprocess.run([str(cli_binary()), *self.globals, *args],
+        return subprocess.run([str(apikey_binary()), *self.globals, *args],
                               capture_output=True, text=True, env=env, timeout=30)
 
     def ok(self, *args: str) -> str:

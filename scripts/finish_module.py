@@ -28,7 +28,8 @@ from pathlib import Path
 # Callbacks the filter does not implement. Kept: the VM, configuration,
 # context lifecycle (on_context_create, on_delete: the SDK frees a
 # context's state there), request and response headers, tick, memory
-# allocation, and the gRPC reply callbacks of the fleet's rate-limit call.
+# allocation, the gRPC reply callbacks of the fleet's rate-limit call, and
+# the HTTP callout's answer (the key_source feed).
 UNUSED_EXPORTS = frozenset({
     "proxy_on_done",
     "proxy_on_log",
@@ -36,7 +37,6 @@ UNUSED_EXPORTS = frozenset({
     "proxy_on_request_trailers",
     "proxy_on_response_body",
     "proxy_on_response_trailers",
-    "proxy_on_http_call_response",
     "proxy_on_queue_ready",
     "proxy_on_foreign_function",
     "proxy_on_grpc_receive_initial_metadata",

@@ -19,6 +19,7 @@ use crate::denial::DocUrl;
 use crate::fleet::Fleet;
 use crate::https::HttpsPolicy;
 use crate::key_hash::KeyHash;
+use crate::key_source::KeySource;
 use crate::rate_limit::LimitTable;
 use crate::rules::RuleSet;
 use crate::scope::ScopePattern;
@@ -142,6 +143,9 @@ pub struct Config {
     pub https: Option<HttpsPolicy>,
     /// `error_doc_url` (§7.4), split at its placeholder.
     pub error_doc_url: Option<DocUrl>,
+    /// `key_source` (§8.3): when set, the configuration holds nothing else
+    /// but `fleet`, and the table comes from the key service.
+    pub key_source: Option<KeySource>,
 }
 
 impl Config {

@@ -38,6 +38,7 @@ use std::rc::Rc;
 use crate::config::Config;
 use crate::decision::Gateway;
 use crate::host::{Host, HostError, LogLevel, Property};
+use crate::key_source::{FeedClient, KeySource, FOLLOW_TICK_MS};
 use crate::key_table::{self, Digest, Digester, Lineage, Publication, TableRef};
 use crate::metrics::Metric;
 use crate::refusal;
@@ -124,6 +125,9 @@ pub struct Configuration {
     /// Whether this configuration set a tick period (to poll a pending
     /// table).
     ticking: bool,
+    /// With `key_source`: the follower of the key service's feed, whose
+    /// tables this configuration publishes and serves.
+    follower: Option<FeedClient>,
 }
 
 impl Default for Configuration {
@@ -140,6 +144,7 @@ impl Configuration {
             lineage: None,
             sequence: 0,
             ticking: false,
+            follower: None,
         }
     }
 
@@ -155,6 +160,12 @@ impl Configuration {
         match &self.state {
             State::Ready(gateway) => Some(Rc::clone(gateway)),
             State::Pending { .. } => self
+                .lineage
+                .and_then(|lineage| vm.find(lineage))
+                .and_then(|slot| slot.latest_ready.clone()),
+            // A follower before its first table serves what its lineage
+            // served in this VM (an update of `key_source`), else 503.
+            State::Unconfigured if self.follower.is_some() => self
                 .lineage
                 .and_then(|lineage| vm.find(lineage))
                 .and_then(|slot| slot.latest_ready.clone()),
@@ -229,6 +240,12 @@ impl Configuration {
                 self.state = State::Unconfigured;
                 true
             }
+            Ok(Some((config, _))) if config.key_source.is_some() => {
+                if let Some(source) = config.key_source {
+                    self.follow(host, source);
+                }
+                true
+            }
             Ok(Some((config, settings))) => {
                 drop(bytes);
                 self.publish(host, vm, lineage, Box::new(config), digest, settings)
@@ -245,6 +262,10 @@ impl Configuration {
             return;
         };
         let superseded = vm.find(lineage).map(|slot| slot.sequence) != Some(self.sequence);
+        if self.follower.is_some() {
+            self.follow_tick(host, vm, lineage, superseded);
+            return;
+        }
         match std::mem::replace(&mut self.state, State::Unconfigured) {
             State::Pending { .. } if superseded => self.stop_ticking(host),
             State::Pending {
@@ -265,6 +286,104 @@ impl Configuration {
             other => {
                 self.state = other;
                 self.stop_ticking(host);
+            }
+        }
+    }
+
+    /// Starts following the key service named by `source`: a tick for
+    /// retries, and the first snapshot request at once.
+    fn follow<H: Host>(&mut self, host: &mut H, source: KeySource) {
+        host.log(
+            LogLevel::Info,
+            &format!(
+                "key_source: following the key service through cluster {:?} (authority {:?})",
+                source.cluster, source.authority
+            ),
+        );
+        let mut follower = FeedClient::new(source);
+        self.state = State::Unconfigured;
+        self.ticking = true;
+        if host.set_tick_period(FOLLOW_TICK_MS).is_err() {
+            host.log(
+                LogLevel::Warn,
+                "key_source: cannot set a tick; failed feed requests will not be retried",
+            );
+        }
+        follower.tick(host);
+        self.follower = Some(follower);
+    }
+
+    /// A follower's tick: stop when superseded, retry a pending
+    /// publication, then let the follower make its next call.
+    fn follow_tick<H: Host>(
+        &mut self,
+        host: &mut H,
+        vm: &mut VmState,
+        lineage: Lineage,
+        superseded: bool,
+    ) {
+        if superseded {
+            self.follower = None;
+            self.stop_ticking(host);
+            return;
+        }
+        if let State::Pending { .. } = self.state {
+            if let State::Pending {
+                config,
+                digest,
+                settings,
+            } = std::mem::replace(&mut self.state, State::Unconfigured)
+            {
+                let _ = self.publish(host, vm, lineage, config, digest, settings);
+            }
+        }
+        if let Some(mut follower) = self.follower.take() {
+            follower.tick(host);
+            self.follower = Some(follower);
+        }
+    }
+
+    /// The answer to a feed request of this configuration's follower
+    /// (`token`, with a body of `body_size` bytes): a complete, verified
+    /// table is validated as a configuration and published like one.
+    pub fn on_http_answer<H: Host>(
+        &mut self,
+        host: &mut H,
+        vm: &mut VmState,
+        token: u32,
+        body_size: usize,
+    ) {
+        let Some(mut follower) = self.follower.take() else {
+            return;
+        };
+        let table = follower.on_answer(host, token, body_size);
+        self.follower = Some(follower);
+        let (Some(text), Some(lineage)) = (table, self.lineage) else {
+            return;
+        };
+        match Config::parse_with_settings(&text) {
+            Ok(Some((config, settings))) if config.key_source.is_none() => {
+                let digest = key_table::digest(&text);
+                drop(text);
+                if !self.publish(host, vm, lineage, Box::new(config), digest, settings) {
+                    host.increment(Metric::KeySourceFailures, 1);
+                }
+            }
+            Ok(_) => {
+                host.increment(Metric::KeySourceFailures, 1);
+                host.log(
+                    LogLevel::Critical,
+                    "key_source: the key service's table is empty or names a key_source; the last table stays served",
+                );
+            }
+            Err(error) => {
+                host.increment(Metric::KeySourceFailures, 1);
+                host.log(
+                    LogLevel::Critical,
+                    &format!(
+                        "key_source: the key service's table refused: {error}; the last table stays served"
+                    ),
+                );
             }
         }
     }
@@ -302,7 +421,9 @@ impl Configuration {
                 table.generation
             ),
         );
-        self.stop_ticking(host);
+        if self.follower.is_none() {
+            self.stop_ticking(host);
+        }
         self.state = State::Ready(gateway);
     }
 

@@ -85,6 +85,22 @@ pub struct GrpcCall<'a> {
     pub timeout_ms: u32,
 }
 
+/// An HTTP/1.1 `GET` to make through an Envoy cluster (the key
+/// service's feed, [`crate::key_source`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpCall<'a> {
+    /// The Envoy cluster serving the service.
+    pub cluster: &'a str,
+    /// The `:authority` of the request.
+    pub authority: &'a str,
+    /// The `:path`, query included.
+    pub path: &'a str,
+    /// The `authorization` header's value (a credential: never logged).
+    pub authorization: &'a str,
+    /// Bound on the call; Envoy answers with a failure when it passes.
+    pub timeout_ms: u32,
+}
+
 /// What the core asks of the proxy.
 ///
 /// Reads take `&self`; anything that changes the request, the reply or the
@@ -131,6 +147,17 @@ pub trait Host: Clock {
     fn dispatch_grpc(&mut self, call: &GrpcCall<'_>) -> Result<u32, HostError>;
     /// The first `size` bytes of the answer to the call being reported.
     fn grpc_response_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
+
+    /// Starts `call` from the root context; its answer arrives later,
+    /// through the configuration lifecycle's `on_http_answer`. Returns the
+    /// call's token.
+    fn dispatch_http(&mut self, call: &HttpCall<'_>) -> Result<u32, HostError>;
+    /// The headers of the answer being reported, in the proxy-wasm wire
+    /// format ([`crate::header_map::parse`]); empty when the call failed
+    /// before an answer (no connection, a timeout).
+    fn http_response_headers(&self) -> Result<Vec<u8>, HostError>;
+    /// The first `size` bytes of the body of the answer being reported.
+    fn http_response_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
 
     /// Asks for a tick every `period_ms` (0 stops it).
     fn set_tick_period(&mut self, period_ms: u32) -> Result<(), HostError>;

@@ -26,6 +26,7 @@ pub mod https;
 pub mod key_cache;
 pub mod key_hash;
 pub mod key_record;
+pub mod key_source;
 pub mod key_table;
 pub mod memory_store;
 pub mod metrics;

@@ -86,17 +86,24 @@ pub enum Metric {
     KeysLoaded,
     /// Something that happened asking the fleet's rate-limit service.
     Fleet(FleetEvent),
+    /// A feed request to the key service that failed or was refused
+    /// (`key_source`, contract §8.3).
+    KeySourceFailures,
+    /// A complete, verified table taken from the key service.
+    KeySourceTables,
 }
 
 /// The metrics that are neither per code nor per fleet event, in index
 /// order.
-const SINGLE: [Metric; 6] = [
+const SINGLE: [Metric; 8] = [
     Metric::Allowed,
     Metric::CasConflicts,
     Metric::ContentionDenials,
     Metric::ConfigAccepted,
     Metric::ConfigRefused,
     Metric::KeysLoaded,
+    Metric::KeySourceFailures,
+    Metric::KeySourceTables,
 ];
 
 impl Metric {
@@ -121,6 +128,8 @@ impl Metric {
             Self::ConfigAccepted => Some(3),
             Self::ConfigRefused => Some(4),
             Self::KeysLoaded => Some(5),
+            Self::KeySourceFailures => Some(6),
+            Self::KeySourceTables => Some(7),
             Self::Denied(code) => ErrorCode::ALL
                 .iter()
                 .position(|c| *c == code)
@@ -152,6 +161,8 @@ impl Metric {
             Self::ConfigAccepted => "apikey.config.accepted",
             Self::ConfigRefused => "apikey.config.refused",
             Self::KeysLoaded => "apikey.keys_loaded",
+            Self::KeySourceFailures => "apikey.key_source.failures",
+            Self::KeySourceTables => "apikey.key_source.tables",
             Self::Fleet(event) => event.name(),
         })
     }
@@ -173,6 +184,8 @@ mod tests {
             "apikey.config.accepted",
             "apikey.config.refused",
             "apikey.keys_loaded",
+            "apikey.key_source.failures",
+            "apikey.key_source.tables",
             "apikey.requests.denied.invalid_path",
             "apikey.requests.denied.missing_credentials",
             "apikey.requests.denied.malformed_credentials",

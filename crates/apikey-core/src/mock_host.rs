@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use crate::config_lifecycle::{Configuration, VmState};
 use crate::denial::Reply;
-use crate::host::{Clock, GrpcCall, Host, HostError, LogLevel, Property};
+use crate::host::{Clock, GrpcCall, Host, HostError, HttpCall, LogLevel, Property};
 use crate::key_table::{SharedStore, StoreError};
 use crate::memory_store::MemoryStore;
 use crate::metrics::{Metric, MetricKind};
@@ -108,6 +108,21 @@ pub struct RecordedCall {
     pub timeout_ms: u32,
 }
 
+/// An HTTP callout the core made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedHttpCall {
+    /// The cluster.
+    pub cluster: String,
+    /// The `:authority`.
+    pub authority: String,
+    /// The `:path`.
+    pub path: String,
+    /// The `authorization` value.
+    pub authorization: String,
+    /// The timeout.
+    pub timeout_ms: u32,
+}
+
 /// One header: name and value bytes.
 pub type Header = (Vec<u8>, Vec<u8>);
 
@@ -154,6 +169,16 @@ pub struct MockHost {
     /// The body of the answer being reported.
     pub grpc_body: Vec<u8>,
 
+    /// Every HTTP callout made.
+    pub http_calls: Vec<RecordedHttpCall>,
+    /// Refuse HTTP callouts with this error.
+    pub refuse_http: Option<HostError>,
+    /// The `:status` of the HTTP answer being reported (`None`: the call
+    /// failed without an answer).
+    pub http_status: Option<u32>,
+    /// The body of the HTTP answer being reported.
+    pub http_body: Vec<u8>,
+
     /// The tick period now (`None`: never set).
     pub tick_period_ms: Option<u32>,
     /// Every tick period set, in order.
@@ -194,6 +219,10 @@ impl MockHost {
             grpc_calls: Vec::new(),
             refuse_grpc: None,
             grpc_body: Vec::new(),
+            http_calls: Vec::new(),
+            refuse_http: None,
+            http_status: None,
+            http_body: Vec::new(),
             tick_period_ms: None,
             tick_periods_set: Vec::new(),
             configuration: Vec::new(),
@@ -395,6 +424,30 @@ impl Host for MockHost {
 
     fn grpc_response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
         Ok(self.grpc_body.iter().copied().take(size).collect())
+    }
+
+    fn dispatch_http(&mut self, call: &HttpCall<'_>) -> Result<u32, HostError> {
+        if let Some(error) = self.refuse_http {
+            return Err(error);
+        }
+        self.http_calls.push(RecordedHttpCall {
+            cluster: call.cluster.to_owned(),
+            authority: call.authority.to_owned(),
+            path: call.path.to_owned(),
+            authorization: call.authorization.to_owned(),
+            timeout_ms: call.timeout_ms,
+        });
+        u32::try_from(self.http_calls.len()).map_err(|_| HostError::InternalFailure)
+    }
+
+    fn http_response_headers(&self) -> Result<Vec<u8>, HostError> {
+        let status = self.http_status.map(|status| status.to_string());
+        let pairs: Vec<(&str, &str)> = status.iter().map(|s| (":status", s.as_str())).collect();
+        Ok(crate::header_map::serialise(&pairs))
+    }
+
+    fn http_response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        Ok(self.http_body.iter().copied().take(size).collect())
     }
 
     fn set_tick_period(&mut self, period_ms: u32) -> Result<(), HostError> {

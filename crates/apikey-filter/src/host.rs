@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use apikey_core::denial::Reply;
 use apikey_core::header_map;
-use apikey_core::host::{Clock, GrpcCall, Host, HostError, LogLevel, Property};
+use apikey_core::host::{Clock, GrpcCall, Host, HostError, HttpCall, LogLevel, Property};
 use apikey_core::key_table::{SharedStore, StoreError};
 use apikey_core::metrics::Metric;
 
@@ -25,6 +25,8 @@ const NOT_FOUND: u32 = 1;
 
 const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
+const HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+const HTTP_CALL_RESPONSE_BODY: u32 = 4;
 const GRPC_RECEIVE_BUFFER: u32 = 5;
 const PLUGIN_CONFIGURATION: u32 = 7;
 const STREAM_REQUEST: u32 = 0;
@@ -354,6 +356,38 @@ impl Host for AbiHost {
 
     fn grpc_response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
         buffer_bytes(GRPC_RECEIVE_BUFFER, 0, size)
+    }
+
+    /// Through the SDK, like the gRPC call, so its dispatcher routes the
+    /// answer back to the calling root context.
+    fn dispatch_http(&mut self, call: &HttpCall<'_>) -> Result<u32, HostError> {
+        proxy_wasm::hostcalls::dispatch_http_call(
+            call.cluster,
+            vec![
+                (":method", "GET"),
+                (":path", call.path),
+                (":authority", call.authority),
+                ("authorization", call.authorization),
+            ],
+            None,
+            Vec::new(),
+            Duration::from_millis(u64::from(call.timeout_ms)),
+        )
+        .map_err(|status| check(status as u32).err().unwrap_or(HostError::Other(0)))
+    }
+
+    fn http_response_headers(&self) -> Result<Vec<u8>, HostError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        // SAFETY: out-pointers are valid for writes.
+        check(unsafe {
+            proxy_get_header_map_pairs(HTTP_CALL_RESPONSE_HEADERS, &mut data, &mut size)
+        })?;
+        Ok(owned(data, size))
+    }
+
+    fn http_response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        buffer_bytes(HTTP_CALL_RESPONSE_BODY, 0, size)
     }
 
     fn set_tick_period(&mut self, period_ms: u32) -> Result<(), HostError> {

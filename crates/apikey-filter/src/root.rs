@@ -35,7 +35,20 @@ fn with_vm<T>(use_vm: impl FnOnce(&mut VmState) -> T) -> Option<T> {
 #[derive(Default)]
 pub struct ConfigContext(Configuration);
 
-impl Context for ConfigContext {}
+impl Context for ConfigContext {
+    /// A feed answer for this configuration's `key_source` follower.
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let _ = with_vm(|vm| {
+            self.0.on_http_answer(&mut AbiHost, vm, token_id, body_size);
+        });
+    }
+}
 
 impl RootContext for ConfigContext {
     fn on_configure(&mut self, configuration_size: usize) -> bool {

@@ -44,6 +44,20 @@ pub(super) struct RawConfig<'a> {
     pub trusted_https_header: Option<String>,
     #[serde(borrow)]
     pub error_doc_url: Option<Text<'a>>,
+    /// `key_source` (contract §8.3): settings and keys come from the key
+    /// service. Never in the settings written back (a table built from the
+    /// feed has none).
+    #[serde(skip_serializing)]
+    pub key_source: Option<RawKeySource>,
+}
+
+/// `key_source` (contract §8.3).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeySource {
+    pub cluster: Option<String>,
+    pub token: Option<String>,
+    pub authority: Option<String>,
 }
 
 /// An entry of `keys`.

@@ -4,7 +4,7 @@
 //! problem refuses the whole configuration, naming its field.
 
 use super::checks::{check_id, check_label, check_name, check_unique, parse_patterns, required};
-use super::document::{Entries, RawConfig, RawFleet, RawKey, RawLimit, RawPlan};
+use super::document::{Entries, RawConfig, RawFleet, RawKey, RawKeySource, RawLimit, RawPlan};
 use super::strict::Text;
 use super::{
     refuse, Config, ConfigError, KeySpec, Plan, PlanIndex, RateLimitHeaders, MAX_KEY_LIMITS,
@@ -15,6 +15,7 @@ use crate::denial::DocUrl;
 use crate::fleet::{Fleet, OnFailure};
 use crate::https::HttpsPolicy;
 use crate::key_hash::KeyHash;
+use crate::key_source::KeySource;
 use crate::rate_limit::{Limit, LimitTable, MAX_PERIOD_SECONDS, MAX_REQUESTS};
 use crate::rls_codec::Unit;
 use crate::rules::RuleSet;
@@ -24,7 +25,11 @@ use crate::timestamp::parse_rfc3339;
 impl RawConfig<'_> {
     /// Plans first (keys name them), then keys, the fleet (which checks
     /// every limit's period) and rules.
-    pub(super) fn validate(self) -> Result<Config, ConfigError> {
+    pub(super) fn validate(mut self) -> Result<Config, ConfigError> {
+        let key_source = match self.key_source.take() {
+            None => None,
+            Some(raw) => Some(self.validate_key_source(raw)?),
+        };
         let plans = self
             .plans
             .unwrap_or_default()
@@ -56,6 +61,7 @@ impl RawConfig<'_> {
             .map(|(index, rule)| rule.validate(&format!("rules[{index}]"), case_insensitive_paths))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
+            key_source,
             keys,
             plans,
             rules: RuleSet::new(rules, case_insensitive_paths),
@@ -83,6 +89,80 @@ impl RawConfig<'_> {
             },
         })
     }
+}
+
+impl RawConfig<'_> {
+    /// With `key_source`, the configuration holds only it and `fleet`
+    /// (contract §8.3): everything else comes from the key service, so a
+    /// field beside it would be silently ignored; it is refused instead.
+    fn validate_key_source(&self, raw: RawKeySource) -> Result<KeySource, ConfigError> {
+        let beside = [
+            ("keys", self.keys.is_some()),
+            ("plans", self.plans.is_some()),
+            ("rules", self.rules.is_some()),
+            ("schemes", self.schemes.is_some()),
+            ("key_prefixes", self.key_prefixes.is_some()),
+            ("forward_credential", self.forward_credential.is_some()),
+            ("realm", self.realm.is_some()),
+            ("rate_limit_headers", self.rate_limit_headers.is_some()),
+            (
+                "case_insensitive_paths",
+                self.case_insensitive_paths.is_some(),
+            ),
+            ("require_https", self.require_https.is_some()),
+            ("trusted_https_header", self.trusted_https_header.is_some()),
+            ("error_doc_url", self.error_doc_url.is_some()),
+        ];
+        if let Some((name, _)) = beside.iter().find(|(_, given)| *given) {
+            return Err(refuse(
+                *name,
+                "not allowed beside `key_source`: settings and keys come from the key service",
+            ));
+        }
+        let cluster = required(raw.cluster, &"key_source", "cluster")?;
+        if !valid_cluster(&cluster) {
+            return Err(refuse(
+                "key_source.cluster",
+                "must name an Envoy cluster: 1 to 120 of A-Z a-z 0-9 _ . : -",
+            ));
+        }
+        let token = required(raw.token, &"key_source", "token")?;
+        if token.is_empty() || token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            // The token itself is never echoed: it is a credential.
+            return Err(refuse(
+                "key_source.token",
+                "must be 1 to 1024 visible ASCII characters",
+            ));
+        }
+        let authority = raw.authority.unwrap_or_else(|| cluster.clone());
+        let authority_char = |b: u8| b.is_ascii_alphanumeric() || b"_.:-[]".contains(&b);
+        if authority.is_empty() || authority.len() > 255 || !authority.bytes().all(authority_char) {
+            return Err(refuse(
+                "key_source.authority",
+                "must be a host name (and port): 1 to 255 of A-Z a-z 0-9 _ . : - [ ]",
+            ));
+        }
+        // The fleet travels into every table built from the feed, as
+        // written (it is validated with each table too).
+        let fleet = match &self.fleet {
+            None => None,
+            Some(fleet) => Some(
+                serde_json::to_vec(fleet).map_err(|error| refuse("fleet", error.to_string()))?,
+            ),
+        };
+        Ok(KeySource {
+            cluster,
+            token,
+            authority,
+            fleet,
+        })
+    }
+}
+
+/// Envoy cluster names as the filter accepts them.
+fn valid_cluster(cluster: &str) -> bool {
+    let cluster_char = |b: u8| b.is_ascii_alphanumeric() || b"_.:-".contains(&b);
+    !cluster.is_empty() && cluster.len() <= 120 && cluster.bytes().all(cluster_char)
 }
 
 impl RawKey<'_> {

@@ -1,0 +1,528 @@
+//! The follower against a fake feed that speaks §10.5 as the service does,
+//! driven through the configuration lifecycle on a [`MockHost`].
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest as _, Sha256};
+
+use super::*;
+use crate::config::Config;
+use crate::config_lifecycle::Configuration;
+use crate::mock_host::{key_hash, Process, Worker};
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const TOKEN: &str = "feed_secret_token";
+const SOURCE: &str = r#"{"key_source": {"cluster": "apikey_control", "token": "feed_secret_token", "authority": "apikey-control"}}"#;
+const SETTINGS: &str = r#"{"settings":{"rules":[{"path_prefix":"/api","scope":"leads:read"}]}}"#;
+
+/// The service's side of the feed, computed independently of the client.
+struct FakeFeed {
+    epoch: String,
+    generation: u64,
+    keys: BTreeMap<String, String>,
+}
+
+fn key_line(id: &str, raw: &str, revoked: bool) -> String {
+    format!(
+        r#"{{"id":"{id}","revoked":{revoked},"scopes":["leads:read"],"sha256":"{}","tenant":"acme"}}"#,
+        key_hash(raw)
+    )
+}
+
+impl FakeFeed {
+    fn new(keys: &[(&str, &str)]) -> Self {
+        Self {
+            epoch: "ep0123".into(),
+            generation: 7,
+            keys: keys
+                .iter()
+                .map(|(id, raw)| ((*id).to_owned(), key_line(id, raw, false)))
+                .collect(),
+        }
+    }
+
+    /// Python's `sum(int.from_bytes(sha256(line))) % 2**256`, on u64 limbs.
+    fn digest(&self) -> String {
+        let mut limbs = [0u64; 4];
+        for line in self.keys.values() {
+            let hash: [u8; 32] = Sha256::digest(line.as_bytes()).into();
+            let mut carry = 0u128;
+            for limb in (0..4).rev() {
+                let part = u64::from_be_bytes(hash[limb * 8..limb * 8 + 8].try_into().unwrap());
+                let total = u128::from(limbs[limb]) + u128::from(part) + carry;
+                limbs[limb] = total as u64;
+                carry = total >> 64;
+            }
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(b"apikey-feed-v1\n");
+        hasher.update(Sha256::digest(SETTINGS.as_bytes()));
+        for limb in limbs {
+            hasher.update(limb.to_be_bytes());
+        }
+        const_hex::encode(hasher.finalize())
+    }
+
+    fn answer(&self, kind: &str, settings: bool, lines: &[&String], extra: &str) -> Vec<u8> {
+        let mut body = format!(
+            r#"{{"feed":1,"kind":"{kind}","epoch":"{}","generation":{},"settings":{settings},"keys":{}{extra}}}"#,
+            self.epoch,
+            self.generation,
+            lines.len()
+        );
+        body.push('\n');
+        if settings {
+            body.push_str(SETTINGS);
+            body.push('\n');
+        }
+        for line in lines {
+            body.push_str(line);
+            body.push('\n');
+        }
+        body.push_str(&format!(
+            r#"{{"digest":"{}","end":true,"generation":{},"keys_total":{}}}"#,
+            self.digest(),
+            self.generation,
+            self.keys.len()
+        ));
+        body.push('\n');
+        body.into_bytes()
+    }
+
+    /// The snapshot's pages of `limit` keys.
+    fn pages(&self, limit: usize) -> Vec<Vec<u8>> {
+        let lines: Vec<&String> = self.keys.values().collect();
+        let chunks: Vec<&[&String]> = lines.chunks(limit).collect();
+        (0..chunks.len())
+            .map(|index| {
+                let next = if index + 1 < chunks.len() {
+                    format!(r#""s{}""#, index + 1)
+                } else {
+                    "null".to_owned()
+                };
+                self.answer(
+                    "snapshot",
+                    index == 0,
+                    chunks[index],
+                    &format!(r#","next_cursor":{next}"#),
+                )
+            })
+            .collect()
+    }
+
+    fn changes(&self, ids: &[&str]) -> Vec<u8> {
+        let lines: Vec<&String> = ids.iter().map(|id| &self.keys[*id]).collect();
+        self.answer("changes", false, &lines, "")
+    }
+}
+
+/// A worker following the feed, with its first request made.
+fn following(process: &std::rc::Rc<Process>) -> (Worker, Configuration) {
+    let mut worker = Worker::new(process);
+    let (configuration, accepted) = worker.configure(SOURCE);
+    assert!(
+        accepted,
+        "key_source configuration refused: {:?}",
+        worker.host.logs
+    );
+    (worker, configuration)
+}
+
+/// Answers the last call with `status` and `body`.
+fn answer(
+    worker: &mut Worker,
+    configuration: &mut Configuration,
+    status: Option<u32>,
+    body: &[u8],
+) {
+    worker.host.http_status = status;
+    worker.host.http_body = body.to_vec();
+    let token = u32::try_from(worker.host.http_calls.len()).unwrap();
+    configuration.on_http_answer(&mut worker.host, &mut worker.vm, token, body.len());
+}
+
+fn last_path(worker: &Worker) -> String {
+    worker
+        .host
+        .http_calls
+        .last()
+        .map(|call| call.path.clone())
+        .unwrap_or_default()
+}
+
+fn serve_snapshot(worker: &mut Worker, configuration: &mut Configuration, feed: &FakeFeed) {
+    for page in feed.pages(2) {
+        answer(worker, configuration, Some(200), &page);
+    }
+}
+
+#[test]
+fn a_snapshot_in_pages_is_served_only_once_complete_then_followed() {
+    let process = Process::new();
+    let (mut worker, mut configuration) = following(&process);
+    let feed = FakeFeed::new(&[("k1", "sk_one"), ("k2", "sk_two"), ("k3", "sk_three")]);
+    let first = worker
+        .host
+        .http_calls
+        .first()
+        .cloned()
+        .expect("no first feed request");
+    assert_eq!(first.cluster, "apikey_control");
+    assert_eq!(first.authority, "apikey-control");
+    assert_eq!(first.authorization, format!("Bearer {TOKEN}"));
+    assert_eq!(first.path, "/v1/feed/snapshot?limit=10000");
+    assert_eq!(
+        worker.answer(&configuration, "sk_one").as_deref(),
+        Some("not_configured")
+    );
+
+    let pages = feed.pages(2);
+    answer(&mut worker, &mut configuration, Some(200), &pages[0]);
+    assert_eq!(
+        last_path(&worker),
+        "/v1/feed/snapshot?limit=10000&cursor=s1",
+        "second page not asked"
+    );
+    assert_eq!(
+        worker.answer(&configuration, "sk_one").as_deref(),
+        Some("not_configured"),
+        "a partial snapshot was served"
+    );
+    answer(&mut worker, &mut configuration, Some(200), &pages[1]);
+    for raw in ["sk_one", "sk_two", "sk_three"] {
+        assert_eq!(
+            worker.answer(&configuration, raw),
+            None,
+            "{raw} not allowed after the snapshot"
+        );
+    }
+    assert_eq!(
+        worker.answer(&configuration, "sk_other").as_deref(),
+        Some("invalid_key")
+    );
+    assert_eq!(
+        last_path(&worker),
+        "/v1/feed/changes?since=7&epoch=ep0123&wait=25",
+        "not long-polling"
+    );
+    assert_eq!(process.stat("apikey.key_source.tables"), 1);
+    assert!(
+        worker
+            .host
+            .logs
+            .iter()
+            .all(|(_, line)| !line.contains(TOKEN)),
+        "the token was logged"
+    );
+}
+
+#[test]
+fn changes_are_applied_and_a_heartbeat_changes_nothing() {
+    let process = Process::new();
+    let (mut worker, mut configuration) = following(&process);
+    let mut feed = FakeFeed::new(&[("k1", "sk_one"), ("k2", "sk_two")]);
+    serve_snapshot(&mut worker, &mut configuration, &feed);
+
+    feed.generation = 9;
+    feed.keys
+        .insert("k1".into(), key_line("k1", "sk_one", true));
+    feed.keys
+        .insert("k4".into(), key_line("k4", "sk_four", false));
+    answer(
+        &mut worker,
+        &mut configuration,
+        Some(200),
+        &feed.changes(&["k1", "k4"]),
+    );
+    assert_eq!(
+        worker.answer(&configuration, "sk_one").as_deref(),
+        Some("key_revoked")
+    );
+    assert_eq!(
+        worker.answer(&configuration, "sk_four"),
+        None,
+        "a created key not allowed"
+    );
+    assert_eq!(
+        worker.answer(&configuration, "sk_two"),
+        None,
+        "an unchanged key lost"
+    );
+    assert_eq!(
+        last_path(&worker),
+        "/v1/feed/changes?since=9&epoch=ep0123&wait=25"
+    );
+
+    answer(
+        &mut worker,
+        &mut configuration,
+        Some(200),
+        &feed.changes(&[]),
+    );
+    assert_eq!(
+        process.stat("apikey.key_source.tables"),
+        2,
+        "a heartbeat republished the table"
+    );
+    assert_eq!(
+        last_path(&worker),
+        "/v1/feed/changes?since=9&epoch=ep0123&wait=25"
+    );
+}
+
+#[test]
+fn pages_across_writes_are_completed_by_the_changes_since_the_first_page() {
+    let process = Process::new();
+    let (mut worker, mut configuration) = following(&process);
+    let mut feed = FakeFeed::new(&[("k1", "sk_one"), ("k2", "sk_two"), ("k3", "sk_three")]);
+    let pages = feed.pages(2);
+    answer(&mut worker, &mut configuration, Some(200), &pages[0]);
+    feed.generation = 8;
+    feed.keys
+        .insert("k1".into(), key_line("k1", "sk_one", true));
+    answer(
+        &mut worker,
+        &mut configuration,
+        Some(200),
+        &feed.pages(2)[1],
+    );
+    assert_eq!(
+        last_path(&worker),
+        "/v1/feed/changes?since=7&epoch=ep0123&wait=0"
+    );
+    assert_eq!(
+        worker.answer(&configuration, "sk_two").as_deref(),
+        Some("not_configured")
+    );
+    answer(
+        &mut worker,
+        &mut configuration,
+        Some(200),
+        &feed.changes(&["k1"]),
+    );
+    assert_eq!(
+        worker.answer(&configuration, "sk_one").as_deref(),
+        Some("key_revoked")
+    );
+    assert_eq!(worker.answer(&configuration, "sk_three"), None);
+}
+
+#[test]
+fn a_cut_or_corrupt_answer_is_never_served_and_the_snapshot_restarts() {
+    let process = Process::new();
+    let (mut worker, mut configuration) = following(&process);
+    let feed = FakeFeed::new(&[("k1", "sk_one"), ("k2", "sk_two")]);
+    let page = feed.pages(10).remove(0);
+
+    // Cut short: the last line and trailer missing.
+    let cut = &page[..page.len() - 40];
+    answer(&mut worker, &mut configuration, Some(200), cut);
+    assert_eq!(
+        worker.answer(&configuration, "sk_one").as_deref(),
+        Some("not_configured")
+    );
+    assert_eq!(process.stat("apikey.key_source.failures"), 1);
+
+    // Corrupt: one byte of a key line changed, so the digest differs.
+    let corrupt = String::from_utf8(page.clone())
+        .unwrap()
+        .replace("\"tenant\":\"acme\"", "\"tenant\":\"acmf\"");
+    worker.host.monotonic_ns += 10_000_000_000;
+    worker.tick(&mut configuration);
+    assert_eq!(
+        last_path(&worker),
+        "/v1/feed/snapshot?limit=10000",
+        "the snapshot did not restart"
+    );
+    answer(
+        &mut worker,
+        &mut configuration,
+        Some(200),
+        corrupt.as_bytes(),
+    );
+    assert_eq!(
+        worker.answer(&configuration, "sk_one").as_deref(),
+        Some("not_configured"),
+        "corrupt table served"
+    );
+    assert_eq!(process.stat("apikey.key_source.failures"), 2);
+
+    // A corrupt change after a good table: the last table stays.
+    worker.host.monotonic_ns += 10_000_000_000;
+    worker.tick(&mut configuration);
+    answer(&mut worker, &mut configuration, Some(200), &page);
+    assert_eq!(worker.answer(&configuration, "sk_one"), None);
+    let mut revoked = FakeFeed::new(&[("k1", "sk_one"), ("k2", "sk_two")]);
+    revoked.generation = 8;
+    revoked
+        .keys
+        .insert("k1".into(), key_line("k1", "sk_one", true));
+    let mut change = revoked.changes(&["k1"]);
+    let at = change.len() - 30;
+    change[at] ^= 1;
+    answer(&mut worker, &mut configuration, Some(200), &change);
+    assert_eq!(
+        worker.answer(&configuration, "sk_one"),
+        None,
+        "a corrupt change was applied"
+    );
+    worker.host.monotonic_ns += 10_000_000_000;
+    worker.tick(&mut configuration);
+    assert_eq!(last_path(&worker), "/v1/feed/snapshot?limit=10000");
+}
+
+#[test]
+fn an_outage_keeps_the_last_table_and_retries_with_backoff() {
+    let process = Process::new();
+    let (mut worker, mut configuration) = following(&process);
+    let feed = FakeFeed::new(&[("k1", "sk_one")]);
+    serve_snapshot(&mut worker, &mut configuration, &feed);
+    let calls = worker.host.http_calls.len();
+
+    answer(&mut worker, &mut configuration, None, b"");
+    assert_eq!(
+        worker.answer(&configuration, "sk_one"),
+        None,
+        "the last table was dropped"
+    );
+    assert_eq!(process.stat("apikey.key_source.failures"), 1);
+    assert!(
+        worker
+            .host
+            .logs
+            .iter()
+            .any(|(level, line)| *level == LogLevel::Warn
+                && line.contains("feed from cluster \"apikey_control\" failed")
+                && line.contains("generation 7 stays served")),
+        "no log line for the outage: {:?}",
+        worker.host.logs
+    );
+    let mut delays = Vec::new();
+    for _ in 0..8 {
+        let start = worker.host.monotonic_ns;
+        while worker.host.http_calls.len() == calls + delays.len() {
+            worker.host.monotonic_ns += 50_000_000;
+            worker.tick(&mut configuration);
+        }
+        delays.push((worker.host.monotonic_ns - start) / 1_000_000);
+        answer(&mut worker, &mut configuration, Some(503), b"");
+    }
+    assert_eq!(
+        delays,
+        [200, 400, 800, 1600, 3200, 5000, 5000, 5000],
+        "backoff (ms)"
+    );
+    assert!(
+        worker
+            .host
+            .logs
+            .iter()
+            .all(|(_, line)| !line.contains(TOKEN)),
+        "the token was logged"
+    );
+
+    // Back: changes since the held generation, and the backoff resets.
+    while worker.host.http_calls.len() == calls + delays.len() {
+        worker.host.monotonic_ns += 50_000_000;
+        worker.tick(&mut configuration);
+    }
+    assert_eq!(
+        last_path(&worker),
+        "/v1/feed/changes?since=7&epoch=ep0123&wait=25"
+    );
+    answer(
+        &mut worker,
+        &mut configuration,
+        Some(200),
+        &feed.changes(&[]),
+    );
+    assert_eq!(worker.answer(&configuration, "sk_one"), None);
+}
+
+#[test]
+fn a_410_takes_a_new_snapshot_keeping_the_last_table_meanwhile() {
+    let process = Process::new();
+    let (mut worker, mut configuration) = following(&process);
+    let feed = FakeFeed::new(&[("k1", "sk_one")]);
+    serve_snapshot(&mut worker, &mut configuration, &feed);
+    answer(
+        &mut worker,
+        &mut configuration,
+        Some(410),
+        br#"{"error":{}}"#,
+    );
+    assert_eq!(last_path(&worker), "/v1/feed/snapshot?limit=10000");
+    assert_eq!(worker.answer(&configuration, "sk_one"), None);
+}
+
+#[test]
+fn key_source_is_validated_naming_the_field() {
+    let refused = |text: &str| Config::parse(text.as_bytes()).unwrap_err().to_string();
+    assert_eq!(
+        refused(r#"{"key_source": {"cluster": "c", "token": "t"}, "keys": []}"#),
+        "keys: not allowed beside `key_source`: settings and keys come from the key service"
+    );
+    assert!(
+        refused(r#"{"key_source": {"cluster": "c", "token": "t"}, "plans": {}}"#)
+            .starts_with("plans:")
+    );
+    assert!(
+        refused(r#"{"key_source": {"cluster": "c", "token": "t"}, "rules": []}"#)
+            .starts_with("rules:")
+    );
+    assert_eq!(
+        refused(r#"{"key_source": {"token": "t"}}"#),
+        "key_source: missing field `cluster`"
+    );
+    assert_eq!(
+        refused(r#"{"key_source": {"cluster": "c"}}"#),
+        "key_source: missing field `token`"
+    );
+    assert!(refused(r#"{"key_source": {"cluster": "c", "token": ""}}"#)
+        .starts_with("key_source.token:"));
+    assert!(
+        refused(r#"{"key_source": {"cluster": "a b", "token": "t"}}"#)
+            .starts_with("key_source.cluster:")
+    );
+    assert!(
+        refused(r#"{"key_source": {"cluster": "c", "token": "t", "authority": "x/y"}}"#)
+            .starts_with("key_source.authority:")
+    );
+    assert!(
+        refused(r#"{"key_source": {"cluster": "c", "token": "t", "tls": true}}"#).contains("tls")
+    );
+    let secret = refused(r#"{"key_source": {"cluster": "c", "token": "sec ret"}}"#);
+    assert!(
+        !secret.contains("sec ret"),
+        "the token was echoed: {secret}"
+    );
+
+    let config = Config::parse(
+        br#"{"key_source": {"cluster": "apikey_control", "token": "t"},
+             "fleet": {"cluster": "rls", "domain": "apikey"}}"#,
+    )
+    .unwrap()
+    .unwrap();
+    let source = config.key_source.expect("key_source not kept");
+    assert_eq!(
+        source.authority, "apikey_control",
+        "authority defaults to the cluster"
+    );
+    assert!(source.fleet.is_some(), "fleet not carried into the tables");
+}
+
+#[test]
+fn the_fleet_beside_key_source_travels_into_every_table() {
+    let process = Process::new();
+    let mut worker = Worker::new(&process);
+    let (mut configuration, accepted) = worker.configure(
+        r#"{"key_source": {"cluster": "apikey_control", "token": "feed_secret_token"},
+            "fleet": {"cluster": "rls", "domain": "apikey"}}"#,
+    );
+    assert!(accepted);
+    let feed = FakeFeed::new(&[("k1", "sk_one")]);
+    serve_snapshot(&mut worker, &mut configuration, &feed);
+    let gateway = configuration.gateway(&worker.vm).expect("no table served");
+    assert!(gateway.fleet().is_some(), "the fleet was lost");
+}

@@ -14,12 +14,20 @@ use crate::memory_store::MemoryStore;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
+/// A configuration of `keys` (id, raw key), all of tenant `t`, on plan `p`.
 fn config(keys: &[(&str, &str)]) -> Config {
+    let keys: Vec<(&str, &str, &str)> = keys.iter().map(|&(id, raw)| (id, raw, "t")).collect();
+    tenant_config(&keys)
+}
+
+/// A configuration of `keys` (id, raw key, tenant), on plan `p` whose one
+/// limit makes every key own a bucket entry.
+fn tenant_config(keys: &[(&str, &str, &str)]) -> Config {
     let keys: Vec<String> = keys
         .iter()
-        .map(|(id, raw)| {
+        .map(|(id, raw, tenant)| {
             format!(
-                r#"{{"id": "{id}", "sha256": "{}", "tenant": "t", "plan": "p"}}"#,
+                r#"{{"id": "{id}", "sha256": "{}", "tenant": "{tenant}", "plan": "p"}}"#,
                 KeyHash::of(raw.as_bytes()).to_hex()
             )
         })

@@ -12,24 +12,6 @@ fn tenant_of(store: &MemoryStore, table: TableRef, raw: &str) -> Option<String> 
     (record.generation == table.generation).then(|| record.tenant.to_owned())
 }
 
-/// A configuration of (id, raw key, tenant) keys, each limited by its plan.
-fn tenant_config(keys: &[(&str, &str, &str)]) -> Config {
-    let keys: Vec<String> = keys
-        .iter()
-        .map(|(id, raw, tenant)| {
-            format!(
-                r#"{{"id": "{id}", "sha256": "{}", "tenant": "{tenant}", "plan": "p"}}"#,
-                KeyHash::of(raw.as_bytes()).to_hex()
-            )
-        })
-        .collect();
-    let text = format!(
-        r#"{{"keys": [{}], "plans": {{"p": {{"rate_limits": {{"*": {{"requests": 5, "period_seconds": 60}}}}}}}}}}"#,
-        keys.join(",")
-    );
-    Config::parse(text.as_bytes()).unwrap().unwrap()
-}
-
 fn publish_in(
     store: &MemoryStore,
     lineage: &Lineage,

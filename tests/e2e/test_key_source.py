@@ -147,3 +147,24 @@ def test_the_filter_follows_the_key_service(wasm_module, tmp_path):
             service.start()
             wait_for("the change made while down", lambda: answer(gw, second["key"]) == (401, "key_revoked"), 10)
             assert gw.stats("wasmcustom.apikey.key_source").get("wasmcustom.apikey.key_source.tables", 0) >= 3
+
+
+def test_a_wrong_feed_token_is_refused_logged_and_counted_and_never_serves(wasm_module, tmp_path):
+    # Issue 21's fault list: a gateway holding a wrong feed token gets no
+    # table (fail closed: 503), says so in its log without the token, and
+    # counts each refused fetch.
+    port = free_port()
+    with FixedPortService(tmp_path / "service", port) as service:
+        service.put_settings({"rules": [{"path_prefix": "/api", "scope": "leads:read"}]})
+        key = service.create(scopes=["leads:read"])
+        wrong = "wrong-feed-token-" + "x" * 24
+        config = {"key_source": {"cluster": "apikey_control", "token": wrong, "authority": "apikey-control"}}
+        with Gateway(wasm_module, config=config, concurrency=2, customize=control_cluster(port)) as gw:
+            counter = "wasmcustom.apikey.key_source.failures"
+            wait_for("two refused fetches counted", lambda: gw.stats(counter).get(counter, 0) >= 2, 15)
+            for _ in range(6):
+                assert answer(gw, key["key"]) == (503, "not_configured"), "served without a verified table"
+            log = gw.log_text()
+            assert "key_source: feed from cluster \"apikey_control\" failed" in log, "no log line for the refusal"
+            assert wrong not in log, "the feed token was logged"
+            assert gw.stats("wasmcustom.apikey.key_source").get("wasmcustom.apikey.key_source.tables", 0) == 0

@@ -142,6 +142,18 @@ fn answer(
     configuration.on_http_answer(&mut worker.host, &mut worker.vm, token, body.len());
 }
 
+/// The feed token is a secret: no log line may carry it.
+fn assert_token_never_logged(worker: &Worker) {
+    assert!(
+        worker
+            .host
+            .logs
+            .iter()
+            .all(|(_, line)| !line.contains(TOKEN)),
+        "the token was logged"
+    );
+}
+
 fn last_path(worker: &Worker) -> String {
     worker
         .host
@@ -207,14 +219,7 @@ fn a_snapshot_in_pages_is_served_only_once_complete_then_followed() {
         "not long-polling"
     );
     assert_eq!(process.stat("apikey.key_source.tables"), 1);
-    assert!(
-        worker
-            .host
-            .logs
-            .iter()
-            .all(|(_, line)| !line.contains(TOKEN)),
-        "the token was logged"
-    );
+    assert_token_never_logged(&worker);
 }
 
 #[test]
@@ -413,14 +418,7 @@ fn an_outage_keeps_the_last_table_and_retries_with_backoff() {
         [200, 400, 800, 1600, 3200, 5000, 5000, 5000],
         "backoff (ms)"
     );
-    assert!(
-        worker
-            .host
-            .logs
-            .iter()
-            .all(|(_, line)| !line.contains(TOKEN)),
-        "the token was logged"
-    );
+    assert_token_never_logged(&worker);
 
     // Back: changes since the held generation, and the backoff resets.
     while worker.host.http_calls.len() == calls + delays.len() {

@@ -97,6 +97,26 @@ def test_the_feed_refuses_anything_but_the_feed_token(service, token):
         assert answer.headers.get("www-authenticate") == 'Bearer realm="apikey-feed"', answer.headers
 
 
+def long_poll(service, since: int, change):
+    """Holds `changes?since=…&wait=30` open in a thread, makes `change` half
+    a second later, and returns the answer, when it came and when the
+    change was made (monotonic seconds)."""
+    result = {}
+
+    def poll():
+        result["answer"] = service.request("GET", f"/v1/feed/changes?since={since}&wait=30", token="feed",
+                                           timeout=60)
+        result["answered"] = time.monotonic()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.5)
+    changed_at = time.monotonic()
+    change()
+    poller.join(timeout=60)
+    return result["answer"], result["answered"], changed_at
+
+
 def test_the_feed_token_still_manages_nothing(service):
     for method, path in [("GET", "/v1/keys"), ("GET", "/v1/settings"), ("POST", "/v1/keys")]:
         answer = service.request(method, path, {"tenant": "a"} if method == "POST" else None, token="feed")
@@ -251,48 +271,24 @@ def test_a_long_poll_answers_promptly_on_a_change_and_after_the_wait_when_idle(s
                                 headers={"If-None-Match": etag})
     assert unchanged.status == 304 and unchanged.text == "", f"{unchanged.status} {unchanged.text}"
 
-    result = {}
-
-    def poll():
-        result["started"] = time.monotonic()
-        result["answer"] = service.request("GET", f"/v1/feed/changes?since={head}&wait=30", token="feed",
-                                           timeout=60)
-        result["answered"] = time.monotonic()
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    time.sleep(0.5)
-    changed_at = time.monotonic()
-    made = service.create(tenant="acme")
-    poller.join(timeout=60)
-    answer = result["answer"]
+    made = {}
+    answer, answered, changed_at = long_poll(service, head, lambda: made.update(service.create(tenant="acme")))
     assert answer.status == 200, answer.text
     received = parse(answer.text)
     assert [json.loads(line)["id"] for line in received["keys"]] == [made["id"]], received
-    waited = result["answered"] - changed_at
-    assert result["answered"] >= changed_at, "the poll answered before the change"
+    waited = answered - changed_at
+    assert answered >= changed_at, "the poll answered before the change"
     assert waited < 10, f"the long poll answered {waited:.2f} s after the change, with 30 s to wait"
 
 
 def test_a_long_poll_sees_a_write_made_by_another_process(service):
     made = service.create(tenant="acme")
     head = changes(service, 0)["header"]["generation"]
-    result = {}
-
-    def poll():
-        result["answer"] = service.request("GET", f"/v1/feed/changes?since={head}&wait=30", token="feed",
-                                           timeout=60)
-        result["answered"] = time.monotonic()
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    time.sleep(0.5)
-    changed_at = time.monotonic()
-    service.sql("UPDATE keys SET revoked = 1 WHERE id = ?", made["id"])
-    poller.join(timeout=60)
-    received = parse(result["answer"].text)
+    answer, answered, changed_at = long_poll(
+        service, head, lambda: service.sql("UPDATE keys SET revoked = 1 WHERE id = ?", made["id"]))
+    received = parse(answer.text)
     assert json.loads(received["keys"][0])["revoked"] is True, received
-    assert result["answered"] - changed_at < 10, "the poll missed a write made beside the service"
+    assert answered - changed_at < 10, "the poll missed a write made beside the service"
 
 
 def test_the_digest_is_stable_while_nothing_changes(service):

@@ -38,7 +38,7 @@ use std::rc::Rc;
 use crate::config::Config;
 use crate::decision::Gateway;
 use crate::host::{Host, HostError, LogLevel, Property};
-use crate::key_source::{FeedClient, KeySource, FOLLOW_TICK_MS};
+use crate::key_source::KeySource;
 use crate::key_table::{self, Digest, Digester, Lineage, Publication, TableRef};
 use crate::metrics::Metric;
 use crate::refusal;
@@ -70,12 +70,27 @@ struct LineageSlot {
 #[derive(Default)]
 pub struct VmState {
     slots: Vec<LineageSlot>,
+    /// This VM's name in a `key_source` lease, drawn on first use.
+    holder: Option<u64>,
 }
 
 impl VmState {
     /// A VM that has configured nothing yet.
     pub const fn new() -> Self {
-        Self { slots: Vec::new() }
+        Self {
+            slots: Vec::new(),
+            holder: None,
+        }
+    }
+
+    /// This VM's name among the VMs of the process: random (from the
+    /// host's entropy, through the standard library's hasher seeds), so
+    /// VMs configured in the same nanosecond still differ.
+    fn holder(&mut self, now_ns: u64) -> u64 {
+        *self.holder.get_or_insert_with(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(now_ns)
+        })
     }
 
     /// Runs `use_slot` on `lineage`'s slot, made on first use.
@@ -125,9 +140,8 @@ pub struct Configuration {
     /// Whether this configuration set a tick period (to poll a pending
     /// table).
     ticking: bool,
-    /// With `key_source`: the follower of the key service's feed, whose
-    /// tables this configuration publishes and serves.
-    follower: Option<FeedClient>,
+    /// With `key_source`: following the key service's table.
+    follower: Option<Follower>,
 }
 
 impl Default for Configuration {
@@ -242,7 +256,7 @@ impl Configuration {
             }
             Ok(Some((config, _))) if config.key_source.is_some() => {
                 if let Some(source) = config.key_source {
-                    self.follow(host, source);
+                    self.follow(host, vm, lineage, source);
                 }
                 true
             }
@@ -263,7 +277,7 @@ impl Configuration {
         };
         let superseded = vm.find(lineage).map(|slot| slot.sequence) != Some(self.sequence);
         if self.follower.is_some() {
-            self.follow_tick(host, vm, lineage, superseded);
+            self.follow_tick(host, vm, superseded);
             return;
         }
         match std::mem::replace(&mut self.state, State::Unconfigured) {
@@ -290,9 +304,16 @@ impl Configuration {
         }
     }
 
-    /// Starts following the key service named by `source`: a tick for
-    /// retries, and the first snapshot request at once.
-    fn follow<H: Host>(&mut self, host: &mut H, source: KeySource) {
+    /// Starts following the key service named by `source`: a tick to
+    /// look at the lease and the table, and a first look at once (a VM
+    /// configured after the table was written serves it straight away).
+    fn follow<H: Host>(
+        &mut self,
+        host: &mut H,
+        vm: &mut VmState,
+        lineage: Lineage,
+        source: KeySource,
+    ) {
         host.log(
             LogLevel::Info,
             &format!(
@@ -300,52 +321,38 @@ impl Configuration {
                 source.cluster, source.authority
             ),
         );
-        let mut follower = FeedClient::new(source);
+        let holder = vm.holder(host.monotonic_ns());
+        self.follower = Some(Follower::new(source, lineage, holder));
         self.state = State::Unconfigured;
         self.ticking = true;
         if host.set_tick_period(FOLLOW_TICK_MS).is_err() {
             host.log(
                 LogLevel::Warn,
-                "key_source: cannot set a tick; failed feed requests will not be retried",
+                "key_source: cannot set a tick; the key service will not be followed",
             );
         }
-        follower.tick(host);
-        self.follower = Some(follower);
+        self.follow_tick(host, vm, false);
     }
 
-    /// A follower's tick: stop when superseded, retry a pending
-    /// publication, then let the follower make its next call.
-    fn follow_tick<H: Host>(
-        &mut self,
-        host: &mut H,
-        vm: &mut VmState,
-        lineage: Lineage,
-        superseded: bool,
-    ) {
+    /// A follower's tick: stop when superseded, else look at the lease and
+    /// the table.
+    fn follow_tick<H: Host>(&mut self, host: &mut H, vm: &mut VmState, superseded: bool) {
         if superseded {
             self.follower = None;
             self.stop_ticking(host);
             return;
         }
-        if let State::Pending { .. } = self.state {
-            if let State::Pending {
-                config,
-                digest,
-                settings,
-            } = std::mem::replace(&mut self.state, State::Unconfigured)
-            {
-                let _ = self.publish(host, vm, lineage, config, digest, settings);
-            }
-        }
-        if let Some(mut follower) = self.follower.take() {
-            follower.tick(host);
-            self.follower = Some(follower);
+        let gateway = self
+            .follower
+            .as_mut()
+            .and_then(|follower| follower.tick(host));
+        if let Some(gateway) = gateway {
+            self.serve_followed(vm, gateway);
         }
     }
 
     /// The answer to a feed request of this configuration's follower
-    /// (`token`, with a body of `body_size` bytes): a complete, verified
-    /// table is validated as a configuration and published like one.
+    /// (`token`, with a body of `body_size` bytes).
     pub fn on_http_answer<H: Host>(
         &mut self,
         host: &mut H,
@@ -353,39 +360,21 @@ impl Configuration {
         token: u32,
         body_size: usize,
     ) {
-        let Some(mut follower) = self.follower.take() else {
-            return;
-        };
-        let table = follower.on_answer(host, token, body_size);
-        self.follower = Some(follower);
-        let (Some(text), Some(lineage)) = (table, self.lineage) else {
-            return;
-        };
-        match Config::parse_with_settings(&text) {
-            Ok(Some((config, settings))) if config.key_source.is_none() => {
-                let digest = key_table::digest(&text);
-                drop(text);
-                if !self.publish(host, vm, lineage, Box::new(config), digest, settings) {
-                    host.increment(Metric::KeySourceFailures, 1);
-                }
-            }
-            Ok(_) => {
-                host.increment(Metric::KeySourceFailures, 1);
-                host.log(
-                    LogLevel::Critical,
-                    "key_source: the key service's table is empty or names a key_source; the last table stays served",
-                );
-            }
-            Err(error) => {
-                host.increment(Metric::KeySourceFailures, 1);
-                host.log(
-                    LogLevel::Critical,
-                    &format!(
-                        "key_source: the key service's table refused: {error}; the last table stays served"
-                    ),
-                );
-            }
+        let gateway = self
+            .follower
+            .as_mut()
+            .and_then(|follower| follower.on_answer(host, token, body_size));
+        if let Some(gateway) = gateway {
+            self.serve_followed(vm, gateway);
         }
+    }
+
+    /// Serves a followed table's new gateway.
+    fn serve_followed(&mut self, vm: &mut VmState, gateway: Rc<Gateway>) {
+        vm.with_slot(gateway.table().lineage, |slot| {
+            slot.latest_ready = Some(Rc::clone(&gateway));
+        });
+        self.state = State::Ready(gateway);
     }
 
     /// Stops this configuration's tick, if it set one. Only a context that
@@ -539,6 +528,10 @@ fn refuse_unreadable<H: Host>(host: &mut H, error: HostError) -> bool {
     );
     false
 }
+
+mod following;
+
+use self::following::{Follower, FOLLOW_TICK_MS};
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ use std::rc::Rc;
 use crate::key_hash::KeyHash;
 use crate::key_record::{self, KeyRecord};
 use crate::key_table::TableRef;
+use crate::live_table;
 use crate::store::names::record_key;
 use crate::store::{SharedStore, StoreError};
 
@@ -46,11 +47,16 @@ impl KeyCache {
         if let Some(entry) = self.entries.borrow().get(hash.as_bytes()) {
             return Ok(Some(Rc::clone(entry)));
         }
-        let Some((bytes, _)) = store.get(&record_key(&table.lineage, table.bank, hash))? else {
-            return Ok(None);
+        let record = match table.shard_bits {
+            None => store
+                .get(&record_key(&table.lineage, table.bank, hash))?
+                .and_then(|(bytes, _)| key_record::decode(&bytes))
+                .filter(|record| record.generation == table.generation),
+            // The shard's build vouches for its records.
+            Some(bits) => live_table::lookup(store, &table, bits, hash.as_bytes())?
+                .and_then(|bytes| key_record::decode(&bytes)),
         };
-        let Some(record) = key_record::decode(&bytes).filter(|r| r.generation == table.generation)
-        else {
+        let Some(record) = record else {
             return Ok(None);
         };
         let record = Rc::new(record);

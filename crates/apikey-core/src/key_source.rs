@@ -13,26 +13,35 @@
 //! not match, drops the working table and starts a new snapshot; the table
 //! being served is not touched until a complete, verified one replaces it.
 //!
-//! Each verified table is handed back as a §1 configuration text (the
-//! settings object, the key lines as `keys`, and the `key_source`
-//! configuration's `fleet`), which the configuration lifecycle validates
-//! and publishes through the same key-table protocol as an ECDS
-//! configuration. That costs a whole table's rebuild and rewrite per
-//! change: correct at any size, fast only at small ones (the batched
-//! shared-data layout is a later step).
+//! What the client hands back is ready for the shared table
+//! ([`crate::live_table`]): a verified snapshot as shards of records, or
+//! verified changes as the records to rewrite. Each key line is validated
+//! as a §1 key against the current settings' plans and fleet; a line that
+//! fails is logged with its id, counted, and its key left out of the table
+//! (fails closed: that key answers `invalid_key`), the rest served. A
+//! settings change that changes the plans, which every record's scopes
+//! depend on, takes a new snapshot; other settings changes are applied at
+//! once.
+//!
+//! The client keeps, per key id, the hash of its line (for the digest) and
+//! of its key (to find its record), never the lines themselves: 64 bytes
+//! and the id per key, not the whole table.
 //!
 //! Failures (no answer, a status other than 200, 410 aside, a refused
 //! answer) are retried with exponential backoff from
 //! [`FIRST_BACKOFF_MS`] to [`MAX_BACKOFF_MS`], each one logged (never the
 //! token) and counted (`apikey.key_source.failures`).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::config::Config;
 use crate::header_map;
 use crate::host::{Host, HttpCall, LogLevel};
+use crate::key_record;
+use crate::live_table::{is_limited_key, Changes, NewTable, ShardSet};
 use crate::metrics::Metric;
 
 /// `key_source` as validated (contract §8.3).
@@ -99,68 +108,103 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// The table as the feed describes it: the settings line and every key's
-/// latest line by id, with the running digest sum.
+/// What the client knows of a key id.
+#[derive(Clone, Copy, Debug)]
+struct Known {
+    /// SHA-256 of its latest line (for the digest).
+    line: [u8; 32],
+    /// Its key hash, when its record is in the table (`None`: its line was
+    /// refused).
+    key: Option<[u8; 32]>,
+}
+
+/// The table as the feed describes it: the settings, and what the digest
+/// and the records need of every key, by id.
 #[derive(Default)]
 struct Table {
     epoch: String,
     generation: u64,
-    settings: Option<Vec<u8>>,
-    keys: BTreeMap<String, ([u8; 32], Vec<u8>)>,
+    /// The settings line as received.
+    settings_line: Option<Vec<u8>>,
+    /// The settings as a configuration without keys, and its text.
+    settings: Option<(Config, Vec<u8>)>,
+    ids: HashMap<String, Known>,
+    /// How many ids have a record in the table.
+    records: u64,
     sum: LineSum,
 }
 
 impl Table {
-    fn upsert(&mut self, id: String, line: Vec<u8>) {
-        let hash = sha256(&line);
-        self.sum.add(&hash);
-        if let Some((previous, _)) = self.keys.insert(id, (hash, line)) {
-            self.sum.subtract(&previous);
-        }
-    }
-
-    /// The §10.5 digest, in lowercase hex.
-    fn digest(&self) -> Option<String> {
-        let settings = self.settings.as_ref()?;
+    /// The §10.5 digest over `sum` and the settings line, in lowercase hex.
+    fn digest(&self, sum: &LineSum, settings_line: Option<&[u8]>) -> Option<String> {
+        let settings = settings_line.or(self.settings_line.as_deref())?;
         let mut hasher = Sha256::new();
         hasher.update(b"apikey-feed-v1\n");
         hasher.update(sha256(settings));
-        hasher.update(self.sum.0);
+        hasher.update(sum.0);
         Some(const_hex::encode(hasher.finalize()))
     }
 
-    /// The table as a §1 configuration text; `None` when the settings line
-    /// is not an object.
-    fn configuration(&self, fleet: Option<&[u8]>) -> Option<Vec<u8>> {
-        let settings = self.settings.as_ref()?;
-        // Canonical lines (§10.5): `{"settings":{…}}`, no spaces.
-        let object = settings
-            .strip_prefix(b"{\"settings\":")?
-            .strip_suffix(b"}")?;
-        let inner = object.strip_prefix(b"{")?.strip_suffix(b"}")?;
-        let size = object.len() + self.keys.values().map(|(_, l)| l.len() + 1).sum::<usize>();
-        let mut text = Vec::with_capacity(size + 64);
-        text.push(b'{');
-        text.extend_from_slice(inner);
+    /// Records `id`'s new line hash and key; returns what it replaced.
+    fn remember(&mut self, id: String, known: Known) -> Option<Known> {
+        self.sum.add(&known.line);
+        self.records += u64::from(known.key.is_some());
+        let previous = self.ids.insert(id, known);
+        if let Some(previous) = previous {
+            self.sum.subtract(&previous.line);
+            self.records -= u64::from(previous.key.is_some());
+        }
+        previous
+    }
+}
+
+/// The settings line as a §1 configuration without keys (with the
+/// `key_source` configuration's `fleet`), validated.
+fn settings_configuration(line: &[u8], fleet: Option<&[u8]>) -> Result<(Config, Vec<u8>), String> {
+    // Canonical lines (§10.5): `{"settings":{…}}`, no spaces.
+    let inner = line
+        .strip_prefix(b"{\"settings\":{")
+        .and_then(|rest| rest.strip_suffix(b"}}"))
+        .ok_or("the settings line is not {\"settings\":{…}}")?;
+    let mut text = Vec::with_capacity(inner.len() + 16 + fleet.map_or(0, <[u8]>::len));
+    text.push(b'{');
+    text.extend_from_slice(inner);
+    if let Some(fleet) = fleet {
         if !inner.iter().all(u8::is_ascii_whitespace) {
             text.push(b',');
         }
-        text.extend_from_slice(b"\"keys\":[");
-        for (index, (_, line)) in self.keys.values().enumerate() {
-            if index > 0 {
-                text.push(b',');
-            }
-            text.extend_from_slice(line);
+        text.extend_from_slice(b"\"fleet\":");
+        text.extend_from_slice(fleet);
+    }
+    text.push(b'}');
+    match Config::parse(&text) {
+        Ok(Some(config)) if config.key_source.is_none() && config.keys.is_empty() => {
+            Ok((config, text))
         }
-        text.push(b']');
-        if let Some(fleet) = fleet {
-            text.extend_from_slice(b",\"fleet\":");
-            text.extend_from_slice(fleet);
-        }
-        text.push(b'}');
-        Some(text)
+        Ok(_) => Err("the settings hold keys or a key_source".to_owned()),
+        Err(error) => Err(format!("the settings are invalid: {error}")),
     }
 }
+
+/// A table being assembled from snapshot pages.
+#[derive(Default)]
+struct Building {
+    shards: ShardSet,
+    limited: Vec<String>,
+}
+
+/// What a verified answer brings.
+#[derive(Debug)]
+pub enum Update {
+    /// A complete table, to write into the bank not serving.
+    Table(NewTable),
+    /// Changes to the table serving.
+    Changes(Changes),
+}
+
+/// Refused key lines are logged by id up to this many per answer, then
+/// summed up in one line.
+const REFUSALS_LOGGED: usize = 10;
 
 /// Where the client is in the feed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -284,6 +328,8 @@ pub struct FeedClient {
     phase: Phase,
     /// The table being assembled or followed (not necessarily served).
     table: Table,
+    /// The records of a snapshot being assembled.
+    building: Option<Building>,
     in_flight: Option<InFlight>,
     /// Failures in a row (for the backoff).
     failures: u32,
@@ -303,6 +349,7 @@ impl FeedClient {
                 first_generation: None,
             },
             table: Table::default(),
+            building: None,
             in_flight: None,
             failures: 0,
             next_call_ns: 0,
@@ -378,15 +425,15 @@ impl FeedClient {
         }
     }
 
-    /// Takes the answer to call `token` (`body_size` bytes); returns a
-    /// complete, verified table as a configuration text when this answer
-    /// brought one, and makes the next call at once when it may.
+    /// Takes the answer to call `token` (`body_size` bytes); returns what
+    /// it brought to the shared table, verified, and makes the next call at
+    /// once when it may.
     pub fn on_answer<H: Host>(
         &mut self,
         host: &mut H,
         token: u32,
         body_size: usize,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Update> {
         if self.in_flight.map(|call| call.token) != Some(token) {
             return None;
         }
@@ -394,7 +441,7 @@ impl FeedClient {
         let status = answer_status(host);
         let outcome = match status {
             Some(200) => match host.http_response_body(body_size) {
-                Ok(body) if body.len() == body_size => self.take(&body),
+                Ok(body) if body.len() == body_size => self.take(host, &body),
                 Ok(body) => Err(format!("{} of {body_size} body bytes", body.len())),
                 Err(error) if body_size == 0 => Err(format!("no body ({error:?})")),
                 Err(error) => Err(format!("body unreadable ({error:?})")),
@@ -412,14 +459,12 @@ impl FeedClient {
             None => Err("no answer (connection failed, reset or timed out)".to_owned()),
         };
         match outcome {
-            Ok(table) => {
+            Ok(update) => {
+                // The next call goes out on the caller's next `tick`, right
+                // after it wrote what this answer brought.
                 self.failures = 0;
                 self.next_call_ns = 0;
-                if table.is_some() {
-                    host.increment(Metric::KeySourceTables, 1);
-                }
-                self.call(host);
-                table
+                update
             }
             Err(reason) => {
                 self.fail(host, &reason);
@@ -428,9 +473,11 @@ impl FeedClient {
         }
     }
 
-    /// Drops the working table and starts a new snapshot.
-    fn restart(&mut self) {
+    /// Drops the working table and starts a new snapshot (also when the
+    /// shared table could not take what this client handed out).
+    pub fn restart(&mut self) {
         self.table = Table::default();
+        self.building = None;
         self.phase = Phase::Snapshot {
             cursor: None,
             first_generation: None,
@@ -458,9 +505,8 @@ impl FeedClient {
         );
     }
 
-    /// Applies a 200 answer; `Ok(Some(text))` when the table is complete
-    /// and verified and differs from the one handed out last.
-    fn take(&mut self, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    /// Applies a 200 answer: what it brings once verified.
+    fn take<H: Host>(&mut self, host: &mut H, body: &[u8]) -> Result<Option<Update>, String> {
         let answer = match read_answer(body) {
             Ok(answer) => answer,
             Err(reason) => {
@@ -483,14 +529,74 @@ impl FeedClient {
                 header.kind
             ));
         }
+        if !query_safe(&header.epoch) {
+            self.restart();
+            return Err("answer refused: an epoch unfit for a query".into());
+        }
         self.table.epoch.clone_from(&header.epoch);
-        if let Some(settings) = answer.settings {
-            self.table.settings = Some(settings);
+        let outcome = match self.phase {
+            Phase::Snapshot { .. } | Phase::Completing => self.take_building(host, answer),
+            Phase::Following => self.take_changes(host, answer),
+        };
+        if outcome.is_err() {
+            self.restart();
         }
+        outcome
+    }
+
+    /// A snapshot page, or the changes completing a snapshot: added to the
+    /// table being assembled, handed out once complete and verified.
+    fn take_building<H: Host>(
+        &mut self,
+        host: &mut H,
+        answer: Answer,
+    ) -> Result<Option<Update>, String> {
+        if let Some(line) = answer.settings {
+            if self.table.settings_line.as_ref() != Some(&line) {
+                let settings = settings_configuration(&line, self.source.fleet.as_deref())?;
+                if self.building.is_some()
+                    && self
+                        .table
+                        .settings
+                        .as_ref()
+                        .map(|(config, _)| &config.plans)
+                        != Some(&settings.0.plans)
+                {
+                    // Records already assembled carry the old plans' scopes.
+                    return Err("the plans changed during the snapshot; taking a new one".into());
+                }
+                self.table.settings = Some(settings);
+                self.table.settings_line = Some(line);
+            }
+        }
+        // Taken out while the table records the lines; put back below.
+        let Some(settings) = self.table.settings.take() else {
+            return Err("a snapshot without settings".into());
+        };
+        let config = &settings.0;
+        let building = self.building.get_or_insert_with(|| Building {
+            shards: ShardSet::for_keys(answer.trailer.keys_total),
+            limited: Vec::new(),
+        });
+        let mut refused = Refusals::default();
         for (id, line) in answer.keys {
-            self.table.upsert(id, line);
+            let (known, record) = key_record_of(config, &id, &line, &mut refused);
+            if let Some(new) = &record {
+                if new.limited {
+                    building.limited.push(id.clone());
+                }
+                building.shards.upsert(&new.hash, Some(&new.record));
+            }
+            if let Some(previous) = self.table.remember(id, known) {
+                if let Some(old) = previous.key.filter(|old| Some(*old) != known.key) {
+                    building.shards.upsert(&old, None);
+                }
+            }
         }
-        let complete = match self.phase.clone() {
+        self.table.settings = Some(settings);
+        refused.report(host);
+        let header = &answer.header;
+        match self.phase.clone() {
             Phase::Snapshot {
                 first_generation, ..
             } => {
@@ -503,11 +609,8 @@ impl FeedClient {
                         };
                         return Ok(None);
                     }
-                    Some(_) => {
-                        self.restart();
-                        return Err("answer refused: a cursor unfit for a query".into());
-                    }
-                    None if first == header.generation => true,
+                    Some(_) => return Err("answer refused: a cursor unfit for a query".into()),
+                    None if first == header.generation => {}
                     None => {
                         // Pages across writes: completed by the changes since
                         // the first page's generation (§10.5).
@@ -517,43 +620,143 @@ impl FeedClient {
                     }
                 }
             }
-            Phase::Completing | Phase::Following => true,
-        };
-        if complete {
-            self.table.generation = header.generation;
-            if !query_safe(&self.table.epoch) {
-                self.restart();
-                return Err("answer refused: an epoch unfit for a query".into());
-            }
-            let count = u64::try_from(self.table.keys.len()).unwrap_or(u64::MAX);
-            let digest = self.table.digest();
-            if count != answer.trailer.keys_total
-                || digest.as_deref() != Some(answer.trailer.digest.as_str())
-            {
-                self.restart();
-                return Err(format!(
-                    "table refused at generation {}: {count} keys against {}, digest {}",
-                    answer.trailer.generation,
-                    answer.trailer.keys_total,
-                    if digest.is_some() {
-                        "differs"
-                    } else {
-                        "without settings"
-                    }
-                ));
-            }
-            self.phase = Phase::Following;
+            Phase::Completing | Phase::Following => {}
         }
-        let current = Some((self.table.epoch.clone(), self.table.generation));
-        if current == self.served_generation {
+        self.table.generation = header.generation;
+        self.verify(self.table.ids.len(), &self.table.sum, None, &answer.trailer)?;
+        self.phase = Phase::Following;
+        let Some(building) = self.building.take() else {
+            return Ok(None);
+        };
+        let settings = self
+            .table
+            .settings
+            .as_ref()
+            .map(|(_, text)| text.clone())
+            .unwrap_or_default();
+        self.served_generation = Some((self.table.epoch.clone(), self.table.generation));
+        Ok(Some(Update::Table(NewTable {
+            shards: building.shards,
+            settings,
+            generation: self.table.generation,
+            limited: building.limited,
+        })))
+    }
+
+    /// The changes since the table's generation: verified against the
+    /// trailer before anything of them is kept.
+    fn take_changes<H: Host>(
+        &mut self,
+        host: &mut H,
+        answer: Answer,
+    ) -> Result<Option<Update>, String> {
+        let settings_line = answer
+            .settings
+            .filter(|line| self.table.settings_line.as_ref() != Some(line));
+        let hashes: Vec<[u8; 32]> = answer.keys.iter().map(|(_, line)| sha256(line)).collect();
+        let mut sum = self.table.sum;
+        let mut count = self.table.ids.len();
+        for ((id, _), hash) in answer.keys.iter().zip(&hashes) {
+            match self.table.ids.get(id) {
+                Some(previous) => sum.subtract(&previous.line),
+                None => count += 1,
+            }
+            sum.add(hash);
+        }
+        self.verify(count, &sum, settings_line.as_deref(), &answer.trailer)?;
+        let generation = answer.header.generation;
+        if settings_line.is_none()
+            && answer.keys.is_empty()
+            && Some((self.table.epoch.clone(), generation)) == self.served_generation
+        {
             return Ok(None);
         }
-        let text = self
-            .table
-            .configuration(self.source.fleet.as_deref())
-            .ok_or_else(|| "the settings line is not an object".to_owned())?;
-        self.served_generation = current;
-        Ok(Some(text))
+        let mut settings_text = None;
+        if let Some(line) = settings_line {
+            let settings = settings_configuration(&line, self.source.fleet.as_deref())?;
+            let plans_changed = self
+                .table
+                .settings
+                .as_ref()
+                .map(|(config, _)| &config.plans)
+                != Some(&settings.0.plans);
+            if plans_changed {
+                host.log(
+                    LogLevel::Info,
+                    "key_source: the plans changed; taking a new snapshot (the current table serves meanwhile)",
+                );
+                self.restart();
+                return Ok(None);
+            }
+            settings_text = Some(settings.1.clone());
+            self.table.settings = Some(settings);
+            self.table.settings_line = Some(line);
+        }
+        // Taken out while the table records the lines; put back below.
+        let Some(settings) = self.table.settings.take() else {
+            return Err("changes without settings".into());
+        };
+        let config = &settings.0;
+        let mut changes = Changes {
+            settings: settings_text,
+            generation,
+            ..Changes::default()
+        };
+        let mut refused = Refusals::default();
+        for (id, line) in answer.keys {
+            let (known, record) = key_record_of(config, &id, &line, &mut refused);
+            let previous = self.table.ids.get(&id).copied();
+            if let Some(old) = previous
+                .and_then(|p| p.key)
+                .filter(|old| Some(*old) != known.key)
+            {
+                changes.records.push((old, None));
+            }
+            if let Some(NewRecord {
+                hash,
+                record,
+                limited,
+            }) = record
+            {
+                if limited {
+                    changes.limited.push(id.clone());
+                }
+                changes.records.push((hash, Some(record)));
+            }
+            self.table.remember(id, known);
+        }
+        self.table.settings = Some(settings);
+        refused.report(host);
+        self.table.generation = generation;
+        changes.key_count = self.table.records;
+        self.served_generation = Some((self.table.epoch.clone(), generation));
+        Ok(Some(Update::Changes(changes)))
+    }
+
+    /// Checks the table's key count and digest (`count` keys, `sum` and,
+    /// when it changed, `settings_line`) against the answer's trailer.
+    fn verify(
+        &self,
+        count: usize,
+        sum: &LineSum,
+        settings_line: Option<&[u8]>,
+        trailer: &Trailer,
+    ) -> Result<(), String> {
+        let count = u64::try_from(count).unwrap_or(u64::MAX);
+        let digest = self.table.digest(sum, settings_line);
+        if count == trailer.keys_total && digest.as_deref() == Some(trailer.digest.as_str()) {
+            return Ok(());
+        }
+        Err(format!(
+            "table refused at generation {}: {count} keys against {}, digest {}",
+            trailer.generation,
+            trailer.keys_total,
+            if digest.is_some() {
+                "differs"
+            } else {
+                "without settings"
+            }
+        ))
     }
 
     /// The feed generation of the last table handed out.
@@ -561,6 +764,103 @@ impl FeedClient {
         self.served_generation
             .as_ref()
             .map(|(_, generation)| *generation)
+    }
+}
+
+/// Key lines refused in one answer.
+#[derive(Default)]
+struct Refusals {
+    count: usize,
+    logged: Vec<String>,
+}
+
+impl Refusals {
+    fn add(&mut self, id: &str, error: &str) {
+        self.count += 1;
+        if self.logged.len() < REFUSALS_LOGGED {
+            self.logged.push(format!(
+                "key_source: key {id:?} left out of the table (answers invalid_key): {error}"
+            ));
+        }
+    }
+
+    fn report<H: Host>(self, host: &mut H) {
+        if self.count == 0 {
+            return;
+        }
+        host.increment(Metric::KeySourceFailures, 1);
+        for line in &self.logged {
+            host.log(LogLevel::Warn, line);
+        }
+        if self.count > self.logged.len() {
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "key_source: {} more keys left out of the table",
+                    self.count - self.logged.len()
+                ),
+            );
+        }
+    }
+}
+
+/// A key line's record, ready for the shared table.
+struct NewRecord {
+    /// Its key hash (where the record goes).
+    hash: [u8; 32],
+    /// The record.
+    record: Vec<u8>,
+    /// Whether the key takes tokens (its bucket entry must exist).
+    limited: bool,
+}
+
+/// What the table keeps of key line `line` of `id`: its hashes, and its
+/// record with its key hash and whether it takes tokens (`None` when the
+/// line is refused, counted in `refused`).
+fn key_record_of(
+    config: &Config,
+    id: &str,
+    line: &[u8],
+    refused: &mut Refusals,
+) -> (Known, Option<NewRecord>) {
+    let line_hash = sha256(line);
+    match config.parse_key(line) {
+        Ok(key) if key.id == id => {
+            let hash = *key.hash.as_bytes();
+            let record = key_record::encode(&key, &config.plans, 0);
+            let limited = is_limited_key(config, &key);
+            (
+                Known {
+                    line: line_hash,
+                    key: Some(hash),
+                },
+                Some(NewRecord {
+                    hash,
+                    record,
+                    limited,
+                }),
+            )
+        }
+        Ok(_) => {
+            refused.add(id, "its id changed");
+            (
+                Known {
+                    line: line_hash,
+                    key: None,
+                },
+                None,
+            )
+        }
+        Err(error) => {
+            refused.add(id, &error.to_string());
+            (
+                Known {
+                    line: line_hash,
+                    key: None,
+                },
+                None,
+            )
+        }
     }
 }
 

@@ -48,7 +48,7 @@ use crate::config::Config;
 use crate::key_record;
 use crate::store::names::settings_key;
 
-mod buckets;
+pub(crate) mod buckets;
 mod digest;
 mod head;
 mod known_ids;
@@ -69,8 +69,13 @@ pub struct TableRef {
     pub lineage: Lineage,
     /// 0 or 1.
     pub bank: u8,
-    /// The generation stamped on this table's records.
+    /// The generation stamped on this table's records; for a followed
+    /// table ([`crate::live_table`]), the build its shards carry.
     pub generation: u64,
+    /// `Some(bits)` for a followed table, whose records live in shards
+    /// chosen by `bits` bits of the key hash; `None` for one record per
+    /// entry.
+    pub shard_bits: Option<u8>,
 }
 
 /// The result of publishing a configuration's keys.

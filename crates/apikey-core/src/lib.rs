@@ -28,6 +28,7 @@ pub mod key_hash;
 pub mod key_record;
 pub mod key_source;
 pub mod key_table;
+pub mod live_table;
 pub mod memory_store;
 pub mod metrics;
 #[cfg(test)]

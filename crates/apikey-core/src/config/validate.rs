@@ -369,17 +369,7 @@ impl RawFleet<'_> {
                     .map(|(i, key)| (format!("keys[{i}].rate_limits"), &key.rate_limits)),
             );
         for (field, table) in tables {
-            for (pattern, limit) in table.entries() {
-                if Unit::of_period(limit.period_seconds).is_none() {
-                    return Err(refuse(
-                        format!("{field}.{}.period_seconds", pattern.as_str()),
-                        format!(
-                            "must be 1, 60, 3600 or 86400 with a fleet, got {}",
-                            limit.period_seconds
-                        ),
-                    ));
-                }
-            }
+            check_fleet_periods(&field, table)?;
         }
         Ok(Fleet {
             cluster,
@@ -387,6 +377,36 @@ impl RawFleet<'_> {
             timeout_ms,
             on_failure,
         })
+    }
+}
+
+/// A fleet's service counts per second, minute, hour and day: every limit
+/// of `table` (at `field`) must use one of those periods.
+fn check_fleet_periods(field: &str, table: &LimitTable) -> Result<(), ConfigError> {
+    for (pattern, limit) in table.entries() {
+        if Unit::of_period(limit.period_seconds).is_none() {
+            return Err(refuse(
+                format!("{field}.{}.period_seconds", pattern.as_str()),
+                format!(
+                    "must be 1, 60, 3600 or 86400 with a fleet, got {}",
+                    limit.period_seconds
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Validates one key object (a line of the key service's feed) against
+    /// this configuration's plans and fleet, exactly as it would be checked
+    /// at `keys[0]` of a whole configuration.
+    pub fn parse_key(&self, text: &[u8]) -> Result<KeySpec, ConfigError> {
+        let key = super::strict::read::<RawKey<'_>>(text)?.validate(0, &self.plans)?;
+        if self.fleet.is_some() {
+            check_fleet_periods("keys[0].rate_limits", &key.rate_limits)?;
+        }
+        Ok(key)
     }
 }
 

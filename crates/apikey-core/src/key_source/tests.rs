@@ -117,15 +117,22 @@ impl FakeFeed {
     }
 }
 
-/// A worker following the feed, with its first request made.
+/// A worker following the feed, with its first request made: the lease
+/// it created at configure time counts from its next tick.
 fn following(process: &std::rc::Rc<Process>) -> (Worker, Configuration) {
     let mut worker = Worker::new(process);
-    let (configuration, accepted) = worker.configure(SOURCE);
+    let (mut configuration, accepted) = worker.configure(SOURCE);
     assert!(
         accepted,
         "key_source configuration refused: {:?}",
         worker.host.logs
     );
+    assert!(
+        worker.host.http_calls.is_empty(),
+        "a VM fetched before its lease was confirmed"
+    );
+    worker.host.monotonic_ns += 100_000_000;
+    worker.tick(&mut configuration);
     (worker, configuration)
 }
 
@@ -242,7 +249,9 @@ fn changes_are_applied_and_a_heartbeat_changes_nothing() {
     );
     assert_eq!(
         worker.answer(&configuration, "sk_one").as_deref(),
-        Some("key_revoked")
+        Some("key_revoked"),
+        "{:#?}",
+        worker.host.logs
     );
     assert_eq!(
         worker.answer(&configuration, "sk_four"),
@@ -519,6 +528,8 @@ fn the_fleet_beside_key_source_travels_into_every_table() {
             "fleet": {"cluster": "rls", "domain": "apikey"}}"#,
     );
     assert!(accepted);
+    worker.host.monotonic_ns += 100_000_000;
+    worker.tick(&mut configuration);
     let feed = FakeFeed::new(&[("k1", "sk_one")]);
     serve_snapshot(&mut worker, &mut configuration, &feed);
     let gateway = configuration.gateway(&worker.vm).expect("no table served");

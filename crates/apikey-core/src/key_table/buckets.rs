@@ -7,7 +7,7 @@ use super::known_ids::{encode_known, id_fingerprint, sort_fingerprints, KnownLis
 use super::{StoreError, RECHECK_EVERY};
 use crate::bucket_store::EMPTY_BUCKETS;
 use crate::config::{Config, KeySpec};
-use crate::store::names::{buckets_key, known_buckets_key};
+use crate::store::names::{buckets_key, known_buckets_key, Lineage};
 use crate::store::SharedStore;
 
 /// Creates the (empty) bucket entry of every limited key that has none.
@@ -38,20 +38,40 @@ pub(super) fn create_bucket_entries(
     claim: &Claim<'_>,
     now_ns: &dyn Fn() -> u64,
 ) -> Result<bool, StoreError> {
-    let lineage = claim.lineage;
+    let limited = config
+        .keys
+        .iter()
+        .filter(|key| is_limited(key, config))
+        .map(|key| key.id.as_str());
+    ensure_bucket_entries(store, claim.lineage, limited, claim.first_table, &|| {
+        claim.renew(store, now_ns())
+    })
+}
+
+/// Makes sure every id of `limited` has a bucket entry in `lineage`, as
+/// [`create_bucket_entries`] explains; `first_table` when no table of the
+/// lineage ever served (no entry can exist). `still_writer` is asked every
+/// [`RECHECK_EVERY`] entries; when it answers `false` the writer lost its
+/// right to write and the work stops (`Ok(false)`).
+pub(crate) fn ensure_bucket_entries<'a>(
+    store: &dyn SharedStore,
+    lineage: &Lineage,
+    limited: impl Iterator<Item = &'a str>,
+    first_table: bool,
+    still_writer: &dyn Fn() -> Result<bool, StoreError>,
+) -> Result<bool, StoreError> {
     let known_key = known_buckets_key(lineage);
     let previous = store.get(&known_key)?.map(|(bytes, _)| bytes);
     let known = KnownList::decode(previous.as_deref().unwrap_or_default());
-    let mut now_known = Vec::with_capacity(config.keys.len());
-    let limited = config.keys.iter().filter(|key| is_limited(key, config));
-    for (created, key) in limited.enumerate() {
-        if created % RECHECK_EVERY == RECHECK_EVERY - 1 && !claim.renew(store, now_ns())? {
+    let mut now_known = Vec::new();
+    for (created, id) in limited.enumerate() {
+        if created % RECHECK_EVERY == RECHECK_EVERY - 1 && !still_writer()? {
             return Ok(false);
         }
-        let fingerprint = id_fingerprint(&key.id);
+        let fingerprint = id_fingerprint(id);
         if !known.contains(&fingerprint) {
-            let entry = buckets_key(lineage, &key.id);
-            if claim.first_table || store.get(&entry)?.is_none() {
+            let entry = buckets_key(lineage, id);
+            if first_table || store.get(&entry)?.is_none() {
                 store.set(&entry, EMPTY_BUCKETS, 0)?;
             }
         }
@@ -65,7 +85,8 @@ pub(super) fn create_bucket_entries(
     Ok(true)
 }
 
-fn is_limited(key: &KeySpec, config: &Config) -> bool {
+/// Whether `key` takes tokens from a bucket: it or its plan has limits.
+pub(crate) fn is_limited(key: &KeySpec, config: &Config) -> bool {
     !key.rate_limits.is_empty()
         || config
             .plan(key.plan)

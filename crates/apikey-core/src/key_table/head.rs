@@ -208,6 +208,7 @@ pub(super) fn table_ref(lineage: &Lineage, index: usize, generation: u64) -> Tab
         lineage: *lineage,
         bank: u8::from(index != 0),
         generation,
+        shard_bits: None,
     }
 }
 

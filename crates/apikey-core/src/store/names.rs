@@ -11,7 +11,9 @@
 //!
 //! Within a lineage: `head`; `b0.settings` and `b1.settings`;
 //! `b<bank>.<sha256>` for records; `rl.<key id>` for buckets;
-//! `known_buckets`; `last_refused`. A key id can only reach names under
+//! `known_buckets`; `last_refused`; for a table followed from the key
+//! service, `ks.head`, `ks.lease`, `ks.b<bank>.settings` and
+//! `ks.b<bank>.s<shard in hex>`. A key id can only reach names under
 //! `rl.`, and a key hash only names of 64 hex digits, so neither can spell
 //! another entry's name. README.md's storage table counts each of them.
 
@@ -107,6 +109,34 @@ pub fn record_key(lineage: &Lineage, bank: u8, hash: &KeyHash) -> String {
     key
 }
 
+/// The head of `lineage`'s followed table (`key_source`): which bank,
+/// build and feed generation the workers serve.
+pub fn live_head_key(lineage: &Lineage) -> String {
+    lineage.key("ks.head")
+}
+
+/// Which VM of the process follows the key service for `lineage`.
+pub fn live_lease_key(lineage: &Lineage) -> String {
+    lineage.key("ks.lease")
+}
+
+/// The settings of the followed table in `bank` (0 or 1) of `lineage`.
+pub fn live_settings_key(lineage: &Lineage, bank: u8) -> String {
+    lineage.key(if bank == 0 {
+        "ks.b0.settings"
+    } else {
+        "ks.b1.settings"
+    })
+}
+
+/// Shard `index` of the followed table in `bank` of `lineage`.
+pub fn shard_key(lineage: &Lineage, bank: u8, index: u32) -> String {
+    let mut key = lineage.prefix(16);
+    key.push_str(if bank == 0 { "ks.b0.s" } else { "ks.b1.s" });
+    key.push_str(&format!("{index:x}"));
+    key
+}
+
 /// The shared-data key of a key id's rate-limit buckets in `lineage`: two
 /// configurations with a key of the same id never share a bucket.
 pub fn buckets_key(lineage: &Lineage, id: &str) -> String {
@@ -165,5 +195,9 @@ mod tests {
         assert_eq!(known_buckets_key(&lineage), under("known_buckets"));
         assert_eq!(last_refused_key(&lineage), under("last_refused"));
         assert_eq!(circuit_key("ratelimit"), "apikey.v1.fleet.ratelimit");
+        assert_eq!(live_head_key(&lineage), under("ks.head"));
+        assert_eq!(live_lease_key(&lineage), under("ks.lease"));
+        assert_eq!(live_settings_key(&lineage, 1), under("ks.b1.settings"));
+        assert_eq!(shard_key(&lineage, 0, 0xbeef), under("ks.b0.sbeef"));
     }
 }

@@ -585,11 +585,19 @@ impl FeedClient {
                 if new.limited {
                     building.limited.push(id.clone());
                 }
-                building.shards.upsert(&new.hash, Some(&new.record));
             }
-            if let Some(previous) = self.table.remember(id, known) {
-                if let Some(old) = previous.key.filter(|old| Some(*old) != known.key) {
-                    building.shards.upsert(&old, None);
+            let id_known = self.table.ids.contains_key(&id);
+            let previous = self.table.remember(id, known);
+            match (previous, &record) {
+                // A snapshot names each key once: appended, not searched for.
+                (None, Some(new)) if !id_known => building.shards.push(&new.hash, &new.record),
+                _ => {
+                    if let Some(old) = previous.and_then(|p| p.key) {
+                        building.shards.upsert(&old, None);
+                    }
+                    if let Some(new) = &record {
+                        building.shards.upsert(&new.hash, Some(&new.record));
+                    }
                 }
             }
         }

@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::Config;
+use crate::config::{Config, KeySpec};
 use crate::header_map;
 use crate::host::{Host, HttpCall, LogLevel};
 use crate::key_record;
@@ -202,6 +202,16 @@ pub enum Update {
     Changes(Changes),
 }
 
+/// What follows the answer being applied, decided before its lines are.
+enum Next {
+    /// Another snapshot page (its cursor), the snapshot's first generation.
+    Page(String, u64),
+    /// The changes since the first page's generation complete the snapshot.
+    Complete(u64),
+    /// The table is complete: verify it against the trailer.
+    Verify,
+}
+
 /// Refused key lines are logged by id up to this many per answer, then
 /// summed up in one line.
 const REFUSALS_LOGGED: usize = 10;
@@ -254,17 +264,18 @@ struct KeyId {
     id: String,
 }
 
-/// One answer, read and checked for shape.
-struct Answer {
+/// One answer, read and checked for shape; its lines borrowed from the
+/// body (each key line is parsed once, when it is applied).
+struct Answer<'a> {
     header: Header,
     settings: Option<Vec<u8>>,
-    keys: Vec<(String, Vec<u8>)>,
+    keys: Vec<&'a [u8]>,
     trailer: Trailer,
 }
 
 /// Reads an answer body: exactly the announced lines, then the trailer,
 /// then nothing. Any deviation refuses it whole.
-fn read_answer(body: &[u8]) -> Result<Answer, String> {
+fn read_answer(body: &[u8]) -> Result<Answer<'_>, String> {
     let body = body
         .strip_suffix(b"\n")
         .ok_or("answer does not end with a newline (cut short)")?;
@@ -288,14 +299,12 @@ fn read_answer(body: &[u8]) -> Result<Answer, String> {
     } else {
         None
     };
-    let mut keys = Vec::new();
+    let mut keys = Vec::with_capacity(usize::try_from(header.keys).unwrap_or(0).min(1 << 20));
     for index in 0..header.keys {
         let line = lines
             .next()
             .ok_or_else(|| format!("{index} key lines of {} (cut short)", header.keys))?;
-        let key: KeyId = serde_json::from_slice(line)
-            .map_err(|error| format!("key line {index} unreadable: {error}"))?;
-        keys.push((key.id, line.to_vec()));
+        keys.push(line);
     }
     let trailer: Trailer = serde_json::from_slice(lines.next().ok_or("trailer missing")?)
         .map_err(|error| format!("trailer unreadable: {error}"))?;
@@ -474,10 +483,13 @@ impl FeedClient {
     }
 
     /// Drops the working table and starts a new snapshot (also when the
-    /// shared table could not take what this client handed out).
+    /// shared table could not take what this client handed out). A call
+    /// in flight (a next page asked for early) is forgotten: its answer is
+    /// ignored.
     pub fn restart(&mut self) {
         self.table = Table::default();
         self.building = None;
+        self.in_flight = None;
         self.phase = Phase::Snapshot {
             cursor: None,
             first_generation: None,
@@ -545,12 +557,38 @@ impl FeedClient {
     }
 
     /// A snapshot page, or the changes completing a snapshot: added to the
-    /// table being assembled, handed out once complete and verified.
+    /// table being assembled, handed out once complete and verified. The
+    /// next page is asked for before this one is processed, so the service
+    /// reads it while the VM works.
     fn take_building<H: Host>(
         &mut self,
         host: &mut H,
-        answer: Answer,
+        answer: Answer<'_>,
     ) -> Result<Option<Update>, String> {
+        let header = &answer.header;
+        let next = match &self.phase {
+            Phase::Snapshot {
+                first_generation, ..
+            } => {
+                let first = first_generation.unwrap_or(header.generation);
+                match &header.next_cursor {
+                    Some(cursor) if query_safe(cursor) => Next::Page(cursor.clone(), first),
+                    Some(_) => return Err("answer refused: a cursor unfit for a query".into()),
+                    None if first == header.generation => Next::Verify,
+                    // Pages across writes: completed by the changes since
+                    // the first page's generation (§10.5).
+                    None => Next::Complete(first),
+                }
+            }
+            Phase::Completing | Phase::Following => Next::Verify,
+        };
+        if let Next::Page(cursor, first) = &next {
+            self.phase = Phase::Snapshot {
+                cursor: Some(cursor.clone()),
+                first_generation: Some(*first),
+            };
+            self.call(host);
+        }
         if let Some(line) = answer.settings {
             if self.table.settings_line.as_ref() != Some(&line) {
                 let settings = settings_configuration(&line, self.source.fleet.as_deref())?;
@@ -579,18 +617,23 @@ impl FeedClient {
             limited: Vec::new(),
         });
         let mut refused = Refusals::default();
-        for (id, line) in answer.keys {
-            let (known, record) = key_record_of(config, &id, &line, &mut refused);
-            if let Some(new) = &record {
-                if new.limited {
-                    building.limited.push(id.clone());
+        let mut unreadable = None;
+        for line in &answer.keys {
+            let parsed = match parse_line(config, line) {
+                Ok(parsed) => parsed,
+                Err(reason) => {
+                    unreadable = Some(reason);
+                    break;
                 }
+            };
+            let (id, known, record) = parsed.into_record(config, &mut refused);
+            if record.as_ref().is_some_and(|new| new.limited) {
+                building.limited.push(id.clone());
             }
-            let id_known = self.table.ids.contains_key(&id);
             let previous = self.table.remember(id, known);
             match (previous, &record) {
                 // A snapshot names each key once: appended, not searched for.
-                (None, Some(new)) if !id_known => building.shards.push(&new.hash, &new.record),
+                (None, Some(new)) => building.shards.push(&new.hash, &new.record),
                 _ => {
                     if let Some(old) = previous.and_then(|p| p.key) {
                         building.shards.upsert(&old, None);
@@ -602,33 +645,18 @@ impl FeedClient {
             }
         }
         self.table.settings = Some(settings);
+        if let Some(reason) = unreadable {
+            return Err(format!("answer refused: {reason}"));
+        }
         refused.report(host);
-        let header = &answer.header;
-        match self.phase.clone() {
-            Phase::Snapshot {
-                first_generation, ..
-            } => {
-                let first = first_generation.unwrap_or(header.generation);
-                match &header.next_cursor {
-                    Some(cursor) if query_safe(cursor) => {
-                        self.phase = Phase::Snapshot {
-                            cursor: Some(cursor.clone()),
-                            first_generation: Some(first),
-                        };
-                        return Ok(None);
-                    }
-                    Some(_) => return Err("answer refused: a cursor unfit for a query".into()),
-                    None if first == header.generation => {}
-                    None => {
-                        // Pages across writes: completed by the changes since
-                        // the first page's generation (§10.5).
-                        self.table.generation = first;
-                        self.phase = Phase::Completing;
-                        return Ok(None);
-                    }
-                }
+        match next {
+            Next::Page(..) => return Ok(None),
+            Next::Complete(first) => {
+                self.table.generation = first;
+                self.phase = Phase::Completing;
+                return Ok(None);
             }
-            Phase::Completing | Phase::Following => {}
+            Next::Verify => {}
         }
         self.table.generation = header.generation;
         self.verify(self.table.ids.len(), &self.table.sum, None, &answer.trailer)?;
@@ -656,32 +684,47 @@ impl FeedClient {
     fn take_changes<H: Host>(
         &mut self,
         host: &mut H,
-        answer: Answer,
+        answer: Answer<'_>,
     ) -> Result<Option<Update>, String> {
         let settings_line = answer
             .settings
             .filter(|line| self.table.settings_line.as_ref() != Some(line));
-        let hashes: Vec<[u8; 32]> = answer.keys.iter().map(|(_, line)| sha256(line)).collect();
+        let new_settings = match &settings_line {
+            Some(line) => Some(settings_configuration(line, self.source.fleet.as_deref())?),
+            None => None,
+        };
+        let Some(config) = new_settings
+            .as_ref()
+            .or(self.table.settings.as_ref())
+            .map(|(config, _)| config)
+        else {
+            return Err("changes without settings".into());
+        };
+        let parsed = answer
+            .keys
+            .iter()
+            .map(|line| parse_line(config, line))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| format!("answer refused: {reason}"))?;
         let mut sum = self.table.sum;
         let mut count = self.table.ids.len();
-        for ((id, _), hash) in answer.keys.iter().zip(&hashes) {
-            match self.table.ids.get(id) {
+        for line in &parsed {
+            match self.table.ids.get(&line.id) {
                 Some(previous) => sum.subtract(&previous.line),
                 None => count += 1,
             }
-            sum.add(hash);
+            sum.add(&line.line_hash);
         }
         self.verify(count, &sum, settings_line.as_deref(), &answer.trailer)?;
         let generation = answer.header.generation;
         if settings_line.is_none()
-            && answer.keys.is_empty()
+            && parsed.is_empty()
             && Some((self.table.epoch.clone(), generation)) == self.served_generation
         {
             return Ok(None);
         }
         let mut settings_text = None;
-        if let Some(line) = settings_line {
-            let settings = settings_configuration(&line, self.source.fleet.as_deref())?;
+        if let (Some(line), Some(settings)) = (settings_line, new_settings) {
             let plans_changed = self
                 .table
                 .settings
@@ -711,8 +754,8 @@ impl FeedClient {
             ..Changes::default()
         };
         let mut refused = Refusals::default();
-        for (id, line) in answer.keys {
-            let (known, record) = key_record_of(config, &id, &line, &mut refused);
+        for parsed in parsed {
+            let (id, known, record) = parsed.into_record(config, &mut refused);
             let previous = self.table.ids.get(&id).copied();
             if let Some(old) = previous
                 .and_then(|p| p.key)
@@ -822,52 +865,66 @@ struct NewRecord {
     limited: bool,
 }
 
-/// What the table keeps of key line `line` of `id`: its hashes, and its
-/// record with its key hash and whether it takes tokens (`None` when the
-/// line is refused, counted in `refused`).
-fn key_record_of(
-    config: &Config,
-    id: &str,
-    line: &[u8],
-    refused: &mut Refusals,
-) -> (Known, Option<NewRecord>) {
+/// A key line read once: its id, its hash (for the digest) and its key
+/// validated against the settings, or why it was refused.
+struct ParsedLine {
+    id: String,
+    line_hash: [u8; 32],
+    key: Result<KeySpec, String>,
+}
+
+/// Reads key line `line` against `config`; `Err` only when the line does
+/// not even say its id (the answer is then refused whole).
+fn parse_line(config: &Config, line: &[u8]) -> Result<ParsedLine, String> {
     let line_hash = sha256(line);
     match config.parse_key(line) {
-        Ok(key) if key.id == id => {
-            let hash = *key.hash.as_bytes();
-            let record = key_record::encode(&key, &config.plans, 0);
-            let limited = is_limited_key(config, &key);
-            (
-                Known {
-                    line: line_hash,
-                    key: Some(hash),
-                },
-                Some(NewRecord {
-                    hash,
-                    record,
-                    limited,
-                }),
-            )
-        }
-        Ok(_) => {
-            refused.add(id, "its id changed");
-            (
-                Known {
-                    line: line_hash,
-                    key: None,
-                },
-                None,
-            )
-        }
+        Ok(key) => Ok(ParsedLine {
+            id: key.id.clone(),
+            line_hash,
+            key: Ok(key),
+        }),
         Err(error) => {
-            refused.add(id, &error.to_string());
-            (
-                Known {
-                    line: line_hash,
+            let id: KeyId = serde_json::from_slice(line)
+                .map_err(|unreadable| format!("a key line is unreadable: {unreadable}"))?;
+            Ok(ParsedLine {
+                id: id.id,
+                line_hash,
+                key: Err(error.to_string()),
+            })
+        }
+    }
+}
+
+impl ParsedLine {
+    /// Its id, what the table keeps of it, and its record (`None` when
+    /// refused, counted in `refused`).
+    fn into_record(
+        self,
+        config: &Config,
+        refused: &mut Refusals,
+    ) -> (String, Known, Option<NewRecord>) {
+        match self.key {
+            Ok(key) => {
+                let hash = *key.hash.as_bytes();
+                let record = NewRecord {
+                    hash,
+                    record: key_record::encode(&key, &config.plans, 0),
+                    limited: is_limited_key(config, &key),
+                };
+                let known = Known {
+                    line: self.line_hash,
+                    key: Some(hash),
+                };
+                (self.id, known, Some(record))
+            }
+            Err(error) => {
+                refused.add(&self.id, &error);
+                let known = Known {
+                    line: self.line_hash,
                     key: None,
-                },
-                None,
-            )
+                };
+                (self.id, known, None)
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ import time
 from harness import Gateway
 from key_service import KeyService
 from test_key_source import control_cluster
-from worker_probes import ALLOWED, Check, Switch, Watch, WorkerProbe, name_listener_stats
+from worker_probes import ALLOWED, Check, Switch, Watch, WorkerProbe, with_worker_stats
 
 CONTRACT_BOUND_S = 1.0  # contract §8.3: on every worker of every gateway within 1 second
 WORKERS = 4
@@ -33,17 +33,6 @@ EXPIRED = (401, "key_expired")
 NO_SCOPE = (403, "insufficient_scope")
 NOT_CONFIGURED = (503, "not_configured")
 FIRST_TABLE_S = 30  # start-up, not a contract bound: two Envoys and eight VMs on a shared 2-core machine
-
-
-def follower(port: int):
-    """The bootstrap change a following gateway needs: the apikey_control
-    cluster, and stats per worker that name the plain listener."""
-    cluster = control_cluster(port)
-
-    def customize(bootstrap: dict) -> None:
-        cluster(bootstrap)
-        name_listener_stats(bootstrap)
-    return customize
 
 
 def assert_fresh_connections_agree(probes: list[WorkerProbe], expected: dict[Check, tuple], what: str) -> None:
@@ -66,8 +55,9 @@ def test_changes_through_the_api_reach_every_worker_of_two_gateways_within_a_sec
         writer = Check("leads:write only", service.create(scopes=["leads:write"])["key"])
         config = {"key_source": {"cluster": "apikey_control", "token": service.feed_token,
                                  "authority": "apikey-control"}}
-        with Gateway(wasm_module, config=config, concurrency=WORKERS, customize=follower(service.port)) as one, \
-                Gateway(wasm_module, config=config, concurrency=WORKERS, customize=follower(service.port)) as two:
+        customize = with_worker_stats(control_cluster(service.port))
+        with Gateway(wasm_module, config=config, concurrency=WORKERS, customize=customize) as one, \
+                Gateway(wasm_module, config=config, concurrency=WORKERS, customize=customize) as two:
             probes = [WorkerProbe(one, "gateway 1", WORKERS), WorkerProbe(two, "gateway 2", WORKERS)]
             watch = Watch(probes)
             switches: list[Switch] = []

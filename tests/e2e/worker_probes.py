@@ -48,6 +48,14 @@ def name_listener_stats(bootstrap: dict) -> None:
     _named(bootstrap["static_resources"]["listeners"], "ingress", "listener")["stat_prefix"] = LISTENER_STATS
 
 
+def with_worker_stats(customize: Callable[[dict], None]) -> Callable[[dict], None]:
+    """`customize`, then name_listener_stats."""
+    def both(bootstrap: dict) -> None:
+        customize(bootstrap)
+        name_listener_stats(bootstrap)
+    return both
+
+
 @dataclass(frozen=True)
 class Check:
     """One request: a key (or none) on a path."""
@@ -218,6 +226,10 @@ class Watch:
                     f"{answer.outcome}, expected {expected[answer.check]} at all times "
                     f"({(answer.sent - since) * 1000:.0f} ms after the change)")
 
+    def expect(self, what: str, expected: dict[Check, Outcome]) -> None:
+        """One round: every worker answers each check as `expected`."""
+        self._assert_holds(self.round(list(expected)), expected, time.monotonic(), what)
+
     def hold(self, what: str, holds: dict[Check, Outcome], until: Callable[[], bool], timeout: float) -> int:
         """Rounds of `holds` on every worker until `until()` (checked
         between rounds), then one more round; every answer must be the
@@ -235,13 +247,15 @@ class Watch:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what}: the condition did not come within {timeout} s ({rounds} rounds)")
 
-    def await_switch(self, what: str, since: float, changes: dict[Check, tuple[Outcome, Outcome]],
+    def await_switch(self, what: str, since: float, changes: dict[Check, tuple[Outcome | frozenset, Outcome]],
                      holds: dict[Check, Outcome] | None = None, timeout: float = 10.0,
                      settle_rounds: int = 10) -> Switch:
         """Rounds until every (gateway, worker, change) has answered the new
         outcome in each of its last `settle_rounds` rounds; `since` is the
-        monotonic time of the API's answer. Answers other than the old or
-        new outcome, and broken `holds`, fail at once."""
+        monotonic time of the API's answer. The old outcome may be a
+        frozenset of outcomes (a key created then revoked by a burst of
+        changes may be seen as either). Answers other than the old or new
+        outcomes, and broken `holds`, fail at once."""
         holds = holds or {}
         checks = list(changes) + list(holds)
         outcomes = {check.name: pair for check, pair in changes.items()}
@@ -263,7 +277,7 @@ class Watch:
                 cell = (answer.gateway, answer.worker, answer.check)
                 if answer.outcome == new:
                     run.setdefault(cell, []).append(answer)
-                elif answer.outcome == old:
+                elif answer.outcome in (old if isinstance(old, frozenset) else {old}):
                     if run.get(cell):
                         flaps.append(f"{answer.gateway} worker {answer.worker} {answer.check!r} at "
                                      f"{(answer.sent - since) * 1000:.0f} ms")

@@ -186,11 +186,11 @@ class Switch:
     flaps: list[str] = field(default_factory=list)
     rounds: int = 0
 
-    def report(self) -> str:
+    def report(self, since: str = "the API's answer") -> str:
         gateways = sorted({cell[0] for cell in self.per_cell})
         slowest = {gw: max(t for cell, t in self.per_cell.items() if cell[0] == gw) for gw in gateways}
         text = (f"{self.what}: every worker answered the new way {self.first_new_received * 1000:.0f} ms after "
-                f"the API's answer (last old answer sent at {self.latest_old_sent * 1000:.0f} ms; "
+                f"{since} (last old answer sent at {self.latest_old_sent * 1000:.0f} ms; "
                 + ", ".join(f"{gw} {t * 1000:.0f} ms" for gw, t in slowest.items())
                 + f"; {self.rounds} rounds)")
         if self.flaps:

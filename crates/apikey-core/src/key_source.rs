@@ -158,32 +158,33 @@ impl Table {
     }
 }
 
-/// The settings line as a §1 configuration without keys (with the
-/// `key_source` configuration's `fleet`), validated.
+/// The settings line as a §1 configuration without keys, validated. The
+/// `key_source` configuration's `fleet`, when it has one, replaces the
+/// settings' own: which rate-limit service a gateway asks is a property of
+/// where it runs, so the Envoy configuration decides.
 fn settings_configuration(line: &[u8], fleet: Option<&[u8]>) -> Result<(Config, Vec<u8>), String> {
     // Canonical lines (§10.5): `{"settings":{…}}`, no spaces.
     let inner = line
-        .strip_prefix(b"{\"settings\":{")
-        .and_then(|rest| rest.strip_suffix(b"}}"))
+        .strip_prefix(b"{\"settings\":")
+        .and_then(|rest| rest.strip_suffix(b"}"))
         .ok_or("the settings line is not {\"settings\":{…}}")?;
-    let mut text = Vec::with_capacity(inner.len() + 16 + fleet.map_or(0, <[u8]>::len));
-    text.push(b'{');
-    text.extend_from_slice(inner);
-    if let Some(fleet) = fleet {
-        if !inner.iter().all(u8::is_ascii_whitespace) {
-            text.push(b',');
-        }
-        text.extend_from_slice(b"\"fleet\":");
-        text.extend_from_slice(fleet);
-    }
-    text.push(b'}');
-    match Config::parse(&text) {
-        Ok(Some(config)) if config.key_source.is_none() && config.keys.is_empty() => {
-            Ok((config, text))
-        }
+    let checked = |text: &[u8]| match Config::parse(text) {
+        Ok(Some(config)) if config.key_source.is_none() && config.keys.is_empty() => Ok(config),
         Ok(_) => Err("the settings hold keys or a key_source".to_owned()),
         Err(error) => Err(format!("the settings are invalid: {error}")),
-    }
+    };
+    // Read strictly as sent first (a field given twice is refused).
+    let config = checked(inner)?;
+    let Some(fleet) = fleet else {
+        return Ok((config, inner.to_vec()));
+    };
+    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(inner)
+        .map_err(|error| format!("the settings are invalid: {error}"))?;
+    let fleet: serde_json::Value =
+        serde_json::from_slice(fleet).map_err(|error| format!("fleet: {error}"))?;
+    object.insert("fleet".to_owned(), fleet);
+    let text = serde_json::to_vec(&object).map_err(|error| error.to_string())?;
+    Ok((checked(&text)?, text))
 }
 
 /// A table being assembled from snapshot pages.

@@ -754,3 +754,30 @@ fn probe_snapshot_cost() {
     eprintln!("100k keys: {:?}", started.elapsed());
     assert_eq!(worker.answer(&configuration, "sk_raw_5"), None);
 }
+
+#[test]
+fn the_gateways_fleet_replaces_one_in_the_service_settings() {
+    let fleet = br#"{"cluster":"local_rls","domain":"apikey"}"#;
+    let line = br#"{"settings":{"fleet":{"cluster":"service_rls","domain":"x"},"rules":[]}}"#;
+    let (config, text) = settings_configuration(line, Some(fleet)).unwrap();
+    assert_eq!(
+        config.fleet.map(|fleet| fleet.cluster).as_deref(),
+        Some("local_rls"),
+        "the service's fleet won"
+    );
+    assert!(
+        Config::parse(&text).unwrap().is_some(),
+        "the settings text does not parse"
+    );
+    let (config, _) = settings_configuration(line, None).unwrap();
+    assert_eq!(
+        config.fleet.map(|fleet| fleet.cluster).as_deref(),
+        Some("service_rls")
+    );
+    let twice = br#"{"settings":{"rules":[],"rules":[]}}"#;
+    let refused = settings_configuration(twice, Some(fleet)).unwrap_err();
+    assert!(
+        refused.contains("rules"),
+        "a field given twice passed: {refused}"
+    );
+}

@@ -73,9 +73,7 @@ impl Backend for Database {
 
     fn get(&mut self, id: &str) -> Result<Value, CliError> {
         let record = keys::get(&self.connection, id)?;
-        let mut body = record.public(self.now);
-        body.insert("last_used_at".to_owned(), Value::Null);
-        Ok(Value::Object(body))
+        Ok(Value::Object(record.public(self.now)))
     }
 
     fn revoke(&mut self, id: &str) -> Result<Value, CliError> {

@@ -216,6 +216,11 @@ pub enum Command {
         /// The JSON access log (`-` for standard input).
         log: String,
     },
+    /// One key's requests by day, as gateways reported them (§8.4).
+    KeyUsage {
+        /// Its id.
+        id: String,
+    },
     /// Write a deployment document.
     Render {
         /// Which.
@@ -357,8 +362,10 @@ enum Sub {
     Create(CreateOpts),
     /// Show the keys (never a key or its hash)
     ///
-    /// Id, name, tenant, scopes, plan, hint, created, expiry and state
-    /// (active, revoked or expired); --json adds env and replaced_by.
+    /// Id, name, tenant, scopes, plan, hint, created, expiry, state
+    /// (active, revoked or expired) and last used (as gateways following
+    /// the key service reported it; never, until one did); --json adds env
+    /// and replaced_by.
     #[command(visible_alias = "ls")]
     List {
         /// Only this tenant's keys
@@ -423,11 +430,17 @@ enum Sub {
     /// Check the configuration the database describes with the filter's
     /// own validator
     Validate,
-    /// Per-key activity from Envoy's JSON access log
+    /// One key's requests by day, or per-key activity from an access log
     ///
-    /// Requests, allowed, denials by code and last use per key; denials
-    /// that named no key are counted apart.
+    /// apikey usage ID: the key's requests by UTC day and its last use, as
+    /// gateways following the key service reported them (at most every
+    /// 10 s; --json gives the API's answer). apikey usage [--log FILE]:
+    /// requests, allowed, denials by code and last use per key from Envoy's
+    /// JSON access log; denials that named no key are counted apart.
     Usage {
+        /// The key's id (apikey list shows them)
+        #[arg(value_name = "ID", conflicts_with = "log")]
+        id: Option<String>,
         /// The access log [default: standard input]
         #[arg(
             long,
@@ -859,7 +872,8 @@ fn command(sub: Sub, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Comm
         },
         Sub::Revoke { id } => Command::Revoke { id },
         Sub::Validate => Command::Validate,
-        Sub::Usage { log } => Command::Usage { log },
+        Sub::Usage { id: Some(id), .. } => Command::KeyUsage { id },
+        Sub::Usage { id: None, log } => Command::Usage { log },
         Sub::Rotate(rotate) => Command::Rotate {
             id: rotate.id,
             grace: rotate.grace,

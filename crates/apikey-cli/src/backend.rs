@@ -12,7 +12,7 @@ use apikey_core::timestamp::UnixNanos;
 use apikey_service::error::{ApiError, Kind};
 use apikey_service::keygen::OsRandom;
 use apikey_service::keys::{self, ListQuery};
-use apikey_service::{db, import, settings::Settings, settings_store};
+use apikey_service::{db, import, settings::Settings, settings_store, usage};
 use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
@@ -27,6 +27,8 @@ pub trait Backend {
     fn list(&mut self, query: &ListQuery) -> Result<Value, CliError>;
     /// `GET /v1/keys/{id}`.
     fn get(&mut self, id: &str) -> Result<Value, CliError>;
+    /// `GET /v1/keys/{id}/usage`: `{"id", "days": [{"day", "count"}]}`.
+    fn usage(&mut self, id: &str) -> Result<Value, CliError>;
     /// `POST /v1/keys/{id}/revoke`.
     fn revoke(&mut self, id: &str) -> Result<Value, CliError>;
     /// `POST /v1/keys/{id}/rotate`: the 201 body (with the raw key).
@@ -73,9 +75,12 @@ impl Backend for Database {
 
     fn get(&mut self, id: &str) -> Result<Value, CliError> {
         let record = keys::get(&self.connection, id)?;
-        let mut body = record.public(self.now);
-        body.insert("last_used_at".to_owned(), Value::Null);
-        Ok(Value::Object(body))
+        Ok(Value::Object(record.public(self.now)))
+    }
+
+    fn usage(&mut self, id: &str) -> Result<Value, CliError> {
+        let days = usage::by_day(&self.connection, id)?;
+        Ok(usage::days_body(id, &days))
     }
 
     fn revoke(&mut self, id: &str) -> Result<Value, CliError> {
@@ -235,6 +240,10 @@ impl Backend for Server {
 
     fn get(&mut self, id: &str) -> Result<Value, CliError> {
         self.call("GET", &format!("/v1/keys/{}", segment(id)), None)
+    }
+
+    fn usage(&mut self, id: &str) -> Result<Value, CliError> {
+        self.call("GET", &format!("/v1/keys/{}/usage", segment(id)), None)
     }
 
     fn revoke(&mut self, id: &str) -> Result<Value, CliError> {

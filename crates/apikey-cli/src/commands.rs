@@ -1,5 +1,5 @@
 //! Runs a parsed command: the commands that need no keys (`completions`,
-//! `usage`) here, every other one on the key service's data
+//! `usage --log`) here, every other one on the key service's data
 //! ([`crate::service_commands`]), and what both share: the renderers
 //! behind `render` and `--ecds-dir`, and the one-line reports.
 //!
@@ -140,10 +140,20 @@ fn usage_report(globals: &Globals, log: &str, io: &mut Io<'_>) -> Result<(), Cli
 }
 
 /// The human table of `list`: one row per API record (never a key or its
-/// hash: the records carry neither).
+/// hash: the records carry neither), its last use "never" until a gateway
+/// reported one.
 pub fn table(records: &[Value]) -> String {
     let header = [
-        "ID", "NAME", "TENANT", "SCOPES", "PLAN", "HINT", "CREATED", "EXPIRES", "STATE",
+        "ID",
+        "NAME",
+        "TENANT",
+        "SCOPES",
+        "PLAN",
+        "HINT",
+        "CREATED",
+        "EXPIRES",
+        "STATE",
+        "LAST USED",
     ];
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     for record in records {
@@ -173,6 +183,7 @@ pub fn table(records: &[Value]) -> String {
             text("created_at", "-"),
             text("expires_at", "never"),
             text("state", "active"),
+            text("last_used_at", "never"),
         ]);
     }
     let mut widths = vec![0usize; header.len()];
@@ -224,10 +235,10 @@ mod tests {
         let records = [
             json!({"id": "key_a", "name": "CRM", "tenant": "acme", "scopes": ["leads:read", "leads:write"],
                    "plan": "pro", "hint": "sk_live_AbC…9Mn0", "created_at": "2026-01-01T00:00:00Z",
-                   "expires_at": null, "state": "active"}),
+                   "expires_at": null, "state": "active", "last_used_at": "2026-01-03T10:00:00Z"}),
             json!({"id": "key_b", "name": null, "tenant": "globex", "scopes": [], "plan": null,
                    "hint": "sk_live_XyZ…0000", "created_at": "2026-01-02T00:00:00Z",
-                   "expires_at": "2026-02-01T00:00:00Z", "state": "revoked"}),
+                   "expires_at": "2026-02-01T00:00:00Z", "state": "revoked", "last_used_at": null}),
         ];
         let text = table(&records);
         let lines: Vec<&str> = text.lines().collect();
@@ -237,8 +248,16 @@ mod tests {
             "the first row lacks its scopes or 'never': {text}"
         );
         assert!(
-            lines[2].contains("globex  -") && lines[2].ends_with("revoked"),
-            "the second row lacks its dashes or its state: {text}"
+            lines[0].ends_with("STATE    LAST USED"),
+            "the header lacks LAST USED: {text}"
+        );
+        assert!(
+            lines[1].ends_with("active   2026-01-03T10:00:00Z"),
+            "the first row lacks its last use: {text}"
+        );
+        assert!(
+            lines[2].contains("globex  -") && lines[2].ends_with("revoked  never"),
+            "the second row lacks its dashes, its state or 'never': {text}"
         );
     }
 }

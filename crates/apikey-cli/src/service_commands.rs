@@ -3,8 +3,8 @@
 //! `serve` itself.
 //!
 //! Both ways go through a [`Backend`] that answers with the API's bodies,
-//! so `create`, `list`, `show`, `revoke`, `rotate`, `import` and `settings`
-//! print the same thing either way. A new key is printed once, alone on a
+//! so `create`, `list`, `show`, `usage ID`, `revoke`, `rotate`, `import`
+//! and `settings` print the same thing either way. A new key is printed once, alone on a
 //! line (or in the `--json` body). With `--db`, `init` makes the database
 //! and its settings, `render` and `validate` read the whole configuration
 //! the database describes, and `--ecds-dir` rewrites the ECDS file after
@@ -152,6 +152,10 @@ fn on_backend(
         Command::Show { id } => {
             let record = backend.get(&id)?;
             print_record(globals, io, &record)?;
+            Ok(false)
+        }
+        Command::KeyUsage { id } => {
+            key_usage(globals, backend, &id, io)?;
             Ok(false)
         }
         Command::Revoke { id } => {
@@ -315,6 +319,42 @@ fn list_query(
         params.append_pair("cursor", cursor);
     }
     ListQuery::parse(Some(&params.finish())).map_err(|error| usage(error.message))
+}
+
+/// `usage ID`: the key's requests by UTC day (the API's answer with
+/// `--json`), after a line with its last use.
+fn key_usage(
+    globals: &Globals,
+    backend: &mut dyn Backend,
+    id: &str,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
+    let answer = backend.usage(id)?;
+    if globals.json {
+        return pretty(io, &answer);
+    }
+    let record = backend.get(id)?;
+    let last_used = record
+        .get("last_used_at")
+        .and_then(Value::as_str)
+        .unwrap_or("never");
+    let days = answer
+        .get("days")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut lines = vec![format!("{id}  last used {last_used}")];
+    if days.is_empty() {
+        lines.push("no requests reported".to_owned());
+    } else {
+        lines.push(format!("{:<10}  REQUESTS", "DAY"));
+        for day in &days {
+            let date = day.get("day").and_then(Value::as_str).unwrap_or("-");
+            let count = day.get("count").and_then(Value::as_u64).unwrap_or(0);
+            lines.push(format!("{date:<10}  {count}"));
+        }
+    }
+    say(io.out, &lines.join("\n"))
 }
 
 /// `show`: the record as `field: value` lines, or pretty JSON.

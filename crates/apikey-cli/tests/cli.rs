@@ -825,3 +825,64 @@ fn every_change_publishes_the_ecds_file_and_renders_carry_the_config() {
     let plugin: Value = serde_json::from_str(plugin).unwrap();
     assert_eq!(plugin, scratch.config());
 }
+
+#[test]
+fn usage_shows_a_keys_days_and_list_its_last_use_or_never() {
+    let scratch = Scratch::initialised("key-usage");
+    let (used, _) = scratch.create("acme", &[]);
+    let (idle, _) = scratch.create("acme", &[]);
+    // What a gateway's report stores (POST /v1/feed/usage), written with
+    // the service's own operation, as `apikey serve` would.
+    let now = parse_rfc3339("2026-12-05T10:00:00Z").unwrap();
+    let report = format!(
+        "{{\"id\":\"{used}\",\"count\":3,\"last_used_at\":\"2026-12-04T22:00:00Z\"}}\n\
+         {{\"id\":\"{used}\",\"count\":4,\"last_used_at\":\"2026-12-05T09:30:00Z\"}}\n"
+    );
+    let mut connection = apikey_service::db::open(&scratch.db()).unwrap();
+    let uses = apikey_service::usage::parse(report.as_bytes()).unwrap();
+    apikey_service::usage::record(&mut connection, &uses, now).unwrap();
+    drop(connection);
+
+    let table = scratch.ok(&["list"]);
+    let header = table.lines().next().unwrap();
+    assert!(header.ends_with("LAST USED"), "{table}");
+    let line = |id: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} not listed: {table}"))
+            .to_owned()
+    };
+    assert!(
+        line(&used).ends_with("2026-12-05T09:30:00Z"),
+        "the used key's last use: {table}"
+    );
+    assert!(line(&idle).ends_with("never"), "the idle key: {table}");
+    assert_eq!(scratch.row(&used)["last_used_at"], "2026-12-05T09:30:00Z");
+    assert_eq!(scratch.row(&idle)["last_used_at"], Value::Null);
+
+    let shown = scratch.ok(&["usage", &used]);
+    assert_eq!(
+        shown.lines().collect::<Vec<_>>(),
+        [
+            format!("{used}  last used 2026-12-05T09:30:00Z").as_str(),
+            "DAY         REQUESTS",
+            "2026-12-04  3",
+            "2026-12-05  4"
+        ],
+        "{shown}"
+    );
+    let json: Value = serde_json::from_str(&scratch.ok(&["--json", "usage", &used])).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"id": used, "days": [{"day": "2026-12-04", "count": 3},
+                                                {"day": "2026-12-05", "count": 4}]})
+    );
+    let idle_shown = scratch.ok(&["usage", &idle]);
+    assert!(
+        idle_shown.contains("last used never") && idle_shown.contains("no requests reported"),
+        "{idle_shown}"
+    );
+    let (code, message) = scratch.refused(&["usage", "key_nowhere"]);
+    assert_eq!(code, "not_found", "{message}");
+}

@@ -33,6 +33,7 @@
 //! and the count that tells an outdated one to stop polling. So one
 //! filter's update never changes what another answers (contract §7.1).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::config::Config;
@@ -42,6 +43,7 @@ use crate::key_source::KeySource;
 use crate::key_table::{self, Digest, Digester, Lineage, Publication, TableRef};
 use crate::metrics::Metric;
 use crate::refusal;
+use crate::usage::{UsageLog, UsageReporter};
 
 /// How often a worker waiting for another's table checks on it.
 pub const PENDING_POLL_MS: u32 = 50;
@@ -142,6 +144,9 @@ pub struct Configuration {
     ticking: bool,
     /// With `key_source`: following the key service's table.
     follower: Option<Follower>,
+    /// With `key_source`: this VM's usage reports to the key service
+    /// (contract §8.4), beside the follower.
+    usage: Option<UsageReporter>,
 }
 
 impl Default for Configuration {
@@ -159,7 +164,14 @@ impl Configuration {
             sequence: 0,
             ticking: false,
             follower: None,
+            usage: None,
         }
+    }
+
+    /// Where this configuration's requests count key uses (`key_source`
+    /// only: an ECDS table has no service to report to).
+    pub fn usage_log(&self) -> Option<Rc<RefCell<UsageLog>>> {
+        self.usage.as_ref().map(UsageReporter::log)
     }
 
     /// Whether this configuration waits for another worker's table.
@@ -276,6 +288,14 @@ impl Configuration {
             return;
         };
         let superseded = vm.find(lineage).map(|slot| slot.sequence) != Some(self.sequence);
+        if let Some(usage) = self.usage.as_mut() {
+            // A replaced configuration hands in its last counts at once.
+            if superseded {
+                usage.flush(host);
+            } else {
+                usage.tick(host);
+            }
+        }
         if self.follower.is_some() {
             self.follow_tick(host, vm, superseded);
             return;
@@ -321,6 +341,7 @@ impl Configuration {
                 source.cluster, source.authority
             ),
         );
+        self.usage = Some(UsageReporter::new(&source, host));
         let holder = vm.holder(host.monotonic_ns());
         self.follower = Some(Follower::new(source, lineage, holder));
         self.state = State::Unconfigured;
@@ -360,6 +381,11 @@ impl Configuration {
         token: u32,
         body_size: usize,
     ) {
+        if let Some(usage) = self.usage.as_mut() {
+            if usage.on_answer(host, token) {
+                return;
+            }
+        }
         let gateway = self
             .follower
             .as_mut()

@@ -85,18 +85,25 @@ pub struct GrpcCall<'a> {
     pub timeout_ms: u32,
 }
 
-/// An HTTP/1.1 `GET` to make through an Envoy cluster (the key
-/// service's feed, [`crate::key_source`]).
+/// An HTTP/1.1 request to make through an Envoy cluster (the key
+/// service's feed, [`crate::key_source`], and usage reports,
+/// [`crate::usage`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpCall<'a> {
     /// The Envoy cluster serving the service.
     pub cluster: &'a str,
     /// The `:authority` of the request.
     pub authority: &'a str,
+    /// The `:method` (`GET`, `POST`).
+    pub method: &'a str,
     /// The `:path`, query included.
     pub path: &'a str,
     /// The `authorization` header's value (a credential: never logged).
     pub authorization: &'a str,
+    /// The `content-type` header's value; empty: none sent.
+    pub content_type: &'a str,
+    /// The request body; empty: none sent.
+    pub body: &'a [u8],
     /// Bound on the call; Envoy answers with a failure when it passes.
     pub timeout_ms: u32,
 }

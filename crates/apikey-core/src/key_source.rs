@@ -417,8 +417,11 @@ impl FeedClient {
         let call = HttpCall {
             cluster: &self.source.cluster,
             authority: &self.source.authority,
+            method: "GET",
             path: &path,
             authorization: &authorization,
+            content_type: "",
+            body: b"",
             timeout_ms,
         };
         match host.dispatch_http(&call) {

@@ -43,3 +43,4 @@ pub mod scope;
 pub mod store;
 pub mod timestamp;
 pub mod token_bucket;
+pub mod usage;

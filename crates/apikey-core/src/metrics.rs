@@ -91,11 +91,19 @@ pub enum Metric {
     KeySourceFailures,
     /// A complete, verified table taken from the key service.
     KeySourceTables,
+    /// A usage report the key service stored (contract §8.4).
+    UsageReports,
+    /// A usage report not delivered (retried with the next, or dropped
+    /// when the service refused it as malformed).
+    UsageFailures,
+    /// Requests whose use was not reported: past the per-window bound of
+    /// keys, or in a report the service refused.
+    UsageDropped,
 }
 
 /// The metrics that are neither per code nor per fleet event, in index
 /// order.
-const SINGLE: [Metric; 8] = [
+const SINGLE: [Metric; 11] = [
     Metric::Allowed,
     Metric::CasConflicts,
     Metric::ContentionDenials,
@@ -104,6 +112,9 @@ const SINGLE: [Metric; 8] = [
     Metric::KeysLoaded,
     Metric::KeySourceFailures,
     Metric::KeySourceTables,
+    Metric::UsageReports,
+    Metric::UsageFailures,
+    Metric::UsageDropped,
 ];
 
 impl Metric {
@@ -130,6 +141,9 @@ impl Metric {
             Self::KeysLoaded => Some(5),
             Self::KeySourceFailures => Some(6),
             Self::KeySourceTables => Some(7),
+            Self::UsageReports => Some(8),
+            Self::UsageFailures => Some(9),
+            Self::UsageDropped => Some(10),
             Self::Denied(code) => ErrorCode::ALL
                 .iter()
                 .position(|c| *c == code)
@@ -163,6 +177,9 @@ impl Metric {
             Self::KeysLoaded => "apikey.keys_loaded",
             Self::KeySourceFailures => "apikey.key_source.failures",
             Self::KeySourceTables => "apikey.key_source.tables",
+            Self::UsageReports => "apikey.usage.reports",
+            Self::UsageFailures => "apikey.usage.failures",
+            Self::UsageDropped => "apikey.usage.dropped",
             Self::Fleet(event) => event.name(),
         })
     }
@@ -186,6 +203,9 @@ mod tests {
             "apikey.keys_loaded",
             "apikey.key_source.failures",
             "apikey.key_source.tables",
+            "apikey.usage.reports",
+            "apikey.usage.failures",
+            "apikey.usage.dropped",
             "apikey.requests.denied.invalid_path",
             "apikey.requests.denied.missing_credentials",
             "apikey.requests.denied.malformed_credentials",

@@ -115,16 +115,25 @@ pub struct RecordedHttpCall {
     pub cluster: String,
     /// The `:authority`.
     pub authority: String,
+    /// The `:method`.
+    pub method: String,
     /// The `:path`.
     pub path: String,
     /// The `authorization` value.
     pub authorization: String,
+    /// The `content-type` value (empty: none).
+    pub content_type: String,
+    /// The body.
+    pub body: Vec<u8>,
     /// The timeout.
     pub timeout_ms: u32,
 }
 
 /// One header: name and value bytes.
 pub type Header = (Vec<u8>, Vec<u8>);
+
+/// Where the tokens of callouts other than `GET` start.
+pub const POST_TOKENS: u32 = 1 << 24;
 
 /// One VM's host, recording effects.
 pub struct MockHost {
@@ -169,8 +178,13 @@ pub struct MockHost {
     /// The body of the answer being reported.
     pub grpc_body: Vec<u8>,
 
-    /// Every HTTP callout made.
+    /// Every `GET` callout made (the feed's); the call's token is its
+    /// position from 1.
     pub http_calls: Vec<RecordedHttpCall>,
+    /// Every other callout made (usage reports), kept apart so a test of
+    /// the feed sees only the feed's calls; the call's token is
+    /// [`POST_TOKENS`] plus its position from 1.
+    pub http_posts: Vec<RecordedHttpCall>,
     /// Refuse HTTP callouts with this error.
     pub refuse_http: Option<HostError>,
     /// The `:status` of the HTTP answer being reported (`None`: the call
@@ -220,6 +234,7 @@ impl MockHost {
             refuse_grpc: None,
             grpc_body: Vec::new(),
             http_calls: Vec::new(),
+            http_posts: Vec::new(),
             refuse_http: None,
             http_status: None,
             http_body: Vec::new(),
@@ -430,14 +445,25 @@ impl Host for MockHost {
         if let Some(error) = self.refuse_http {
             return Err(error);
         }
-        self.http_calls.push(RecordedHttpCall {
+        let recorded = RecordedHttpCall {
             cluster: call.cluster.to_owned(),
             authority: call.authority.to_owned(),
+            method: call.method.to_owned(),
             path: call.path.to_owned(),
             authorization: call.authorization.to_owned(),
+            content_type: call.content_type.to_owned(),
+            body: call.body.to_vec(),
             timeout_ms: call.timeout_ms,
-        });
-        u32::try_from(self.http_calls.len()).map_err(|_| HostError::InternalFailure)
+        };
+        if call.method == "GET" {
+            self.http_calls.push(recorded);
+            u32::try_from(self.http_calls.len()).map_err(|_| HostError::InternalFailure)
+        } else {
+            self.http_posts.push(recorded);
+            u32::try_from(self.http_posts.len())
+                .map(|n| POST_TOKENS + n)
+                .map_err(|_| HostError::InternalFailure)
+        }
     }
 
     fn http_response_headers(&self) -> Result<Vec<u8>, HostError> {
@@ -515,7 +541,8 @@ impl Worker {
         headers: &[(&str, &str)],
     ) -> (RequestFlow, Action) {
         self.host.start_request(method, path, headers);
-        let mut flow = RequestFlow::new(configuration.gateway(&self.vm));
+        let mut flow =
+            RequestFlow::new(configuration.gateway(&self.vm)).with_usage(configuration.usage_log());
         let action = flow.on_request_headers(&mut self.host);
         (flow, action)
     }

@@ -20,11 +20,16 @@
 //!                                 └ over limit / deny ──► local reply
 //! ```
 //!
+//! With `key_source`, a request whose key authenticated (found, neither
+//! revoked nor expired), allowed or not, is counted in the configuration's
+//! [`UsageLog`] (contract §8.4): a map update in the VM, nothing more.
+//!
 //! The audit record and the allowed/denied metric are written only once
 //! the forwarding outcome is known, so a request refused because a header
 //! edit failed is logged and counted as the 503 it got, never as allowed
 //! (contract §7.1).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::audit;
@@ -35,6 +40,7 @@ use crate::header_map;
 use crate::host::{GrpcCall, Host, HostError, LogLevel, Property};
 use crate::metrics::{FleetEvent, Metric};
 use crate::rls_codec;
+use crate::usage::UsageLog;
 
 /// What the proxy does with the request after a callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +58,8 @@ pub struct RequestFlow {
     rate_limit: Option<RateLimitReport>,
     /// An allowed request waiting for the fleet's answer.
     waiting: Option<Waiting>,
+    /// Where an authenticated key's use is counted (`key_source` only).
+    usage: Option<Rc<RefCell<UsageLog>>>,
 }
 
 /// What is kept while the fleet's rate-limit service is asked.
@@ -71,7 +79,16 @@ impl RequestFlow {
             gateway,
             rate_limit: None,
             waiting: None,
+            usage: None,
         }
+    }
+
+    /// Counts the use of the key this request authenticates with in
+    /// `usage` (`None`: nothing to report to).
+    #[must_use]
+    pub fn with_usage(mut self, usage: Option<Rc<RefCell<UsageLog>>>) -> Self {
+        self.usage = usage;
+        self
     }
 
     /// Whether the request is paused waiting for the fleet's answer.
@@ -110,6 +127,7 @@ impl RequestFlow {
         }
         let reader: &H = host;
         let mut decision = gateway.decide(&request, reader.store(), reader);
+        self.count_use(&decision);
         if decision.cas_conflicts > 0 {
             host.increment(Metric::CasConflicts, u64::from(decision.cas_conflicts));
         }
@@ -132,6 +150,25 @@ impl RequestFlow {
                 },
             ),
             None => self.conclude(host, &gateway, decision, request.request_id),
+        }
+    }
+
+    /// Counts the use of a key that authenticated: its record was found and
+    /// it is neither revoked nor expired, whatever was decided after (a
+    /// scope, plan, tenant or rate-limit denial is still a use of a valid
+    /// key, as the seeds' "last used" shows it).
+    fn count_use(&self, decision: &Decision) {
+        let (Some(usage), Some(id)) = (&self.usage, decision.key_id.as_deref()) else {
+            return;
+        };
+        let refused_key = matches!(
+            &decision.result,
+            Err(denial) if matches!(denial.code, ErrorCode::KeyRevoked | ErrorCode::KeyExpired)
+        );
+        if !refused_key {
+            if let Ok(mut log) = usage.try_borrow_mut() {
+                log.record(id);
+            }
         }
     }
 

@@ -361,15 +361,19 @@ impl Host for AbiHost {
     /// Through the SDK, like the gRPC call, so its dispatcher routes the
     /// answer back to the calling root context.
     fn dispatch_http(&mut self, call: &HttpCall<'_>) -> Result<u32, HostError> {
+        let mut headers = vec![
+            (":method", call.method),
+            (":path", call.path),
+            (":authority", call.authority),
+            ("authorization", call.authorization),
+        ];
+        if !call.content_type.is_empty() {
+            headers.push(("content-type", call.content_type));
+        }
         proxy_wasm::hostcalls::dispatch_http_call(
             call.cluster,
-            vec![
-                (":method", "GET"),
-                (":path", call.path),
-                (":authority", call.authority),
-                ("authorization", call.authorization),
-            ],
-            None,
+            headers,
+            (!call.body.is_empty()).then_some(call.body),
             Vec::new(),
             Duration::from_millis(u64::from(call.timeout_ms)),
         )

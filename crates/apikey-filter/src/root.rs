@@ -65,7 +65,8 @@ impl RootContext for ConfigContext {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gateway = with_vm(|vm| self.0.gateway(vm)).flatten();
-        Some(Box::new(RequestContext(RequestFlow::new(gateway))))
+        let flow = RequestFlow::new(gateway).with_usage(self.0.usage_log());
+        Some(Box::new(RequestContext(flow)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -84,6 +84,17 @@ pub const MIGRATIONS: &[&str] = &[
      BEGIN INSERT INTO feed_log (key_seq) VALUES (NULL); END;
      CREATE TRIGGER feed_settings_changed AFTER UPDATE ON settings
      BEGIN INSERT INTO feed_log (key_seq) VALUES (NULL); END;",
+    // 3: key usage reported by gateways (contract §8.4, [`crate::usage`]):
+    // requests per key per UTC day. `keys.last_used_at` exists since step
+    // 1; the feed's trigger on keys names its columns and leaves it out,
+    // so recording a use never appends to `feed_log` (nor wakes a long
+    // poll). Keys are never deleted, so no row here outlives its key.
+    "CREATE TABLE key_usage (
+         key_id TEXT NOT NULL,
+         day TEXT NOT NULL,
+         count INTEGER NOT NULL,
+         PRIMARY KEY (key_id, day)
+     ) WITHOUT ROWID;",
 ];
 
 /// Opens (creating when missing) the database at `path`, in WAL mode with

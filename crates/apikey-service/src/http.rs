@@ -1,6 +1,7 @@
 //! The management API's routes (contract §8.2), the gateways' feed
-//! (§8.3, [`crate::feed`]), the health and metrics endpoints, and the guard
-//! every request passes: the feed token for `/v1/feed/...` and the admin
+//! (§8.3, [`crate::feed`]) and usage reports (§8.4, [`crate::usage`]), the
+//! health and metrics endpoints, and the guard every request passes: the
+//! feed token for `/v1/feed/...` (usage reports included) and the admin
 //! token for every other `/v1/...` (neither opens the other's routes), a
 //! size limit on every body, a JSON body in the §3 shape for
 //! every refusal, a metric and one log line per request.
@@ -37,7 +38,7 @@ use crate::keys::{self, ListQuery};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::settings::Settings;
-use crate::{import, now, settings_store, strict_json};
+use crate::{import, now, settings_store, strict_json, usage};
 
 /// Body size limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +89,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/keys/{id}", get(get_key))
         .route("/v1/keys/{id}/revoke", post(revoke_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/keys/{id}/usage", get(key_usage))
         .route("/v1/feed/snapshot", get(feed_snapshot))
         .route("/v1/feed/changes", get(feed_changes))
+        .route("/v1/feed/usage", post(feed_usage))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&app), guard))
@@ -384,14 +387,23 @@ async fn get_key(State(app): State<Arc<App>>, Path(id): Path<String>) -> Respons
             .pool
             .read(move |connection| keys::get(connection, &id))
             .await?;
-        let mut body = record.public(now());
-        body.insert(
-            "last_used_at".to_owned(),
-            json!(record
-                .last_used_at
-                .map(apikey_core::timestamp::format_rfc3339)),
-        );
-        Ok((200, Value::Object(body)))
+        Ok((200, Value::Object(record.public(now()))))
+    }
+    .await;
+    respond(result)
+}
+
+/// `GET /v1/keys/{id}/usage`: the key's requests by UTC day (§8.4).
+async fn key_usage(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let result = async {
+        let days = app
+            .pool
+            .read({
+                let id = id.clone();
+                move |connection| usage::by_day(connection, &id)
+            })
+            .await?;
+        Ok((200, usage::days_body(&id, &days)))
     }
     .await;
     respond(result)
@@ -509,3 +521,26 @@ async fn feed_changes(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap)
         Err(refusal) => error(&refusal),
     }
 }
+
+/// `POST /v1/feed/usage`: a gateway's usage report (§8.4), NDJSON within
+/// the JSON body limit, checked whole before one write stores it. It does
+/// not touch the feed (no `changed()`): a report wakes no long poll.
+async fn feed_usage(State(app): State<Arc<App>>, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(body, app.limits.body_bytes).await?;
+        let uses = usage::parse(&bytes)?;
+        let now = now();
+        let recorded = app
+            .pool
+            .write(move |connection| usage::record(connection, &uses, now))
+            .await?;
+        app.metrics
+            .usage_report(recorded.accepted, recorded.unknown);
+        Ok((200, recorded.body()))
+    }
+    .await;
+    respond(result)
+}
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,8 @@
 //! keys against them with the core's own validator; [`keys`], [`import`]
 //! and [`settings_store`] are the operations, each one transaction;
 //! [`feed`] is what gateways follow (a snapshot, then changes, with a
-//! digest); [`http`] maps routes to them, with [`auth`]'s constant-time token check
+//! digest); [`usage`] what they report back (requests per key per day,
+//! and each key's last use); [`http`] maps routes to them, with [`auth`]'s constant-time token check
 //! and [`metrics`]; [`server`] runs it all until SIGTERM or SIGINT. It is
 //! a crate of its own so the CLI's `--db` mode calls the very operations
 //! the API runs, and so the HTTP stack and SQLite build once for both.
@@ -27,6 +28,7 @@ pub mod server;
 pub mod settings;
 pub mod settings_store;
 pub mod strict_json;
+pub mod usage;
 
 use apikey_core::timestamp::UnixNanos;
 

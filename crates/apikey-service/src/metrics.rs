@@ -1,5 +1,6 @@
 //! Prometheus metrics of the API: requests by route, method and status,
-//! and their latency as a histogram by route and method.
+//! and their latency as a histogram by route and method; and the usage
+//! reports gateways delivered (§8.4), with their lines by outcome.
 //!
 //! Labels are route templates (`/v1/keys/{id}`), never concrete paths, so
 //! no key id reaches the metrics and the number of series stays bounded
@@ -25,12 +26,19 @@ struct RouteLabels {
     method: String,
 }
 
-/// The registry and its two families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The registry and its families.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
+    usage_reports: Counter,
+    usage_lines: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -40,8 +48,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers `apikey_service_requests_total` and
-    /// `apikey_service_request_duration_seconds`.
+    /// Registers `apikey_service_requests_total`,
+    /// `apikey_service_request_duration_seconds`,
+    /// `apikey_service_usage_reports_total` and
+    /// `apikey_service_usage_lines_total{outcome="accepted|unknown"}`.
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
@@ -59,10 +69,38 @@ impl Metrics {
             "Management API latency by route template and method",
             duration.clone(),
         );
+        let usage_reports = Counter::default();
+        registry.register(
+            "apikey_service_usage_reports",
+            "Usage reports stored (POST /v1/feed/usage answered 200)",
+            usage_reports.clone(),
+        );
+        let usage_lines = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "apikey_service_usage_lines",
+            "Lines of stored usage reports: accepted, or naming a key the database lacks (unknown)",
+            usage_lines.clone(),
+        );
+        // Both outcomes show (at zero) before the first report.
+        for outcome in ["accepted", "unknown"] {
+            let _ = usage_lines.get_or_create(&OutcomeLabels { outcome });
+        }
         Self {
             registry,
             requests,
             duration,
+            usage_reports,
+            usage_lines,
+        }
+    }
+
+    /// Counts one stored usage report and its lines.
+    pub fn usage_report(&self, accepted: u64, unknown: u64) {
+        self.usage_reports.inc();
+        for (outcome, lines) in [("accepted", accepted), ("unknown", unknown)] {
+            self.usage_lines
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(lines);
         }
     }
 
@@ -112,5 +150,25 @@ mod tests {
             text.contains(r#"apikey_service_request_duration_seconds_count{route="/v1/keys/{id}",method="GET"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn usage_reports_and_their_lines_are_counted_by_outcome() {
+        let metrics = Metrics::new();
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains(r#"apikey_service_usage_lines_total{outcome="unknown"} 0"#),
+            "the unknown outcome is absent before any report: {text}"
+        );
+        metrics.usage_report(3, 1);
+        metrics.usage_report(2, 0);
+        let text = metrics.render().unwrap();
+        for line in [
+            "apikey_service_usage_reports_total 2",
+            r#"apikey_service_usage_lines_total{outcome="accepted"} 5"#,
+            r#"apikey_service_usage_lines_total{outcome="unknown"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing: {text}");
+        }
     }
 }

@@ -48,7 +48,8 @@ pub struct KeyRecord {
     pub replaced_by: Option<String>,
     /// The key this one replaced.
     pub replaces: Option<String>,
-    /// Last use reported by a gateway (contract §8.4; none yet).
+    /// The latest use gateways reported (contract §8.4, [`crate::usage`]);
+    /// `None` until one did.
     pub last_used_at: Option<UnixNanos>,
 }
 
@@ -109,7 +110,8 @@ impl KeyRecord {
     }
 
     /// The record as the management API shows it: every field, absent ones
-    /// as `null`, with `hint` and without `sha256`.
+    /// as `null` (`last_used_at` too, until a gateway reports a use), with
+    /// `hint` and without `sha256`.
     pub fn public(&self, now: UnixNanos) -> Map<String, Value> {
         let time = |nanos: Option<UnixNanos>| nanos.map(format_rfc3339);
         let mut map = Map::new();
@@ -134,6 +136,7 @@ impl KeyRecord {
         map.insert("replaces".to_owned(), json!(self.replaces));
         map.insert("replaced_by".to_owned(), json!(self.replaced_by));
         map.insert("state".to_owned(), json!(state_word(self, now)));
+        map.insert("last_used_at".to_owned(), json!(time(self.last_used_at)));
         map
     }
 

@@ -449,3 +449,32 @@ fn serve_and_the_service_commands_parse() {
         Err(CliError::Usage(m)) if m.contains("--ecds-dir")
     ));
 }
+
+#[test]
+fn usage_reads_a_keys_days_with_an_id_and_an_access_log_without() {
+    assert_eq!(
+        invocation("usage key_a").command,
+        Command::KeyUsage {
+            id: "key_a".to_owned()
+        }
+    );
+    assert_eq!(
+        invocation("usage").command,
+        Command::Usage {
+            log: "-".to_owned()
+        }
+    );
+    assert_eq!(
+        invocation("usage --log access.log").command,
+        Command::Usage {
+            log: "access.log".to_owned()
+        }
+    );
+    assert!(
+        matches!(
+            parse_line("usage key_a --log access.log"),
+            Err(CliError::Usage(_))
+        ),
+        "an id and --log together were taken"
+    );
+}

@@ -32,8 +32,6 @@
 //! [`FIRST_BACKOFF_MS`] to [`MAX_BACKOFF_MS`], each one logged (never the
 //! token) and counted (`apikey.key_source.failures`).
 
-use std::collections::HashMap;
-
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -43,6 +41,10 @@ use crate::host::{Host, HttpCall, LogLevel};
 use crate::key_record;
 use crate::live_table::{is_limited_key, Changes, NewTable, ShardSet};
 use crate::metrics::Metric;
+
+mod id_index;
+
+use self::id_index::{id_key, IdIndex, Known};
 
 /// `key_source` as validated (contract §8.3).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,16 +110,6 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// What the client knows of a key id.
-#[derive(Clone, Copy, Debug)]
-struct Known {
-    /// SHA-256 of its latest line (for the digest).
-    line: [u8; 32],
-    /// Its key hash, when its record is in the table (`None`: its line was
-    /// refused).
-    key: Option<[u8; 32]>,
-}
-
 /// The table as the feed describes it: the settings, and what the digest
 /// and the records need of every key, by id.
 #[derive(Default)]
@@ -128,7 +120,7 @@ struct Table {
     settings_line: Option<Vec<u8>>,
     /// The settings as a configuration without keys, and its text.
     settings: Option<(Config, Vec<u8>)>,
-    ids: HashMap<String, Known>,
+    ids: IdIndex,
     /// How many ids have a record in the table.
     records: u64,
     sum: LineSum,
@@ -146,10 +138,10 @@ impl Table {
     }
 
     /// Records `id`'s new line hash and key; returns what it replaced.
-    fn remember(&mut self, id: String, known: Known) -> Option<Known> {
+    fn remember(&mut self, id: &str, known: Known) -> Option<Known> {
         self.sum.add(&known.line);
         self.records += u64::from(known.key.is_some());
-        let previous = self.ids.insert(id, known);
+        let previous = self.ids.insert(id_key(id), known);
         if let Some(previous) = previous {
             self.sum.subtract(&previous.line);
             self.records -= u64::from(previous.key.is_some());
@@ -340,6 +332,8 @@ pub struct FeedClient {
     table: Table,
     /// The records of a snapshot being assembled.
     building: Option<Building>,
+    /// When the snapshot's first page was asked for (monotonic ns).
+    snapshot_began_ns: u64,
     in_flight: Option<InFlight>,
     /// Failures in a row (for the backoff).
     failures: u32,
@@ -360,6 +354,7 @@ impl FeedClient {
             },
             table: Table::default(),
             building: None,
+            snapshot_began_ns: 0,
             in_flight: None,
             failures: 0,
             next_call_ns: 0,
@@ -389,6 +384,9 @@ impl FeedClient {
     }
 
     fn call<H: Host>(&mut self, host: &mut H) {
+        if matches!(self.phase, Phase::Snapshot { cursor: None, .. }) {
+            self.snapshot_began_ns = host.monotonic_ns();
+        }
         let (path, timeout_ms) = match &self.phase {
             Phase::Snapshot { cursor, .. } => {
                 let mut path = format!("/v1/feed/snapshot?limit={PAGE_LIMIT}");
@@ -616,6 +614,11 @@ impl FeedClient {
             return Err("a snapshot without settings".into());
         };
         let config = &settings.0;
+        if self.building.is_none() {
+            let expected = answer.trailer.keys_total;
+            self.table.ids =
+                IdIndex::with_capacity(usize::try_from(expected).unwrap_or(0).min(1 << 24));
+        }
         let building = self.building.get_or_insert_with(|| Building {
             shards: ShardSet::for_keys(answer.trailer.keys_total),
             limited: Vec::new(),
@@ -631,10 +634,10 @@ impl FeedClient {
                 }
             };
             let (id, known, record) = parsed.into_record(config, &mut refused);
+            let previous = self.table.remember(&id, known);
             if record.as_ref().is_some_and(|new| new.limited) {
-                building.limited.push(id.clone());
+                building.limited.push(id);
             }
-            let previous = self.table.remember(id, known);
             match (previous, &record) {
                 // A snapshot names each key once: appended, not searched for.
                 (None, Some(new)) => building.shards.push(&new.hash, &new.record),
@@ -653,6 +656,10 @@ impl FeedClient {
             return Err(format!("answer refused: {reason}"));
         }
         refused.report(host);
+        if !matches!(next, Next::Page(..)) {
+            // The last page is in: what follows looks ids up.
+            self.table.ids.seal();
+        }
         match next {
             Next::Page(..) => return Ok(None),
             Next::Complete(first) => {
@@ -680,6 +687,7 @@ impl FeedClient {
             settings,
             generation: self.table.generation,
             limited: building.limited,
+            began_ns: self.snapshot_began_ns,
         })))
     }
 
@@ -713,7 +721,7 @@ impl FeedClient {
         let mut sum = self.table.sum;
         let mut count = self.table.ids.len();
         for line in &parsed {
-            match self.table.ids.get(&line.id) {
+            match self.table.ids.get(&id_key(&line.id)) {
                 Some(previous) => sum.subtract(&previous.line),
                 None => count += 1,
             }
@@ -760,7 +768,7 @@ impl FeedClient {
         let mut refused = Refusals::default();
         for parsed in parsed {
             let (id, known, record) = parsed.into_record(config, &mut refused);
-            let previous = self.table.ids.get(&id).copied();
+            let previous = self.table.ids.get(&id_key(&id));
             if let Some(old) = previous
                 .and_then(|p| p.key)
                 .filter(|old| Some(*old) != known.key)
@@ -778,7 +786,7 @@ impl FeedClient {
                 }
                 changes.records.push((hash, Some(record)));
             }
-            self.table.remember(id, known);
+            self.table.remember(&id, known);
         }
         self.table.settings = Some(settings);
         refused.report(host);

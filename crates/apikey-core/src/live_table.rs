@@ -157,16 +157,22 @@ pub struct ShardSet {
     bits: u8,
     shards: Vec<Vec<u8>>,
     keys: u64,
+    /// Records expected per shard: a shard's buffer is sized for them on
+    /// its first record (grown by doubling, a million keys' buffers held
+    /// a third more than they used; Wasm memory never shrinks).
+    per_shard: usize,
 }
 
 impl ShardSet {
     /// An empty set sized for about `expected_keys` keys.
     pub fn for_keys(expected_keys: u64) -> Self {
         let bits = shard::bits_for(expected_keys);
+        let per_shard = usize::try_from(expected_keys >> bits).unwrap_or(0) + 1;
         Self {
             bits,
             shards: vec![Vec::new(); 1usize << bits],
             keys: 0,
+            per_shard,
         }
     }
 
@@ -174,6 +180,10 @@ impl ShardSet {
     pub fn push(&mut self, hash: &[u8; 32], record: &[u8]) {
         let index = shard::index_of(hash, self.bits) as usize;
         if let Some(body) = self.shards.get_mut(index) {
+            if body.capacity() == 0 {
+                // A quarter more than the average, for the shards above it.
+                body.reserve((35 + record.len()) * (self.per_shard + self.per_shard / 4 + 1));
+            }
             shard::push(body, hash, record);
             self.keys += 1;
         }
@@ -211,6 +221,8 @@ pub struct NewTable {
     pub generation: u64,
     /// The ids of its keys with limits (their buckets must exist).
     pub limited: Vec<String>,
+    /// When its first page was asked for (monotonic ns), for the log.
+    pub began_ns: u64,
 }
 
 /// Verified changes to the table serving.

@@ -100,6 +100,12 @@ impl Follower {
         if !self.fetching {
             return None;
         }
+        // Renewed before the answer is worked on (a page can take a while).
+        let now = host.monotonic_ns();
+        if !lease::renew(host.store(), &self.lineage, self.holder, now).unwrap_or(false) {
+            self.stop_fetching(host);
+            return None;
+        }
         if let Some(update) = self.client.on_answer(host, token, body_size) {
             match self.write(host, &update) {
                 Ok(true) => host.increment(Metric::KeySourceTables, 1),
@@ -123,31 +129,39 @@ impl Follower {
     /// Writes `update`; `Ok(false)` when it was not written (the lease was
     /// lost, or changes met a table this client did not write).
     fn write<H: Host>(&mut self, host: &mut H, update: &Update) -> Result<bool, StoreError> {
-        let (store, lineage, holder) = (host.store(), self.lineage, self.holder);
-        let still_writer = || lease::is_held_by(store, &lineage, holder);
+        let (lineage, holder) = (self.lineage, self.holder);
+        let reader: &H = host;
+        // Renewed as the write goes: a long write is not a dead writer.
+        let still_writer = || lease::renew(reader.store(), &lineage, holder, reader.monotonic_ns());
         if !still_writer()? {
             self.stop_fetching(host);
             return Ok(false);
         }
         match update {
             Update::Table(table) => {
-                let now = host.monotonic_ns();
-                let store = host.store();
-                let Some(head) = live_table::publish_table(store, &lineage, table, now, &|| {
-                    lease::is_held_by(store, &lineage, holder)
-                })?
-                else {
+                let started = reader.monotonic_ns();
+                let published = live_table::publish_table(
+                    reader.store(),
+                    &lineage,
+                    table,
+                    started,
+                    &still_writer,
+                )?;
+                let Some(head) = published else {
                     self.stop_fetching(host);
                     return Ok(false);
                 };
+                let written_ms = host.monotonic_ns().saturating_sub(started) / 1_000_000;
                 self.written_build = Some(head.build);
                 host.log(
                     LogLevel::Info,
                     &format!(
-                        "key_source: table of generation {} written: {} keys in {} shards",
+                        "key_source: table of generation {} written: {} keys in {} shards ({} ms to write; {} ms since the snapshot began)",
                         head.generation,
                         head.key_count,
-                        1u64 << head.bits
+                        1u64 << head.bits,
+                        written_ms,
+                        host.monotonic_ns().saturating_sub(table.began_ns) / 1_000_000,
                     ),
                 );
                 Ok(true)

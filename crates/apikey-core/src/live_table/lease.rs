@@ -77,7 +77,30 @@ pub fn hold(
     }
 }
 
-/// Whether `holder` still holds the lease (a check before each write).
+/// Renews `holder`'s lease at `now_ns` if it still holds it; `false` when
+/// it does not (another VM took it: stop writing). A writer calls this as
+/// it goes, so a long write is never mistaken for a dead writer.
+pub fn renew(
+    store: &dyn SharedStore,
+    lineage: &Lineage,
+    holder: u64,
+    now_ns: u64,
+) -> Result<bool, StoreError> {
+    let name = live_lease_key(lineage);
+    let Some((bytes, cas)) = store.get(&name)? else {
+        return Ok(false);
+    };
+    if decode(&bytes).map(|(owner, _)| owner) != Some(holder) {
+        return Ok(false);
+    }
+    match store.set(&name, &encode(holder, now_ns), cas) {
+        Ok(()) => Ok(true),
+        Err(StoreError::CasMismatch) => is_held_by(store, lineage, holder),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether `holder` still holds the lease.
 pub fn is_held_by(
     store: &dyn SharedStore,
     lineage: &Lineage,
@@ -153,6 +176,26 @@ mod tests {
             .unwrap();
         assert_eq!(hold(&store, &lineage(), 1, 20).unwrap(), Lease::Elsewhere);
         assert_eq!(hold(&store, &lineage(), 2, 20).unwrap(), Lease::Confirmed);
+    }
+
+    #[test]
+    fn a_writer_renews_only_a_lease_it_holds() {
+        let store = MemoryStore::new();
+        assert!(
+            !renew(&store, &lineage(), 1, 10).unwrap(),
+            "renewed a lease never taken"
+        );
+        hold(&store, &lineage(), 1, 10).unwrap();
+        assert!(renew(&store, &lineage(), 1, 10 + STALE_NS - 1).unwrap());
+        assert_eq!(
+            hold(&store, &lineage(), 2, 10 + STALE_NS + 1).unwrap(),
+            Lease::Elsewhere,
+            "a renewed lease was taken as stale"
+        );
+        assert!(
+            !renew(&store, &lineage(), 2, 20).unwrap(),
+            "renewed another VM's lease"
+        );
     }
 
     #[test]

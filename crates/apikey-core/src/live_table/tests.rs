@@ -44,6 +44,7 @@ fn new_table(keys: &[(&str, &str)], generation: u64) -> NewTable {
         settings: br#"{"plans":{"pro":{}}}"#.to_vec(),
         generation,
         limited: config.keys.iter().map(|key| key.id.clone()).collect(),
+        began_ns: 0,
     }
 }
 

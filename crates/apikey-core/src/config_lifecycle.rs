@@ -325,8 +325,8 @@ impl Configuration {
     }
 
     /// Starts following the key service named by `source`: a tick to
-    /// look at the lease and the table, and a first look at once (a VM
-    /// configured after the table was written serves it straight away).
+    /// look at the lease and the table, and a first look at the table at
+    /// once (a VM configured after it was written serves it straight away).
     fn follow<H: Host>(
         &mut self,
         host: &mut H,
@@ -352,7 +352,16 @@ impl Configuration {
                 "key_source: cannot set a tick; the key service will not be followed",
             );
         }
-        self.follow_tick(host, vm, false);
+        // Only a look at the table here: the lease is taken on a tick, by a
+        // context that ticks (Envoy validates a configuration in a context
+        // it then drops, whose lease would hold others off for a second).
+        let gateway = self
+            .follower
+            .as_mut()
+            .and_then(|follower| follower.watch(host));
+        if let Some(gateway) = gateway {
+            self.serve_followed(vm, gateway);
+        }
     }
 
     /// A follower's tick: stop when superseded, else look at the lease and

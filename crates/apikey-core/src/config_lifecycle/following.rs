@@ -187,7 +187,7 @@ impl Follower {
     }
 
     /// A gateway for the head, when it moved since the last look.
-    fn watch<H: Host>(&mut self, host: &mut H) -> Option<Rc<Gateway>> {
+    pub(super) fn watch<H: Host>(&mut self, host: &mut H) -> Option<Rc<Gateway>> {
         let head = match live_table::read_head(host.store(), &self.lineage) {
             Ok(head) => head?,
             Err(error) => {

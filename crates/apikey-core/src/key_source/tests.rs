@@ -138,8 +138,11 @@ fn following(process: &std::rc::Rc<Process>) -> (Worker, Configuration) {
         worker.host.http_calls.is_empty(),
         "a VM fetched before its lease was confirmed"
     );
-    worker.host.monotonic_ns += 100_000_000;
-    worker.tick(&mut configuration);
+    // The lease is created on a first tick and counts from the next.
+    for _ in 0..2 {
+        worker.host.monotonic_ns += 100_000_000;
+        worker.tick(&mut configuration);
+    }
     (worker, configuration)
 }
 
@@ -535,8 +538,11 @@ fn the_fleet_beside_key_source_travels_into_every_table() {
             "fleet": {"cluster": "rls", "domain": "apikey"}}"#,
     );
     assert!(accepted);
-    worker.host.monotonic_ns += 100_000_000;
-    worker.tick(&mut configuration);
+    // The lease is created on a first tick and counts from the next.
+    for _ in 0..2 {
+        worker.host.monotonic_ns += 100_000_000;
+        worker.tick(&mut configuration);
+    }
     let feed = FakeFeed::new(&[("k1", "sk_one")]);
     serve_snapshot(&mut worker, &mut configuration, &feed);
     let gateway = configuration.gateway(&worker.vm).expect("no table served");
@@ -548,8 +554,11 @@ fn second_worker(process: &std::rc::Rc<Process>) -> (Worker, Configuration) {
     let mut worker = Worker::new(process);
     let (mut configuration, accepted) = worker.configure(SOURCE);
     assert!(accepted);
-    worker.host.monotonic_ns += 100_000_000;
-    worker.tick(&mut configuration);
+    // The lease is created on a first tick and counts from the next.
+    for _ in 0..2 {
+        worker.host.monotonic_ns += 100_000_000;
+        worker.tick(&mut configuration);
+    }
     (worker, configuration)
 }
 

@@ -432,9 +432,12 @@ fn following_worker() -> (Worker, Configuration) {
     );
     let (mut configuration, accepted) = worker.configure(&source);
     assert!(accepted, "{:?}", worker.host.logs);
-    // The lease this VM created counts from its next tick (live_table::lease).
-    worker.host.monotonic_ns += 100_000_000;
-    configuration.tick(&mut worker.host, &mut worker.vm);
+    // The lease is created on a first tick and counts from the next
+    // (live_table::lease).
+    for _ in 0..2 {
+        worker.host.monotonic_ns += 100_000_000;
+        configuration.tick(&mut worker.host, &mut worker.vm);
+    }
     let body = snapshot(&[
         key_line("good", "sk_good", false),
         key_line("gone", "sk_gone", true),

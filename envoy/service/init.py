@@ -18,7 +18,8 @@ service through its API, and points the gateway at the service.
 The tokens come from files (compose secrets under /run/secrets/), never
 from the command line or the environment, and are never printed.
 Standard library only: it runs in any image with python3 (the stack's
-localhost/apikey-python:3, or python:3.12-slim).
+localhost/apikey-python:3, or python:3.12-slim). scripts/demo.sh runs it
+on the host the same way, against the `apikey serve` it starts.
 """
 
 from __future__ import annotations
@@ -133,14 +134,16 @@ def seed(service: Service, seed_file: Path) -> str:
     return f"seeded the settings and {len(seed_keys)} keys of {seed_file.name}"
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str, mode: int) -> None:
     """Temporary file, then rename: Envoy's watched directory reacts to the
-    rename and never reads half a file. 0644: the official Envoy image runs
-    as its own user, which must read it; the volume holding it is reachable
-    only by root on the host."""
+    rename and never reads half a file. The file holds the feed token, so
+    it is made with `mode` from the start, never readable by more."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.chmod(temporary, 0o644)
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.chmod(temporary, mode)  # whatever the umask took away
     os.replace(temporary, path)
 
 
@@ -154,6 +157,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--cluster", default="apikey_control", help="the gateway's cluster reaching the service")
     parser.add_argument("--authority", default="apikey-service", help="the :authority of the gateway's feed requests")
     parser.add_argument("--wait", type=float, default=60, help="seconds to wait for the service")
+    # 0644 in the compose stack: the official Envoy image runs as its own
+    # user, which must read the file, and the volume holding it is
+    # reachable only by root on the host. scripts/demo.sh asks for 0600.
+    parser.add_argument("--file-mode", type=lambda text: int(text, 8), default=0o644,
+                        help="the ECDS file's permissions, in octal (default 0644)")
     args = parser.parse_args(argv)
 
     service = Service(args.server, read_token(args.admin_token_file))
@@ -161,7 +169,8 @@ def main(argv: list[str]) -> None:
     service.wait_healthy(args.wait)
     if args.seed is not None:
         print(f"apikey-init: {seed(service, args.seed)}", flush=True)
-    write_atomically(args.ecds, json.dumps(ecds_document(key_source(args.cluster, feed_token, args.authority))))
+    write_atomically(args.ecds, json.dumps(ecds_document(key_source(args.cluster, feed_token, args.authority))),
+                     args.file_mode)
     print(f"apikey-init: the gateway follows {args.server} (cluster {args.cluster}) through {args.ecds}", flush=True)
 
 

@@ -5,8 +5,8 @@ AUTHN phase and fails closed, its pluginConfig is a configuration real
 Envoy enforces, and the EnvoyFilter's edge settings (contract §5) are those
 of envoy/envoy.yaml, which scripts/test.sh validates with Envoy.
 
-The key service's manifests (envoy/istio/key-service.yaml and
-key-service-wasmplugin.yaml): one non-root replica on a read-only root
+The key service's manifests (envoy/istio/key-service.yaml,
+key-service-secret.yaml and key-service-wasmplugin.yaml): one non-root replica on a read-only root
 whose only writable mounts are its volume and /tmp, the objects naming
 each other (claim, Secret keys and token paths, ports, labels), the
 WasmPlugin holding only key_source with the cluster name Istio gives the
@@ -36,6 +36,7 @@ ISTIO = REPO_ROOT / "envoy" / "istio"
 WASM_PLUGIN = ISTIO / "wasmplugin.yaml"
 EDGE_FILTER = ISTIO / "edge-envoyfilter.yaml"
 KEY_SERVICE = ISTIO / "key-service.yaml"
+KEY_SERVICE_SECRET = ISTIO / "key-service-secret.yaml"
 KEY_SERVICE_PLUGIN = ISTIO / "key-service-wasmplugin.yaml"
 # The key service image's user (envoy/images/build.sh).
 SERVICE_UID = 10001
@@ -118,9 +119,12 @@ def test_envoy_yaml_still_has_each_edge_setting_the_patch_copies(name):
 # --- the key service (issue 21) -------------------------------------------
 
 def key_service_objects() -> dict[str, dict]:
-    """envoy/istio/key-service.yaml's objects by kind (one of each)."""
-    with open(KEY_SERVICE, encoding="utf-8") as file:
-        documents = [document for document in yaml.safe_load_all(file) if document]
+    """The key service's objects by kind (one of each): key-service.yaml's
+    and key-service-secret.yaml's Secret."""
+    documents = []
+    for path in (KEY_SERVICE, KEY_SERVICE_SECRET):
+        with open(path, encoding="utf-8") as file:
+            documents += [document for document in yaml.safe_load_all(file) if document]
     kinds = [document["kind"] for document in documents]
     assert sorted(kinds) == ["Deployment", "NetworkPolicy", "PersistentVolumeClaim", "Secret", "Service"], kinds
     return {document["kind"]: document for document in documents}

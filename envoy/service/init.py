@@ -41,9 +41,10 @@ MODULE = "target/wasm32-wasip1/release/apikey_filter.wasm"
 FILTER_NAME = "apikey"
 
 
-def ecds_document(configuration: dict) -> dict:
+def ecds_document(configuration: dict, module: str = MODULE) -> dict:
     """The DiscoveryResponse Envoy's path_config_source reads: the apikey
-    filter with `configuration` as its plugin configuration."""
+    filter (the module at `module`, as the bootstrap's default_config
+    names it) with `configuration` as its plugin configuration."""
     wasm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {
@@ -52,7 +53,7 @@ def ecds_document(configuration: dict) -> dict:
             "vm_config": {
                 "vm_id": FILTER_NAME,
                 "runtime": "envoy.wasm.runtime.v8",
-                "code": {"local": {"filename": MODULE}},
+                "code": {"local": {"filename": module}},
             },
             "configuration": {
                 "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -150,13 +151,16 @@ def write_atomically(path: Path, text: str, mode: int) -> None:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", required=True, help="the service's URL, e.g. http://apikey-service:8470")
-    parser.add_argument("--admin-token-file", type=Path, default=Path("/run/secrets/apikey-admin-token"))
+    parser.add_argument("--admin-token-file", type=Path, default=Path("/run/secrets/apikey-admin-token"),
+                        help="read only with --seed")
     parser.add_argument("--feed-token-file", type=Path, default=Path("/run/secrets/apikey-feed-token"))
     parser.add_argument("--seed", type=Path, help="a §1 configuration whose settings and keys seed an empty service")
     parser.add_argument("--ecds", type=Path, required=True, help="the gateway's ECDS file to write")
     parser.add_argument("--cluster", default="apikey_control", help="the gateway's cluster reaching the service")
     parser.add_argument("--authority", default="apikey-service", help="the :authority of the gateway's feed requests")
     parser.add_argument("--wait", type=float, default=60, help="seconds to wait for the service")
+    parser.add_argument("--module", default=MODULE,
+                        help=f"the module's path as the bootstrap's default_config names it (default {MODULE})")
     # 0644 in the compose stack: the official Envoy image runs as its own
     # user, which must read the file, and the volume holding it is
     # reachable only by root on the host. scripts/demo.sh asks for 0600.
@@ -164,13 +168,14 @@ def main(argv: list[str]) -> None:
                         help="the ECDS file's permissions, in octal (default 0644)")
     args = parser.parse_args(argv)
 
-    service = Service(args.server, read_token(args.admin_token_file))
+    # The admin token only to seed: pointing a gateway at the service needs the feed token alone.
+    service = Service(args.server, read_token(args.admin_token_file) if args.seed is not None else "")
     feed_token = read_token(args.feed_token_file)
     service.wait_healthy(args.wait)
     if args.seed is not None:
         print(f"apikey-init: {seed(service, args.seed)}", flush=True)
-    write_atomically(args.ecds, json.dumps(ecds_document(key_source(args.cluster, feed_token, args.authority))),
-                     args.file_mode)
+    document = ecds_document(key_source(args.cluster, feed_token, args.authority), args.module)
+    write_atomically(args.ecds, json.dumps(document), args.file_mode)
     print(f"apikey-init: the gateway follows {args.server} (cluster {args.cluster}) through {args.ecds}", flush=True)
 
 

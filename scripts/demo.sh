@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
-# The gateway on this machine, with demo keys: Envoy on :10000 and HTTPS on
-# :10443 (admin 127.0.0.1:9901) running envoy/envoy.yaml unmodified from the
-# repository root, the echo upstream on 127.0.0.1:8080 (production) and
-# another on 127.0.0.1:8090 (the sandbox, where test keys go), a self-signed
-# certificate (scripts/tls-cert.sh), and the demo keys pushed through ECDS
-# by the key-management CLI: envoy/demo-config.json is moved into a key
-# database, .work/demo/apikey.db (`apikey import-state`), and the CLI writes
-# the ECDS file from it. Prints a curl line for each answer the filter gives,
-# with the answer it gives right now, then follows Envoy's log (JSON access
-# lines included) until Ctrl-C.
+# The gateway on this machine, with demo keys, in one command:
+#
+#   scripts/demo.sh          the keys live in the key service: `apikey serve`
+#                            on 127.0.0.1:8470 (database .work/demo/apikey.db,
+#                            tokens in .work/demo/*.token), and Envoy follows
+#                            it (key_source, contract §8.3): a key created or
+#                            revoked through the API or the CLI is enforced
+#                            within a second, with no file and no restart
+#   scripts/demo.sh --ecds   the keys travel in Envoy's configuration: the
+#                            CLI writes the whole table into the ECDS file
+#                            envoy/envoy.yaml watches after each change
+#
+# Either way: Envoy on :10000 and HTTPS on :10443 (admin 127.0.0.1:9901)
+# running envoy/envoy.yaml unmodified from the repository root (following
+# the service adds, on its command line, the `apikey_control` cluster that
+# reaches it), the echo upstream on 127.0.0.1:8080 (production) and another
+# on 127.0.0.1:8090 (the sandbox, where test keys go), a self-signed
+# certificate (scripts/tls-cert.sh), and envoy/demo-config.json's settings
+# and keys: put into the service through its API (envoy/service/init.py,
+# the compose stack's start-up job), or moved into a key database,
+# .work/demo/apikey.db (`apikey import-state`), from which the CLI writes
+# the ECDS file. Prints a curl line for each answer the filter gives, with
+# the answer it gives right now, then (following the service) creates a
+# key through the API, shows it allowed, revokes it and shows it refused,
+# and prints the commands to do the same; then follows Envoy's log (JSON
+# access lines included) until Ctrl-C, which stops everything it started.
 #
 # The demo keys (only their SHA-256 is in envoy/demo-config.json):
 #   sk_live_demoPro0000000000000000    acme, plan pro, leads:read leads:write
@@ -35,8 +51,21 @@ ADMIN="http://127.0.0.1:9901"
 ECDS_FILE="envoy/ecds/apikey.yaml"  # the path envoy/envoy.yaml watches
 RELOADS_STAT="extension_config_discovery.http_filter.apikey.config_reload"
 ENVOY_LOG="$REPO_ROOT/.work/demo/envoy.log"
-DEMO_DB=".work/demo/apikey.db"  # the demo's key database, made afresh each run
+DEMO_DIR=".work/demo"
+DEMO_DB="$DEMO_DIR/apikey.db"  # the demo's key database, made afresh each run
 APIKEY="$REPO_ROOT/target/debug/apikey"
+# The key service (the default mode): where it listens, its tokens (new
+# ones each run, readable by this user only) and its log.
+SERVICE="http://127.0.0.1:8470"
+ADMIN_TOKEN_FILE="$DEMO_DIR/admin.token"
+FEED_TOKEN_FILE="$DEMO_DIR/feed.token"
+SERVICE_LOG="$REPO_ROOT/$DEMO_DIR/apikey-serve.log"
+# Merged into envoy/envoy.yaml on Envoy's command line: the cluster the
+# key_source configuration names, reaching the service on loopback.
+CONTROL_CLUSTER='{static_resources: {clusters: [{name: apikey_control, type: STATIC, connect_timeout: 1s,
+  load_assignment: {cluster_name: apikey_control, endpoints: [{lb_endpoints: [{endpoint: {address:
+  {socket_address: {address: 127.0.0.1, port_value: 8470}}}}]}]}}]}}'
+MODE=service
 PIDS=()
 
 cleanup() {
@@ -74,17 +103,60 @@ configuration_applied() {
   curl -sf "$ADMIN/stats?filter=$RELOADS_STAT" | grep -q ": [1-9]"
 }
 
+# The public route answered by the upstream ten times in a row: every
+# worker holds a table (before its first, a worker answers 503).
+table_on_every_worker() {
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' "$GATEWAY/healthz")" == 200 ]] || return 1
+  done
+}
+
+# key_status KEY: the status a request with KEY gets now.
+key_status() {
+  curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $1" "$GATEWAY/api/v1/leads"
+}
+
+# start_service: a fresh database and tokens, `apikey serve` on them, the
+# demo's settings and keys put in through its API, and the ECDS file
+# holding only key_source (with the feed token: 0600), all by
+# envoy/service/init.py as the compose stack does it.
+start_service() {
+  (
+    umask 077
+    local name
+    for name in "$ADMIN_TOKEN_FILE" "$FEED_TOKEN_FILE"; do
+      od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$name"
+    done
+  )
+  "$APIKEY" --db "$DEMO_DB" serve --listen 127.0.0.1:8470 \
+    --admin-token-file "$ADMIN_TOKEN_FILE" --feed-token-file "$FEED_TOKEN_FILE" 2>"$SERVICE_LOG" &
+  PIDS+=($!)
+  wait_for "the key service on 127.0.0.1:8470" curl -sf "$SERVICE/healthz"
+  "$VENV_PYTHON" envoy/service/init.py --server "$SERVICE" --seed envoy/demo-config.json \
+    --admin-token-file "$ADMIN_TOKEN_FILE" --feed-token-file "$FEED_TOKEN_FILE" \
+    --ecds "$ECDS_FILE" --cluster apikey_control --authority 127.0.0.1:8470 --file-mode 0600 >/dev/null ||
+    die "envoy/service/init.py could not seed the key service (log: ${SERVICE_LOG#"$REPO_ROOT"/})"
+}
+
 start() {
   require_command curl "the demo prints and runs curl commands"
-  bash scripts/setup.sh
+  # tests/e2e/test_demo.py runs the demo after scripts/test.sh's own setup.
+  [[ "${APIKEY_DEMO_SKIP_SETUP:-}" == 1 ]] || bash scripts/setup.sh
   build_module
   bash scripts/tls-cert.sh
   cargo build --quiet -p apikey-cli
-  mkdir -p "$(dirname "$DEMO_DB")"
+  mkdir -p "$DEMO_DIR"
   rm -f "$DEMO_DB" "$DEMO_DB-wal" "$DEMO_DB-shm"
   trap cleanup EXIT
-  "$APIKEY" --db "$DEMO_DB" --ecds-dir "$(dirname "$ECDS_FILE")" import-state envoy/demo-config.json >/dev/null
   trap 'exit 130' INT TERM
+  local envoy_args=()
+  if [[ "$MODE" == service ]]; then
+    start_service
+    envoy_args=(--config-yaml "$CONTROL_CLUSTER")
+  else
+    "$APIKEY" --db "$DEMO_DB" --ecds-dir "$(dirname "$ECDS_FILE")" import-state envoy/demo-config.json >/dev/null
+  fi
   "$VENV_PYTHON" tests/e2e/echo_upstream.py --port 8080 >/dev/null &
   PIDS+=($!)
   "$VENV_PYTHON" tests/e2e/echo_upstream.py --port 8090 --name sandbox >/dev/null &
@@ -92,10 +164,16 @@ start() {
   wait_for "the echo upstream on 127.0.0.1:8080" echo_upstream_answers 8080 1
   wait_for "the sandbox upstream on 127.0.0.1:8090" echo_upstream_answers 8090 sandbox
   mkdir -p "$(dirname "$ENVOY_LOG")"
-  "$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l warning >"$ENVOY_LOG" 2>&1 &
+  "$ENVOY" -c envoy/envoy.yaml "${envoy_args[@]}" --concurrency 2 --disable-hot-restart -l warning \
+    >"$ENVOY_LOG" 2>&1 &
   PIDS+=($!)
+  ENVOY_PID=$!
   wait_for "Envoy's admin to say LIVE on 9901" curl -sf "$ADMIN/ready"
-  wait_for "the demo configuration to reach every worker" configuration_applied
+  if [[ "$MODE" == service ]]; then
+    wait_for "the key service's table on every worker" table_on_every_worker
+  else
+    wait_for "the demo configuration to reach every worker" configuration_applied
+  fi
 }
 
 # show TITLE CURL_ARGS...: the curl line to copy, and what it answers now
@@ -144,12 +222,75 @@ tour() {
   printf '\n# 429 rate_limited: the free plan allows 5 requests a minute\n'
   printf "for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%%{http_code} ' -H 'X-API-Key: %s' %s; done; echo\n" \
     "$FREE_KEY" "$GATEWAY/api/v1/leads"
-  step "try them; change the keys with the CLI (no restart: each change rewrites $ECDS_FILE), e.g. revoke the pro key:"
-  echo "cargo run -q -p apikey-cli -- --db $DEMO_DB --ecds-dir $(dirname "$ECDS_FILE") revoke key_acme_pro"
-  echo "cargo run -q -p apikey-cli -- --db $DEMO_DB list"
-  step "Envoy's log and access log (${ENVOY_LOG#"$REPO_ROOT"/}) follow; Ctrl-C stops Envoy and the upstream"
+  if [[ "$MODE" == service ]]; then
+    follow_the_service
+  else
+    step "try them; change the keys with the CLI (no restart: each change rewrites $ECDS_FILE), e.g. revoke the pro key:"
+    echo "cargo run -q -p apikey-cli -- --db $DEMO_DB --ecds-dir $(dirname "$ECDS_FILE") revoke key_acme_pro"
+    echo "cargo run -q -p apikey-cli -- --db $DEMO_DB list"
+  fi
+  local stopped="Envoy and the upstreams"
+  [[ "$MODE" == service ]] && stopped="Envoy, the upstreams and the key service"
+  step "Envoy's log and access log (${ENVOY_LOG#"$REPO_ROOT"/}) follow; Ctrl-C stops $stopped"
 }
 
+# microseconds: the wall clock in µs (bash 5's EPOCHREALTIME without its dot).
+microseconds() {
+  echo "${EPOCHREALTIME/./}"
+}
+
+# wait_status KEY STATUS: polls for up to 5 s until a request with KEY gets
+# STATUS; prints how long that took after the change.
+wait_status() {
+  local key="$1" status="$2" started
+  started="$(microseconds)"
+  while [[ "$(key_status "$key")" != "$status" ]]; do
+    (($(microseconds) - started < 5000000)) || return 1
+    sleep 0.02
+  done
+  echo "$((($(microseconds) - started) / 1000)) ms"
+}
+
+# A key created through the API is allowed, revoked, refused: what
+# following the service means. Then the commands to do it yourself.
+follow_the_service() {
+  local cli=("$APIKEY" --server "$SERVICE" --admin-token-file "$ADMIN_TOKEN_FILE") created key id took
+  step "the keys live in the key service ($SERVICE, database $DEMO_DB); Envoy follows it: a change through the API is enforced with no restart"
+  # (Its "shown once" note on stderr is for people: the tour shows the key below.)
+  created="$("${cli[@]}" create --json --tenant acme --name "demo.sh" --scopes leads:read --plan pro 2>/dev/null)" ||
+    die "apikey create through $SERVICE failed (log: ${SERVICE_LOG#"$REPO_ROOT"/})"
+  key="$(sed -n 's/.*"key":"\([^"]*\)".*/\1/p' <<<"$created")"
+  id="$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' <<<"$created")"
+  [[ -n "$key" && -n "$id" ]] || die "apikey create answered no key: $created"
+  took="$(wait_status "$key" 200)" || die "the key created through the API was not allowed within 5 s"
+  printf '\n# created through the API as %s; allowed %s after the API answered\n' "$id" "$took"
+  show "the new key" -H "X-API-Key: $key" "$GATEWAY/api/v1/leads"
+  "${cli[@]}" revoke "$id" >/dev/null || die "apikey revoke $id failed"
+  took="$(wait_status "$key" 401)" || die "the revocation was not enforced within 5 s"
+  printf '\n# revoked through the API; refused %s after the API answered\n' "$took"
+  show "401 key_revoked (the same key)" -H "X-API-Key: $key" "$GATEWAY/api/v1/leads"
+  step "try it: the CLI on the service (admin token in $ADMIN_TOKEN_FILE; the create prints the new key once)"
+  local line="cargo run -q -p apikey-cli -- --server $SERVICE --admin-token-file $ADMIN_TOKEN_FILE"
+  echo "$line create --tenant acme --name mine --scopes leads:read --plan pro"
+  echo "$line revoke key_acme_pro"
+  echo "$line list"
+  echo "# or the API itself (docs/configuration.md §10):"
+  echo "curl -s -H \"Authorization: Bearer \$(cat $ADMIN_TOKEN_FILE)\" '$SERVICE/v1/keys?limit=10'"
+  echo "curl -s -X POST -H \"Authorization: Bearer \$(cat $ADMIN_TOKEN_FILE)\" $SERVICE/v1/keys/key_globex_free/revoke"
+  echo "# the service's log: ${SERVICE_LOG#"$REPO_ROOT"/}"
+}
+
+usage() {
+  echo "usage: $0 [--ecds]   (default: Envoy follows the key service; --ecds: the CLI writes ECDS files)" >&2
+  exit 2
+}
+
+case "${1:-}" in
+  "") MODE=service ;;
+  --ecds) MODE=ecds ;;
+  *) usage ;;
+esac
+(($# <= 1)) || usage
 start
 tour
-tail -n +1 -f --pid="${PIDS[1]}" "$ENVOY_LOG"
+tail -n +1 -f --pid="$ENVOY_PID" "$ENVOY_LOG"

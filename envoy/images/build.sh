@@ -19,6 +19,11 @@
 #   $RATELIMIT_IMAGE (default localhost/apikey-ratelimit:latest) the
 #                  project's rate-limit server (crates/apikey-ratelimit),
 #                  built here in release, and its libraries, FROM scratch.
+#   $APIKEY_SERVICE_IMAGE (default localhost/apikey:latest) the key service:
+#                  the release `apikey` binary (crates/apikey-cli, whose
+#                  `serve` is crates/apikey-service; SQLite compiled in) and
+#                  its libraries, FROM scratch, running as uid 10001 with
+#                  /data (the database's volume) its own.
 #
 # Idempotent and fast when the images exist: each image carries a label
 # naming what it was built from (Envoy's version string; the Python
@@ -39,6 +44,10 @@ ENVOY_IMAGE="${ENVOY_IMAGE:-envoyproxy/envoy:v$ENVOY_VERSION}"
 PYTHON_IMAGE="${PYTHON_IMAGE:-localhost/apikey-python:3}"
 REDIS_IMAGE="${REDIS_IMAGE:-localhost/apikey-redis:7}"
 RATELIMIT_IMAGE="${RATELIMIT_IMAGE:-localhost/apikey-ratelimit:latest}"
+APIKEY_SERVICE_IMAGE="${APIKEY_SERVICE_IMAGE:-localhost/apikey:latest}"
+# The key service's unprivileged user (no name: a scratch image has no
+# /etc/passwd). The Istio Deployment runs it as the same uid.
+SERVICE_UID=10001
 BUILT_FROM_LABEL="io.apikey-gateway.built-from"
 FORCE=0
 
@@ -214,6 +223,36 @@ build_ratelimit_image() {
   build_binary_image "$RATELIMIT_IMAGE" "$binary" "apikey-ratelimit $(sha256sum <"$binary" | cut -c1-16)"
 }
 
+# The key service: unlike the other binary images it runs as an
+# unprivileged user, and its /data (where the compose file mounts the
+# database's volume, which a new named volume copies ownership from) is
+# that user's, mode 0700.
+build_service_image() {
+  foreign "$APIKEY_SERVICE_IMAGE" && return 0
+  (cd "$REPO_ROOT" && cargo build --quiet --release -p apikey-cli) ||
+    die "cargo build --release -p apikey-cli failed"
+  local binary="$REPO_ROOT/target/release/apikey" source context
+  source="apikey $(sha256sum <"$binary" | cut -c1-16) uid $SERVICE_UID"
+  needs_build "$APIKEY_SERVICE_IMAGE" "$source" || return 0
+  context="$(mktemp -d)"
+  # shellcheck disable=SC2064  # expand now: the trap must remove this directory
+  trap "rm -rf '$context'" RETURN
+  mkdir -p "$context/root/usr/local/bin" "$context/root/tmp" "$context/data"
+  chmod 1777 "$context/root/tmp"
+  chmod 0700 "$context/data"
+  cp -L "$binary" "$context/root/usr/local/bin/"
+  copy_libraries_of "$binary" "$context/root"
+  cat >"$context/Containerfile" <<EOF
+FROM scratch
+COPY root/ /
+COPY --chown=$SERVICE_UID:$SERVICE_UID data/ /data/
+ENV PATH=/usr/local/bin
+USER $SERVICE_UID:$SERVICE_UID
+WORKDIR /data
+EOF
+  build "$APIKEY_SERVICE_IMAGE" "$source" "$context"
+}
+
 main() {
   [[ "${1:-}" == "--force" ]] && FORCE=1
   require_command "$ENGINE" "install podman (scripts/setup.d/podman.sh) or Docker"
@@ -222,6 +261,7 @@ main() {
   build_python_image
   build_redis_image
   build_ratelimit_image
+  build_service_image
 }
 
 main "$@"

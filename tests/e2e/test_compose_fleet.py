@@ -12,8 +12,8 @@ says `on_failure: deny`, so a gateway that could not reach its rate-limit
 service (or the service its Redis) would answer 503, never pass as a
 success. The configuration is renamed into the fleet's own ECDS directory
 once both gateways run, as an operator would push it: both enforce it, and
-the demo gateway, which watches another directory, never sees it. `down`
-leaves nothing of the project behind.
+the demo gateway, which follows the key service instead, never sees it.
+`down -v` leaves nothing of the project behind.
 
 Redis requires the password envoy/fleet/redis-secret.sh writes (issue 17):
 from the project network, a client without it is refused (NOAUTH), and the
@@ -38,8 +38,8 @@ import pytest
 
 import harness
 from harness import REPO_ROOT
-from test_compose import (BUILD_IMAGES, COMPOSE_FILE, PODMAN_COMPOSE, assert_nothing_left, project_containers,
-                          require_podman, run)
+from test_compose import (BUILD_IMAGES, COMPOSE_FILE, PODMAN_COMPOSE, assert_nothing_left, compose_down,
+                          project_containers, project_volumes, require_podman, run, service_secrets)
 
 PROJECT = f"apikey-fleet-test-{os.getpid()}"
 LIMITED_KEY = "sk_live_FleetLimited000000000000"
@@ -64,12 +64,15 @@ CONFIG = {
 class FleetStack:
     """The compose project with the fleet profile, on free host ports."""
 
-    def __init__(self, demo_ecds: os.PathLike, fleet_ecds: os.PathLike, module: os.PathLike, secrets: Path):
+    def __init__(self, fleet_ecds: os.PathLike, module: os.PathLike, secrets: Path, service_secrets: Path):
         self.ports = {name: harness.free_port() for name in
-                      ("GATEWAY_PORT", "GATEWAY_TLS_PORT", "ADMIN_PORT", "FLEET_A_PORT", "FLEET_B_PORT",
-                       "FLEET_A_ADMIN_PORT", "FLEET_B_ADMIN_PORT")}
-        self.env = {**os.environ, "APIKEY_ECDS_DIR": str(demo_ecds), "APIKEY_FLEET_ECDS_DIR": str(fleet_ecds),
-                    "APIKEY_FLEET_SECRETS_DIR": str(secrets), "APIKEY_WASM": str(module),
+                      ("GATEWAY_PORT", "GATEWAY_TLS_PORT", "ADMIN_PORT", "APIKEY_SERVICE_PORT", "FLEET_A_PORT",
+                       "FLEET_B_PORT", "FLEET_A_ADMIN_PORT", "FLEET_B_ADMIN_PORT")}
+        # The demo gateway and the key service it follows run beside the
+        # fleet (they have no profile): they need the service's tokens.
+        self.env = {**os.environ, "APIKEY_FLEET_ECDS_DIR": str(fleet_ecds),
+                    "APIKEY_FLEET_SECRETS_DIR": str(secrets), "APIKEY_SERVICE_SECRETS_DIR": str(service_secrets),
+                    "APIKEY_WASM": str(module),
                     # Every gateway's bootstrap has the HTTPS listener: the session's certificate.
                     "APIKEY_TLS_DIR": str(harness.tls_certificate()[0].parent),
                     **{name: str(port) for name, port in self.ports.items()}}
@@ -154,17 +157,15 @@ def error_code(body: bytes) -> str | None:
 def fleet(wasm_module, tmp_path_factory):
     require_podman()
     run("bash", BUILD_IMAGES, timeout=1800)  # builds the release rate-limit server on a fresh clone
-    demo_ecds = tmp_path_factory.mktemp("demo-ecds")
-    harness.write_ecds(demo_ecds / harness.ECDS_FILE, harness.NOTHING_YET)
     fleet_ecds = tmp_path_factory.mktemp("fleet-ecds")
     # Envoy does not start without the file; this one means "nothing yet".
     harness.write_ecds(fleet_ecds / harness.ECDS_FILE, harness.NOTHING_YET)
     secrets = tmp_path_factory.mktemp("fleet") / "secrets"
     run("bash", REPO_ROOT / "envoy" / "fleet" / "redis-secret.sh", secrets)
-    stack = FleetStack(demo_ecds, fleet_ecds, wasm_module, secrets)
+    stack = FleetStack(fleet_ecds, wasm_module, secrets, service_secrets(secrets.parent / "service-secrets"))
     assert not project_containers(PROJECT), f"containers of {PROJECT} exist before the test"
     try:
-        stack.compose("up", "-d")
+        stack.compose("up", "-d", timeout=300)
         for port in stack.gateways:
             stack.wait_for(port, READY_KEY, 503, "not_configured", timeout=60)
         # Temporary file, then rename: what the CLI and write-ecds do.
@@ -177,8 +178,7 @@ def fleet(wasm_module, tmp_path_factory):
             stack.wait_for(port, READY_KEY, 200, None, timeout=15)
         yield stack
     finally:
-        subprocess.run([str(PODMAN_COMPOSE), "-p", PROJECT, "--profile", "fleet", "-f", str(COMPOSE_FILE), "down"],
-                       cwd=REPO_ROOT, env=stack.env, capture_output=True, timeout=120)
+        compose_down(stack.env, PROJECT, "--profile", "fleet")
 
 
 def test_two_gateways_admit_exactly_n_of_2n_requests(fleet):
@@ -223,8 +223,10 @@ def test_two_gateways_admit_exactly_n_of_2n_requests(fleet):
 
 
 def test_the_demo_gateway_never_sees_the_fleets_configuration(fleet):
+    # It follows the key service, which holds the demo keys, not the fleet's.
+    fleet.wait_for(fleet.ports["GATEWAY_PORT"], "sk_live_demoPro0000000000000000", 200, None, timeout=30)
     status, body = fleet.get(fleet.ports["GATEWAY_PORT"], "/api/v1/leads", READY_KEY)
-    assert status == 503 and json.loads(body)["error"]["code"] == "not_configured", (status, body[:300])
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_key", (status, body[:300])
 
 
 # From inside the fleet's network (the echo upstream shares gateway A's
@@ -272,6 +274,8 @@ def test_the_password_is_in_no_containers_command_environment_or_log(fleet):
 
 
 def test_down_leaves_nothing_running(fleet):
-    assert len(project_containers(PROJECT)) == 10, "the fleet profile runs 10 containers (demo 3, fleet 7)"
-    fleet.compose("down", timeout=120)
+    assert len(project_containers(PROJECT)) == 12, \
+        "the fleet profile runs 12 containers (the key service, its init job and the demo's 3, the fleet's 7)"
+    fleet.compose("down", "-v", timeout=120)
     assert_nothing_left(PROJECT)
+    assert project_volumes(PROJECT) == [], "down -v left volumes behind"

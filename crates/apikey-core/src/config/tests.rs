@@ -536,6 +536,57 @@ fn a_fleet_is_validated_and_defaults_apply() {
     );
 }
 
+#[test]
+fn istio_cluster_names_are_accepted_for_key_source_and_fleet() {
+    // What Istio calls a service's cluster: the only name a WasmPlugin's
+    // pluginConfig can give (envoy/istio/key-service.yaml).
+    let istio = "outbound|8470||apikey-service.istio-system.svc.cluster.local";
+    let source = Config::parse(
+        json!({"key_source": {"cluster": istio, "token": "t",
+                              "authority": "apikey-service.istio-system.svc.cluster.local"}})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap_or_else(|error| panic!("key_source.cluster {istio:?} refused: {error}"))
+    .and_then(|config| config.key_source)
+    .expect("key_source not kept");
+    assert_eq!(source.cluster, istio);
+    let error = Config::parse(
+        json!({"key_source": {"cluster": istio, "token": "t"}})
+            .to_string()
+            .as_bytes(),
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert_eq!(
+        (error.field.as_str(), error.reason.contains("required")),
+        ("key_source.authority", true),
+        "an Istio cluster name defaulted the authority: {error}"
+    );
+    let mut document = example();
+    document["fleet"] = json!({"cluster": "outbound|8081||ratelimit.istio-system.svc.cluster.local",
+                               "domain": "apikey"});
+    assert!(
+        parse(&document).is_ok(),
+        "an Istio fleet cluster was refused"
+    );
+    for (case, cluster) in [
+        (
+            "over 120 bytes",
+            "outbound|8470||".to_string() + &"a".repeat(106),
+        ),
+        ("a slash", "outbound|8470||a/b".to_string()),
+        ("a space", "outbound|8470|| a".to_string()),
+    ] {
+        assert_refused(
+            case,
+            |d| d["fleet"] = json!({"cluster": cluster, "domain": "d"}),
+            "fleet.cluster",
+            "1 to 120",
+        );
+    }
+}
+
 /// `value` without the object fields that are `null` (which the settings
 /// write for fields left out: both read as left out).
 fn without_nulls(value: Value) -> Value {

@@ -121,10 +121,7 @@ impl RawConfig<'_> {
         }
         let cluster = required(raw.cluster, &"key_source", "cluster")?;
         if !valid_cluster(&cluster) {
-            return Err(refuse(
-                "key_source.cluster",
-                "must name an Envoy cluster: 1 to 120 of A-Z a-z 0-9 _ . : -",
-            ));
+            return Err(refuse("key_source.cluster", CLUSTER_RULE));
         }
         let token = required(raw.token, &"key_source", "token")?;
         if token.is_empty() || token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -134,7 +131,16 @@ impl RawConfig<'_> {
                 "must be 1 to 1024 visible ASCII characters",
             ));
         }
-        let authority = raw.authority.unwrap_or_else(|| cluster.clone());
+        let authority = match raw.authority {
+            Some(authority) => authority,
+            // Istio's cluster names (`outbound|8470||host`) are no host
+            // name: say what to do rather than refuse a field not given.
+            None if cluster.contains('|') => return Err(refuse(
+                "key_source.authority",
+                "required when `cluster` is not a host name (as Istio's outbound|<port>||<host>)",
+            )),
+            None => cluster.clone(),
+        };
         let authority_char = |b: u8| b.is_ascii_alphanumeric() || b"_.:-[]".contains(&b);
         if authority.is_empty() || authority.len() > 255 || !authority.bytes().all(authority_char) {
             return Err(refuse(
@@ -159,9 +165,17 @@ impl RawConfig<'_> {
     }
 }
 
-/// Envoy cluster names as the filter accepts them.
+/// What [`valid_cluster`] accepts, as a refusal says it.
+const CLUSTER_RULE: &str = "must name an Envoy cluster: 1 to 120 of A-Z a-z 0-9 _ . : - |";
+
+/// Envoy cluster names as the filter accepts them. `|` is in the set
+/// because Istio names a service's cluster
+/// `outbound|<port>||<service>.<namespace>.svc.cluster.local`, the only
+/// name a `WasmPlugin` can give `key_source` or `fleet`. At most 120 bytes
+/// because a fleet's gRPC call serialises the name with one-byte lengths
+/// (the filter's `grpc_service_for_cluster`).
 fn valid_cluster(cluster: &str) -> bool {
-    let cluster_char = |b: u8| b.is_ascii_alphanumeric() || b"_.:-".contains(&b);
+    let cluster_char = |b: u8| b.is_ascii_alphanumeric() || b"_.:-|".contains(&b);
     !cluster.is_empty() && cluster.len() <= 120 && cluster.bytes().all(cluster_char)
 }
 
@@ -320,12 +334,8 @@ impl RawFleet<'_> {
         let valid_name = |name: &str| {
             !name.is_empty() && name.len() <= MAX_LABEL_LEN && !name.chars().any(char::is_control)
         };
-        let cluster_char = |b: u8| b.is_ascii_alphanumeric() || b"_.:-".contains(&b);
-        if cluster.is_empty() || cluster.len() > 120 || !cluster.bytes().all(cluster_char) {
-            return Err(refuse(
-                "fleet.cluster",
-                "must name an Envoy cluster: 1 to 120 of A-Z a-z 0-9 _ . : -",
-            ));
+        if !valid_cluster(&cluster) {
+            return Err(refuse("fleet.cluster", CLUSTER_RULE));
         }
         if !valid_name(&domain) {
             return Err(refuse(

@@ -176,3 +176,16 @@ pub trait Host: Clock {
     /// Writes a log line. Failing to log is not worth failing anything.
     fn log(&mut self, level: LogLevel, message: &str);
 }
+
+/// The `:status` of the HTTP callout answer being reported (read from
+/// [`Host::http_response_headers`]); `None` without an answer (the call
+/// failed, was reset or timed out).
+pub fn http_answer_status<H: Host>(host: &H) -> Option<u32> {
+    let bytes = host.http_response_headers().ok()?;
+    let pairs = crate::header_map::parse(&bytes).ok()?;
+    pairs
+        .iter()
+        .find(|(name, _)| *name == b":status")
+        .and_then(|(_, value)| core::str::from_utf8(value).ok())
+        .and_then(|value| value.parse().ok())
+}

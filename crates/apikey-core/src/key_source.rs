@@ -36,8 +36,8 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::{Config, KeySpec};
-use crate::header_map;
-use crate::host::{Host, HttpCall, LogLevel};
+
+use crate::host::{http_answer_status, Host, HttpCall, LogLevel};
 use crate::key_record;
 use crate::live_table::{is_limited_key, Changes, NewTable, ShardSet};
 use crate::metrics::Metric;
@@ -449,7 +449,7 @@ impl FeedClient {
             return None;
         }
         self.in_flight = None;
-        let status = answer_status(host);
+        let status = http_answer_status(host);
         let outcome = match status {
             Some(200) => match host.http_response_body(body_size) {
                 Ok(body) if body.len() == body_size => self.take(host, &body),
@@ -939,17 +939,6 @@ impl ParsedLine {
             }
         }
     }
-}
-
-/// The `:status` of the answer being reported; `None` without an answer.
-fn answer_status<H: Host>(host: &H) -> Option<u32> {
-    let bytes = host.http_response_headers().ok()?;
-    let pairs = header_map::parse(&bytes).ok()?;
-    pairs
-        .iter()
-        .find(|(name, _)| *name == b":status")
-        .and_then(|(_, value)| core::str::from_utf8(value).ok())
-        .and_then(|value| value.parse().ok())
 }
 
 #[cfg(test)]

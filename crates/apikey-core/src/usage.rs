@@ -32,8 +32,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::header_map;
-use crate::host::{Host, HttpCall, LogLevel};
+use crate::host::{http_answer_status, Host, HttpCall, LogLevel};
 use crate::key_source::KeySource;
 use crate::metrics::Metric;
 use crate::timestamp::format_rfc3339;
@@ -349,7 +348,7 @@ impl UsageReporter {
             return false;
         };
         self.in_flight = None;
-        match answer_status(host) {
+        match http_answer_status(host) {
             Some(200) => {
                 if let Ok(mut log) = self.log.try_borrow_mut() {
                     log.report_delivered();
@@ -402,17 +401,6 @@ impl UsageReporter {
             ),
         );
     }
-}
-
-/// The `:status` of the answer being reported; `None` without an answer.
-fn answer_status<H: Host>(host: &H) -> Option<u32> {
-    let bytes = host.http_response_headers().ok()?;
-    let pairs = header_map::parse(&bytes).ok()?;
-    pairs
-        .iter()
-        .find(|(name, _)| *name == b":status")
-        .and_then(|(_, value)| core::str::from_utf8(value).ok())
-        .and_then(|value| value.parse().ok())
 }
 
 #[cfg(test)]

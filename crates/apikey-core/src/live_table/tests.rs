@@ -59,6 +59,14 @@ fn always() -> Result<bool, StoreError> {
     Ok(true)
 }
 
+/// Publishes a table of `keys` at feed `generation`, its writer holding
+/// the lease throughout.
+fn publish(store: &MemoryStore, keys: &[(&str, &str)], generation: u64) -> LiveHead {
+    publish_table(store, &lineage(), &new_table(keys, generation), 10, &always)
+        .unwrap()
+        .expect("a writer holding the lease did not publish")
+}
+
 #[test]
 fn a_published_table_serves_every_key_from_its_shards() {
     let store = MemoryStore::new();
@@ -66,9 +74,7 @@ fn a_published_table_serves_every_key_from_its_shards() {
         .map(|i| (format!("k{i}"), format!("raw{i}")))
         .collect();
     let keys: Vec<(&str, &str)> = keys.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let head = publish_table(&store, &lineage(), &new_table(&keys, 5), 1_000, &always)
-        .unwrap()
-        .unwrap();
+    let head = publish(&store, &keys, 5);
     assert_eq!(head.key_count, 200);
     assert!(head.bits >= 3, "200 keys in {} bits", head.bits);
     assert_eq!(read_head(&store, &lineage()).unwrap(), Some(head));
@@ -98,35 +104,11 @@ fn a_published_table_serves_every_key_from_its_shards() {
 #[test]
 fn a_new_table_goes_to_the_other_bank_and_nothing_of_the_old_one_answers() {
     let store = MemoryStore::new();
-    let first = publish_table(
-        &store,
-        &lineage(),
-        &new_table(&[("a", "ra")], 1),
-        10,
-        &always,
-    )
-    .unwrap()
-    .unwrap();
-    let second = publish_table(
-        &store,
-        &lineage(),
-        &new_table(&[("b", "rb")], 2),
-        10,
-        &always,
-    )
-    .unwrap()
-    .unwrap();
+    let first = publish(&store, &[("a", "ra")], 1);
+    let second = publish(&store, &[("b", "rb")], 2);
     assert_ne!(first.bank, second.bank);
     assert!(second.build > first.build, "builds must only grow");
-    let third = publish_table(
-        &store,
-        &lineage(),
-        &new_table(&[("c", "rc")], 3),
-        10,
-        &always,
-    )
-    .unwrap()
-    .unwrap();
+    let third = publish(&store, &[("c", "rc")], 3);
     assert_eq!(third.bank, first.bank);
     assert_eq!(
         id_of(&store, &third, "ra"),
@@ -158,9 +140,7 @@ fn changes_rewrite_only_the_shards_they_touch() {
         .map(|i| (format!("k{i}"), format!("raw{i}")))
         .collect();
     let keys: Vec<(&str, &str)> = keys.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let head = publish_table(&store, &lineage(), &new_table(&keys, 1), 10, &always)
-        .unwrap()
-        .unwrap();
+    let head = publish(&store, &keys, 1);
     let mut revoked = config(&[("k7", "raw7")]).keys.remove(0);
     revoked.revoked = true;
     let added = config(&[("new", "rawnew")]);
@@ -214,15 +194,7 @@ fn changes_rewrite_only_the_shards_they_touch() {
 #[test]
 fn changed_settings_are_read_with_the_head_that_names_them() {
     let store = MemoryStore::new();
-    let head = publish_table(
-        &store,
-        &lineage(),
-        &new_table(&[("a", "ra")], 1),
-        10,
-        &always,
-    )
-    .unwrap()
-    .unwrap();
+    let head = publish(&store, &[("a", "ra")], 1);
     let changes = Changes {
         settings: Some(b"{}".to_vec()),
         generation: 4,

@@ -31,6 +31,8 @@ mod rule;
 mod strict;
 mod validate;
 
+pub(crate) use self::validate::check_fleet_periods;
+
 /// The longest tenant, env or plan name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 /// The longest key `id`.

@@ -35,7 +35,8 @@
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::{Config, KeySpec};
+use crate::config::{check_fleet_periods, Config, KeySpec};
+use crate::fleet::Fleet;
 
 use crate::host::{http_answer_status, Host, HttpCall, LogLevel};
 use crate::key_record;
@@ -55,8 +56,9 @@ pub struct KeySource {
     pub token: String,
     /// The `:authority` of the feed requests (default: the cluster name).
     pub authority: String,
-    /// The configuration's `fleet`, as JSON, added to every table.
-    pub fleet: Option<Vec<u8>>,
+    /// The configuration's `fleet`: it replaces the settings' own in every
+    /// table this gateway takes ([`with_gateway_fleet`]).
+    pub fleet: Option<Fleet>,
 }
 
 /// Keys asked for per snapshot page.
@@ -150,33 +152,42 @@ impl Table {
     }
 }
 
-/// The settings line as a §1 configuration without keys, validated. The
-/// `key_source` configuration's `fleet`, when it has one, replaces the
-/// settings' own: which rate-limit service a gateway asks is a property of
-/// where it runs, so the Envoy configuration decides.
-fn settings_configuration(line: &[u8], fleet: Option<&[u8]>) -> Result<(Config, Vec<u8>), String> {
+/// The settings line as a §1 configuration without keys, read strictly
+/// and validated, with the gateway's `fleet` applied; and the settings
+/// text every VM of the process reads from shared data (the service's
+/// settings as sent: each VM applies its own configuration's fleet).
+fn settings_configuration(line: &[u8], fleet: Option<&Fleet>) -> Result<(Config, Vec<u8>), String> {
     // Canonical lines (§10.5): `{"settings":{…}}`, no spaces.
     let inner = line
         .strip_prefix(b"{\"settings\":")
         .and_then(|rest| rest.strip_suffix(b"}"))
         .ok_or("the settings line is not {\"settings\":{…}}")?;
-    let checked = |text: &[u8]| match Config::parse(text) {
-        Ok(Some(config)) if config.key_source.is_none() && config.keys.is_empty() => Ok(config),
-        Ok(_) => Err("the settings hold keys or a key_source".to_owned()),
-        Err(error) => Err(format!("the settings are invalid: {error}")),
+    let config = match Config::parse(inner) {
+        Ok(Some(config)) if config.key_source.is_none() && config.keys.is_empty() => config,
+        Ok(_) => return Err("the settings hold keys or a key_source".to_owned()),
+        Err(error) => return Err(format!("the settings are invalid: {error}")),
     };
-    // Read strictly as sent first (a field given twice is refused).
-    let config = checked(inner)?;
+    Ok((with_gateway_fleet(config, fleet)?, inner.to_vec()))
+}
+
+/// `config` (settings from the key service) with the gateway's `fleet`, when
+/// it has one, in place of the settings' own: which rate-limit service a
+/// gateway asks depends on where it runs, so the Envoy configuration
+/// decides. Every plan's limits must then suit that fleet, as a §1
+/// configuration's would.
+pub fn with_gateway_fleet(mut config: Config, fleet: Option<&Fleet>) -> Result<Config, String> {
     let Some(fleet) = fleet else {
-        return Ok((config, inner.to_vec()));
+        return Ok(config);
     };
-    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(inner)
-        .map_err(|error| format!("the settings are invalid: {error}"))?;
-    let fleet: serde_json::Value =
-        serde_json::from_slice(fleet).map_err(|error| format!("fleet: {error}"))?;
-    object.insert("fleet".to_owned(), fleet);
-    let text = serde_json::to_vec(&object).map_err(|error| error.to_string())?;
-    Ok((checked(&text)?, text))
+    for plan in &config.plans {
+        check_fleet_periods(
+            &format!("plans.{}.rate_limits", plan.name),
+            &plan.rate_limits,
+        )
+        .map_err(|error| format!("the settings are invalid with this gateway's fleet: {error}"))?;
+    }
+    config.fleet = Some(fleet.clone());
+    Ok(config)
 }
 
 /// A table being assembled from snapshot pages.
@@ -593,7 +604,7 @@ impl FeedClient {
         }
         if let Some(line) = answer.settings {
             if self.table.settings_line.as_ref() != Some(&line) {
-                let settings = settings_configuration(&line, self.source.fleet.as_deref())?;
+                let settings = settings_configuration(&line, self.source.fleet.as_ref())?;
                 if self.building.is_some()
                     && self
                         .table
@@ -702,7 +713,7 @@ impl FeedClient {
             .settings
             .filter(|line| self.table.settings_line.as_ref() != Some(line));
         let new_settings = match &settings_line {
-            Some(line) => Some(settings_configuration(line, self.source.fleet.as_deref())?),
+            Some(line) => Some(settings_configuration(line, self.source.fleet.as_ref())?),
             None => None,
         };
         let Some(config) = new_settings

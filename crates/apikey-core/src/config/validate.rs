@@ -52,6 +52,12 @@ impl RawConfig<'_> {
             None => None,
             Some(raw) => Some(raw.validate(&plans, &keys)?),
         };
+        // A gateway following the key service applies its own fleet to
+        // every table it takes (key_source::with_gateway_fleet).
+        let key_source = key_source.map(|source| KeySource {
+            fleet: fleet.clone(),
+            ..source
+        });
         let case_insensitive_paths = self.case_insensitive_paths.unwrap_or(false);
         let rules = self
             .rules
@@ -148,19 +154,12 @@ impl RawConfig<'_> {
                 "must be a host name (and port): 1 to 255 of A-Z a-z 0-9 _ . : - [ ]",
             ));
         }
-        // The fleet travels into every table built from the feed, as
-        // written (it is validated with each table too).
-        let fleet = match &self.fleet {
-            None => None,
-            Some(fleet) => Some(
-                serde_json::to_vec(fleet).map_err(|error| refuse("fleet", error.to_string()))?,
-            ),
-        };
+        // The fleet, validated with the rest, is set in `validate`.
         Ok(KeySource {
             cluster,
             token,
             authority,
-            fleet,
+            fleet: None,
         })
     }
 }
@@ -392,7 +391,7 @@ impl RawFleet<'_> {
 
 /// A fleet's service counts per second, minute, hour and day: every limit
 /// of `table` (at `field`) must use one of those periods.
-fn check_fleet_periods(field: &str, table: &LimitTable) -> Result<(), ConfigError> {
+pub(crate) fn check_fleet_periods(field: &str, table: &LimitTable) -> Result<(), ConfigError> {
     for (pattern, limit) in table.entries() {
         if Unit::of_period(limit.period_seconds).is_none() {
             return Err(refuse(

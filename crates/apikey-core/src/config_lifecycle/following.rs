@@ -14,7 +14,7 @@ use std::rc::Rc;
 use crate::config::Config;
 use crate::decision::Gateway;
 use crate::host::{Host, LogLevel};
-use crate::key_source::{FeedClient, KeySource, Update};
+use crate::key_source::{with_gateway_fleet, FeedClient, KeySource, Update};
 use crate::live_table::lease::{self, Lease};
 use crate::live_table::{self, LiveHead};
 use crate::metrics::Metric;
@@ -212,14 +212,19 @@ impl Follower {
             Some(config) => config,
             None => {
                 let text = live_table::read_settings(host.store(), &self.lineage, &head).ok()??;
-                match Config::parse(&text) {
-                    Ok(Some(config)) => config,
-                    other => {
+                let fleet = self.client.source().fleet.as_ref();
+                let parsed = match Config::parse(&text) {
+                    Ok(Some(config)) => with_gateway_fleet(config, fleet),
+                    Ok(None) => Err("empty".to_owned()),
+                    Err(error) => Err(error.to_string()),
+                };
+                match parsed {
+                    Ok(config) => config,
+                    Err(error) => {
                         host.log(
                             LogLevel::Critical,
                             &format!(
-                                "key_source: the shared settings cannot be read ({:?}); the last table stays served",
-                                other.err()
+                                "key_source: the shared settings cannot be read ({error}); the last table stays served"
                             ),
                         );
                         return None;

@@ -768,17 +768,26 @@ fn probe_snapshot_cost() {
 
 #[test]
 fn the_gateways_fleet_replaces_one_in_the_service_settings() {
-    let fleet = br#"{"cluster":"local_rls","domain":"apikey"}"#;
+    let gateway = Config::parse(br#"{"fleet":{"cluster":"local_rls","domain":"apikey"}}"#)
+        .unwrap()
+        .unwrap()
+        .fleet;
     let line = br#"{"settings":{"fleet":{"cluster":"service_rls","domain":"x"},"rules":[]}}"#;
-    let (config, text) = settings_configuration(line, Some(fleet)).unwrap();
+    let (config, text) = settings_configuration(line, gateway.as_ref()).unwrap();
     assert_eq!(
         config.fleet.map(|fleet| fleet.cluster).as_deref(),
         Some("local_rls"),
         "the service's fleet won"
     );
-    assert!(
-        Config::parse(&text).unwrap().is_some(),
-        "the settings text does not parse"
+    let shared = Config::parse(&text).unwrap().unwrap();
+    assert_eq!(
+        with_gateway_fleet(shared, gateway.as_ref())
+            .unwrap()
+            .fleet
+            .map(|fleet| fleet.cluster)
+            .as_deref(),
+        Some("local_rls"),
+        "a VM reading the shared settings serves another fleet"
     );
     let (config, _) = settings_configuration(line, None).unwrap();
     assert_eq!(
@@ -786,9 +795,16 @@ fn the_gateways_fleet_replaces_one_in_the_service_settings() {
         Some("service_rls")
     );
     let twice = br#"{"settings":{"rules":[],"rules":[]}}"#;
-    let refused = settings_configuration(twice, Some(fleet)).unwrap_err();
+    let refused = settings_configuration(twice, gateway.as_ref()).unwrap_err();
     assert!(
         refused.contains("rules"),
         "a field given twice passed: {refused}"
+    );
+    let odd_period =
+        br#"{"settings":{"plans":{"p":{"rate_limits":{"*":{"requests":1,"period_seconds":7}}}}}}"#;
+    let refused = settings_configuration(odd_period, gateway.as_ref()).unwrap_err();
+    assert!(
+        refused.contains("plans.p.rate_limits.*.period_seconds"),
+        "a plan the fleet cannot count passed: {refused}"
     );
 }

@@ -120,9 +120,16 @@ pub const MIGRATIONS: &[&str] = &[
 /// the busy timeout, and brings its schema up to date.
 pub fn open(path: &Path) -> Result<Connection, ApiError> {
     create_private(path)?;
+    // NO_MUTEX, as rusqlite's own default: a `Connection` is used by one
+    // thread at a time (it is not `Sync`; the pool holds each behind a
+    // `Mutex`), so SQLite's lock around every call (each column of each
+    // row read) is pure cost: a snapshot page of 10,000 stored lines took
+    // 5.6 ms of CPU with it and 4.7 ms without (release build).
     let connection = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|error| cannot_open(path, &error))?;
     configure(&connection).map_err(|error| cannot_open(path, &error))?;

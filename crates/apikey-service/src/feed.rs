@@ -91,7 +91,54 @@ pub fn head(connection: &Connection) -> Result<Head, ApiError> {
 
 /// A key as the feed sends it: the §1 key object with only what the
 /// filter reads (no name, hint or dates), keys sorted, no spaces.
+///
+/// Written in one pass from [`LineFields`], whose fields are declared in
+/// name order, rather than through a sorted map of cloned values: the
+/// same bytes ([`key_line_by_map`], the definition, is checked against it
+/// in the tests) at a fraction of the cost, which every stored key pays
+/// once when it is written (an import of a million keys among them).
 pub fn key_line(record: &KeyRecord) -> String {
+    let fields = LineFields {
+        env: record.env.as_deref(),
+        expires_at: record.expires_at.as_deref(),
+        id: &record.id,
+        plan: record.plan.as_deref(),
+        rate_limits: record.rate_limits.as_ref(),
+        revoked: record.revoked,
+        scopes: &record.scopes,
+        sha256: record.sha256.to_hex(),
+        tenant: &record.tenant,
+    };
+    // serde_json fails only on a map key that is not a string, which no
+    // `Value` holds; the definition stands in rather than an empty line.
+    serde_json::to_string(&fields).unwrap_or_else(|_| key_line_by_map(record))
+}
+
+/// The members of a key line, declared in the order of their names (the
+/// canonical order: `"env" < "expires_at" < "id" < … < "tenant"`), the
+/// optional ones left out when absent. `scopes` and `rate_limits` are
+/// `serde_json` values, whose objects are sorted maps (the crate is built
+/// without `preserve_order`), so they come out sorted at every depth.
+#[derive(serde::Serialize)]
+struct LineFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<&'a str>,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limits: Option<&'a Value>,
+    revoked: bool,
+    scopes: &'a Value,
+    sha256: String,
+    tenant: &'a str,
+}
+
+/// The key line by its definition: the members in a sorted map, written
+/// out. [`key_line`] writes the same bytes faster.
+pub fn key_line_by_map(record: &KeyRecord) -> String {
     let mut map = serde_json::Map::new();
     map.insert("id".to_owned(), json!(record.id));
     map.insert("sha256".to_owned(), json!(record.sha256.to_hex()));

@@ -456,7 +456,7 @@ def test_sigterm_stops_gracefully_and_a_restart_keeps_every_key(service):
 
 
 def test_the_database_is_versioned_in_wal_mode(service):
-    assert service.sql("PRAGMA user_version") == [(3,)], "schema 3 adds key usage (schema 2 the feed's change log)"
+    assert service.sql("PRAGMA user_version") == [(4,)], "schema 4 stores each key's feed line (3 key usage, 2 the feed's change log)"
     assert service.sql("PRAGMA journal_mode") == [("wal",)]
     mode = service.db.stat().st_mode & 0o777
     assert mode == 0o600, f"the database is mode {oct(mode)}"

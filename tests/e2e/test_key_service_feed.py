@@ -257,6 +257,29 @@ def test_generations_survive_a_restart_and_count_writes_made_beside_the_service(
     assert changes(service, before["generation"])["header"]["keys"] == 1, "a write from another process was not logged"
 
 
+def test_each_key_is_served_from_its_stored_line_which_another_process_cannot_leave_stale(service):
+    kept = service.create(tenant="acme", scopes=["leads:read"])
+    rotated = service.create(tenant="acme")
+    assert service.import_lines([imported_key(i, tenant="bulk") for i in range(5)]).status == 200
+    service.ok("POST", f"/v1/keys/{kept['id']}/revoke")
+    service.ok("POST", f"/v1/keys/{rotated['id']}/rotate", {"grace_seconds": 60}, status=201)
+    _, _, table = snapshot(service, limit=3)
+    stored = dict(service.sql("SELECT id, feed_line FROM keys"))
+    assert stored == table, "the lines the service stored are not the lines it serves"
+
+    generation = changes(service, 0)["header"]["generation"]
+    service.sql("UPDATE keys SET tenant = 'moved' WHERE id = ?", kept["id"])
+    served = json.loads(snapshot(service)[2][kept["id"]])
+    assert served["tenant"] == "moved", f"another process's write is not served: {served}"
+    deadline = time.monotonic() + 15
+    while service.sql("SELECT feed_line FROM keys WHERE id = ?", kept["id"]) == [(None,)]:
+        assert time.monotonic() < deadline, "the service did not store the line another process emptied"
+        time.sleep(0.05)
+    _, _, table = snapshot(service)
+    assert dict(service.sql("SELECT id, feed_line FROM keys")) == table, "the filled line is not the served one"
+    assert changes(service, 0)["header"]["generation"] == generation + 1, "storing a line made a generation"
+
+
 # --- long polling ----------------------------------------------------------------
 
 def test_a_long_poll_answers_promptly_on_a_change_and_after_the_wait_when_idle(service):

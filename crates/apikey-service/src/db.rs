@@ -95,15 +95,41 @@ pub const MIGRATIONS: &[&str] = &[
          count INTEGER NOT NULL,
          PRIMARY KEY (key_id, day)
      ) WITHOUT ROWID;",
+    // 4: each key's feed line stored with it (`crate::feed_lines`), so a
+    // snapshot page, a changes answer and the digest's rebuild read it
+    // instead of building it per key at read time. The trigger empties it
+    // in the writer's own transaction whenever a column it is made of
+    // changes (the feed log's own list of columns, step 2), whoever the
+    // writer is, and a new row's is empty unless its writer set it; a
+    // read falls back to building an empty one from the columns, and the
+    // service fills empty ones. Filling writes `feed_line` alone, which
+    // neither trigger lists: it logs no change and wakes no long poll.
+    // The partial index finds the empty ones without a scan. Lines are
+    // not built here (SQL cannot build them as the service does): a
+    // database of a million keys is migrated in about 0.5 s (the index's
+    // one scan; release build), and the service fills its lines in the
+    // background (about 6 s, served right meanwhile).
+    "ALTER TABLE keys ADD COLUMN feed_line TEXT;
+     CREATE INDEX keys_without_feed_line ON keys (seq) WHERE feed_line IS NULL;
+     CREATE TRIGGER keys_feed_line_stale
+     AFTER UPDATE OF id, sha256, tenant, scopes, plan, env, expires_at, revoked, rate_limits ON keys
+     BEGIN UPDATE keys SET feed_line = NULL WHERE seq = NEW.seq; END;",
 ];
 
 /// Opens (creating when missing) the database at `path`, in WAL mode with
 /// the busy timeout, and brings its schema up to date.
 pub fn open(path: &Path) -> Result<Connection, ApiError> {
     create_private(path)?;
+    // NO_MUTEX, as rusqlite's own default: a `Connection` is used by one
+    // thread at a time (it is not `Sync`; the pool holds each behind a
+    // `Mutex`), so SQLite's lock around every call (each column of each
+    // row read) is pure cost: a snapshot page of 10,000 stored lines took
+    // 5.6 ms of CPU with it and 4.7 ms without (release build).
     let connection = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|error| cannot_open(path, &error))?;
     configure(&connection).map_err(|error| cannot_open(path, &error))?;

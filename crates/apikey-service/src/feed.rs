@@ -35,14 +35,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use apikey_core::key_hash::KeyHash;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use crate::error::{ApiError, Kind};
+use crate::feed_lines;
 use crate::pool::Pool;
-use crate::record::{KeyRecord, COLUMNS};
+use crate::record::KeyRecord;
 use crate::settings::{Settings, MAX_KEYS_FIELD};
 use crate::settings_store;
 
@@ -90,7 +91,54 @@ pub fn head(connection: &Connection) -> Result<Head, ApiError> {
 
 /// A key as the feed sends it: the §1 key object with only what the
 /// filter reads (no name, hint or dates), keys sorted, no spaces.
+///
+/// Written in one pass from [`LineFields`], whose fields are declared in
+/// name order, rather than through a sorted map of cloned values: the
+/// same bytes ([`key_line_by_map`], the definition, is checked against it
+/// in the tests) at a fraction of the cost, which every stored key pays
+/// once when it is written (an import of a million keys among them).
 pub fn key_line(record: &KeyRecord) -> String {
+    let fields = LineFields {
+        env: record.env.as_deref(),
+        expires_at: record.expires_at.as_deref(),
+        id: &record.id,
+        plan: record.plan.as_deref(),
+        rate_limits: record.rate_limits.as_ref(),
+        revoked: record.revoked,
+        scopes: &record.scopes,
+        sha256: record.sha256.to_hex(),
+        tenant: &record.tenant,
+    };
+    // serde_json fails only on a map key that is not a string, which no
+    // `Value` holds; the definition stands in rather than an empty line.
+    serde_json::to_string(&fields).unwrap_or_else(|_| key_line_by_map(record))
+}
+
+/// The members of a key line, declared in the order of their names (the
+/// canonical order: `"env" < "expires_at" < "id" < … < "tenant"`), the
+/// optional ones left out when absent. `scopes` and `rate_limits` are
+/// `serde_json` values, whose objects are sorted maps (the crate is built
+/// without `preserve_order`), so they come out sorted at every depth.
+#[derive(serde::Serialize)]
+struct LineFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<&'a str>,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limits: Option<&'a Value>,
+    revoked: bool,
+    scopes: &'a Value,
+    sha256: String,
+    tenant: &'a str,
+}
+
+/// The key line by its definition: the members in a sorted map, written
+/// out. [`key_line`] writes the same bytes faster.
+pub fn key_line_by_map(record: &KeyRecord) -> String {
     let mut map = serde_json::Map::new();
     map.insert("id".to_owned(), json!(record.id));
     map.insert("sha256".to_owned(), json!(record.sha256.to_hex()));
@@ -198,14 +246,15 @@ impl Tally {
         add(&mut self.sum, &hash);
     }
 
+    /// Hashes every key's stored line ([`crate::feed_lines`]): at a
+    /// million keys, about 1 s at start where building each line took 3 s.
     fn rebuild(&mut self, connection: &Connection, head: &Head) -> Result<(), ApiError> {
         *self = Self::default();
         self.settings = sha256(&settings_line(&settings_store::load(connection)?));
-        settings_store::for_each_batch(connection, &mut |records| {
-            for record in records {
-                self.put(record.seq, sha256(&key_line(record)));
-            }
-            true
+        let mut statement = connection.prepare("SELECT seq, feed_line FROM keys ORDER BY seq")?;
+        let mut rows = statement.query([])?;
+        feed_lines::each_line(connection, &mut rows, usize::MAX, &mut |seq, line| {
+            self.put(seq, sha256(line));
         })?;
         self.built = true;
         self.epoch.clone_from(&head.epoch);
@@ -230,9 +279,9 @@ impl Tally {
         if settings_changed {
             self.settings = sha256(&settings_line(&settings_store::load(connection)?));
         }
-        for record in changed_keys(connection, self.generation, usize::MAX)? {
-            self.put(record.seq, sha256(&key_line(&record)));
-        }
+        changed_lines(connection, self.generation, usize::MAX, &mut |seq, line| {
+            self.put(seq, sha256(line));
+        })?;
         self.generation = head.generation;
         Ok(())
     }
@@ -245,21 +294,20 @@ impl Tally {
     }
 }
 
-/// The current records of the keys logged after `since`, oldest first,
-/// at most `limit` of them.
-fn changed_keys(
+/// Visits the current line of each key logged after `since`, oldest
+/// first, at most `limit` of them; says whether more were logged.
+fn changed_lines(
     connection: &Connection,
     since: i64,
     limit: usize,
-) -> Result<Vec<KeyRecord>, ApiError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM keys WHERE seq IN \
-         (SELECT key_seq FROM feed_log WHERE generation > ?1) ORDER BY seq LIMIT ?2"
-    );
-    let mut statement = connection.prepare_cached(&sql)?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = statement.query_map(params![since, limit], KeyRecord::from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    visit: &mut dyn FnMut(i64, &str),
+) -> Result<bool, ApiError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT seq, feed_line FROM keys WHERE seq IN \
+         (SELECT key_seq FROM feed_log WHERE generation > ?1) ORDER BY seq",
+    )?;
+    let mut rows = statement.query([since])?;
+    feed_lines::each_line(connection, &mut rows, limit, visit)
 }
 
 /// The feed's shared state: the running digest, and the generation last
@@ -353,8 +401,12 @@ pub struct Answer {
     pub header: Value,
     /// The settings line, when the answer carries settings.
     pub settings: Option<String>,
-    /// The key lines.
-    pub keys: Vec<String>,
+    /// The key lines, each followed by `\n`, in the answer's order: one
+    /// buffer the stored lines are copied into as they are read (no
+    /// string per key).
+    pub key_lines: String,
+    /// How many key lines `key_lines` holds.
+    pub keys: usize,
     /// The trailer line.
     pub trailer: Value,
     /// The head the answer was read at.
@@ -364,22 +416,58 @@ pub struct Answer {
 impl Answer {
     /// The body: one line each, `\n` after every line.
     pub fn body(&self) -> String {
-        let size = self.keys.iter().map(|line| line.len() + 1).sum::<usize>() + 512;
+        let header = self.header.to_string();
+        let trailer = self.trailer.to_string();
+        let settings = self.settings.as_deref().unwrap_or_default();
+        let size = header.len() + settings.len() + self.key_lines.len() + trailer.len() + 4;
         let mut body = String::with_capacity(size);
-        body.push_str(&self.header.to_string());
+        body.push_str(&header);
         body.push('\n');
-        for line in self.settings.iter().chain(self.keys.iter()) {
-            body.push_str(line);
+        if let Some(settings) = &self.settings {
+            body.push_str(settings);
             body.push('\n');
         }
-        body.push_str(&self.trailer.to_string());
+        body.push_str(&self.key_lines);
+        body.push_str(&trailer);
         body.push('\n');
         body
     }
 
+    /// The key lines, without their `\n`.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.key_lines.lines()
+    }
+
     /// Whether nothing changed (a changes answer with no line to apply).
     pub fn is_empty(&self) -> bool {
-        self.settings.is_none() && self.keys.is_empty()
+        self.settings.is_none() && self.keys == 0
+    }
+}
+
+/// Collects key lines into one buffer, `\n` after each.
+#[derive(Debug, Default)]
+struct Lines {
+    text: String,
+    count: usize,
+    last_seq: Option<i64>,
+}
+
+impl Lines {
+    /// A buffer for about `keys` lines (a key line is about 200 bytes;
+    /// reserving ahead saves the copies of growing 2 MB in steps).
+    fn with_room(keys: usize) -> Self {
+        Self {
+            text: String::with_capacity(keys.min(MAX_PAGE).saturating_mul(224)),
+            count: 0,
+            last_seq: None,
+        }
+    }
+
+    fn push(&mut self, seq: i64, line: &str) {
+        self.text.push_str(line);
+        self.text.push('\n');
+        self.count += 1;
+        self.last_seq = Some(seq);
     }
 }
 
@@ -507,31 +595,32 @@ pub fn snapshot(
             None => Some(settings_line(&settings_store::load(connection)?)),
             Some(_) => None,
         };
-        let sql = format!("SELECT {COLUMNS} FROM keys WHERE seq > ?1 ORDER BY seq LIMIT ?2");
-        let mut statement = connection.prepare_cached(&sql)?;
-        let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let rows = statement.query_map(
-            params![query.cursor.unwrap_or(0), fetch],
-            KeyRecord::from_row,
-        )?;
-        let mut records = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        let next_cursor = if records.len() > query.limit {
-            records.truncate(query.limit);
-            records.last().map(|last| format!("s{}", last.seq))
-        } else {
-            None
-        };
-        let keys: Vec<String> = records.iter().map(key_line).collect();
+        // The stored lines, copied from SQLite's page straight into the
+        // body's buffer ([`feed_lines::each_line`]). At a million keys in
+        // pages of 10,000 (release build, a 2-core machine): 28.4 ms of
+        // service time a page (median) when each line was built from its
+        // record, 3.9 ms (0.4 µs a key) read from the stored lines; all
+        // 100 pages, read by one client, 3.5 s before and 0.7 s after.
+        let mut statement = connection
+            .prepare_cached("SELECT seq, feed_line FROM keys WHERE seq > ?1 ORDER BY seq")?;
+        let mut rows = statement.query([query.cursor.unwrap_or(0)])?;
+        let mut lines = Lines::with_room(query.limit);
+        let more = feed_lines::each_line(connection, &mut rows, query.limit, &mut |seq, line| {
+            lines.push(seq, line);
+        })?;
+        drop(rows);
+        let next_cursor = lines.last_seq.filter(|_| more).map(|seq| format!("s{seq}"));
         let header = json!({
             "feed": FORMAT, "kind": "snapshot", "epoch": head.epoch,
             "generation": head.generation,
             "cursor": query.cursor.map(|seq| format!("s{seq}")),
-            "next_cursor": next_cursor, "settings": settings.is_some(), "keys": keys.len(),
+            "next_cursor": next_cursor, "settings": settings.is_some(), "keys": lines.count,
         });
         Ok(Answer {
             header,
             settings,
-            keys,
+            key_lines: lines.text,
+            keys: lines.count,
             trailer: trailer(head, summary),
             head: head.clone(),
         })
@@ -580,8 +669,11 @@ pub fn changes(
             [query.since],
             |row| row.get(0),
         )?;
-        let records = changed_keys(connection, query.since, MAX_CHANGES.saturating_add(1))?;
-        if records.len() > MAX_CHANGES {
+        let mut lines = Lines::default();
+        let more = changed_lines(connection, query.since, MAX_CHANGES, &mut |seq, line| {
+            lines.push(seq, line);
+        })?;
+        if more {
             return gone(format!(
                 "more than {MAX_CHANGES} keys changed since generation {}",
                 query.since
@@ -592,15 +684,15 @@ pub fn changes(
         } else {
             None
         };
-        let keys: Vec<String> = records.iter().map(key_line).collect();
         let header = json!({
             "feed": FORMAT, "kind": "changes", "epoch": head.epoch, "since": query.since,
-            "generation": head.generation, "settings": settings.is_some(), "keys": keys.len(),
+            "generation": head.generation, "settings": settings.is_some(), "keys": lines.count,
         });
         Ok(Answer {
             header,
             settings,
-            keys,
+            key_lines: lines.text,
+            keys: lines.count,
             trailer: trailer(head, summary),
             head: head.clone(),
         })
@@ -608,64 +700,4 @@ pub fn changes(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hash_of(n: u8) -> [u8; 32] {
-        let mut hash = [0u8; 32];
-        hash[31] = n;
-        hash
-    }
-
-    #[test]
-    fn the_sum_carries_wraps_and_undoes_exactly() {
-        let mut sum: Sum = [0, 0, 0, u64::MAX];
-        add(&mut sum, &hash_of(1));
-        assert_eq!(sum, [0, 0, 1, 0], "the carry did not reach the next limb");
-        subtract(&mut sum, &hash_of(1));
-        assert_eq!(sum, [0, 0, 0, u64::MAX], "subtracting did not undo adding");
-        let mut wrapped: Sum = [u64::MAX; 4];
-        add(&mut wrapped, &hash_of(1));
-        assert_eq!(wrapped, [0; 4], "the sum is not modulo 2^256");
-    }
-
-    #[test]
-    fn the_digest_does_not_depend_on_the_order_keys_were_added() {
-        let mut forward = Tally::default();
-        let mut backward = Tally::default();
-        for seq in 1..=50u8 {
-            forward.put(i64::from(seq), sha256(&format!("key {seq}")));
-            backward.put(i64::from(51 - seq), sha256(&format!("key {}", 51 - seq)));
-        }
-        assert_eq!(forward.summary(), backward.summary());
-        backward.put(7, sha256("key 7 revoked"));
-        assert_ne!(
-            forward.summary(),
-            backward.summary(),
-            "a changed key left the digest alone"
-        );
-        backward.put(7, sha256("key 7"));
-        assert_eq!(
-            forward.summary(),
-            backward.summary(),
-            "a change undone left a trace"
-        );
-    }
-
-    #[test]
-    fn queries_refuse_unknown_repeated_and_out_of_range_parameters() {
-        assert!(ChangesQuery::parse(None).is_err(), "since is required");
-        assert!(ChangesQuery::parse(Some("since=1&since=2")).is_err());
-        assert!(ChangesQuery::parse(Some("since=1&wait=61")).is_err());
-        assert!(ChangesQuery::parse(Some("since=-1")).is_err());
-        assert!(SnapshotQuery::parse(Some("cursor=c12")).is_err());
-        assert!(SnapshotQuery::parse(Some("limit=0")).is_err());
-        assert!(SnapshotQuery::parse(Some("page=1")).is_err());
-        let changes = ChangesQuery::parse(Some("since=12&wait=25&epoch=ab")).unwrap();
-        assert_eq!(changes.since, 12);
-        assert_eq!(changes.wait, Duration::from_secs(25));
-        assert_eq!(changes.epoch.as_deref(), Some("ab"));
-        let page = SnapshotQuery::parse(Some("cursor=s40&limit=2")).unwrap();
-        assert_eq!((page.cursor, page.limit), (Some(40), 2));
-    }
-}
+mod tests;

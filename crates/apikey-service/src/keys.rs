@@ -23,6 +23,7 @@ use crate::keygen::{self, RandomSource, SecretKey};
 use crate::record::{state_word, KeyRecord, COLUMNS};
 use crate::settings::Settings;
 use crate::settings_store;
+use crate::{feed, feed_lines};
 
 /// The fields `POST /v1/keys` takes.
 pub const CREATE_FIELDS: &[&str] = &[
@@ -274,10 +275,16 @@ pub fn record_from_object(object: &Value, now: UnixNanos) -> Result<KeyRecord, A
 
 /// The INSERT of [`insert`] (prepared once per transaction).
 pub const INSERT: &str = "INSERT INTO keys (id, sha256, tenant, scopes, plan, env, name, hint, \
-     expires_at, expires_ns, revoked, revoked_at, rate_limits, created_at, replaced_by, replaces) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+     expires_at, expires_ns, revoked, revoked_at, rate_limits, created_at, replaced_by, replaces, \
+     feed_line) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
-/// Stores a new record (its `seq` is assigned by the database).
+/// Stores a new record (its `seq` is assigned by the database), with its
+/// feed line ([`crate::feed_lines`]). The line is built from `record`
+/// itself rather than read back: the columns are `record`'s fields, the
+/// JSON ones written by `serde_json` and read back into equal values, so
+/// the line built from the stored row is the same (the feed's tests
+/// compare the two).
 pub fn insert(connection: &Connection, record: &KeyRecord) -> rusqlite::Result<()> {
     let mut statement = connection.prepare_cached(INSERT)?;
     statement.execute(params![
@@ -297,6 +304,7 @@ pub fn insert(connection: &Connection, record: &KeyRecord) -> rusqlite::Result<(
         record.created_at,
         record.replaced_by,
         record.replaces,
+        feed::key_line(record),
     ])?;
     Ok(())
 }
@@ -453,6 +461,9 @@ pub fn revoke(
     )?;
     let record = get(&transaction, id)?;
     if changed > 0 {
+        // The update emptied the stored line (by trigger): store the new
+        // one in the same transaction.
+        feed_lines::store(&transaction, &record)?;
         transaction.commit()?;
     }
     Ok(record)
@@ -527,6 +538,9 @@ pub fn rotate(
         "UPDATE keys SET expires_at = ?2, expires_ns = ?3, replaced_by = ?4 WHERE id = ?1",
         params![old.id, old_expires_at, old_expires_ns, record.id],
     )?;
+    // The update emptied the old key's stored line (by trigger); the new
+    // key's was stored with it.
+    feed_lines::refresh(&transaction, &old.id)?;
     transaction.commit()?;
     let record = get(connection, &record.id)?;
     Ok(Created {

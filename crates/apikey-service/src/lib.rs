@@ -7,7 +7,7 @@
 //! keys against them with the core's own validator; [`keys`], [`import`]
 //! and [`settings_store`] are the operations, each one transaction;
 //! [`feed`] is what gateways follow (a snapshot, then changes, with a
-//! digest); [`usage`] what they report back (requests per key per day,
+//! digest), read from each key's line stored by [`feed_lines`]; [`usage`] what they report back (requests per key per day,
 //! and each key's last use); [`http`] maps routes to them, with [`auth`]'s constant-time token check
 //! and [`metrics`]; [`server`] runs it all until SIGTERM or SIGINT. It is
 //! a crate of its own so the CLI's `--db` mode calls the very operations
@@ -17,6 +17,7 @@ pub mod auth;
 pub mod db;
 pub mod error;
 pub mod feed;
+pub mod feed_lines;
 pub mod http;
 pub mod import;
 pub mod keygen;

@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::auth::Tokens;
 use crate::feed::{self, Feed};
+use crate::feed_lines;
 use crate::http::{router, App, Limits};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -65,6 +66,10 @@ async fn serve(options: &Options) -> Result<(), String> {
     // Reads the generation and builds the digest before the first gateway
     // asks, then keeps both current.
     tokio::spawn(feed::follow(Arc::clone(&feed), Arc::clone(&pool)));
+    // Stores the feed lines of keys written without one (all of them in a
+    // database just migrated to schema 4; since, those other processes
+    // wrote), in the background: they are served right meanwhile.
+    tokio::spawn(feed_lines::fill(Arc::clone(&feed), Arc::clone(&pool)));
     let app = Arc::new(App {
         pool,
         feed,

@@ -808,3 +808,46 @@ fn the_gateways_fleet_replaces_one_in_the_service_settings() {
         "a plan the fleet cannot count passed: {refused}"
     );
 }
+
+#[test]
+#[ignore = "a timing probe, run by hand: cargo test --release -- --ignored probe"]
+fn probe_line_steps() {
+    let config = Config::parse(br#"{"plans":{"pro":{"scopes":["leads:*"],"rate_limits":{"*":{"requests":600,"period_seconds":60}}}}}"#)
+        .unwrap()
+        .unwrap();
+    let lines: Vec<String> = (0..100_000)
+        .map(|i| {
+            format!(
+                r#"{{"env":"live","id":"key_b{i:08}","plan":"pro","revoked":false,"scopes":["leads:read","leads:write"],"sha256":"{}","tenant":"t{}"}}"#,
+                key_hash(&format!("bench-key-{i}")),
+                i % 10_000
+            )
+        })
+        .collect();
+    let time = |what: &str, step: &dyn Fn(&[u8]) -> usize| {
+        let started = std::time::Instant::now();
+        let total: usize = lines.iter().map(|line| step(line.as_bytes())).sum();
+        eprintln!(
+            "{what}: {:?} per line ({total})",
+            started.elapsed() / 100_000
+        );
+    };
+    time("sha256", &|line| sha256(line)[0] as usize);
+    time("parse_key", &|line| {
+        config.parse_key(line).map_or(0, |key| key.id.len())
+    });
+    time("parse+encode", &|line| {
+        config
+            .parse_key(line)
+            .map_or(0, |key| key_record::encode(&key, &config.plans, 0).len())
+    });
+    time("id_key", &|line| {
+        id_index::id_key(core::str::from_utf8(&line[20..34]).unwrap())[0] as usize
+    });
+    time("parse_line+into_record", &|line| {
+        let mut refused = Refusals::default();
+        parse_line(&config, line).map_or(0, |parsed| {
+            parsed.into_record(&config, &mut refused).0.len()
+        })
+    });
+}

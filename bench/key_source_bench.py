@@ -29,12 +29,15 @@ Method (the numbers are only worth their method):
   fresh connections from those ports (closed with a reset, so no
   TIME_WAIT keeps the port): every answer is attributed to its worker.
   The mapping is checked again after each start-up run.
+- Probing runs one thread per worker, so a worker that holds its
+  connections (the one writing the table into shared data) delays only
+  its own probes.
 - Start: a new Envoy at `--concurrency 4` is spawned while the service
-  holds the table; from the spawn, each worker's learned ports are probed
-  in turn (a key of a random sample of imported keys, 1 ms apart) until
-  every one answered 200. A worker enforces from its first 200 (the head
-  of the shared table switches whole, so a worker that served one key of
-  it serves all); *every worker* is the last of them. Then every sampled
+  holds the table; from the spawn, each worker is probed (its learned
+  ports in turn, 5 ms apart, a key of a random sample of imported keys)
+  until it answers 200. A worker enforces from its first 200 (the head of
+  the shared table switches whole, so a worker that served one key of it
+  serves all); *every worker* is the last of them. Then every sampled
   key must answer 200 on every worker, the revoked key 401 `key_revoked`
   and an absent key 401 `invalid_key`. RSS is VmRSS (and VmHWM) from
   /proc once it settled (bench.py's settled_memory_kb). The filter's own
@@ -43,12 +46,12 @@ Method (the numbers are only worth their method):
 - Revocation: two such gateways follow the service. Before each
   revocation the victim answers 200 on every worker of both; the
   revocation is `POST /v1/keys/{id}/revoke`, and the clock starts at the
-  API's answer. Then every worker of both gateways is probed in turn (two
-  ports per worker, 2 ms between rounds) until each answered 401
-  `key_revoked` five times in a row; a worker's time is its first denial
-  of that run (a 200 after a denial restarts its run). The revocation's
-  time is the slowest worker's. Any other answer (503, `invalid_key`) is
-  counted.
+  API's answer. Then every worker of both gateways is probed (two ports
+  per worker, 10 ms apart) until each answered 401 `key_revoked` five
+  times in a row; a worker's time is its first denial of that run (a 200,
+  or a 429 — the key still authenticates, its plan's limit spent by the
+  probes — restarts the run). The revocation's time is the slowest
+  worker's. Any other answer (503, `invalid_key`) is counted.
 - Look-up throughput: bench/bench.py's method (Envoy `--concurrency 1`
   on core 1, wrk one thread on core 0, 128 connections, interleaved
   rounds, medians of per-round ratios, judged on measured req/s when
@@ -70,6 +73,7 @@ Method (the numbers are only worth their method):
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import hashlib
 import http.client
@@ -85,6 +89,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -114,8 +119,9 @@ SAMPLE_KEYS = 64
 # Source ports the probes bind: below Linux's ephemeral range (32768–60999),
 # so no connect() elsewhere on the machine is handed one of them.
 SOURCE_PORTS = (20_000, 32_000)
-PROBE_PACE_S = 0.001
-ROUND_PACE_S = 0.002
+# Between two probes of one worker (each worker has its own prober).
+START_PACE_S = 0.005
+REVOKE_PACE_S = 0.01
 CONFIRM_DENIALS = 5
 GATEWAY_CONCURRENCY = 4
 # crates/apikey-core/src/key_cache.rs CAPACITY: a worker's cache of records
@@ -452,14 +458,6 @@ def port_workers(envoy: Gateway, ports: list[int]) -> dict[int, int]:
     return found
 
 
-def interleaved(pool: dict[int, list[int]]) -> list[tuple[int, int]]:
-    """(worker, port) pairs, the workers taking turns."""
-    out = []
-    for i in range(max(len(p) for p in pool.values())):
-        out += [(w, ports[i]) for w, ports in sorted(pool.items()) if i < len(ports)]
-    return out
-
-
 # --- 1. start: spawn → every worker enforcing ----------------------------------
 
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]\[(\d+)\]\[\w+\]\[\w+\] .*?(key_source: .*)$")
@@ -490,29 +488,40 @@ def key_source_timeline(envoy: Gateway) -> dict:
     return out
 
 
+def each_worker(probe, workers: list) -> list:
+    """`probe(worker)` for every worker at once, one thread each, so that a
+    worker that holds its connections (busy writing a table) delays only
+    its own probes; the results in the order of `workers`."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(workers)) as pool:
+        return list(pool.map(probe, workers))
+
+
 def await_every_worker(envoy: Gateway, pool: dict[int, list[int]], keys: list[str], timeout: float) -> dict:
-    """Probes from the spawn until every pool port answered 200: per port,
-    the first 200 and the last answer before it, in seconds after the spawn."""
-    entries = interleaved(pool)
-    first_ok: dict[int, float] = {}
-    last_not: dict[int, float] = {}
-    probes = 0
-    while len(first_ok) < len(entries):
-        for _, port in entries:
-            if port in first_ok:
-                continue
-            status, _, answered = ask(port, envoy.listener_port, keys[probes % len(keys)])
+    """Probes each worker (its ports in turn, START_PACE_S apart) from the
+    spawn until it answers 200: per worker, that answer and the last one
+    before it, in seconds after the spawn."""
+    failed = threading.Event()
+
+    def probe(worker: int) -> dict:
+        ports = pool[worker]
+        last_not, probes = None, 0
+        while not failed.is_set():
+            status, _, answered = ask(ports[probes % len(ports)], envoy.listener_port, keys[probes % len(keys)])
             probes += 1
             if status == 200:
-                first_ok[port] = answered - envoy.spawned
-            else:
-                last_not[port] = answered - envoy.spawned
-            time.sleep(PROBE_PACE_S)
-        if envoy.process.poll() is not None:
-            raise BenchError(f"{envoy.name}: Envoy exited\n{envoy.log_tail()}")
-        if time.monotonic() - envoy.spawned > timeout:
-            raise BenchError(f"{envoy.name}: not every worker enforced within {timeout} s\n{envoy.log_tail()}")
-    return {"first_ok": first_ok, "last_not": last_not, "probes": probes}
+                return {"worker": worker, "port": ports[(probes - 1) % len(ports)],
+                        "enforced_s": answered - envoy.spawned, "not_yet_s": last_not, "probes": probes}
+            last_not = answered - envoy.spawned
+            if envoy.process.poll() is not None or time.monotonic() - envoy.spawned > timeout:
+                failed.set()
+            time.sleep(START_PACE_S)
+        return {"worker": worker, "failed": True}
+
+    seen = each_worker(probe, sorted(pool))
+    if any(entry.get("failed") for entry in seen):
+        raise BenchError(f"{envoy.name}: not every worker enforced within {timeout} s (or Envoy exited)\n"
+                         f"{envoy.log_tail()}")
+    return {entry["worker"]: entry for entry in seen}
 
 
 def check_answers(envoy: Gateway, pool: dict[int, list[int]], expected: list[tuple[str, int, str | None]]) -> dict:
@@ -535,23 +544,13 @@ def start_run(name: str, config: str, control_port: int | None, listener_port: i
     envoy = gateway(name, config, listener_port=listener_port, control_port=control_port)
     envoy.spawn()
     try:
-        seen = await_every_worker(envoy, pool, [raw(i) for i in table.sample], timeout)
+        workers = await_every_worker(envoy, pool, [raw(i) for i in table.sample], timeout)
         envoy.await_admin()
-        ports = [p for ports in pool.values() for p in ports]
-        actual = port_workers(envoy, ports)
+        # The premise: each port still reaches the worker it was learned on.
+        actual = port_workers(envoy, [p for ports in pool.values() for p in ports])
         moved = {p: w for p, w in actual.items() if p not in pool.get(w, [])}
-        workers = {}
-        for port, worker in actual.items():
-            first = seen["first_ok"][port]
-            if worker not in workers or first < workers[worker]["enforced_s"]:
-                workers[worker] = {"enforced_s": first}
-        for worker, entry in workers.items():
-            before = [seen["last_not"][p] for p, w in actual.items() if w == worker and p in seen["last_not"]
-                      and seen["last_not"][p] < entry["enforced_s"]]
-            entry["not_yet_s"] = max(before) if before else None
-        missing = sorted(set(range(envoy.concurrency)) - set(workers))
-        if missing:
-            raise BenchError(f"{name}: workers {missing} never probed (ports now reach other workers: {moved})")
+        if moved or len(actual) != sum(len(ports) for ports in pool.values()):
+            raise BenchError(f"{name}: source ports reach other workers than they did: {moved}")
         expected = [(raw(i), 200, None) for i in table.sample]
         expected += [(raw(table.revoked), 401, "key_revoked"), (ABSENT_KEY, 401, "invalid_key")]
         answers = check_answers(envoy, pool, expected)
@@ -564,50 +563,61 @@ def start_run(name: str, config: str, control_port: int | None, listener_port: i
             "workers_s": [round(workers[w]["enforced_s"], 3) for w in sorted(workers)],
             "resolution_s": round(max(w["enforced_s"] - (w["not_yet_s"] or 0) for w in workers.values()), 3),
             "rss_kb": memory["VmRSS"], "hwm_kb": memory["VmHWM"], "answers": answers,
-            "ports_moved": len(moved), "probes": seen["probes"], "timeline": timeline}
+            "probes": sum(w["probes"] for w in workers.values()), "timeline": timeline}
 
 
 # --- 2. revocation: API answer → every worker of two gateways denies -----------
 
 def await_denials(gateways: list[Gateway], pools: list[dict[int, list[int]]], key: str, t0: float,
                   timeout: float) -> dict:
-    """Probes every worker of every gateway in turn (two ports each) until
-    each denied CONFIRM_DENIALS times in a row: per worker, the first denial
-    of that run, in seconds after t0."""
-    entries = []
-    for g, pool in enumerate(pools):
-        for w, ports in sorted(pool.items()):
-            entries += [(g, w, port) for port in ports[:2]]
-    first_deny: dict[tuple[int, int], float] = {}
-    last_allow: dict[tuple[int, int], float] = {}
-    run: dict[tuple[int, int], int] = {(g, w): 0 for g, w, _ in entries}
-    others: dict[str, int] = {}
-    relapses = 0
-    while any(count < CONFIRM_DENIALS for count in run.values()):
-        for g, w, port in entries:
-            status, code, answered = ask(port, gateways[g].listener_port, key)
-            worker = (g, w)
+    """Probes every worker of every gateway at once (a thread each, its two
+    ports in turn, REVOKE_PACE_S apart) until each answered 401
+    `key_revoked` CONFIRM_DENIALS times in a row: per worker, the first
+    denial of that run, in seconds after t0. A 200 or a 429 (the key still
+    authenticates) restarts the run."""
+    failed = threading.Event()
+
+    def probe(target: tuple[int, int]) -> dict:
+        g, w = target
+        ports, listener = pools[g][w][:2], gateways[g].listener_port
+        first_deny, last_allow, run, relapses, probes = None, None, 0, 0, 0
+        others: dict[str, int] = {}
+        while run < CONFIRM_DENIALS and not failed.is_set():
+            status, code, answered = ask(ports[probes % len(ports)], listener, key)
+            probes += 1
             if status == 401 and code == "key_revoked":
-                first_deny.setdefault(worker, answered - t0)
-                run[worker] += 1
-            elif status == 200:
-                if worker in first_deny:
+                first_deny = answered - t0 if first_deny is None else first_deny
+                run += 1
+            elif status in (200, 429):
+                if first_deny is not None:
                     relapses += 1
-                    del first_deny[worker]
-                run[worker] = 0
-                last_allow[worker] = answered - t0
+                first_deny, run, last_allow = None, 0, answered - t0
             else:
                 name = f"{status} {code}" if code else str(status)
                 others[name] = others.get(name, 0) + 1
-        if time.monotonic() - t0 > timeout:
-            raise BenchError(f"revocation not enforced on every worker within {timeout} s: "
-                             f"{ {f'{g}/{w}': c for (g, w), c in run.items()} }")
-        time.sleep(ROUND_PACE_S)
-    slowest = max(first_deny.values())
-    return {"every_worker_s": round(slowest, 3),
-            "workers_s": [round(first_deny[k], 3) for k in sorted(first_deny)],
-            "last_allowed_s": round(max(last_allow.values()), 3) if last_allow else None,
-            "relapses": relapses, "other_answers": others}
+            if time.monotonic() - t0 > timeout:
+                failed.set()
+            if run < CONFIRM_DENIALS:
+                time.sleep(REVOKE_PACE_S)
+        return {"first_deny": first_deny, "last_allow": last_allow, "relapses": relapses, "others": others,
+                "probes": probes, "failed": run < CONFIRM_DENIALS}
+
+    targets = [(g, w) for g, pool in enumerate(pools) for w in sorted(pool)]
+    seen = each_worker(probe, targets)
+    if any(entry["failed"] for entry in seen):
+        raise BenchError(f"revocation not enforced on every worker within {timeout} s: "
+                         f"{[(t, e['first_deny']) for t, e in zip(targets, seen)]}")
+    others: dict[str, int] = {}
+    for entry in seen:
+        for name, count in entry["others"].items():
+            others[name] = others.get(name, 0) + count
+    allowed = [e["last_allow"] for e in seen if e["last_allow"] is not None]
+    return {"every_worker_s": round(max(e["first_deny"] for e in seen), 3),
+            "workers_s": [round(e["first_deny"], 3) for e in seen],
+            "last_allowed_s": round(max(allowed), 3) if allowed else None,
+            "resolution_s": round(max(e["first_deny"] - (e["last_allow"] or 0) for e in seen), 3),
+            "relapses": sum(e["relapses"] for e in seen), "other_answers": others,
+            "probes": sum(e["probes"] for e in seen)}
 
 
 def allowed_everywhere(gateways: list[Gateway], pools: list[dict[int, list[int]]], key: str) -> bool:
@@ -715,7 +725,14 @@ def throughput(services: dict[int, Service], tables: dict[int, Table], args, log
             numerator, denominator = f"{kind}-{label(size)}", f"{kind}-10"
             ratio, how = bench.judged_ratio({"setups": summary, "runs": runs}, numerator, denominator)
             judged[numerator] = {"ratio": round(ratio, 3), "how": how, "against": denominator}
-    return {"rounds": args.rounds, "seconds": args.seconds, "connections": args.connections, "setups": summary,
+    sizes = sorted(size for size in services if size != 10)
+    between = None
+    if len(sizes) >= 2:
+        # Both miss the cache on every request: what the table's size alone does.
+        numerator, denominator = f"spread-{label(sizes[-1])}", f"spread-{label(sizes[0])}"
+        ratio, how = bench.judged_ratio({"setups": summary, "runs": runs}, numerator, denominator)
+        between = {"name": numerator, "against": denominator, "ratio": round(ratio, 3), "how": how}
+    return {"between_sizes": between, "rounds": args.rounds, "seconds": args.seconds, "connections": args.connections, "setups": summary,
             "runs": slim, "judged": judged}
 
 
@@ -903,7 +920,8 @@ def revocation_summary(events: list[dict]) -> dict:
         for name, count in e["other_answers"].items():
             others[name] = others.get(name, 0) + count
     return {"p50": statistics.median(times), "p90": percentile(times, 0.9), "max": max(times),
-            "relapses": sum(e["relapses"] for e in events), "others": others, "count": len(times)}
+            "relapses": sum(e["relapses"] for e in events), "others": others, "count": len(times),
+            "resolution": max(e.get("resolution_s", 0) for e in events)}
 
 
 def target_rows(results: dict) -> list[list[str]]:
@@ -997,11 +1015,14 @@ def render_section(results: dict) -> str:
                 + " | " + (f"{timeline['written_s']:.2f} s" if "written_s" in timeline else "–") + " | "
                 + (", ".join(f"{v:.2f}" for v in timeline["serving_s"]) or "–") + " |")
     lines += ["", "### Revocation: API answer → every worker of two gateways denies", "",
-              "Two gateways, 4 workers each, probed in turn (two source ports per worker, 2 ms between rounds). "
-              "Per revocation, the slowest of the 8 workers; *relapses* counts a worker that allowed the key "
-              "again after denying it, *other answers* anything but 200 and 401 `key_revoked`.", "",
-              "| delivery | keys | revocations | p50 | p90 | max | relapses | other answers | every revocation (ms) |",
-              "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+              "Two gateways, 4 workers each, every worker probed by its own thread (two source ports, 10 ms "
+              "apart). Per revocation, the slowest of the 8 workers; *resolution* is the widest gap, over the "
+              "revocations, between a worker's last allowed answer and its first denial; a 429 (the key still authenticates, its "
+              "limit spent by the probes) counts as allowed; *relapses* counts a worker that allowed the key "
+              "again after denying it, *other answers* anything but 200, 429 and 401 `key_revoked`.", "",
+              "| delivery | keys | revocations | p50 | p90 | max | resolution | relapses | other answers | "
+              "every revocation (ms) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     rows = [("`key_source` (API revoke)", size, results["revocation"][str(size)]) for size in results["sizes"]]
     if results.get("ecds", {}).get("revocation"):
         rows.append(("ECDS (a new table renamed in)", results["ecds"]["size"], results["ecds"]["revocation"]))
@@ -1010,7 +1031,7 @@ def render_section(results: dict) -> str:
         others = ", ".join(f"{k}: {v}" for k, v in s["others"].items()) or "none"
         each = ", ".join(f"{e['every_worker_s'] * 1000:.0f}" for e in events)
         lines.append(f"| {delivery} | {size:,} | {s['count']} | {_ms(s['p50'])} | {_ms(s['p90'])} | {_ms(s['max'])} | "
-                     f"{s['relapses']} | {others} | {each} |")
+                     f"≤ {_ms(s['resolution'])} | {s['relapses']} | {others} | {each} |")
     lookups = results.get("lookups")
     if lookups:
         lines += ["", "### Look-up throughput", "",
@@ -1028,9 +1049,15 @@ def render_section(results: dict) -> str:
             lines.append(f"| {s['name']} | {s['size']:,} | {s['spread']:,} | {s['rps']:,.0f} | {s['busy']:.0%} | "
                          f"{s['cpu_us_per_request']:.1f} µs | {1e6 / s['cpu_us_per_request']:,.0f} | "
                          + (f"{judged['ratio']:.3f}×" if judged else "–") + f" | {s['non_2xx']} | {rounds} |")
+        lines.append("")
         for name, judged in lookups["judged"].items():
-            lines.append("")
-            lines.append(f"- {name} against {judged['against']}: {judged['how']}.")
+            lines.append(f"- {name} against {judged['against']}: {judged['ratio']:.3f}×, {judged['how']}.")
+        between = lookups.get("between_sizes")
+        if between:
+            spread = min(s["spread"] for s in lookups["setups"] if s["name"] in (between["name"], between["against"]))
+            lines.append(f"- {between['name']} against {between['against']} ("
+                         + ("both miss the per-worker cache on every request, so " if spread > CACHE_ENTRIES else "")
+                         + f"only the table's size differs): {between['ratio']:.3f}×, {between['how']}.")
     lines += ["", "### Setup: the import", "",
               "| keys | NDJSON | `POST /v1/keys/import` |", "|---:|---:|---:|"]
     for size in results["sizes"]:

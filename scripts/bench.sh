@@ -15,8 +15,9 @@
 # bench/key_source_bench.py writes its own section of docs/performance.md
 # (the run above keeps it).
 #
-#   scripts/bench.sh --key-source               100,000 and 1,000,000 keys (~25 min)
-#   scripts/bench.sh --key-source --quick       100,000 keys only (~8 min)
+#   scripts/bench.sh --key-source               100,000 and 1,000,000 keys (~40 min; more
+#                                               while 1M-key gateways take minutes to load)
+#   scripts/bench.sh --key-source --quick       100,000 keys only (~4 min)
 #   scripts/bench.sh --key-source --sizes 1000000 --runs 5   one size; --help lists all
 set -euo pipefail
 # shellcheck source=scripts/lib.sh

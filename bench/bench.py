@@ -107,9 +107,9 @@ PROBE_SETS = [
 ENVOY_CORE = "1"
 WRK_CORE = "0"
 # Sections other benchmarks write into docs/performance.md (bench/fleet_latency.py,
-# bench/service_bench.py's figures): kept as they are when this report is
-# regenerated, between their markers.
-KEPT_SECTIONS = ("fleet", "key-service")
+# bench/service_bench.py's figures, bench/key_source_bench.py): kept as they
+# are when this report is regenerated, between their markers.
+KEPT_SECTIONS = ("fleet", "key-service", "key-source")
 WASM_SIZE_TARGET = 300 * 1024
 
 # The request every allowed set-up sends: a scoped route, a key from the header.
@@ -550,11 +550,17 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(envoy: Envoy, key: str | None, seconds: float, connections: int) -> dict:
+def run_wrk(envoy: Envoy, key: str | None, seconds: float, connections: int,
+            script: list[str] | None = None) -> dict:
+    """wrk against `envoy` with `key` in X-API-Key; `script` is a Lua script
+    and its arguments, for requests wrk cannot send with one header (many keys)."""
     command = ["taskset", "-c", WRK_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if key:
         command += ["-H", f"X-API-Key: {key}"]
+    if script:
+        command += ["-s", script[0]]
     command.append(f"http://127.0.0.1:{envoy.port}{PATH}")
+    command += (script or [])[1:]
     cpu_before = envoy.cpu_seconds()
     wall_before = time.monotonic()
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -86,6 +86,51 @@ def summary(name: str, seconds: list[float]) -> dict:
     return result
 
 
+def start_service(scratch: Path, admin: str, feed: str) -> tuple[subprocess.Popen, int]:
+    """The release `apikey serve --quiet` on a fresh database in `scratch`
+    (tokens in files there, its log in serve.log), listening on a free port
+    of 127.0.0.1: the process and the port. bench/key_source_bench.py runs
+    its services this way too."""
+    (scratch / "admin.token").write_text(admin)
+    (scratch / "feed.token").write_text(feed)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
+    with open(scratch / "serve.log", "w") as log:
+        server = subprocess.Popen([str(BINARY), "--db", str(scratch / "keys.db"), "serve", "--listen",
+                                   "127.0.0.1:0", "--admin-token-file", str(scratch / "admin.token"),
+                                   "--feed-token-file", str(scratch / "feed.token"), "--max-import-bytes",
+                                   str(4 << 30), "--quiet"], stderr=log, env=env)
+    for _ in range(500):
+        found = re.search(r"listening on http://[0-9.]+:([0-9]+)", (scratch / "serve.log").read_text())
+        if found:
+            return server, int(found.group(1))
+        if server.poll() is not None:
+            break
+        time.sleep(0.02)
+    server.kill()
+    server.wait()
+    raise SystemExit("apikey serve did not start: " + (scratch / "serve.log").read_text())
+
+
+def import_ndjson(port: int, admin: str, body_path: Path) -> tuple[float, dict]:
+    """`POST /v1/keys/import` of the NDJSON file `body_path` as one request,
+    timed from the first byte sent to the answer: the seconds and the
+    answer (`{"imported": N}`)."""
+    size = body_path.stat().st_size
+    importer = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+    started = time.perf_counter()
+    with open(body_path, "rb") as body:
+        importer.request("POST", "/v1/keys/import", body=body,
+                         headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/x-ndjson",
+                                  "Content-Length": str(size)})
+        response = importer.getresponse()
+        answer = response.read()
+    imported_in = time.perf_counter() - started
+    importer.close()
+    if response.status != 200:
+        raise SystemExit(f"import: {response.status} {answer[:300]!r}")
+    return imported_in, json.loads(answer)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys imported first (default 1,000,000)")
@@ -96,24 +141,8 @@ def main() -> None:
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "apikey-cli"], cwd=REPO, check=True)
     scratch = Path(tempfile.mkdtemp(prefix="apikey-service-bench-"))
     admin, feed = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    (scratch / "admin.token").write_text(admin)
-    (scratch / "feed.token").write_text(feed)
-    log = open(scratch / "serve.log", "w")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
-    server = subprocess.Popen([str(BINARY), "--db", str(scratch / "keys.db"), "serve", "--listen", "127.0.0.1:0",
-                               "--admin-token-file", str(scratch / "admin.token"), "--feed-token-file",
-                               str(scratch / "feed.token"), "--max-import-bytes", str(4 << 30), "--quiet"],
-                              stderr=log, env=env)
+    server, port = start_service(scratch, admin, feed)
     try:
-        port = 0
-        for _ in range(500):
-            found = re.search(r"listening on http://[0-9.]+:([0-9]+)", (scratch / "serve.log").read_text())
-            if found:
-                port = int(found.group(1))
-                break
-            time.sleep(0.02)
-        if not port:
-            raise SystemExit("apikey serve did not start: " + (scratch / "serve.log").read_text())
         client = Client(port, admin)
         client.call("PUT", "/v1/settings", json.dumps(SETTINGS).encode())
 
@@ -123,19 +152,9 @@ def main() -> None:
             for index in range(args.keys):
                 out.write(key_line(index) + "\n")
         size = body_path.stat().st_size
-        importer = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
-        started = time.perf_counter()
-        with open(body_path, "rb") as body:
-            importer.request("POST", "/v1/keys/import", body=body,
-                             headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/x-ndjson",
-                                      "Content-Length": str(size)})
-            response = importer.getresponse()
-            answer = response.read()
-        imported_in = time.perf_counter() - started
-        if response.status != 200:
-            raise SystemExit(f"import: {response.status} {answer[:300]!r}")
+        imported_in, answer = import_ndjson(port, admin, body_path)
         print(f"  import                 {args.keys:,} keys ({size / 1e6:.0f} MB) in {imported_in:.1f} s "
-              f"({args.keys / imported_in:,.0f} keys/s): {answer.decode()}", flush=True)
+              f"({args.keys / imported_in:,.0f} keys/s): {json.dumps(answer)}", flush=True)
         body_path.unlink()
 
         rng = random.Random(20)
@@ -163,7 +182,6 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-        log.close()
         if args.keep:
             print(f"kept {scratch}")
         else:

@@ -10,6 +10,15 @@
 #                               for a 1-minute load average below 0.8 (--quiet-wait S)
 #   scripts/bench.sh --quick    a ~2-minute smoke (small tables, short runs)
 #   scripts/bench.sh --rounds 7 --seconds 20   longer runs; --help lists all
+#
+# Issue 21's benchmark, gateways following the key service (`key_source`):
+# bench/key_source_bench.py writes its own section of docs/performance.md
+# (the run above keeps it).
+#
+#   scripts/bench.sh --key-source               100,000 and 1,000,000 keys (~40 min; more
+#                                               while 1M-key gateways take minutes to load)
+#   scripts/bench.sh --key-source --quick       100,000 keys only (~4 min)
+#   scripts/bench.sh --key-source --sizes 1000000 --runs 5   one size; --help lists all
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -17,6 +26,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ -x "$ENVOY" ]] || die "$ENVOY missing: run scripts/setup.sh"
 require_command wrk "run scripts/setup.sh (scripts/setup.d/bench.sh installs it)"
 require_command taskset "run scripts/setup.sh (util-linux)"
+
+if [[ "${1:-}" == "--key-source" ]]; then
+  shift
+  step "building the filter and the CLI (release)"
+  build_module
+  (cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" -p empty-filter)
+  (cd "$REPO_ROOT" && cargo build --quiet --release -p apikey-cli)
+  step "benchmark: gateways following the key service"
+  cd "$REPO_ROOT"
+  exec "$VENV_PYTHON" bench/key_source_bench.py "$@"
+fi
 "$VENV_PYTHON" -c "import matplotlib" 2>/dev/null || die "matplotlib missing from $VENV: run scripts/setup.sh"
 (($(nproc) >= 2)) || echo "warning: fewer than 2 cores; Envoy and wrk will share one" >&2
 

@@ -22,26 +22,9 @@
 # drops to its own `redis` user, which must read the mounted file.
 set -euo pipefail
 
-usage() {
-  echo "usage: $0 [--rotate] [DIR]" >&2
-  exit 2
-}
-
-rotate=0
-dir=""
-for arg in "$@"; do
-  case "$arg" in
-    --rotate) rotate=1 ;;
-    -h | --help) usage ;;
-    -*) usage ;;
-    *) [[ -z "$dir" ]] || usage; dir="$arg" ;;
-  esac
-done
-dir="${dir:-$(dirname "${BASH_SOURCE[0]}")/secrets}"
-
-umask 077
-mkdir -p "$dir"
-chmod 0700 "$dir"
+# shellcheck source=../secret-args.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../secret-args.sh"
+read_secret_args "$(dirname "${BASH_SOURCE[0]}")" "$@"
 
 password_file="$dir/redis-password"
 if ((rotate)) || [[ ! -s "$password_file" ]]; then

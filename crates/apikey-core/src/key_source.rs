@@ -32,8 +32,8 @@
 //! [`FIRST_BACKOFF_MS`] to [`MAX_BACKOFF_MS`], each one logged (never the
 //! token) and counted (`apikey.key_source.failures`).
 
+use crate::feed_digest::{line_hash, LineSum};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::config::{check_fleet_periods, Config, KeySpec};
 use crate::fleet::Fleet;
@@ -80,38 +80,6 @@ const FEED_VERSION: u64 = 1;
 
 const MS: u64 = 1_000_000;
 
-/// The sum of the key lines' SHA-256 modulo 2^256, big-endian (§10.5).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct LineSum([u8; 32]);
-
-impl LineSum {
-    fn add(&mut self, hash: &[u8; 32]) {
-        let mut carry = 0u16;
-        for (out, byte) in self.0.iter_mut().rev().zip(hash.iter().rev()) {
-            let total = u16::from(*out) + u16::from(*byte) + carry;
-            *out = total.to_be_bytes()[1];
-            carry = total >> 8;
-        }
-    }
-
-    fn subtract(&mut self, hash: &[u8; 32]) {
-        let mut borrow = 0i16;
-        for (out, byte) in self.0.iter_mut().rev().zip(hash.iter().rev()) {
-            let mut total = i16::from(*out) - i16::from(*byte) - borrow;
-            borrow = 0;
-            if total < 0 {
-                total += 256;
-                borrow = 1;
-            }
-            *out = u8::try_from(total).unwrap_or_default();
-        }
-    }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
 /// The table as the feed describes it: the settings, and what the digest
 /// and the records need of every key, by id.
 #[derive(Default)]
@@ -132,11 +100,7 @@ impl Table {
     /// The §10.5 digest over `sum` and the settings line, in lowercase hex.
     fn digest(&self, sum: &LineSum, settings_line: Option<&[u8]>) -> Option<String> {
         let settings = settings_line.or(self.settings_line.as_deref())?;
-        let mut hasher = Sha256::new();
-        hasher.update(b"apikey-feed-v1\n");
-        hasher.update(sha256(settings));
-        hasher.update(sum.0);
-        Some(const_hex::encode(hasher.finalize()))
+        Some(sum.digest(&line_hash(settings)))
     }
 
     /// Records `id`'s new line hash and key; returns what it replaced.
@@ -899,7 +863,7 @@ struct ParsedLine {
 /// Reads key line `line` against `config`; `Err` only when the line does
 /// not even say its id (the answer is then refused whole).
 fn parse_line(config: &Config, line: &[u8]) -> Result<ParsedLine, String> {
-    let line_hash = sha256(line);
+    let line_hash = line_hash(line);
     match config.parse_key(line) {
         Ok(key) => Ok(ParsedLine {
             id: key.id.clone(),

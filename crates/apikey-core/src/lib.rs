@@ -19,6 +19,7 @@ pub mod config_lifecycle;
 pub mod credentials;
 pub mod decision;
 pub mod denial;
+pub mod feed_digest;
 pub mod fleet;
 pub mod header_map;
 pub mod host;

@@ -34,10 +34,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use apikey_core::key_hash::KeyHash;
+use apikey_core::feed_digest::{line_hash, LineSum};
 use rusqlite::Connection;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use crate::error::{ApiError, Kind};
@@ -58,8 +57,6 @@ pub const MAX_PAGE: usize = 100_000;
 pub const MAX_CHANGES: usize = 10_000;
 /// The longest `wait` of a long poll, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 60;
-/// What the digest starts with (names the format of the digest).
-pub const DIGEST_CONTEXT: &[u8] = b"apikey-feed-v1\n";
 /// How often the follower looks for writes made by other processes (the
 /// API's own writes wake it at once).
 pub const POLL: Duration = Duration::from_millis(250);
@@ -169,54 +166,6 @@ pub fn settings_line(settings: &Settings) -> String {
     json!({ "settings": document }).to_string()
 }
 
-fn sha256(text: &str) -> [u8; 32] {
-    Sha256::digest(text.as_bytes()).into()
-}
-
-/// A 256-bit number as four big-endian 64-bit limbs.
-type Sum = [u64; 4];
-
-fn limbs(hash: &[u8; 32]) -> Sum {
-    let mut sum = [0u64; 4];
-    for (limb, chunk) in sum.iter_mut().zip(hash.chunks_exact(8)) {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        *limb = u64::from_be_bytes(bytes);
-    }
-    sum
-}
-
-fn add(sum: &mut Sum, hash: &[u8; 32]) {
-    let mut carry = false;
-    for (limb, other) in sum.iter_mut().rev().zip(limbs(hash).iter().rev()) {
-        let (partial, first) = limb.overflowing_add(*other);
-        let (total, second) = partial.overflowing_add(u64::from(carry));
-        *limb = total;
-        carry = first || second;
-    }
-}
-
-fn subtract(sum: &mut Sum, hash: &[u8; 32]) {
-    let mut borrow = false;
-    for (limb, other) in sum.iter_mut().rev().zip(limbs(hash).iter().rev()) {
-        let (partial, first) = limb.overflowing_sub(*other);
-        let (total, second) = partial.overflowing_sub(u64::from(borrow));
-        *limb = total;
-        borrow = first || second;
-    }
-}
-
-/// The digest of a table: its settings line's hash and its keys' sum.
-pub fn digest(settings_hash: &[u8; 32], sum: &Sum) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(DIGEST_CONTEXT);
-    hasher.update(settings_hash);
-    for limb in sum {
-        hasher.update(limb.to_be_bytes());
-    }
-    KeyHash::from_bytes(hasher.finalize().into()).to_hex()
-}
-
 /// The running digest at one generation: each key's line hash by `seq`,
 /// their sum, and the settings line's hash.
 #[derive(Debug, Default)]
@@ -225,7 +174,7 @@ pub struct Tally {
     epoch: String,
     generation: i64,
     settings: [u8; 32],
-    sum: Sum,
+    sum: LineSum,
     keys: HashMap<i64, [u8; 32]>,
 }
 
@@ -241,20 +190,20 @@ pub struct Summary {
 impl Tally {
     fn put(&mut self, seq: i64, hash: [u8; 32]) {
         if let Some(old) = self.keys.insert(seq, hash) {
-            subtract(&mut self.sum, &old);
+            self.sum.subtract(&old);
         }
-        add(&mut self.sum, &hash);
+        self.sum.add(&hash);
     }
 
     /// Hashes every key's stored line ([`crate::feed_lines`]): at a
     /// million keys, about 1 s at start where building each line took 3 s.
     fn rebuild(&mut self, connection: &Connection, head: &Head) -> Result<(), ApiError> {
         *self = Self::default();
-        self.settings = sha256(&settings_line(&settings_store::load(connection)?));
+        self.settings = line_hash(settings_line(&settings_store::load(connection)?).as_bytes());
         let mut statement = connection.prepare("SELECT seq, feed_line FROM keys ORDER BY seq")?;
         let mut rows = statement.query([])?;
         feed_lines::each_line(connection, &mut rows, usize::MAX, &mut |seq, line| {
-            self.put(seq, sha256(line));
+            self.put(seq, line_hash(line.as_bytes()));
         })?;
         self.built = true;
         self.epoch.clone_from(&head.epoch);
@@ -277,10 +226,10 @@ impl Tally {
             |row| row.get(0),
         )?;
         if settings_changed {
-            self.settings = sha256(&settings_line(&settings_store::load(connection)?));
+            self.settings = line_hash(settings_line(&settings_store::load(connection)?).as_bytes());
         }
         changed_lines(connection, self.generation, usize::MAX, &mut |seq, line| {
-            self.put(seq, sha256(line));
+            self.put(seq, line_hash(line.as_bytes()));
         })?;
         self.generation = head.generation;
         Ok(())
@@ -288,7 +237,7 @@ impl Tally {
 
     fn summary(&self) -> Summary {
         Summary {
-            digest: digest(&self.settings, &self.sum),
+            digest: self.sum.digest(&self.settings),
             keys: self.keys.len(),
         }
     }

@@ -80,9 +80,10 @@ mod tests {
         assert!(!descriptor.is_negative_hits);
     }
 
-    #[test]
-    fn the_filter_reads_what_the_server_answers() {
-        let response = RateLimitResponse {
+    /// An over-limit answer for 5 a minute, `remaining` left, reset in
+    /// 41.25 s.
+    fn over_limit(remaining: u32) -> RateLimitResponse {
+        RateLimitResponse {
             overall_code: Code::OverLimit as i32,
             statuses: vec![DescriptorStatus {
                 code: Code::OverLimit as i32,
@@ -91,12 +92,17 @@ mod tests {
                     requests_per_unit: 5,
                     unit: RateLimitUnit::Minute as i32,
                 }),
-                limit_remaining: 0,
+                limit_remaining: remaining,
                 duration_until_reset: Some(duration_from_millis(41_250)),
                 ..DescriptorStatus::default()
             }],
             ..RateLimitResponse::default()
-        };
+        }
+    }
+
+    #[test]
+    fn the_filter_reads_what_the_server_answers() {
+        let response = over_limit(0);
         let answer = rls_codec::decode_response(&response.encode_to_vec()).unwrap();
         assert_eq!(
             answer,
@@ -113,21 +119,7 @@ mod tests {
         // generated ones replaced them (printed by that code): overall_code 2; one status with
         // code 2, current_limit {requests_per_unit 5, unit 2},
         // limit_remaining 1, duration_until_reset {seconds 41, nanos 250 ms}.
-        let response = RateLimitResponse {
-            overall_code: Code::OverLimit as i32,
-            statuses: vec![DescriptorStatus {
-                code: Code::OverLimit as i32,
-                current_limit: Some(RateLimit {
-                    name: String::new(),
-                    requests_per_unit: 5,
-                    unit: RateLimitUnit::Minute as i32,
-                }),
-                limit_remaining: 1,
-                duration_until_reset: Some(duration_from_millis(41_250)),
-                ..DescriptorStatus::default()
-            }],
-            ..RateLimitResponse::default()
-        };
+        let response = over_limit(1);
         assert_eq!(
             response.encode_to_vec(),
             [

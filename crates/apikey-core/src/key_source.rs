@@ -40,7 +40,8 @@ use crate::fleet::Fleet;
 
 use crate::host::{http_answer_status, Host, HttpCall, LogLevel};
 use crate::key_record;
-use crate::live_table::{is_limited_key, Changes, NewTable, ShardSet};
+use crate::key_table::buckets::is_limited;
+use crate::live_table::{Changes, NewTable, ShardSet};
 use crate::metrics::Metric;
 
 mod id_index;
@@ -796,13 +797,6 @@ impl FeedClient {
             }
         ))
     }
-
-    /// The feed generation of the last table handed out.
-    pub fn served_generation(&self) -> Option<u64> {
-        self.served_generation
-            .as_ref()
-            .map(|(_, generation)| *generation)
-    }
 }
 
 /// Key lines refused in one answer.
@@ -896,7 +890,7 @@ impl ParsedLine {
                 let record = NewRecord {
                     hash,
                     record: key_record::encode(&key, &config.plans, 0),
-                    limited: is_limited_key(config, &key),
+                    limited: is_limited(&key, config),
                 };
                 let known = Known {
                     line: self.line_hash,

@@ -25,8 +25,7 @@
 //! Records carry no generation of their own here (theirs is 0): the
 //! shard's build decides whether a record belongs to the table.
 
-use crate::config::Config;
-use crate::key_table::buckets::{ensure_bucket_entries, is_limited};
+use crate::key_table::buckets::ensure_bucket_entries;
 use crate::key_table::TableRef;
 use crate::store::cursor::{Reader, Writer};
 use crate::store::names::{head_key, live_head_key, live_settings_key, shard_key, Lineage};
@@ -321,12 +320,6 @@ pub fn apply_changes(
     }
     store.set(&live_head_key(lineage), &next.encode(), 0)?;
     Ok(next)
-}
-
-/// Whether `key` of `config` takes tokens from a bucket, so its entry must
-/// exist before its record serves ([`NewTable::limited`]).
-pub fn is_limited_key(config: &Config, key: &crate::config::KeySpec) -> bool {
-    is_limited(key, config)
 }
 
 #[cfg(test)]

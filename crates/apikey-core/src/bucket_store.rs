@@ -7,6 +7,11 @@
 //! entry, updates one bucket and writes it back with the CAS token it read;
 //! a conflict retries a bounded number of times and then denies, so a limit
 //! is never exceeded under contention.
+//!
+//! A take may also lease a worker a few tokens more ([`LeaseAsk`]), which
+//! it then spends without coming back here ([`crate::token_lease`]); the
+//! entry records each lease until it expires, and the bucket refills only
+//! up to its capacity less the tokens leases may still spend.
 
 use crate::rate_limit::Limit;
 use crate::store::cursor::{Reader, Writer};
@@ -23,6 +28,42 @@ pub const EMPTY_BUCKETS: &[u8] = &[FORMAT_VERSION];
 /// every shared-data update ([`store::MAX_RETRIES`]).
 pub const MAX_CAS_RETRIES: u32 = store::MAX_RETRIES;
 
+/// A lease recorded in a bucket entry: `tokens` taken from the bucket that
+/// one worker may still spend until `expires_ns` (see [`crate::token_lease`]).
+/// Until it expires, the bucket refills only up to its capacity less these
+/// tokens. Records carry no owner: a worker renewing its lease removes one
+/// record equal to the one it was given, and two equal records are
+/// interchangeable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The monotonic instant after which the tokens may no longer be spent.
+    pub expires_ns: u64,
+    /// Tokens the holder may spend besides the one its request took.
+    pub tokens: u64,
+}
+
+/// What a take asks for besides one token.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseAsk {
+    /// The caller's previous lease on this bucket, spent or expired: its
+    /// record is removed (its unspent tokens, if any, are not returned).
+    pub previous: Option<LeaseRecord>,
+    /// How long a new lease may be spent.
+    pub validity_ns: u64,
+    /// How many tokens to take in all (at least 1), given the whole tokens
+    /// available once refilled and the limit.
+    pub size: fn(u64, &Limit) -> u64,
+}
+
+impl LeaseAsk {
+    /// One token, no lease.
+    pub const ONE: Self = Self {
+        previous: None,
+        validity_ns: 0,
+        size: |_, _| 1,
+    };
+}
+
 /// The answer of [`take`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -32,6 +73,8 @@ pub enum Outcome {
         take: Take,
         /// Conflicts retried on the way.
         conflicts: u32,
+        /// The lease recorded for the extra tokens taken, if any.
+        lease: Option<LeaseRecord>,
     },
     /// Conflicts outlasted the retries: deny, and count it.
     Contention,
@@ -40,8 +83,24 @@ pub enum Outcome {
     Missing,
 }
 
-/// Takes one token from the bucket (`key_id`, `pattern`) of `lineage`'s
-/// configuration at `now_ns`.
+/// The entry's name for the leases of bucket `pattern`: a NUL, which no
+/// scope pattern holds, then the pattern. Leases travel as extra buckets
+/// under such names (tokens in `units`, expiry in `updated_ns`), so a filter
+/// that predates leases, sharing the entry during an upgrade, keeps them
+/// and ignores them instead of failing to read the entry.
+const LEASE_MARK: u8 = 0;
+
+fn is_lease_of(name: &[u8], pattern: &[u8]) -> bool {
+    name.split_first()
+        .is_some_and(|(&mark, rest)| mark == LEASE_MARK && rest == pattern)
+}
+
+fn is_lease(name: &[u8]) -> bool {
+    name.first() == Some(&LEASE_MARK)
+}
+
+/// Takes one token, and as `ask` sizes it a lease of more, from the bucket
+/// (`key_id`, `pattern`) of `lineage`'s configuration at `now_ns`.
 pub fn take(
     store: &dyn SharedStore,
     lineage: &Lineage,
@@ -49,31 +108,76 @@ pub fn take(
     pattern: &str,
     limit: &Limit,
     now_ns: u64,
+    ask: &LeaseAsk,
 ) -> Result<Outcome, StoreError> {
+    let pattern = pattern.as_bytes();
+    let lease_name: Vec<u8> = [&[LEASE_MARK], pattern].concat();
     let updated = store::update(store, &buckets_key(lineage, key_id), |current| {
         let Some(bytes) = current else {
             return Change::Keep(None);
         };
-        let mut buckets = decode(bytes).unwrap_or_default();
-        let slot = buckets.iter().position(|(p, _)| *p == pattern.as_bytes());
-        let stored = slot
-            .and_then(|index| buckets.get(index))
-            .map(|(_, bucket)| *bucket);
-        let answer = token_bucket::take(stored, limit, now_ns);
-        let Take::Allowed { bucket, .. } = answer else {
-            return Change::Keep(Some(answer));
-        };
-        match slot.and_then(|index| buckets.get_mut(index)) {
-            Some((_, stored)) => *stored = bucket,
-            None => buckets.push((pattern.as_bytes(), bucket)),
+        let mut entries = decode(bytes).unwrap_or_default();
+        // Expired leases free their capacity; the caller's previous lease is
+        // over (spent, or expired and no longer spendable).
+        entries.retain(|(name, bucket)| !is_lease(name) || bucket.updated_ns > now_ns);
+        if let Some(previous) = ask.previous {
+            if let Some(index) = entries.iter().position(|(name, bucket)| {
+                is_lease_of(name, pattern)
+                    && bucket.updated_ns == previous.expires_ns
+                    && bucket.units == u128::from(previous.tokens)
+            }) {
+                entries.remove(index);
+            }
         }
-        Change::Write(encode(&buckets), Some(answer))
+        let unit = u128::from(limit.period_seconds).saturating_mul(1_000_000_000);
+        let reserved = entries
+            .iter()
+            .filter(|(name, _)| is_lease_of(name, pattern))
+            .fold(0u128, |sum, (_, lease)| {
+                sum.saturating_add(lease.units.saturating_mul(unit))
+            });
+        let slot = entries.iter().position(|(name, _)| *name == pattern);
+        let stored = slot
+            .and_then(|index| entries.get(index))
+            .map(|(_, bucket)| *bucket);
+        let size = ask.size;
+        let answer = token_bucket::take_lease(stored, limit, now_ns, reserved, |available| {
+            size(available, limit)
+        });
+        let Take::Allowed {
+            bucket, granted, ..
+        } = answer
+        else {
+            return Change::Keep(Some((answer, None)));
+        };
+        match slot.and_then(|index| entries.get_mut(index)) {
+            Some((_, stored)) => *stored = bucket,
+            None => entries.push((pattern, bucket)),
+        }
+        let lease = (granted > 1).then(|| LeaseRecord {
+            expires_ns: now_ns.saturating_add(ask.validity_ns),
+            tokens: granted.saturating_sub(1),
+        });
+        if let Some(lease) = lease {
+            entries.push((
+                lease_name.as_slice(),
+                Bucket {
+                    units: u128::from(lease.tokens),
+                    updated_ns: lease.expires_ns,
+                },
+            ));
+        }
+        Change::Write(encode(&entries), Some((answer, lease)))
     });
     match updated {
         Ok(store::Updated {
-            value: Some(take),
+            value: Some((take, lease)),
             conflicts,
-        }) => Ok(Outcome::Bucket { take, conflicts }),
+        }) => Ok(Outcome::Bucket {
+            take,
+            conflicts,
+            lease,
+        }),
         Ok(store::Updated { value: None, .. }) => Ok(Outcome::Missing),
         Err(StoreError::Contention) => Ok(Outcome::Contention),
         Err(error) => Err(error),
@@ -140,6 +244,25 @@ mod tests {
         store
     }
 
+    fn take1(
+        store: &MemoryStore,
+        lineage: &Lineage,
+        key_id: &str,
+        pattern: &str,
+        limit: &Limit,
+        now_ns: u64,
+    ) -> Result<Outcome, StoreError> {
+        take(
+            store,
+            lineage,
+            key_id,
+            pattern,
+            limit,
+            now_ns,
+            &LeaseAsk::ONE,
+        )
+    }
+
     fn allowed(outcome: Outcome) -> bool {
         matches!(
             outcome,
@@ -154,7 +277,7 @@ mod tests {
     fn a_bucket_admits_its_burst_then_denies() {
         let store = store_with(&["k"]);
         let admitted = (0..10)
-            .filter(|_| allowed(take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap()))
+            .filter(|_| allowed(take1(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap()))
             .count();
         assert_eq!(admitted, 3);
     }
@@ -164,18 +287,18 @@ mod tests {
         let store = store_with(&["a", "b"]);
         for _ in 0..3 {
             assert!(allowed(
-                take(&store, &lineage(), "a", "leads:*", &LIMIT, 0).unwrap()
+                take1(&store, &lineage(), "a", "leads:*", &LIMIT, 0).unwrap()
             ));
         }
         assert!(!allowed(
-            take(&store, &lineage(), "a", "leads:*", &LIMIT, 0).unwrap()
+            take1(&store, &lineage(), "a", "leads:*", &LIMIT, 0).unwrap()
         ));
         assert!(
-            allowed(take(&store, &lineage(), "a", "*", &LIMIT, 0).unwrap()),
+            allowed(take1(&store, &lineage(), "a", "*", &LIMIT, 0).unwrap()),
             "pattern * shared a's leads:* bucket"
         );
         assert!(
-            allowed(take(&store, &lineage(), "b", "leads:*", &LIMIT, 0).unwrap()),
+            allowed(take1(&store, &lineage(), "b", "leads:*", &LIMIT, 0).unwrap()),
             "key b shared key a's bucket"
         );
     }
@@ -189,14 +312,14 @@ mod tests {
             .unwrap();
         for _ in 0..3 {
             assert!(allowed(
-                take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap()
+                take1(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap()
             ));
         }
         assert!(!allowed(
-            take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap()
+            take1(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap()
         ));
         assert!(
-            allowed(take(&store, &other, "k", "*", &LIMIT, 0).unwrap()),
+            allowed(take1(&store, &other, "k", "*", &LIMIT, 0).unwrap()),
             "the other lineage's key k took from the first lineage's bucket"
         );
     }
@@ -205,10 +328,11 @@ mod tests {
     fn conflicts_are_retried_and_counted() {
         let store = store_with(&["k"]);
         store.inject_conflicts(2);
-        match take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap() {
+        match take1(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap() {
             Outcome::Bucket {
                 take: Take::Allowed { .. },
                 conflicts,
+                ..
             } => assert_eq!(conflicts, 2),
             other => panic!("{other:?}"),
         }
@@ -219,7 +343,7 @@ mod tests {
         let store = store_with(&["k"]);
         store.inject_conflicts(u32::MAX);
         assert_eq!(
-            take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap(),
+            take1(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap(),
             Outcome::Contention
         );
     }
@@ -228,7 +352,7 @@ mod tests {
     fn a_missing_entry_is_never_created_on_the_request_path() {
         let store = MemoryStore::new();
         assert_eq!(
-            take(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap(),
+            take1(&store, &lineage(), "k", "*", &LIMIT, 0).unwrap(),
             Outcome::Missing
         );
         assert!(store.is_empty());

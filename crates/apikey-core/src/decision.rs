@@ -8,7 +8,6 @@
 //! Envoy. It returns what the edge must do: send a denial, or forward the
 //! request with exactly these header edits.
 
-use crate::bucket_store::{self, Outcome};
 use crate::config::{Config, RateLimitHeaders};
 use crate::credentials::{self, CredentialError, Extraction, KeyFormat};
 use crate::denial::{Denial, DenialText, ErrorCode, RateLimitReport, Reply};
@@ -23,7 +22,7 @@ use crate::path;
 use crate::rate_limit;
 use crate::rules::{self, Requirement};
 use crate::scope::ScopePattern;
-use crate::token_bucket::Take;
+use crate::token_lease::{LeaseBook, Taken};
 
 /// The identity headers the filter sets, removed from every request first.
 pub const IDENTITY_HEADERS: [&str; 5] = [
@@ -224,6 +223,7 @@ pub struct Gateway {
     table: TableRef,
     text: DenialText,
     keys: KeyCache,
+    leases: LeaseBook,
 }
 
 impl Gateway {
@@ -238,6 +238,7 @@ impl Gateway {
             table,
             text,
             keys: KeyCache::default(),
+            leases: LeaseBook::default(),
         }
     }
 
@@ -394,6 +395,7 @@ impl Gateway {
         if let Some((pattern, limit)) = limit {
             let lineage = &self.table.lineage;
             match take_token(
+                &self.leases,
                 store,
                 lineage,
                 &record,
@@ -457,22 +459,13 @@ impl Gateway {
             }
         };
         for &(name, _) in headers {
-            let folded: Vec<u8> = name
-                .iter()
-                .map(|&b| {
-                    if b == b'_' {
-                        b'-'
-                    } else {
-                        b.to_ascii_lowercase()
-                    }
-                })
-                .collect();
             let spelled_with_underscore = name.contains(&b'_');
             if IDENTITY_HEADERS
                 .iter()
-                .any(|h| h.as_bytes() == folded.as_slice())
+                .any(|h| same_header_name(name, h.as_bytes()))
                 || (spelled_with_underscore
-                    && (folded == b"x-api-key" || folded == b"authorization"))
+                    && (same_header_name(name, b"x-api-key")
+                        || same_header_name(name, b"authorization")))
             {
                 remove(name);
             }
@@ -493,9 +486,26 @@ impl Gateway {
     }
 }
 
-/// Takes a token from the (key, pattern) bucket: the report for the
-/// response, or the seconds to wait.
+/// Whether header `name` is `canonical` (lower case, with dashes) once
+/// folded to lower case with `_` read as `-`: how Envoy and upstreams may
+/// read a forged identity header. Compared byte by byte, with no copy.
+fn same_header_name(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name.iter().zip(canonical).all(|(&b, &c)| {
+            let folded = if b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            };
+            folded == c
+        })
+}
+
+/// Takes a token from the (key, pattern) bucket, through this worker's
+/// leases: the report for the response, or the seconds to wait.
+#[allow(clippy::too_many_arguments)]
 fn take_token(
+    leases: &LeaseBook,
     store: &dyn SharedStore,
     lineage: &Lineage,
     record: &KeyRecord,
@@ -504,7 +514,7 @@ fn take_token(
     clock: &dyn Clock,
     metering: &mut Metering,
 ) -> Result<RateLimitReport, u64> {
-    match bucket_store::take(
+    match leases.take(
         store,
         lineage,
         &record.id,
@@ -512,24 +522,22 @@ fn take_token(
         limit,
         clock.monotonic_ns(),
     ) {
-        Ok(Outcome::Bucket { take, conflicts }) => {
+        Ok(Taken::Allowed {
+            remaining,
+            reset_seconds,
+            conflicts,
+        }) => {
             metering.cas_conflicts = conflicts;
-            match take {
-                Take::Allowed {
-                    remaining,
-                    reset_seconds,
-                    ..
-                } => Ok(bucket_report(pattern, limit, remaining, reset_seconds)),
-                Take::Denied { retry_after } => Err(retry_after),
-            }
+            Ok(bucket_report(pattern, limit, remaining, reset_seconds))
         }
-        Ok(Outcome::Contention) => {
-            metering.cas_conflicts = bucket_store::MAX_CAS_RETRIES.saturating_add(1);
+        Ok(Taken::Denied { retry_after }) => Err(retry_after),
+        Ok(Taken::Unavailable { conflicts }) => {
+            metering.cas_conflicts = conflicts;
             metering.contention = true;
             Err(1)
         }
-        // A missing entry or an unreadable store: never admit unmetered.
-        Ok(Outcome::Missing) | Err(_) => {
+        // An unreadable store: never admit unmetered.
+        Err(_) => {
             metering.contention = true;
             Err(1)
         }

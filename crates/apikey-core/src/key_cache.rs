@@ -5,11 +5,13 @@
 //! configuration, and every configuration gets a new `Gateway` with a new,
 //! empty cache, so an entry never outlives the table it was read from:
 //! revocations and removals apply as soon as the new configuration does.
-//! Only keys found in the table are cached (a client spraying random keys
-//! cannot fill it), and the cache is bounded: when full it is emptied.
+//! Keys found in the table and keys absent from it are kept apart, each
+//! bounded and emptied when full: a client spraying random keys can only
+//! churn the small set of absent ones, never push out the records of the
+//! keys in use.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use crate::key_hash::KeyHash;
@@ -22,10 +24,15 @@ use crate::store::{SharedStore, StoreError};
 /// How many keys one worker keeps per configuration (about 300 bytes each).
 pub const CAPACITY: usize = 16_384;
 
+/// How many absent keys one worker remembers per configuration (32 bytes
+/// each): a repeated wrong key is answered 401 without a shared-data read.
+pub const ABSENT_CAPACITY: usize = 4_096;
+
 /// The cache of one configuration in one worker.
 #[derive(Default)]
 pub struct KeyCache {
     entries: RefCell<HashMap<[u8; 32], Rc<KeyRecord>>>,
+    absent: RefCell<HashSet<[u8; 32]>>,
 }
 
 impl core::fmt::Debug for KeyCache {
@@ -47,6 +54,9 @@ impl KeyCache {
         if let Some(entry) = self.entries.borrow().get(hash.as_bytes()) {
             return Ok(Some(Rc::clone(entry)));
         }
+        if self.absent.borrow().contains(hash.as_bytes()) {
+            return Ok(None);
+        }
         let record = match table.shard_bits {
             None => store
                 .get(&record_key(&table.lineage, table.bank, hash))?
@@ -57,6 +67,11 @@ impl KeyCache {
                 .and_then(|bytes| key_record::decode(&bytes)),
         };
         let Some(record) = record else {
+            let mut absent = self.absent.borrow_mut();
+            if absent.len() >= ABSENT_CAPACITY {
+                absent.clear();
+            }
+            absent.insert(*hash.as_bytes());
             return Ok(None);
         };
         let record = Rc::new(record);
@@ -134,17 +149,41 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_not_cached() {
+    fn unknown_keys_never_push_out_known_ones_and_stay_bounded() {
         let store = MemoryStore::new();
         let table = published(&store, &["a"], 1);
         let cache = KeyCache::default();
-        for i in 0..100 {
+        assert!(cache
+            .lookup(&store, table, &KeyHash::of(b"a"))
+            .unwrap()
+            .is_some());
+        for i in 0..ABSENT_CAPACITY + 100 {
             assert!(cache
                 .lookup(&store, table, &KeyHash::of(format!("spray{i}").as_bytes()))
                 .unwrap()
                 .is_none());
         }
-        assert!(cache.is_empty());
+        assert_eq!(cache.len(), 1, "a sprayed key was cached as a record");
+        assert!(cache.absent.borrow().len() <= ABSENT_CAPACITY);
+    }
+
+    #[test]
+    fn an_absent_key_is_answered_again_without_a_read() {
+        let store = MemoryStore::new();
+        let table = published(&store, &["a"], 1);
+        let cache = KeyCache::default();
+        let hash = KeyHash::of(b"b");
+        assert!(cache.lookup(&store, table, &hash).unwrap().is_none());
+        // Were it read again, this record would answer.
+        let record = store
+            .get(&record_key(&table.lineage, table.bank, &KeyHash::of(b"a")))
+            .unwrap()
+            .unwrap()
+            .0;
+        store
+            .set(&record_key(&table.lineage, table.bank, &hash), &record, 0)
+            .unwrap();
+        assert!(cache.lookup(&store, table, &hash).unwrap().is_none());
     }
 
     #[test]

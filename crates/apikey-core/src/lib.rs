@@ -44,4 +44,5 @@ pub mod scope;
 pub mod store;
 pub mod timestamp;
 pub mod token_bucket;
+pub mod token_lease;
 pub mod usage;

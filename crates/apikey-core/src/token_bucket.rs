@@ -24,13 +24,16 @@ pub struct Bucket {
     pub updated_ns: u64,
 }
 
-/// The outcome of asking a bucket for one token.
+/// The outcome of asking a bucket for one token (and, for a lease, up to
+/// a few more).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Take {
-    /// A token was taken; store `bucket`.
+    /// Tokens were taken; store `bucket`.
     Allowed {
         /// The state to store.
         bucket: Bucket,
+        /// Tokens taken: 1, or more for a lease ([`take_lease`]).
+        granted: u64,
         /// Whole tokens left.
         remaining: u64,
         /// Seconds until the next whole token, rounded up, at least 1.
@@ -40,6 +43,9 @@ pub enum Take {
     Denied {
         /// Seconds until a token is available, rounded up, at least 1.
         retry_after: u64,
+        /// The monotonic instant before which refilling cannot have made a
+        /// whole token: a worker may answer 429 on its own until then.
+        next_token_ns: u64,
     },
 }
 
@@ -51,8 +57,26 @@ fn unit_per_token(limit: &Limit) -> u128 {
 /// When the limit changed since the bucket was stored, the held tokens are
 /// capped at the new capacity and the idle time refills at the new rate.
 pub fn take(bucket: Option<Bucket>, limit: &Limit, now_ns: u64) -> Take {
+    take_lease(bucket, limit, now_ns, 0, |_| 1)
+}
+
+/// Takes one token and, as a lease, up to `size(available) - 1` more, where
+/// `available` is the whole tokens held once refilled. `reserved_units` of
+/// the capacity belong to leases still outstanding: the bucket refills only
+/// up to `capacity - reserved_units`, so what it holds plus what leases may
+/// still spend never exceeds the capacity, and any window admits at most
+/// `burst + rate × elapsed` however the tokens are spent.
+pub fn take_lease(
+    bucket: Option<Bucket>,
+    limit: &Limit,
+    now_ns: u64,
+    reserved_units: u128,
+    size: impl FnOnce(u64) -> u64,
+) -> Take {
     let unit = unit_per_token(limit);
-    let capacity = u128::from(limit.burst).saturating_mul(unit);
+    let capacity = u128::from(limit.burst)
+        .saturating_mul(unit)
+        .saturating_sub(reserved_units);
     let refilled = match bucket {
         None => Bucket {
             units: capacity,
@@ -67,21 +91,31 @@ pub fn take(bucket: Option<Bucket>, limit: &Limit, now_ns: u64) -> Take {
             }
         }
     };
-    match refilled.units.checked_sub(unit) {
-        Some(units) => Take::Allowed {
-            bucket: Bucket {
-                units,
-                updated_ns: refilled.updated_ns,
-            },
-            remaining: u64::try_from(units.checked_div(unit).unwrap_or(0)).unwrap_or(u64::MAX),
-            reset_seconds: seconds_until(
-                unit.saturating_sub(units.checked_rem(unit).unwrap_or(0)),
-                limit,
-            ),
+    let available = refilled.units.checked_div(unit).unwrap_or(0);
+    if available == 0 {
+        let missing = unit.saturating_sub(refilled.units);
+        let wait_ns = missing.div_ceil(u128::from(limit.requests).max(1));
+        return Take::Denied {
+            retry_after: seconds_until(missing, limit),
+            next_token_ns: now_ns.saturating_add(u64::try_from(wait_ns).unwrap_or(u64::MAX)),
+        };
+    }
+    let available = u64::try_from(available).unwrap_or(u64::MAX);
+    let granted = size(available).clamp(1, available);
+    let units = refilled
+        .units
+        .saturating_sub(u128::from(granted).saturating_mul(unit));
+    Take::Allowed {
+        bucket: Bucket {
+            units,
+            updated_ns: refilled.updated_ns,
         },
-        None => Take::Denied {
-            retry_after: seconds_until(unit.saturating_sub(refilled.units), limit),
-        },
+        granted,
+        remaining: u64::try_from(units.checked_div(unit).unwrap_or(0)).unwrap_or(u64::MAX),
+        reset_seconds: seconds_until(
+            unit.saturating_sub(units.checked_rem(unit).unwrap_or(0)),
+            limit,
+        ),
     }
 }
 
@@ -177,7 +211,7 @@ mod tests {
         let limit = limit(1, 86_400, 1);
         let (_, bucket) = drain(None, &limit, 0, 1);
         match take(bucket, &limit, 0) {
-            Take::Denied { retry_after } => assert_eq!(retry_after, 86_400),
+            Take::Denied { retry_after, .. } => assert_eq!(retry_after, 86_400),
             other => panic!("admitted: {other:?}"),
         }
         assert_eq!(drain(bucket, &limit, 86_400 * SECOND - 1, 1).0, 0);
@@ -230,7 +264,7 @@ mod tests {
         }
         let (_, bucket) = drain(None, &limit, 0, 5);
         match take(bucket, &limit, SECOND) {
-            Take::Denied { retry_after } => assert_eq!(retry_after, 5),
+            Take::Denied { retry_after, .. } => assert_eq!(retry_after, 5),
             other => panic!("{other:?}"),
         }
     }

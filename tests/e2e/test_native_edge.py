@@ -205,3 +205,40 @@ def test_buckets_are_exact_across_four_workers_in_the_modules_memory(native_env)
     allowed = after.get(NATIVE_STATS + "apikey.requests.allowed", 0) - \
         before.get(NATIVE_STATS + "apikey.requests.allowed", 0)
     assert allowed == admitted, f"allowed counter {allowed} != {admitted} admitted answers"
+
+
+def test_the_native_edge_follows_the_key_service(native_env, tmp_path):
+    """test_key_source's scenario in short on the native edge: the main
+    thread follows the service through configuration callouts; every
+    worker serves the table it writes; a revocation through the API is
+    enforced on every worker."""
+    from test_key_source import FixedPortService, answer, control_cluster, wait_for
+
+    port = harness.free_port()
+    with FixedPortService(tmp_path / "service", port) as service:
+        service.put_settings({"rules": [{"path_prefix": "/api", "scope": "leads:read"}]})
+        first = service.create(scopes=["leads:read"])
+        source = {"key_source": {"cluster": "apikey_control", "token": service.feed_token,
+                                 "authority": "apikey-control"}}
+
+        def customize(bootstrap: dict) -> None:
+            harness.render_native(bootstrap)
+            control_cluster(port)(bootstrap)
+
+        with Gateway(native_env, config=source, concurrency=2, customize=customize) as gw:
+            wait_for("the first table on every worker",
+                     lambda: all(answer(gw, first["key"]) == (200, None) for _ in range(10)), 10)
+            assert answer(gw, "sk_live_" + "x" * 24) == (401, "invalid_key")
+
+            second = service.create(scopes=["leads:read"])
+            wait_for("a created key allowed", lambda: answer(gw, second["key"]) == (200, None), 5)
+
+            service.ok("POST", f"/v1/keys/{first['id']}/revoke")
+            answered = time.monotonic()
+            seen = wait_for("the revocation on every worker",
+                            lambda: all(answer(gw, first["key"]) == (401, "key_revoked") for _ in range(10)), 10)
+            print(f"\nnative: revocation enforced {(seen - answered) * 1000:.0f} ms after the API's answer")
+            assert seen - answered <= 3.0, f"revocation took {seen - answered:.2f} s"
+            tables = gw.stats(NATIVE_STATS + "apikey.key_source.tables")
+            assert sum(tables.values()) >= 2, f"key_source.tables: {tables}"
+            assert service.feed_token not in gw.log_text(), "the feed token was logged"

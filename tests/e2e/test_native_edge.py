@@ -301,3 +301,13 @@ def test_a_silent_fleet_service_is_bounded_by_timeout_ms_on_the_native_edge(nati
         stats = native_fleet_stats(gw)
         assert (stats["calls"], stats["timeouts"]) == (2, 2), stats
         assert gw.running()
+
+
+def test_require_https_reads_the_connections_tls_version_on_the_native_edge(native_env):
+    """§7.2 through the ABI's connection.tls_version attribute: refused over
+    plain HTTP, served over TLS."""
+    with native_gateway(native_env, config=config(require_https=True), concurrency=2) as gw:
+        plain = gw.request("GET", "/api/v1/leads", [("x-api-key", PRO_KEY)])
+        assert (plain.status, plain.json["error"]["code"]) == (403, "https_required"), plain.body
+        secure = gw.request("GET", "/api/v1/leads", [("x-api-key", PRO_KEY)], tls=True)
+        assert secure.status == 200, f"over TLS: {secure.status} {secure.body!r}"

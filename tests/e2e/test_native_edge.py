@@ -133,7 +133,7 @@ def test_metrics_and_the_audit_record_carry_the_wasm_modules_names(native_env):
         assert stats.get(NATIVE_STATS + "apikey.requests.denied.invalid_key") == 1, stats
         assert stats.get(NATIVE_STATS + "apikey.keys_loaded") == 2, stats
         # The access log prints %FILTER_STATE(wasm.apikey:PLAIN)%, as for the Wasm module.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15  # the access log is flushed on a timer
         records = []
         while time.monotonic() < deadline and len(records) < 2:
             records = [json.loads(json.loads(line)["apikey"]) for line in gw.log_text().splitlines()

@@ -116,6 +116,13 @@ pub fn normalise(target: &[u8]) -> Result<NormalisedPath<'_>, PathError> {
     if path.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_canonical(path) {
+        // Nearly every request: nothing to decode or resolve, no copy.
+        return Ok(NormalisedPath {
+            path: Cow::Borrowed(path),
+            query,
+        });
+    }
     let decoded = decode_unreserved(path)?;
     let resolved = resolve_segments(&decoded)?;
     let path = if resolved.as_slice() == path {
@@ -124,6 +131,28 @@ pub fn normalise(target: &[u8]) -> Result<NormalisedPath<'_>, PathError> {
         Cow::Owned(resolved)
     };
     Ok(NormalisedPath { path, query })
+}
+
+/// Whether `path` (absolute, without its query) is already what
+/// [`normalise`] would make of it: only bytes that stay as they are (no
+/// escape, backslash, control or non-ASCII byte), no empty segment but a
+/// trailing one, and no segment named `.` or `..` (with or without
+/// parameters, which the full path refuses or resolves).
+fn is_canonical(path: &[u8]) -> bool {
+    let plain = path
+        .iter()
+        .all(|&b| (0x21..0x7f).contains(&b) && b != b'%' && b != b'\\');
+    if !plain {
+        return false;
+    }
+    let mut segments = path.split(|&b| b == b'/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || matches!(segment_name(segment), b"." | b"..") {
+            return false;
+        }
+    }
+    true
 }
 
 /// Checks every byte, decodes `%XX` of unreserved characters and upper-cases
@@ -483,5 +512,65 @@ mod tests {
             normalise("/caf\u{e9}".as_bytes()).unwrap().path,
             normalise(b"/caf%c3%a9").unwrap().path
         );
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    /// The full normalisation, without the shortcut.
+    fn slow(path: &[u8]) -> Result<Vec<u8>, PathError> {
+        resolve_segments(&decode_unreserved(path)?)
+    }
+
+    #[test]
+    fn the_shortcut_takes_only_paths_the_full_normalisation_leaves_unchanged() {
+        let samples: &[&[u8]] = &[
+            b"/",
+            b"/a",
+            b"/a/",
+            b"/api/v1/leads",
+            b"/a;x/b",
+            b"/a/b;p=1/",
+            b"//a",
+            b"/a//b",
+            b"/a/./b",
+            b"/a/../b",
+            b"/.",
+            b"/..",
+            b"/a/.;x/b",
+            b"/a/..;x",
+            b"/a/%41",
+            b"/a%2fb",
+            b"/a\\b",
+            b"/a b",
+            b"/caf\xc3\xa9",
+            b"/a/.b",
+            b"/a/b..",
+            b"/~user/x-y_z",
+            b"/a/..b/",
+            b"/a:b@c!$&'()*+,=",
+            b"/a/b/",
+            b"/a/;/b",
+            b"/;",
+            b"/a/.../b",
+        ];
+        let mut taken = 0;
+        for &path in samples {
+            if is_canonical(path) {
+                taken += 1;
+                assert_eq!(
+                    slow(path).as_deref(),
+                    Ok(path),
+                    "{:?} taken as canonical but normalised otherwise",
+                    String::from_utf8_lossy(path)
+                );
+            }
+        }
+        assert!(taken >= 10, "the shortcut took only {taken} samples");
+        assert!(!is_canonical(b"//a") && !is_canonical(b"/a/./b") && !is_canonical(b"/a%2fb"));
     }
 }

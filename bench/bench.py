@@ -109,7 +109,7 @@ WRK_CORE = "0"
 # Sections other benchmarks write into docs/performance.md (bench/fleet_latency.py,
 # bench/service_bench.py's figures, bench/key_source_bench.py): kept as they
 # are when this report is regenerated, between their markers.
-KEPT_SECTIONS = ("fleet", "key-service", "key-source")
+KEPT_SECTIONS = ("fleet", "key-service", "key-source", "request-profile")
 WASM_SIZE_TARGET = 300 * 1024
 
 # The request every allowed set-up sends: a scoped route, a key from the header.

@@ -19,6 +19,11 @@
 #                                               while 1M-key gateways take minutes to load)
 #   scripts/bench.sh --key-source --quick       100,000 keys only (~4 min)
 #   scripts/bench.sh --key-source --sizes 1000000 --runs 5   one size; --help lists all
+#
+# Issue 22's profile, where one request's time goes (bench/request_profile.py
+# writes its own section of docs/performance.md; ~8 min):
+#
+#   scripts/bench.sh --profile [--before OLD.wasm]   OLD: an older finished module to compare calls with
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -27,6 +32,19 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_command wrk "run scripts/setup.sh (scripts/setup.d/bench.sh installs it)"
 require_command taskset "run scripts/setup.sh (util-linux)"
 
+if [[ "${1:-}" == "--profile" ]]; then
+  shift
+  step "building the filter, the host-call probe and the core profile (release)"
+  build_module
+  (cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" \
+    --manifest-path bench/hostcall-probe/Cargo.toml --target-dir target/hostcall-probe)
+  (cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" \
+    --manifest-path bench/core-profile/Cargo.toml --target-dir target/core-profile)
+  require_command node "Node runs the core profile under V8 (Debian's nodejs)"
+  step "profile: where one request's time goes"
+  cd "$REPO_ROOT"
+  exec "$VENV_PYTHON" bench/request_profile.py "$@"
+fi
 if [[ "${1:-}" == "--key-source" ]]; then
   shift
   step "building the filter and the CLI (release)"

@@ -167,6 +167,7 @@ extern "C" {
         key: ModuleBuffer,
         value: ModuleBuffer,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_clear_route_cache(filter: *mut c_void);
     fn envoy_dynamic_module_callback_http_send_response(
         filter: *mut c_void,
         status: u32,
@@ -380,6 +381,16 @@ impl FilterEnvoy {
                 ModuleBuffer::of(value),
             )
         }
+    }
+
+    /// Drops the route Envoy chose before this filter changed the request
+    /// headers, so the router chooses again from the edited headers (a
+    /// route on `x-api-env` must see the identity headers, never a
+    /// client's forged ones). Unlike the Wasm host, which clears it on
+    /// every header change, this ABI leaves it to the module.
+    pub fn clear_route_cache(self) {
+        // SAFETY: live filter pointer.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
     }
 
     /// Answers the request locally.

@@ -54,6 +54,9 @@ pub struct NativeHost<'a> {
     pub tick_period: Option<u32>,
     /// Whether a local reply was sent during this hook.
     pub replied: bool,
+    /// Whether this hook changed the request headers and cleared the
+    /// route cache for it.
+    route_cleared: bool,
 }
 
 impl<'a> NativeHost<'a> {
@@ -67,6 +70,7 @@ impl<'a> NativeHost<'a> {
             grpc_body: &[],
             tick_period: None,
             replied: false,
+            route_cleared: false,
         }
     }
 
@@ -89,6 +93,18 @@ impl<'a> NativeHost<'a> {
             Context::Filter(filter) => Ok(filter),
             Context::Config(_) => Err(HostError::NotFound),
         }
+    }
+
+    /// The filter whose request headers are about to change; the first
+    /// change of a hook clears Envoy's route cache (once is enough: the
+    /// route is chosen again only when the router asks for it).
+    fn request_edit(&mut self) -> Result<FilterEnvoy, HostError> {
+        let filter = self.filter()?;
+        if !self.route_cleared {
+            filter.clear_route_cache();
+            self.route_cleared = true;
+        }
+        Ok(filter)
     }
 
     fn edit(done: bool) -> Result<(), HostError> {
@@ -143,27 +159,28 @@ impl Host for NativeHost<'_> {
     }
 
     fn remove_request_header(&mut self, name: &[u8]) -> Result<(), HostError> {
-        Self::edit(self.filter()?.set_header(HeaderMap::Request, name, None))
+        let filter = self.request_edit()?;
+        Self::edit(filter.set_header(HeaderMap::Request, name, None))
     }
 
-    /// Envoy's add callback refuses an empty value (1.40's
-    /// `addHeaderValueImpl`), which the core adds for a key with no
-    /// scopes (`x-api-scopes:` empty): then the value is set instead. The
-    /// core adds identity headers only after removing every value of
-    /// them, so setting is adding there.
+    /// Envoy's add callback refuses an empty value and its set callback
+    /// removes the header for one (1.40's `addHeaderValueImpl` and
+    /// `setHeaderValueImpl`), so the empty `x-api-scopes:` of a key with no
+    /// scopes is sent as one space: white space around a field value is
+    /// not part of it (RFC 9110 §5.5), so the upstream reads it empty.
     fn add_request_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {
-        let filter = self.filter()?;
-        if value.is_empty() {
-            return Self::edit(filter.set_header(HeaderMap::Request, name, Some(value)));
-        }
+        let filter = self.request_edit()?;
+        let value = if value.is_empty() {
+            b" ".as_slice()
+        } else {
+            value
+        };
         Self::edit(filter.add_header(HeaderMap::Request, name, value))
     }
 
     fn replace_request_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {
-        Self::edit(
-            self.filter()?
-                .set_header(HeaderMap::Request, name, Some(value)),
-        )
+        let filter = self.request_edit()?;
+        Self::edit(filter.set_header(HeaderMap::Request, name, Some(value)))
     }
 
     fn replace_response_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HostError> {

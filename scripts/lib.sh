@@ -50,6 +50,22 @@ build_module() {
     die "scripts/finish_module.py could not finish $WASM_MODULE"
 }
 
+# build_native: the native edge (contract §9), the core as an Envoy dynamic
+# module. It must unwind to catch panics at its entry points, so it builds
+# with the release-native profile (release, panic = "unwind"; the Wasm
+# module's release profile aborts), then lands where Envoy's
+# ENVOY_DYNAMIC_MODULES_SEARCH_PATH is pointed: target/release/.
+NATIVE_MODULE="$REPO_ROOT/target/release/libapikey_dynamic.so"
+build_native() {
+  (cd "$REPO_ROOT" && cargo build --quiet --profile release-native -p apikey-dynamic)
+  local built="$REPO_ROOT/target/release-native/libapikey_dynamic.so"
+  [[ -f "$built" ]] || die "cargo built, but $built is missing"
+  mkdir -p "$(dirname "$NATIVE_MODULE")"
+  # A new inode, not an overwrite: an Envoy that has the old file mapped
+  # keeps it intact.
+  cp "$built" "$NATIVE_MODULE.tmp" && mv -f "$NATIVE_MODULE.tmp" "$NATIVE_MODULE"
+}
+
 # cargo_install_tool CRATE VERSION: builds a host tool from crates.io into
 # TOOLS_ROOT. The crate's published Cargo.lock is tried first (--locked, the
 # versions its authors tested); the registry this project builds from is a

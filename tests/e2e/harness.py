@@ -200,6 +200,43 @@ def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: boo
     return bootstrap
 
 
+# --- the native edge (contract §9) ----------------------------------------
+
+NATIVE_FILTER_TYPE = ("type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3."
+                      "DynamicModuleFilter")
+NATIVE_LIBRARY = REPO_ROOT / "target" / "release" / "libapikey_dynamic.so"
+# Envoy finds libapikey_dynamic.so in this directory (contract §9).
+NATIVE_SEARCH_PATH_VAR = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
+
+
+def build_native() -> Path:
+    """Builds the native module (scripts/lib.sh's build_native: the
+    release-native profile, copied to target/release/) and returns its
+    path; APIKEY_NATIVE names a prebuilt one instead."""
+    prebuilt = os.environ.get("APIKEY_NATIVE")
+    if prebuilt:
+        return Path(prebuilt)
+    subprocess.run(["bash", "-c", f"source {REPO_ROOT / 'scripts' / 'lib.sh'} && build_native"],
+                   cwd=REPO_ROOT, check=True)
+    return NATIVE_LIBRARY
+
+
+def render_native(bootstrap: dict) -> None:
+    """Turns a rendered bootstrap's apikey filter into the native edge:
+    the ECDS default_config (and so every document ecds_document writes)
+    becomes the dynamic-module filter with an empty configuration. Envoy
+    must then run with ENVOY_DYNAMIC_MODULES_SEARCH_PATH naming the
+    library's directory. Use as a Gateway's `customize`."""
+    discovery = _apikey_discovery(bootstrap)
+    discovery["default_config"] = {
+        "@type": NATIVE_FILTER_TYPE,
+        "dynamic_module_config": {"name": "apikey_dynamic"},
+        "filter_name": "apikey",
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": ""},
+    }
+    discovery["type_urls"] = [NATIVE_FILTER_TYPE]
+
+
 # --- the ECDS file ---------------------------------------------------------
 
 def configuration_text(config: dict | str) -> str:
@@ -212,7 +249,10 @@ def ecds_document(bootstrap: dict, config: dict | str) -> dict:
     """A DiscoveryResponse carrying the bootstrap's default Wasm filter
     (same module, vm_id and root_id) with `config` as its configuration."""
     wasm = copy.deepcopy(_apikey_discovery(bootstrap)["default_config"])
-    wasm["config"]["configuration"]["value"] = configuration_text(config)
+    if wasm["@type"] == NATIVE_FILTER_TYPE:
+        wasm["filter_config"]["value"] = configuration_text(config)
+    else:
+        wasm["config"]["configuration"]["value"] = configuration_text(config)
     return {"resources": [{
         "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
         "name": FILTER_NAME,

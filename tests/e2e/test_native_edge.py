@@ -133,7 +133,7 @@ def test_metrics_and_the_audit_record_carry_the_wasm_modules_names(native_env):
         assert stats.get(NATIVE_STATS + "apikey.requests.denied.invalid_key") == 1, stats
         assert stats.get(NATIVE_STATS + "apikey.keys_loaded") == 2, stats
         # The access log prints %FILTER_STATE(wasm.apikey:PLAIN)%, as for the Wasm module.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15  # the access log is flushed on a timer
         records = []
         while time.monotonic() < deadline and len(records) < 2:
             records = [json.loads(json.loads(line)["apikey"]) for line in gw.log_text().splitlines()
@@ -242,3 +242,72 @@ def test_the_native_edge_follows_the_key_service(native_env, tmp_path):
             tables = gw.stats(NATIVE_STATS + "apikey.key_source.tables")
             assert sum(tables.values()) >= 2, f"key_source.tables: {tables}"
             assert service.feed_token not in gw.log_text(), "the feed token was logged"
+
+
+# Fleet-wide limits (contract §6): test_fleet's fixtures (a password-protected
+# Redis and the project's rate-limit server), native gateways.
+from fleet_services import SilentListener  # noqa: E402
+from test_fleet import (  # noqa: E402,F401  (fixtures are found by name)
+    assert_fleet_429, clear_of_window_edge, key_pair, ratelimit_binary, redis, server_factory,
+    PERIOD,
+)
+from test_fleet import config as fleet_config  # noqa: E402
+
+NATIVE_FLEET = NATIVE_STATS + "apikey.fleet."
+
+
+def native_fleet_stats(*gateways: Gateway) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for gateway in gateways:
+        for name, value in gateway.stats(NATIVE_FLEET).items():
+            short = name.removeprefix(NATIVE_FLEET)
+            total[short] = total.get(short, 0) + value
+    return total
+
+
+def test_two_native_gateways_admit_exactly_n_of_2n_through_the_fleet(native_env, server_factory):
+    n = 20
+    raw, key_id = key_pair()
+    server = server_factory()
+    shared = fleet_config(raw, key_id, requests=n, burst=2 * n, fleet={"timeout_ms": 1000})
+    with native_gateway(native_env, config=shared, concurrency=2, ratelimit_port=server.port) as first, \
+         native_gateway(native_env, config=shared, concurrency=2, ratelimit_port=server.port) as second:
+        clear_of_window_edge()
+        seconds_left = PERIOD - time.time() % PERIOD
+        responses = [gw.request("GET", "/x", [("X-API-Key", raw)]) for _ in range(n) for gw in (first, second)]
+        statuses = [r.status for r in responses]
+        assert statuses.count(200) == n, f"admitted {statuses.count(200)} of {2 * n}, limit {n}: {statuses}"
+        for denied in (r for r in responses if r.status == 429):
+            assert_fleet_429(denied, seconds_left, quota=n)
+        stats = native_fleet_stats(first, second)
+        assert (stats["calls"], stats["over_limit"], stats["failures"], stats["timeouts"]) == (2 * n, n, 0, 0), stats
+    assert server.metrics()["requests"] == 2 * n, server.metrics()
+
+
+def test_a_silent_fleet_service_is_bounded_by_timeout_ms_on_the_native_edge(native_env):
+    timeout_ms = 200
+    raw, key_id = key_pair()
+    fleet = {"timeout_ms": timeout_ms, "on_failure": "deny"}
+    with SilentListener() as silent, \
+         native_gateway(native_env, config=fleet_config(raw, key_id, requests=5, burst=50, fleet=fleet),
+                        concurrency=2, ratelimit_port=silent.port) as gw:
+        for _ in range(2):
+            started = time.monotonic()
+            response = gw.request("GET", "/x", [("X-API-Key", raw)])
+            took = time.monotonic() - started
+            assert (response.status, response.json["error"]["code"]) == (503, "rate_limiter_unavailable"), \
+                (response.status, response.body)
+            assert timeout_ms / 1000 * 0.9 <= took < timeout_ms / 1000 + 0.6, f"{took:.3f} s"
+        stats = native_fleet_stats(gw)
+        assert (stats["calls"], stats["timeouts"]) == (2, 2), stats
+        assert gw.running()
+
+
+def test_require_https_reads_the_connections_tls_version_on_the_native_edge(native_env):
+    """§7.2 through the ABI's connection.tls_version attribute: refused over
+    plain HTTP, served over TLS."""
+    with native_gateway(native_env, config=config(require_https=True), concurrency=2) as gw:
+        plain = gw.request("GET", "/api/v1/leads", [("x-api-key", PRO_KEY)])
+        assert (plain.status, plain.json["error"]["code"]) == (403, "https_required"), plain.body
+        secure = gw.request("GET", "/api/v1/leads", [("x-api-key", PRO_KEY)], tls=True)
+        assert secure.status == 200, f"over TLS: {secure.status} {secure.body!r}"

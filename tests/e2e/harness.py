@@ -1,7 +1,11 @@
-"""Runs the real thing for end-to-end tests: Envoy 1.40 with the built Wasm
-module, in front of an upstream that echoes what it received.
+"""Runs the real thing for end-to-end tests: Envoy 1.40 with the built
+filter, in front of an upstream that echoes what it received.
 
-The bootstrap is the one the project ships (envoy/envoy.yaml), with only
+The filter is one of two edges (contract §9): the Wasm module, or the same
+core as a native Envoy dynamic module. The session's edge is `--edge` /
+APIKEY_EDGE (wasm unless told); a gateway runs the edge of the module it is
+given (a `.so` is the native one). The bootstrap is the one the project
+ships for that edge (envoy/envoy.yaml, envoy/envoy-native.yaml), with only
 ports and paths substituted, so a test exercises the listener, the edge
 settings and the ECDS wiring users run. Plugin configurations travel the
 way a control plane sends them: an ECDS file renamed into a watched
@@ -46,6 +50,7 @@ from echo_upstream import MARKER_HEADER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = REPO_ROOT / "envoy" / "envoy.yaml"
+NATIVE_BOOTSTRAP = REPO_ROOT / "envoy" / "envoy-native.yaml"
 ECHO_UPSTREAM = Path(__file__).resolve().with_name("echo_upstream.py")
 TLS_CERT_SCRIPT = REPO_ROOT / "scripts" / "tls-cert.sh"
 # The marker header's value on the sandbox upstream's answers (x-api-env: test).
@@ -64,6 +69,76 @@ Header = tuple[str | bytes, str | bytes]
 
 class GatewayError(RuntimeError):
     """Envoy or the upstream failed, or a wait ran out of time."""
+
+
+# --- the two edges ---------------------------------------------------------
+
+WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+DYNAMIC_MODULE_FILTER_TYPE = \
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+# Where Envoy looks for a dynamic module named in dynamic_module_config.
+SEARCH_PATH_VARIABLE = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """What differs, seen from outside, between the two builds of the filter
+    (contract §9): everything else, answers included, is the same."""
+
+    name: str  # as --edge and APIKEY_EDGE spell it
+    bootstrap: Path  # the shipped bootstrap
+    filter_type: str  # the type URL of the filter's config (default_config, ECDS)
+    # The namespace Envoy puts before the filter's own metrics in /stats
+    # (and drops in /stats/prometheus).
+    metrics_namespace: str
+    # How a Prometheus scrape renames the filter's metrics to the names the
+    # alerts and dashboard query (envoy/observability/README.md): none on
+    # the Wasm edge (Envoy drops `wasmcustom.` itself); on the native edge
+    # Envoy 1.40 exposes `envoy_dynamicmodulescustom_apikey_…`, and the
+    # documented metric_relabel_configs rule strips the prefix (this regex
+    # and `$1`).
+    prometheus_relabel: str | None
+    # What Envoy's log says when the filter itself failed rather than
+    # decided: a Wasm VM's trap or panic (its request, and every later one
+    # on that worker, answered 503); a native module's caught panic (the
+    # request answered 503 not_configured, logged at critical, contract §9).
+    failure_markers: tuple[str, ...]
+
+    def metric(self, name: str) -> str:
+        """The /stats name of one of the filter's metrics (`apikey.…`)."""
+        return self.metrics_namespace + name
+
+
+WASM = Edge("wasm", BOOTSTRAP, WASM_FILTER_TYPE, "wasmcustom.", None,
+            ("panicked", "failed: Uncaught", "Function: proxy_on_", "wasm trap", "VM has crashed"))
+NATIVE = Edge("native", NATIVE_BOOTSTRAP, DYNAMIC_MODULE_FILTER_TYPE, "dynamicmodulescustom.",
+              "envoy_dynamicmodulescustom_(apikey_.+)", ("panicked", "[critical]"))
+EDGES = {edge.name: edge for edge in (WASM, NATIVE)}
+EDGE_VARIABLE = "APIKEY_EDGE"
+
+
+def session_edge() -> Edge:
+    """The edge this test session runs: APIKEY_EDGE (conftest sets it from
+    --edge), wasm when unset."""
+    name = os.environ.get(EDGE_VARIABLE) or WASM.name
+    if name not in EDGES:
+        raise GatewayError(f"{EDGE_VARIABLE}={name!r}: the edges are {', '.join(EDGES)}")
+    return EDGES[name]
+
+
+def edge_of(module: Path) -> Edge:
+    """The edge a built module belongs to: a shared library is the native
+    one, anything else (a .wasm) the Wasm one."""
+    return NATIVE if Path(module).suffix == ".so" else WASM
+
+
+def native_module_name(module: Path) -> str:
+    """The `dynamic_module_config.name` that makes Envoy open `module`:
+    libNAME.so, from the directory in ENVOY_DYNAMIC_MODULES_SEARCH_PATH."""
+    match = re.fullmatch(r"lib(.+)\.so", Path(module).name)
+    if not match:
+        raise GatewayError(f"{module}: Envoy opens a dynamic module as libNAME.so")
+    return match.group(1)
 
 
 def envoy_binary() -> Path:
@@ -123,6 +198,36 @@ def build_module() -> Path:
     return module
 
 
+@functools.cache
+def build_native() -> Path:
+    """Builds the native filter (the dynamic module, contract §9) once per
+    test session with scripts/lib.sh's build_native (the release-native
+    profile, which unwinds so the module catches panics, copied to
+    target/release/) and returns the .so path; APIKEY_NATIVE names a
+    prebuilt one instead (its file name must stay libNAME.so)."""
+    override = os.environ.get("APIKEY_NATIVE")
+    if override:
+        return Path(override).resolve()
+    command = ["bash", "-c", f"source {REPO_ROOT / 'scripts' / 'lib.sh'} && build_native"]
+    built = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    if built.returncode != 0:
+        raise GatewayError(f"scripts/lib.sh build_native failed:\n{built.stderr[-4000:]}")
+    return REPO_ROOT / "target" / "release" / "libapikey_dynamic.so"
+
+
+def build_edge_module(edge: Edge | None = None) -> Path:
+    """The built filter of `edge` (the session's by default)."""
+    return build_native() if (edge or session_edge()) is NATIVE else build_module()
+
+
+def cli_filter_args(module: Path) -> list[str]:
+    """The `apikey` CLI's global options that make the ECDS files it writes
+    carry `module`'s filter, as the bootstrap harness renders it."""
+    if edge_of(module) is NATIVE:
+        return ["--edge", "native", "--dynamic-module", native_module_name(module)]
+    return ["--edge", "wasm", "--wasm", str(module)]
+
+
 # --- the bootstrap ---------------------------------------------------------
 
 def _named(items: Iterable[dict], name: str, what: str) -> dict:
@@ -148,6 +253,29 @@ def load_bootstrap(path: Path = BOOTSTRAP) -> dict:
         return yaml.safe_load(file)
 
 
+def bootstrap_edge(bootstrap: dict) -> Edge:
+    """The edge whose filter a bootstrap's `apikey` filter runs."""
+    filter_type = _apikey_discovery(bootstrap)["default_config"]["@type"]
+    return next(edge for edge in EDGES.values() if edge.filter_type == filter_type)
+
+
+def set_filter_configuration(filter_config: dict, text: str) -> None:
+    """Puts the plugin configuration into a filter config of either edge:
+    the Wasm filter's `config.configuration`, the dynamic module's
+    `filter_config` (both a StringValue)."""
+    if filter_config["@type"] == DYNAMIC_MODULE_FILTER_TYPE:
+        filter_config["filter_config"]["value"] = text
+    else:
+        filter_config["config"]["configuration"]["value"] = text
+
+
+def filter_configuration(filter_config: dict) -> str:
+    """The plugin configuration a filter config of either edge carries."""
+    if filter_config["@type"] == DYNAMIC_MODULE_FILTER_TYPE:
+        return filter_config["filter_config"]["value"]
+    return filter_config["config"]["configuration"]["value"]
+
+
 def ecds_path(bootstrap: dict) -> Path:
     """The ECDS file the bootstrap watches (relative to Envoy's working directory)."""
     return Path(_apikey_discovery(bootstrap)["config_source"]["path_config_source"]["path"])
@@ -156,9 +284,12 @@ def ecds_path(bootstrap: dict) -> Path:
 def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: bool = True,
                      ratelimit_port: int | None = None, ecds_file: str = ECDS_FILE,
                      sandbox_port: int | None = None) -> dict:
-    """envoy/envoy.yaml with this gateway's module, ECDS directory and
-    upstream; listener and admin on port 0 of 127.0.0.1 (Envoy picks free
-    ports, so gateways never race for one).
+    """The shipped bootstrap of the module's edge (envoy/envoy.yaml, or
+    envoy/envoy-native.yaml for a .so) with this gateway's module, ECDS
+    directory and upstream; listener and admin on port 0 of 127.0.0.1
+    (Envoy picks free ports, so gateways never race for one). A native
+    module is named by its file name: Envoy must be started with its
+    directory in ENVOY_DYNAMIC_MODULES_SEARCH_PATH (Gateway does that).
 
     edge=False drops Envoy's own path and header-name hardening (contract
     §5), so that tests of the filter's path handling see raw paths.
@@ -168,7 +299,9 @@ def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: boo
     binary protobuf, as the CLI's --ecds-format pb writes). The HTTPS
     listener uses the session's certificate (tls_certificate()), and the
     sandbox cluster points at sandbox_port (the upstream when None)."""
-    bootstrap = load_bootstrap()
+    # `edge` (the argument) is Envoy's hardening; the filter's edge is the module's.
+    module_edge = edge_of(module)
+    bootstrap = load_bootstrap(module_edge.bootstrap)
     bootstrap["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
     for name in ("ingress", "ingress_tls"):
         listener = _named(bootstrap["static_resources"]["listeners"], name, "listener")
@@ -187,7 +320,10 @@ def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: boo
         "path": str(ecds_dir / ecds_file),
         "watched_directory": {"path": str(ecds_dir)},
     }
-    discovery["default_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(module)
+    if module_edge is NATIVE:
+        discovery["default_config"]["dynamic_module_config"]["name"] = native_module_name(module)
+    else:
+        discovery["default_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(module)
     if not edge:
         manager = _connection_manager(bootstrap)
         for setting in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action"):
@@ -200,33 +336,21 @@ def render_bootstrap(module: Path, ecds_dir: Path, upstream_port: int, edge: boo
     return bootstrap
 
 
-# --- the native edge (contract §9) ----------------------------------------
+# --- the native edge's names, as tests/e2e/test_native_edge.py uses them ---
 
-NATIVE_FILTER_TYPE = ("type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3."
-                      "DynamicModuleFilter")
+NATIVE_FILTER_TYPE = DYNAMIC_MODULE_FILTER_TYPE
 NATIVE_LIBRARY = REPO_ROOT / "target" / "release" / "libapikey_dynamic.so"
 # Envoy finds libapikey_dynamic.so in this directory (contract §9).
-NATIVE_SEARCH_PATH_VAR = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
-
-
-def build_native() -> Path:
-    """Builds the native module (scripts/lib.sh's build_native: the
-    release-native profile, copied to target/release/) and returns its
-    path; APIKEY_NATIVE names a prebuilt one instead."""
-    prebuilt = os.environ.get("APIKEY_NATIVE")
-    if prebuilt:
-        return Path(prebuilt)
-    subprocess.run(["bash", "-c", f"source {REPO_ROOT / 'scripts' / 'lib.sh'} && build_native"],
-                   cwd=REPO_ROOT, check=True)
-    return NATIVE_LIBRARY
+NATIVE_SEARCH_PATH_VAR = SEARCH_PATH_VARIABLE
 
 
 def render_native(bootstrap: dict) -> None:
     """Turns a rendered bootstrap's apikey filter into the native edge:
     the ECDS default_config (and so every document ecds_document writes)
-    becomes the dynamic-module filter with an empty configuration. Envoy
-    must then run with ENVOY_DYNAMIC_MODULES_SEARCH_PATH naming the
-    library's directory. Use as a Gateway's `customize`."""
+    becomes the dynamic-module filter with an empty configuration. A
+    Gateway given a .so already runs envoy/envoy-native.yaml, whose filter
+    this is; as a `customize` it changes nothing there, and turns a Wasm
+    bootstrap into the native one."""
     discovery = _apikey_discovery(bootstrap)
     discovery["default_config"] = {
         "@type": NATIVE_FILTER_TYPE,
@@ -246,17 +370,15 @@ def configuration_text(config: dict | str) -> str:
 
 
 def ecds_document(bootstrap: dict, config: dict | str) -> dict:
-    """A DiscoveryResponse carrying the bootstrap's default Wasm filter
-    (same module, vm_id and root_id) with `config` as its configuration."""
-    wasm = copy.deepcopy(_apikey_discovery(bootstrap)["default_config"])
-    if wasm["@type"] == NATIVE_FILTER_TYPE:
-        wasm["filter_config"]["value"] = configuration_text(config)
-    else:
-        wasm["config"]["configuration"]["value"] = configuration_text(config)
+    """A DiscoveryResponse carrying the bootstrap's default filter (the Wasm
+    one: same module, vm_id and root_id; the native one: same module and
+    filter name) with `config` as its configuration."""
+    filter_config = copy.deepcopy(_apikey_discovery(bootstrap)["default_config"])
+    set_filter_configuration(filter_config, configuration_text(config))
     return {"resources": [{
         "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
         "name": FILTER_NAME,
-        "typed_config": wasm,
+        "typed_config": filter_config,
     }]}
 
 
@@ -367,7 +489,8 @@ def _new_workdir() -> Path:
 class Gateway:
     """Envoy with the module and an echo upstream, as a context manager.
 
-    config: dict (sent as JSON), str (sent as is) or None (no configuration
+    module: the built filter, the Wasm module or the native .so (its edge,
+    `filter_edge`, picks the bootstrap). config: dict (sent as JSON), str (sent as is) or None (no configuration
     yet, so the default_config serves: 503 not_configured). A configuration
     given here must be accepted, or entering the gateway fails.
     """
@@ -403,6 +526,7 @@ class Gateway:
         self.tls_port = 0  # the HTTPS listener (request(..., tls=True))
         self.upstream_port = 0
         self.sandbox_port = 0  # the sandbox upstream: answers carry x-echo-upstream: sandbox
+        self.filter_edge = edge_of(Path(self.module))  # `edge` is Envoy's hardening
 
     def __enter__(self) -> Gateway:
         try:
@@ -485,8 +609,12 @@ class Gateway:
         ]
         if self.config_yaml is not None:
             command += ["--config-yaml", self.config_yaml]
+        environment = dict(os.environ)
+        if self.filter_edge is NATIVE:
+            environment[SEARCH_PATH_VARIABLE] = str(Path(self.module).resolve().parent)
         with open(self.log_path, "wb") as log:
-            self._envoy = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+            self._envoy = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                           env=environment)
         self._wait("Envoy to write its admin address", lambda: address_file.read_text().strip())
         self.admin_address = address_file.read_text().strip()
         self._wait("the admin /ready to say LIVE", lambda: self._admin_text("/ready") == "LIVE\n")
@@ -671,9 +799,42 @@ class Gateway:
         return {entry["name"]: entry["value"] for entry in entries
                 if isinstance(entry.get("value"), int)}
 
+    def metrics(self, prefix: str = "apikey.") -> dict[str, int]:
+        """The filter's own counters and gauges (contract §9: the same names
+        on both edges), named without the namespace Envoy puts before them
+        in /stats (`wasmcustom.`, `dynamicmodulescustom.`):
+        {"apikey.requests.allowed": 3, ...}."""
+        namespace = self.filter_edge.metrics_namespace
+        return {name.removeprefix(namespace): value
+                for name, value in self.stats(namespace + prefix).items()}
+
     def prometheus(self) -> str:
         """The admin's /stats/prometheus page, as Prometheus scrapes it."""
         return self._admin_text("/stats/prometheus")
+
+    def prometheus_as_stored(self) -> str:
+        """/stats/prometheus with the metric names a Prometheus following
+        envoy/observability/README.md stores (the edge's
+        prometheus_relabel applied to each sample's name): what the alerts
+        and the dashboard query, on either edge."""
+        text = self.prometheus()
+        pattern = self.filter_edge.prometheus_relabel
+        if pattern is None:
+            return text
+        relabel = re.compile(pattern)
+
+        def renamed(line: re.Match) -> str:
+            # metric_relabel_configs anchors its regex at both ends of the name.
+            match = relabel.fullmatch(line.group(2))
+            return (line.group(1) or "") + (match.expand(r"\1") if match else line.group(2))
+
+        return re.sub(r"^(# (?:TYPE|HELP) )?([a-zA-Z_:][a-zA-Z0-9_:]*)", renamed, text, flags=re.MULTILINE)
+
+    def filter_failures(self) -> list[str]:
+        """The lines of Envoy's log that say the filter failed (a trap, a
+        panic: the edge's failure_markers), for tests that must show none."""
+        markers = self.filter_edge.failure_markers
+        return [line for line in self.log_text().splitlines() if any(marker in line for marker in markers)]
 
     def log_text(self) -> str:
         """Everything Envoy logged so far (its stdout access log included)."""

@@ -46,6 +46,8 @@ import pytest
 import harness
 from harness import REPO_ROOT
 
+pytestmark = pytest.mark.wasm_only("the compose stack's gateway image runs the Wasm module")
+
 COMPOSE_FILE = REPO_ROOT / "envoy" / "docker-compose.yaml"
 BUILD_IMAGES = REPO_ROOT / "envoy" / "images" / "build.sh"
 TOKEN_SECRETS = REPO_ROOT / "envoy" / "service" / "token-secrets.sh"

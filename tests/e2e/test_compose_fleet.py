@@ -41,6 +41,8 @@ from harness import REPO_ROOT
 from test_compose import (BUILD_IMAGES, COMPOSE_FILE, PODMAN_COMPOSE, assert_nothing_left, compose_down,
                           project_containers, project_volumes, require_podman, run, service_secrets)
 
+pytestmark = pytest.mark.wasm_only("the compose fleet's gateway image runs the Wasm module")
+
 PROJECT = f"apikey-fleet-test-{os.getpid()}"
 LIMITED_KEY = "sk_live_FleetLimited000000000000"
 READY_KEY = "sk_live_FleetReady00000000000000"

@@ -39,7 +39,7 @@ from harness import Gateway
 WORKERS = 8
 IN_FLIGHT = 256  # requests open at once, each on its own connection
 DURATION = 5.0  # seconds of load
-STATS = "wasmcustom.apikey."
+STATS = "apikey."  # the filter's metrics (Gateway.metrics)
 
 
 @dataclass(frozen=True)
@@ -154,11 +154,11 @@ async def load(port: int, duration: float) -> tuple[dict[str, Seen], list[str]]:
     return seen, failures
 
 
-def test_eight_workers_under_contention_admit_burst_plus_refill_within_one_token(wasm_module):
-    with Gateway(wasm_module, config=config(), concurrency=WORKERS) as gw:
-        before = gw.stats(STATS)
+def test_eight_workers_under_contention_admit_burst_plus_refill_within_one_token(module):
+    with Gateway(module, config=config(), concurrency=WORKERS) as gw:
+        before = gw.metrics(STATS)
         seen, failures = asyncio.run(load(gw.port, DURATION))
-        after = gw.stats(STATS)
+        after = gw.metrics(STATS)
 
     assert not failures, f"{len(failures)} requests failed: {failures[:5]}"
     report = []

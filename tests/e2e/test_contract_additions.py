@@ -44,10 +44,10 @@ def denied(response, status, code):
 
 
 @pytest.fixture(scope="module")
-def gateways(wasm_module):
-    with Gateway(wasm_module, config=config(realm="partners"), concurrency=2) as realm, \
-            Gateway(wasm_module, config=config(schemes=["x-api-key"]), concurrency=2) as x_only, \
-            Gateway(wasm_module, config=config(schemes=["bearer"]), concurrency=2) as bearer_only:
+def gateways(module):
+    with Gateway(module, config=config(realm="partners"), concurrency=2) as realm, \
+            Gateway(module, config=config(schemes=["x-api-key"]), concurrency=2) as x_only, \
+            Gateway(module, config=config(schemes=["bearer"]), concurrency=2) as bearer_only:
         yield {"realm": realm, "x_only": x_only, "bearer_only": bearer_only}
 
 
@@ -105,8 +105,8 @@ def test_the_credential_is_removed_on_public_routes_too(gateways, http2):
 
 
 @pytest.mark.parametrize("http2", PROTOCOLS)
-def test_empty_and_white_space_configurations_mean_not_configured(wasm_module, http2):
-    with Gateway(wasm_module, config=config(), concurrency=2) as gw:
+def test_empty_and_white_space_configurations_mean_not_configured(module, http2):
+    with Gateway(module, config=config(), concurrency=2) as gw:
         for text in ("", " \n\t "):
             assert gw.push(text) is True, "an empty configuration is valid"
             for path in ("/public", "/x"):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ECDS_FILE, Gateway
+from harness import ECDS_FILE, Gateway, cli_filter_args
 from key_service import apikey_binary
 
 PLANS = {
@@ -45,7 +45,7 @@ class ControlPlane:
     def __init__(self, gw: Gateway, module: Path):
         self.gw = gw
         self.db = gw.workdir / "apikey.db"
-        self.globals = ["--db", str(self.db), "--ecds-dir", str(gw.ecds_dir), "--wasm", str(module)]
+        self.globals = ["--db", str(self.db), "--ecds-dir", str(gw.ecds_dir), *cli_filter_args(module)]
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
         env = {name: value for name, value in os.environ.items() if not name.startswith("APIKEY_")}
@@ -101,13 +101,13 @@ def wait_for_code(gw: Gateway, key: str, expected: str, within: float) -> float:
 
 
 @pytest.fixture
-def plane(wasm_module, tmp_path):
+def plane(module, tmp_path):
     plans = tmp_path / "plans.json"
     plans.write_text(json.dumps(PLANS))
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps(RULES))
-    with Gateway(wasm_module, config=None) as gw:
-        control = ControlPlane(gw, wasm_module)
+    with Gateway(module, config=None) as gw:
+        control = ControlPlane(gw, module)
         # Before init the gateway has nothing: the filter fails closed.
         assert code(call(gw, "sk_live_x")) == "not_configured"
         control.change("init", "--plans", str(plans), "--rules", str(rules))
@@ -187,7 +187,7 @@ def test_settings_that_break_a_key_are_refused_by_cli_and_filter_and_old_table_s
     assert code(call(gw, gone_key)) == "key_revoked"
 
 
-def test_protobuf_ecds_file_is_enforced_like_the_yaml_one(wasm_module, tmp_path):
+def test_protobuf_ecds_file_is_enforced_like_the_yaml_one(module, tmp_path):
     """--ecds-format pb: the same DiscoveryResponse as binary protobuf, for
     a bootstrap that watches apikey.pb (Envoy reads it without a text
     parser, which is what keeps a 1,000,000-key table's update fast).
@@ -196,8 +196,8 @@ def test_protobuf_ecds_file_is_enforced_like_the_yaml_one(wasm_module, tmp_path)
     plans.write_text(json.dumps(PLANS))
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps(RULES))
-    with Gateway(wasm_module, config=None, ecds_file="apikey.pb") as gw:
-        control = ControlPlane(gw, wasm_module)
+    with Gateway(module, config=None, ecds_file="apikey.pb") as gw:
+        control = ControlPlane(gw, module)
         control.globals += ["--ecds-format", "pb"]
         assert code(call(gw, "sk_live_x")) == "not_configured"
         control.change("init", "--plans", str(plans), "--rules", str(rules))

@@ -35,6 +35,8 @@ import pytest
 from harness import REPO_ROOT
 from key_service import apikey_binary, clean_env
 
+pytestmark = pytest.mark.wasm_only("scripts/demo.sh runs envoy/envoy.yaml, the Wasm edge")
+
 DEMO = REPO_ROOT / "scripts" / "demo.sh"
 ECDS_FILE = REPO_ROOT / "envoy" / "ecds" / "apikey.yaml"
 PORTS = (10000, 10443, 9901, 8080, 8090, 8470)

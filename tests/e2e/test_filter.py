@@ -56,8 +56,8 @@ def contract_config(**extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def gateway(wasm_module):
-    with Gateway(wasm_module, config=contract_config(), concurrency=2) as gw:
+def gateway(module):
+    with Gateway(module, config=contract_config(), concurrency=2) as gw:
         yield gw
 
 
@@ -194,20 +194,20 @@ def test_no_response_ever_contains_the_presented_key(gateway):
             assert key.encode() not in raw, f"{key} echoed in a {response.status}"
 
 
-def test_an_unconfigured_gateway_fails_closed_with_503(wasm_module):
-    with Gateway(wasm_module, config=None, concurrency=2) as gw:
+def test_an_unconfigured_gateway_fails_closed_with_503(module):
+    with Gateway(module, config=None, concurrency=2) as gw:
         for path in ("/healthz", "/api/v1/leads"):
             response = gw.request("GET", path, [("X-API-Key", PRO_KEY)])
             assert_denied(response, 503, "not_configured")
 
 
-def test_an_empty_configuration_means_not_configured(wasm_module):
-    with Gateway(wasm_module, config="   ", concurrency=2) as gw:
+def test_an_empty_configuration_means_not_configured(module):
+    with Gateway(module, config="   ", concurrency=2) as gw:
         assert_denied(gw.request("GET", "/healthz", []), 503, "not_configured")
 
 
-def test_an_invalid_update_is_refused_and_the_previous_table_stays(wasm_module):
-    with Gateway(wasm_module, config=contract_config(), concurrency=2) as gw:
+def test_an_invalid_update_is_refused_and_the_previous_table_stays(module):
+    with Gateway(module, config=contract_config(), concurrency=2) as gw:
         invalid = contract_config()
         invalid["keys"][0]["plan"] = "gold"
         invalid["keys"].append({"id": "key_new", "sha256": sha("sk_live_New"), "tenant": "t"})
@@ -218,8 +218,8 @@ def test_an_invalid_update_is_refused_and_the_previous_table_stays(wasm_module):
         assert_denied(gw.request("GET", "/x", [("X-API-Key", "sk_live_New")]), 401, "invalid_key")
 
 
-def test_a_valid_update_replaces_the_table(wasm_module):
-    with Gateway(wasm_module, config=contract_config(), concurrency=2) as gw:
+def test_a_valid_update_replaces_the_table(module):
+    with Gateway(module, config=contract_config(), concurrency=2) as gw:
         updated = contract_config()
         updated["keys"] = [k for k in updated["keys"] if k["id"] != "key_pro"]
         updated["keys"][0]["revoked"] = True
@@ -228,11 +228,11 @@ def test_a_valid_update_replaces_the_table(wasm_module):
         assert_denied(gw.request("GET", "/api/v1/leads", [("X-API-Key", FREE_KEY)]), 401, "key_revoked")
 
 
-def test_a_table_of_100000_keys_answers_like_a_table_of_10(wasm_module):
+def test_a_table_of_100000_keys_answers_like_a_table_of_10(module):
     keys = [{"id": f"k{i}", "sha256": sha(f"sk_live_bulk{i:08d}"), "tenant": "bulk"} for i in range(100_000)]
     config = contract_config()
     config["keys"] += keys
-    with Gateway(wasm_module, config=config, concurrency=2) as gw:
+    with Gateway(module, config=config, concurrency=2) as gw:
         for raw, expected in (("sk_live_bulk00000000", 200), ("sk_live_bulk00099999", 200),
                               ("sk_live_bulk00100000", 401)):
             assert gw.request("GET", "/x", [("X-API-Key", raw)]).status == expected, raw

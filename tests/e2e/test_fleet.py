@@ -28,7 +28,7 @@ from fleet_services import RateLimitServer, Redis, SilentListener, build_ratelim
 from harness import Gateway, free_port
 
 PERIOD = 3600
-FLEET_STATS = "wasmcustom.apikey.fleet."
+FLEET_STATS = "apikey.fleet."  # the filter's metrics (Gateway.metrics)
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +94,7 @@ def fleet_stats(*gateways: Gateway) -> dict[str, int]:
     """The filter's fleet counters, summed over gateways, short names."""
     total: dict[str, int] = {}
     for gateway in gateways:
-        for name, value in gateway.stats(FLEET_STATS).items():
+        for name, value in gateway.metrics(FLEET_STATS).items():
             short = name.removeprefix(FLEET_STATS)
             total[short] = total.get(short, 0) + value
     return total
@@ -121,7 +121,7 @@ def assert_fleet_429(response, seconds_left: float, quota: int) -> None:
 
 
 @pytest.mark.parametrize("servers", [1, 2], ids=["one-server", "two-servers"])
-def test_two_gateways_admit_exactly_n_of_2n(wasm_module, redis, server_factory, servers):
+def test_two_gateways_admit_exactly_n_of_2n(module, redis, server_factory, servers):
     n = 50
     raw, key_id = key_pair()
     started = [server_factory() for _ in range(servers)]
@@ -129,8 +129,8 @@ def test_two_gateways_admit_exactly_n_of_2n(wasm_module, redis, server_factory, 
     # The local bucket (burst 2n) admits everything each gateway sees: only
     # the fleet can hold the total to n.
     fleet_config = config(raw, key_id, requests=n, burst=2 * n, fleet={"timeout_ms": 1000})
-    with Gateway(wasm_module, fleet_config, concurrency=2, ratelimit_port=ports[0]) as first, \
-         Gateway(wasm_module, fleet_config, concurrency=2, ratelimit_port=ports[1]) as second:
+    with Gateway(module, fleet_config, concurrency=2, ratelimit_port=ports[0]) as first, \
+         Gateway(module, fleet_config, concurrency=2, ratelimit_port=ports[1]) as second:
         clear_of_window_edge()
         seconds_left = PERIOD - time.time() % PERIOD
         targets = list(itertools.islice(itertools.cycle([first, second]), 2 * n))
@@ -157,12 +157,12 @@ def test_two_gateways_admit_exactly_n_of_2n(wasm_module, redis, server_factory, 
         assert server.stop() == 0, "the server did not exit cleanly on SIGTERM"
 
 
-def test_a_killed_server_follows_on_failure_and_the_circuit_opens_and_closes(wasm_module, server_factory):
+def test_a_killed_server_follows_on_failure_and_the_circuit_opens_and_closes(module, server_factory):
     timeout_ms = 250
     raw, key_id = key_pair()
     server = server_factory()
     fleet = {"timeout_ms": timeout_ms, "on_failure": "local"}
-    with Gateway(wasm_module, config(raw, key_id, requests=2, burst=50, fleet=fleet),
+    with Gateway(module, config(raw, key_id, requests=2, burst=50, fleet=fleet),
                  concurrency=2, ratelimit_port=server.port) as gw:
         clear_of_window_edge(margin=40)
         seconds_left = PERIOD - time.time() % PERIOD
@@ -201,12 +201,12 @@ def test_a_killed_server_follows_on_failure_and_the_circuit_opens_and_closes(was
         assert revived.metrics()["requests"] == 1
 
 
-def test_a_server_that_never_answers_is_bounded_by_timeout_ms(wasm_module):
+def test_a_server_that_never_answers_is_bounded_by_timeout_ms(module):
     timeout_ms = 200
     raw, key_id = key_pair()
     fleet = {"timeout_ms": timeout_ms, "on_failure": "local"}
     with SilentListener() as silent, \
-         Gateway(wasm_module, config(raw, key_id, requests=5, burst=50, fleet=fleet),
+         Gateway(module, config(raw, key_id, requests=5, burst=50, fleet=fleet),
                  concurrency=2, ratelimit_port=silent.port) as gw:
         low, high = timeout_ms / 1000 * 0.9, timeout_ms / 1000 + 0.6
         for _ in range(2):
@@ -226,11 +226,11 @@ def test_a_server_that_never_answers_is_bounded_by_timeout_ms(wasm_module):
         assert silent.accepted >= 1, "Envoy never connected to the silent service"
 
 
-def test_a_redis_failure_is_unavailable_and_on_failure_decides(wasm_module, server_factory):
+def test_a_redis_failure_is_unavailable_and_on_failure_decides(module, server_factory):
     raw, key_id = key_pair()
     server = server_factory(redis_url=f"redis://127.0.0.1:{free_port()}")  # nothing listens there
     fleet = {"timeout_ms": 2000, "on_failure": "deny"}
-    with Gateway(wasm_module, config(raw, key_id, requests=5, burst=50, fleet=fleet),
+    with Gateway(module, config(raw, key_id, requests=5, burst=50, fleet=fleet),
                  concurrency=2, ratelimit_port=server.port) as gw:
         response, _ = timed(gw, raw)
         assert (response.status, response.json["error"]["code"]) == (503, "rate_limiter_unavailable")
@@ -243,12 +243,12 @@ def test_a_redis_failure_is_unavailable_and_on_failure_decides(wasm_module, serv
     assert status == 503 and body.startswith("redis:"), (status, body)
 
 
-def test_without_fleet_each_gateway_keeps_its_own_exact_limit(wasm_module, server_factory):
+def test_without_fleet_each_gateway_keeps_its_own_exact_limit(module, server_factory):
     raw, key_id = key_pair()
     server = server_factory()
     local_only = config(raw, key_id, requests=1, burst=5, fleet=None)
-    with Gateway(wasm_module, local_only, concurrency=2, ratelimit_port=server.port) as first, \
-         Gateway(wasm_module, local_only, concurrency=2, ratelimit_port=server.port) as second:
+    with Gateway(module, local_only, concurrency=2, ratelimit_port=server.port) as first, \
+         Gateway(module, local_only, concurrency=2, ratelimit_port=server.port) as second:
         for gw in (first, second):
             with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
                 statuses = list(pool.map(lambda _: gw.request("GET", "/x", [("X-API-Key", raw)]).status, range(10)))
@@ -273,12 +273,12 @@ def test_redis_refuses_a_client_without_the_password(redis):
 
 
 def test_a_server_without_the_password_is_refused_by_redis_and_the_gateway_fails_closed(
-        wasm_module, redis, server_factory):
+        module, redis, server_factory):
     raw, key_id = key_pair()
     server = server_factory(no_auth=True)
     assert "without a password" in server.log, f"--redis-no-auth is not said at start: {server.log!r}"
     fleet = {"timeout_ms": 2000, "on_failure": "deny"}
-    with Gateway(wasm_module, config(raw, key_id, requests=5, burst=50, fleet=fleet),
+    with Gateway(module, config(raw, key_id, requests=5, burst=50, fleet=fleet),
                  concurrency=2, ratelimit_port=server.port) as gw:
         response, _ = timed(gw, raw)
         assert (response.status, response.json["error"]["code"]) == (503, "rate_limiter_unavailable"), \

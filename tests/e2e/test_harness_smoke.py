@@ -62,8 +62,8 @@ def test_echo_upstream_reports_method_raw_target_and_header_bytes(upstream):
             "HEAD wrote a body, so the kept-alive connection is out of step"
 
 
-def test_an_unconfigured_gateway_answers_with_the_module_default_config(wasm_module):
-    with Gateway(wasm_module, config=None) as gw:
+def test_an_unconfigured_gateway_answers_with_the_module_default_config(module):
+    with Gateway(module, config=None) as gw:
         for http2 in (False, True):
             response = gw.request("GET", "/anything", [("X-API-Key", KEY)], http2=http2)
             assert response.status == 503, response.body
@@ -71,8 +71,8 @@ def test_an_unconfigured_gateway_answers_with_the_module_default_config(wasm_mod
             assert response.upstream is None
 
 
-def test_a_configured_gateway_forwards_over_http1_and_h2c(wasm_module):
-    with Gateway(wasm_module, config=CONFIG) as gw:
+def test_a_configured_gateway_forwards_over_http1_and_h2c(module):
+    with Gateway(module, config=CONFIG) as gw:
         for http2 in (False, True):
             response = gw.request("GET", "/v1/x?y=1", [("X-API-Key", KEY)], http2=http2)
             assert response.status == 200, response.body
@@ -84,8 +84,8 @@ def test_a_configured_gateway_forwards_over_http1_and_h2c(wasm_module):
         assert '"status":200' in gw.log_text(), "no JSON access log line"
 
 
-def test_push_reports_accepted_and_refused_configurations(wasm_module):
-    with Gateway(wasm_module, config=CONFIG) as gw:
+def test_push_reports_accepted_and_refused_configurations(module):
+    with Gateway(module, config=CONFIG) as gw:
         assert gw.push({"keys": [make_key(KEY, id="key_renamed", tenant="pushed")]}) is True
         assert ["x-api-tenant", "pushed"] in gw.request("GET", "/", [("X-API-Key", KEY)]).upstream["headers"]
         assert gw.push({"keys": "not a list"}) is False
@@ -94,9 +94,9 @@ def test_push_reports_accepted_and_refused_configurations(wasm_module):
             gw.push({"keys": "not a list"})
 
 
-def test_edge_hardening_is_on_by_default_and_off_with_edge_false(wasm_module):
+def test_edge_hardening_is_on_by_default_and_off_with_edge_false(module):
     underscore = [("X-API-Key", KEY), ("x_custom", "1")]
-    with Gateway(wasm_module, config=CONFIG) as edge, Gateway(wasm_module, config=CONFIG, edge=False) as bare:
+    with Gateway(module, config=CONFIG) as edge, Gateway(module, config=CONFIG, edge=False) as bare:
         assert edge.request("GET", "/a", underscore).status == 400, "headers_with_underscores_action is off"
         assert bare.request("GET", "/a", underscore).status == 200
         # An encoded slash: Envoy's own 400 at the edge, the filter's JSON one without it.
@@ -104,21 +104,24 @@ def test_edge_hardening_is_on_by_default_and_off_with_edge_false(wasm_module):
         assert bare.request("GET", "/a%2Fb", [("X-API-Key", KEY)]).json["error"]["code"] == "invalid_path"
 
 
-def test_a_gateway_that_cannot_start_raises_with_envoys_log_and_leaves_nothing_running(tmp_path):
-    gateway = Gateway(tmp_path / "missing.wasm", config=None, timeout=20)
-    with pytest.raises(GatewayError, match="missing.wasm"):
+def test_a_gateway_that_cannot_start_raises_with_envoys_log_and_leaves_nothing_running(module, tmp_path):
+    # A module of the session's edge that is not there (libNAME.so: the
+    # name a native module must have).
+    missing = tmp_path / f"libmissing{module.suffix}"
+    gateway = Gateway(missing, config=None, timeout=20)
+    with pytest.raises(GatewayError, match=missing.name):
         with gateway:
             pass
     assert not gateway.running()
 
 
-def test_leaving_the_gateway_stops_envoy_and_the_upstream(wasm_module):
-    with Gateway(wasm_module) as gw:
+def test_leaving_the_gateway_stops_envoy_and_the_upstream(module):
+    with Gateway(module) as gw:
         assert gw.running()
     assert not gw.running()
 
 
-def test_the_demo_configuration_is_accepted(wasm_module):
+def test_the_demo_configuration_is_accepted(module):
     demo = json.loads((REPO_ROOT / "envoy" / "demo-config.json").read_text(encoding="utf-8"))
-    with Gateway(wasm_module, config=None) as gw:
+    with Gateway(module, config=None) as gw:
         assert gw.push(demo) is True, gw.log_text()[-2000:]

@@ -1,5 +1,6 @@
 """Hostile header bytes cannot trap the Wasm VM (contract §2: "No byte
-sequence in any header may trap the Wasm VM").
+sequence in any header may trap the Wasm VM") nor panic the native module
+(§9).
 
 Requests are written as raw HTTP/1.1 bytes, so values Python's HTTP client
 would refuse (non-UTF-8, control bytes, 8 KiB keys) reach Envoy. Each gets
@@ -30,8 +31,8 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def gateway(wasm_module):
-    with Gateway(wasm_module, config=CONFIG, concurrency=2) as gw:
+def gateway(module):
+    with Gateway(module, config=CONFIG, concurrency=2) as gw:
         yield gw
 
 
@@ -90,9 +91,7 @@ def test_every_worker_still_answers_after_the_hostile_requests(gateway):
     # Separate connections spread over both workers; each must answer.
     for _ in range(40):
         assert status_and_code(gateway, [b"x-api-key: " + KEY.encode()]) == (200, None)
-    log = gateway.log_text()
-    for marker in ("panic", "Function: proxy_on_request_headers failed", "wasm trap", "VM has crashed"):
-        assert marker not in log, f"the Wasm VM failed: {marker!r} in Envoy's log"
+    assert not gateway.filter_failures(), f"the filter failed: {gateway.filter_failures()}"
     failures = {name: value for name, value in gateway.stats().items()
                 if name.startswith("wasm.") and ("fail" in name or "crash" in name) and value}
     assert not failures, f"Wasm runtime failures: {failures}"

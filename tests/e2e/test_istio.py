@@ -32,6 +32,8 @@ import harness
 from harness import REPO_ROOT, Gateway
 from key_service import apikey_binary, clean_env
 
+pytestmark = pytest.mark.wasm_only("Istio runs the Wasm module (WasmPlugin); stock Istio loads no dynamic modules")
+
 ISTIO = REPO_ROOT / "envoy" / "istio"
 WASM_PLUGIN = ISTIO / "wasmplugin.yaml"
 EDGE_FILTER = ISTIO / "edge-envoyfilter.yaml"

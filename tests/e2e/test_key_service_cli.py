@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ECDS_FILE, Gateway
+from harness import ECDS_FILE, Gateway, cli_filter_args
 from key_service import KeyService, apikey_binary, clean_env, imported_key, sha256_hex
 from test_control_plane import ENFORCED_WITHIN, call, code, wait_for_code
 
@@ -154,14 +154,15 @@ def test_import_state_moves_a_state_file_into_a_database(tmp_path):
         assert service.ok("GET", "/v1/settings")["max_keys_per_tenant"] == 25
 
 
-def test_a_database_renders_what_envoy_enforces(wasm_module, tmp_path):
+def test_a_database_renders_what_envoy_enforces(module, tmp_path):
     """--db with --ecds-dir: each change rewrites the ECDS file from the
     database, as a state file's commands do, and Envoy enforces it."""
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps({"plans": PLANS, "rules": RULES}))
     db = tmp_path / "keys.db"
-    with Gateway(wasm_module, config=None) as gw:
-        base = [str(apikey_binary()), "--db", str(db), "--ecds-dir", str(gw.ecds_dir), "--wasm", str(wasm_module)]
+    with Gateway(module, config=None) as gw:
+        base = [str(apikey_binary()), "--db", str(db), "--ecds-dir", str(gw.ecds_dir),
+                *cli_filter_args(module)]
 
         def change(*args: str) -> str:
             before = gw.ecds_counters()

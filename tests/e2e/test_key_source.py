@@ -86,7 +86,7 @@ def wait_for(what: str, condition, timeout: float) -> float:
     raise AssertionError(f"{what} not within {timeout} s")
 
 
-def test_the_filter_follows_the_key_service(wasm_module, tmp_path):
+def test_the_filter_follows_the_key_service(module, tmp_path):
     port = free_port()
     with FixedPortService(tmp_path / "service", port) as service:
         service.put_settings({"rules": [{"path_prefix": "/api", "scope": "leads:read"}]})
@@ -95,10 +95,10 @@ def test_the_filter_follows_the_key_service(wasm_module, tmp_path):
 
         config = {"key_source": {"cluster": "apikey_control", "token": service.feed_token,
                                  "authority": "apikey-control"}}
-        with Gateway(wasm_module, config=config, concurrency=2, customize=control_cluster(port)) as gw:
+        with Gateway(module, config=config, concurrency=2, customize=control_cluster(port)) as gw:
             # Service down: no table yet.
             wait_for("a counted feed failure",
-                     lambda: gw.stats("wasmcustom.apikey.key_source").get("wasmcustom.apikey.key_source.failures", 0) > 0, 10)
+                     lambda: gw.metrics("apikey.key_source").get("apikey.key_source.failures", 0) > 0, 10)
             for _ in range(6):
                 assert answer(gw, first["key"]) == (503, "not_configured"), "served without a table"
 
@@ -129,9 +129,9 @@ def test_the_filter_follows_the_key_service(wasm_module, tmp_path):
 
             # Outage: the last table stays enforced.
             service.stop()
-            failures = gw.stats("wasmcustom.apikey.key_source").get("wasmcustom.apikey.key_source.failures", 0)
+            failures = gw.metrics("apikey.key_source").get("apikey.key_source.failures", 0)
             wait_for("a failure counted during the outage",
-                     lambda: gw.stats("wasmcustom.apikey.key_source").get("wasmcustom.apikey.key_source.failures", 0) > failures, 10)
+                     lambda: gw.metrics("apikey.key_source").get("apikey.key_source.failures", 0) > failures, 10)
             for _ in range(10):
                 assert answer(gw, second["key"]) == (200, None), "the last table was dropped in the outage"
                 assert answer(gw, first["key"]) == (401, "key_revoked")
@@ -146,10 +146,10 @@ def test_the_filter_follows_the_key_service(wasm_module, tmp_path):
             assert answer(gw, second["key"]) == (200, None)
             service.start()
             wait_for("the change made while down", lambda: answer(gw, second["key"]) == (401, "key_revoked"), 10)
-            assert gw.stats("wasmcustom.apikey.key_source").get("wasmcustom.apikey.key_source.tables", 0) >= 3
+            assert gw.metrics("apikey.key_source").get("apikey.key_source.tables", 0) >= 3
 
 
-def test_a_wrong_feed_token_is_refused_logged_and_counted_and_never_serves(wasm_module, tmp_path):
+def test_a_wrong_feed_token_is_refused_logged_and_counted_and_never_serves(module, tmp_path):
     # Issue 21's fault list: a gateway holding a wrong feed token gets no
     # table (fail closed: 503), says so in its log without the token, and
     # counts each refused fetch.
@@ -159,12 +159,12 @@ def test_a_wrong_feed_token_is_refused_logged_and_counted_and_never_serves(wasm_
         key = service.create(scopes=["leads:read"])
         wrong = "wrong-feed-token-" + "x" * 24
         config = {"key_source": {"cluster": "apikey_control", "token": wrong, "authority": "apikey-control"}}
-        with Gateway(wasm_module, config=config, concurrency=2, customize=control_cluster(port)) as gw:
-            counter = "wasmcustom.apikey.key_source.failures"
-            wait_for("two refused fetches counted", lambda: gw.stats(counter).get(counter, 0) >= 2, 15)
+        with Gateway(module, config=config, concurrency=2, customize=control_cluster(port)) as gw:
+            counter = "apikey.key_source.failures"
+            wait_for("two refused fetches counted", lambda: gw.metrics(counter).get(counter, 0) >= 2, 15)
             for _ in range(6):
                 assert answer(gw, key["key"]) == (503, "not_configured"), "served without a verified table"
             log = gw.log_text()
             assert "key_source: feed from cluster \"apikey_control\" failed" in log, "no log line for the refusal"
             assert wrong not in log, "the feed token was logged"
-            assert gw.stats("wasmcustom.apikey.key_source").get("wasmcustom.apikey.key_source.tables", 0) == 0
+            assert gw.metrics("apikey.key_source").get("apikey.key_source.tables", 0) == 0

@@ -43,22 +43,22 @@ REVOKED = (401, "key_revoked")
 NO_SCOPE = (403, "insufficient_scope")
 NOT_FOUND = (404, "not_found")
 NOT_CONFIGURED = (503, "not_configured")
-FAILURES = "wasmcustom.apikey.key_source.failures"
-TABLES = "wasmcustom.apikey.key_source.tables"
+FAILURES = "apikey.key_source.failures"
+TABLES = "apikey.key_source.tables"
 FAILED_LINE = 'key_source: feed from cluster "apikey_control" failed'
 FIRST_TABLE_S = 30  # start-up on a shared machine, not a contract bound
 RECOVERY_S = 20  # the backoff's 5 s ceiling, plus room for a loaded machine
 
 
 def counter(gw: Gateway, name: str) -> int:
-    return gw.stats(name).get(name, 0)
+    return gw.metrics(name).get(name, 0)
 
 
-def following_gateway(wasm_module, token: str, port: int) -> Gateway:
+def following_gateway(module, token: str, port: int) -> Gateway:
     """A gateway at --concurrency 4 following the service (or the
     saboteur) on `port`, with per-worker listener stats."""
     config = {"key_source": {"cluster": "apikey_control", "token": token, "authority": "apikey-control"}}
-    return Gateway(wasm_module, config=config, concurrency=WORKERS, customize=with_worker_stats(control_cluster(port)))
+    return Gateway(module, config=config, concurrency=WORKERS, customize=with_worker_stats(control_cluster(port)))
 
 
 def cli(service, *args: str) -> str:
@@ -86,7 +86,7 @@ def assert_failure_logged(gw: Gateway, since_offset: int, token: str, what: str)
 
 
 def test_a_killed_service_leaves_the_last_table_enforced_and_changes_made_meanwhile_apply_on_return(
-        wasm_module, tmp_path):
+        module, tmp_path):
     port = free_port()
     with FixedPortService(tmp_path / "service", port) as service:
         service.put_settings({"rules": [{"path_prefix": "/api", "scope": "leads:read"}]})
@@ -96,7 +96,7 @@ def test_a_killed_service_leaves_the_last_table_enforced_and_changes_made_meanwh
         revoked = Check("revoked", revoked_record["key"])
         later_record = service.create(scopes=["leads:read"])
         later = Check("revoked during the outage", later_record["key"])
-        with following_gateway(wasm_module, service.feed_token, port) as gw:
+        with following_gateway(module, service.feed_token, port) as gw:
             watch = Watch([WorkerProbe(gw, "gateway", WORKERS)])
             watch.await_switch("the first table", time.monotonic(),
                                {kept: (NOT_CONFIGURED, ALLOWED), revoked: (NOT_CONFIGURED, REVOKED),
@@ -128,12 +128,12 @@ def test_a_killed_service_leaves_the_last_table_enforced_and_changes_made_meanwh
 
 
 def test_a_service_killed_after_acknowledged_writes_and_restarted_on_its_database_loses_no_key(
-        wasm_module, tmp_path):
+        module, tmp_path):
     port = free_port()
     with FixedPortService(tmp_path / "service", port) as service:
         service.put_settings({"rules": [{"path_prefix": "/api", "scope": "leads:read"}]})
         first = service.create(scopes=["leads:read"])
-        with following_gateway(wasm_module, service.feed_token, port) as gw:
+        with following_gateway(module, service.feed_token, port) as gw:
             watch = Watch([WorkerProbe(gw, "gateway", WORKERS)])
             watch.await_switch("the first table", time.monotonic(),
                                {Check("first", first["key"]): (NOT_CONFIGURED, ALLOWED)}, timeout=FIRST_TABLE_S)
@@ -162,14 +162,14 @@ def test_a_service_killed_after_acknowledged_writes_and_restarted_on_its_databas
             watch.expect("the following gateway after the restart", expected)
 
         # A new gateway takes its whole table from the restarted service.
-        with following_gateway(wasm_module, service.feed_token, port) as fresh:
+        with following_gateway(module, service.feed_token, port) as fresh:
             watch = Watch([WorkerProbe(fresh, "new gateway", WORKERS)])
             watch.await_switch("the new gateway's first table", time.monotonic(),
                                {Check("marker", marker["key"]): (NOT_CONFIGURED, ALLOWED)}, timeout=FIRST_TABLE_S)
             watch.expect("a new gateway after the restart", expected)
 
 
-def test_a_gateway_started_while_the_service_is_down_answers_503_then_serves_once_it_is_up(wasm_module, tmp_path):
+def test_a_gateway_started_while_the_service_is_down_answers_503_then_serves_once_it_is_up(module, tmp_path):
     port = free_port()
     with FixedPortService(tmp_path / "service", port) as service:
         service.put_settings({"rules": [{"path_prefix": "/api", "scope": "leads:read"}]})
@@ -179,7 +179,7 @@ def test_a_gateway_started_while_the_service_is_down_answers_503_then_serves_onc
         revoked = Check("revoked", revoked_record["key"])
         unknown = Check("unknown", "sk_live_" + "u" * 24)
         service.stop()
-        with following_gateway(wasm_module, service.feed_token, port) as gw:
+        with following_gateway(module, service.feed_token, port) as gw:
             watch = Watch([WorkerProbe(gw, "gateway", WORKERS)])
             hold_while_failing(watch, gw, "no table while the service is down",
                                {kept: NOT_CONFIGURED, revoked: NOT_CONFIGURED, unknown: NOT_CONFIGURED}, 0)
@@ -214,7 +214,7 @@ def retried(saboteur: FeedSaboteur) -> bool:
 
 
 @pytest.mark.parametrize("mode", SABOTAGE)
-def test_a_damaged_feed_answer_is_never_served_and_the_last_good_table_stays(wasm_module, tmp_path, mode):
+def test_a_damaged_feed_answer_is_never_served_and_the_last_good_table_stays(module, tmp_path, mode):
     with KeyService(tmp_path / "service", "--quiet") as service, \
             FeedSaboteur(service.port, tmp_path / "saboteur.log") as saboteur:
         service.put_settings({"rules": RULES})
@@ -228,7 +228,7 @@ def test_a_damaged_feed_answer_is_never_served_and_the_last_good_table_stays(was
             Check("live key, another tenant", live, "/t/acmf/leads"): NOT_FOUND,
             Check("revoked key", revoked_record["key"]): REVOKED,
         }
-        with following_gateway(wasm_module, service.feed_token, saboteur.port) as gw:
+        with following_gateway(module, service.feed_token, saboteur.port) as gw:
             watch = Watch([WorkerProbe(gw, "gateway", WORKERS)])
             watch.await_switch("the first table", time.monotonic(),
                                {check: (NOT_CONFIGURED, outcome) for check, outcome in last_good.items()},

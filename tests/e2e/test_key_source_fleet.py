@@ -47,7 +47,7 @@ def assert_fresh_connections_agree(probes: list[WorkerProbe], expected: dict[Che
                     f"{outcomes[check.name]} on a fresh connection, expected {outcome}"
 
 
-def test_changes_through_the_api_reach_every_worker_of_two_gateways_within_a_second(wasm_module, tmp_path):
+def test_changes_through_the_api_reach_every_worker_of_two_gateways_within_a_second(module, tmp_path):
     with KeyService(tmp_path / "service", "--quiet") as service:
         service.put_settings({"rules": [{"path_prefix": "/api", "scope": "leads:read"}]})
         # Untouched by every change below: allowed on every worker throughout.
@@ -58,8 +58,8 @@ def test_changes_through_the_api_reach_every_worker_of_two_gateways_within_a_sec
         config = {"key_source": {"cluster": "apikey_control", "token": service.feed_token,
                                  "authority": "apikey-control"}}
         customize = with_worker_stats(control_cluster(service.port))
-        with Gateway(wasm_module, config=config, concurrency=WORKERS, customize=customize) as one, \
-                Gateway(wasm_module, config=config, concurrency=WORKERS, customize=customize) as two:
+        with Gateway(module, config=config, concurrency=WORKERS, customize=customize) as one, \
+                Gateway(module, config=config, concurrency=WORKERS, customize=customize) as two:
             probes = [WorkerProbe(one, "gateway 1", WORKERS), WorkerProbe(two, "gateway 2", WORKERS)]
             watch = Watch(probes)
             switches: list[Switch] = []
@@ -111,7 +111,7 @@ STREAM_KEYS = 300  # keys created by the stream, every other one revoked at once
 
 
 def test_a_key_untouched_by_a_stream_of_changes_stays_allowed_on_every_worker_of_two_gateways(
-        wasm_module, tmp_path):
+        module, tmp_path):
     # Changes as fast as the API answers them (one writer: create, and
     # revoke every other key at once), while every worker of both gateways
     # is asked about a key none of them touches: it must be allowed in every
@@ -123,8 +123,8 @@ def test_a_key_untouched_by_a_stream_of_changes_stays_allowed_on_every_worker_of
         config = {"key_source": {"cluster": "apikey_control", "token": service.feed_token,
                                  "authority": "apikey-control"}}
         customize = with_worker_stats(control_cluster(service.port))
-        with Gateway(wasm_module, config=config, concurrency=WORKERS, customize=customize) as one, \
-                Gateway(wasm_module, config=config, concurrency=WORKERS, customize=customize) as two:
+        with Gateway(module, config=config, concurrency=WORKERS, customize=customize) as one, \
+                Gateway(module, config=config, concurrency=WORKERS, customize=customize) as two:
             probes = [WorkerProbe(one, "gateway 1", WORKERS), WorkerProbe(two, "gateway 2", WORKERS)]
             watch = Watch(probes)
             watch.await_switch("the first table", time.monotonic(), {bystander: (NOT_CONFIGURED, ALLOWED)},

@@ -56,10 +56,10 @@ def rfc3339(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
 
 
-def following_gateway(wasm_module, service, port: int) -> Gateway:
+def following_gateway(module, service, port: int) -> Gateway:
     config = {"key_source": {"cluster": "apikey_control", "token": service.feed_token,
                              "authority": "apikey-control"}}
-    return Gateway(wasm_module, config=config, concurrency=WORKERS, customize=control_cluster(port))
+    return Gateway(module, config=config, concurrency=WORKERS, customize=control_cluster(port))
 
 
 def served_everywhere(probe: Probe) -> None:
@@ -76,14 +76,14 @@ def cli(service, *args: str) -> str:
     return done.stdout
 
 
-def test_every_workers_uses_reach_the_service_within_a_report(wasm_module, tmp_path):
+def test_every_workers_uses_reach_the_service_within_a_report(module, tmp_path):
     port = free_port()
     with FixedPortService(tmp_path / "service", port) as service:
         service.put_settings(SETTINGS)
         used = service.create(scopes=["leads:read"], name="used")
         probe_key = service.create(scopes=["leads:read"], name="probe")
         idle = service.create(scopes=["leads:read"], name="idle")
-        with following_gateway(wasm_module, service, port) as gw:
+        with following_gateway(module, service, port) as gw:
             probe = Probe(gw, probe_key["key"])
             served_everywhere(probe)
 
@@ -112,10 +112,10 @@ def test_every_workers_uses_reach_the_service_within_a_report(wasm_module, tmp_p
                      lambda: usage_of(service, probe_key["id"])[0] == probe.allowed, 30)
             assert usage_of(service, idle["id"]) == (0, None), "an unused key has usage"
 
-            stats = gw.stats("wasmcustom.apikey.usage")
-            assert stats.get("wasmcustom.apikey.usage.reports", 0) >= 2, stats
-            assert stats.get("wasmcustom.apikey.usage.failures", 0) == 0, stats
-            assert stats.get("wasmcustom.apikey.usage.dropped", 0) == 0, stats
+            stats = gw.metrics("apikey.usage")
+            assert stats.get("apikey.usage.reports", 0) >= 2, stats
+            assert stats.get("apikey.usage.failures", 0) == 0, stats
+            assert stats.get("apikey.usage.dropped", 0) == 0, stats
             metrics = service.request("GET", "/metrics", token=None).text
             assert 'apikey_service_usage_lines_total{outcome="unknown"} 0' in metrics, metrics
 
@@ -130,13 +130,13 @@ def test_every_workers_uses_reach_the_service_within_a_report(wasm_module, tmp_p
             assert f"last used {last_used_at}" in human and str(requests) in human, human
 
 
-def test_uses_made_while_the_service_is_down_are_reported_when_it_returns(wasm_module, tmp_path):
+def test_uses_made_while_the_service_is_down_are_reported_when_it_returns(module, tmp_path):
     port = free_port()
     with FixedPortService(tmp_path / "service", port) as service:
         service.put_settings(SETTINGS)
         used = service.create(scopes=["leads:read"])
         probe_key = service.create(scopes=["leads:read"])
-        with following_gateway(wasm_module, service, port) as gw:
+        with following_gateway(module, service, port) as gw:
             served_everywhere(Probe(gw, probe_key["key"]))
             measured = Probe(gw, used["key"])
             for _ in range(20):
@@ -144,11 +144,11 @@ def test_uses_made_while_the_service_is_down_are_reported_when_it_returns(wasm_m
             wait_for("the first uses counted", lambda: usage_of(service, used["id"])[0] == 20, 30)
 
             service.stop()
-            failures = gw.stats("wasmcustom.apikey.usage").get("wasmcustom.apikey.usage.failures", 0)
+            failures = gw.metrics("apikey.usage").get("apikey.usage.failures", 0)
             for _ in range(30):
                 assert measured.ok(), "the last table was dropped while the service is down"
             wait_for("a usage report failing while the service is down",
-                     lambda: gw.stats("wasmcustom.apikey.usage").get("wasmcustom.apikey.usage.failures", 0)
+                     lambda: gw.metrics("apikey.usage").get("apikey.usage.failures", 0)
                      > failures, 30)
             log = gw.log_text()
             assert 'usage: report to cluster "apikey_control" failed' in log, "no log line for the failed report"
@@ -162,4 +162,4 @@ def test_uses_made_while_the_service_is_down_are_reported_when_it_returns(wasm_m
             assert seen - back <= REPORT_BOUND_S, f"counted {seen - back:.1f} s after the service returned"
             # A retried report counted twice would have passed 50 and never matched.
             assert usage_of(service, used["id"])[0] == 50, "a retried report was counted twice"
-            assert gw.stats("wasmcustom.apikey.usage").get("wasmcustom.apikey.usage.dropped", 0) == 0
+            assert gw.metrics("apikey.usage").get("apikey.usage.dropped", 0) == 0

@@ -27,6 +27,8 @@ import pytest
 import harness
 from harness import REPO_ROOT
 
+pytestmark = pytest.mark.wasm_only("the OCI image Istio pulls holds the Wasm module")
+
 PACKAGE = REPO_ROOT / "envoy" / "istio" / "package-oci.sh"
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"

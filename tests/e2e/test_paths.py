@@ -36,8 +36,8 @@ PROTOCOLS = [pytest.param(False, id="h1"), pytest.param(True, id="h2c")]
 
 
 @pytest.fixture(scope="module")
-def gateway(wasm_module):
-    with Gateway(wasm_module, config=CONFIG, concurrency=2, edge=False) as gw:
+def gateway(module):
+    with Gateway(module, config=CONFIG, concurrency=2, edge=False) as gw:
         yield gw
 
 

@@ -46,9 +46,9 @@ PROFILES = ["edge", "bare"]
 
 
 @pytest.fixture(scope="module")
-def gateways(wasm_module):
-    with Gateway(wasm_module, config=CONFIG, concurrency=2) as edge, \
-            Gateway(wasm_module, config=CONFIG, concurrency=2, edge=False) as bare:
+def gateways(module):
+    with Gateway(module, config=CONFIG, concurrency=2) as edge, \
+            Gateway(module, config=CONFIG, concurrency=2, edge=False) as bare:
         yield {"edge": edge, "bare": bare}
 
 
@@ -173,12 +173,12 @@ REPEATS = [
 ]
 
 
-def test_a_field_given_twice_is_refused_even_when_the_second_is_null(wasm_module):
+def test_a_field_given_twice_is_refused_even_when_the_second_is_null(module):
     base = json.loads(json.dumps(CONFIG))
     base["realm"] = "api"
     base["keys"][0]["expires_at"] = "2020-01-01T00:00:00Z"
     base["keys"][0]["rate_limits"] = {"*": {"requests": 100, "period_seconds": 60, "burst": 1}}
-    with Gateway(wasm_module, config=CONFIG, concurrency=2) as gw:
+    with Gateway(module, config=CONFIG, concurrency=2) as gw:
         for what, field, repeat in REPEATS:
             assert gw.push(document_with(base, repeat, "null")) is False, \
                 f"{what} given twice, the second time null, was accepted"

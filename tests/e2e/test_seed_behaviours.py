@@ -46,8 +46,8 @@ def sandbox_config(**extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def gateway(wasm_module):
-    with Gateway(wasm_module, config=sandbox_config(), concurrency=2) as gw:
+def gateway(module):
+    with Gateway(module, config=sandbox_config(), concurrency=2) as gw:
         yield gw
 
 
@@ -106,8 +106,8 @@ def https_config(**extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def https_gateway(wasm_module):
-    with Gateway(wasm_module, config=https_config(), concurrency=2) as gw:
+def https_gateway(module):
+    with Gateway(module, config=https_config(), concurrency=2) as gw:
         yield gw
 
 
@@ -250,9 +250,9 @@ def trust_one_hop(bootstrap: dict) -> None:
     harness._connection_manager(bootstrap)["xff_num_trusted_hops"] = 1
 
 
-def test_behind_a_tls_terminating_proxy_the_trusted_header_counts_and_a_forged_one_does_not(wasm_module, tmp_path):
+def test_behind_a_tls_terminating_proxy_the_trusted_header_counts_and_a_forged_one_does_not(module, tmp_path):
     config = https_config(trusted_https_header="x-forwarded-proto")
-    with Gateway(wasm_module, config=config, concurrency=2, customize=trust_one_hop) as gw, \
+    with Gateway(module, config=config, concurrency=2, customize=trust_one_hop) as gw, \
          FrontProxy(tmp_path, gw.port) as front:
         status, body = front.get("/api/v1/leads", {"X-API-Key": LIVE_KEY})
         assert status == 200, body
@@ -264,14 +264,14 @@ def test_behind_a_tls_terminating_proxy_the_trusted_header_counts_and_a_forged_o
         claimed = gw.request("GET", "/api/v1/leads", [("X-API-Key", LIVE_KEY), ("x-forwarded-proto", "http")])
         assert claimed.json["error"]["code"] == "https_required"
     # The same header at a gateway that does not trust it: refused.
-    with Gateway(wasm_module, config=https_config(), concurrency=1, customize=trust_one_hop) as gw, \
+    with Gateway(module, config=https_config(), concurrency=1, customize=trust_one_hop) as gw, \
          FrontProxy(tmp_path, gw.port) as front:
         status, body = front.get("/api/v1/leads", {"X-API-Key": LIVE_KEY})
         assert (status, body["error"]["code"]) == (403, "https_required")
 
 
-def test_the_trusted_header_alone_is_refused_at_configure_time(wasm_module):
-    with Gateway(wasm_module, config=sandbox_config(), concurrency=1) as gw:
+def test_the_trusted_header_alone_is_refused_at_configure_time(module):
+    with Gateway(module, config=sandbox_config(), concurrency=1) as gw:
         assert gw.push(sandbox_config(trusted_https_header="x-forwarded-proto")) is False
         assert "trusted_https_header" in gw.log_text()
 
@@ -293,8 +293,8 @@ def tenant_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def tenant_gateway(wasm_module):
-    with Gateway(wasm_module, config=tenant_config(), concurrency=2) as gw:
+def tenant_gateway(module):
+    with Gateway(module, config=tenant_config(), concurrency=2) as gw:
         yield gw
 
 
@@ -338,10 +338,10 @@ def test_an_empty_tenant_segment_matches_no_tenant_rule(tenant_gateway):
     assert response.upstream["path"] == "/api/v1/tenants/leads"
 
 
-def test_a_percent_encoded_tenant_segment_names_its_tenant(wasm_module):
+def test_a_percent_encoded_tenant_segment_names_its_tenant(module):
     config = {"keys": [make_key(SPACED_KEY, id="key_spaced", tenant="acme corp é", scopes=["leads:read"])],
               "rules": [{"path_prefix": "/t/{tenant}", "scope": "leads:read"}]}
-    with Gateway(wasm_module, config=config, concurrency=1) as gw:
+    with Gateway(module, config=config, concurrency=1) as gw:
         key = [("X-API-Key", SPACED_KEY)]
         assert gw.request("GET", "/t/acme%20corp%20%C3%A9/x", key).status == 200
         assert gw.request("GET", "/t/acme%20corp/x", key).status == 404
@@ -350,9 +350,9 @@ def test_a_percent_encoded_tenant_segment_names_its_tenant(wasm_module):
 
 # --- §7.4 links in error bodies ------------------------------------------------------
 
-def test_every_denial_body_links_its_code(wasm_module):
+def test_every_denial_body_links_its_code(module):
     config = https_config(error_doc_url="https://docs.example.com/errors#{code}")
-    with Gateway(wasm_module, config=config, concurrency=1) as gw:
+    with Gateway(module, config=config, concurrency=1) as gw:
         plain = gw.request("GET", "/api/v1/leads")
         assert plain.json["error"]["doc_url"] == "https://docs.example.com/errors#https_required"
         for headers, code in [([], "missing_credentials"), ([("X-API-Key", "sk_live_nope")], "invalid_key")]:

@@ -24,6 +24,8 @@ import pytest
 import harness
 from harness import Gateway, GatewayError
 
+pytestmark = pytest.mark.wasm_only("two plugins sharing one Wasm VM id (vm_id) and its shared data")
+
 PARTNER_FILTER = "apikey_partner"
 PARTNER_FILE = "partner.yaml"
 PARTNER_PLUGIN = "partner"

@@ -20,6 +20,8 @@ import pytest
 from harness import REPO_ROOT, Gateway, GatewayError
 from conftest import make_key
 
+pytestmark = pytest.mark.wasm_only("compares the Wasm filter's heap cost per ECDS update with the SDK's empty Wasm filter")
+
 UPDATES = 600
 WORKERS = 4
 # Bytes per update the filter may add to Envoy's own cost: far below the

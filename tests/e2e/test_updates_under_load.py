@@ -32,8 +32,8 @@ def code(response) -> str:
     return "200" if response.status == 200 else response.json["error"]["code"]
 
 
-def test_twenty_updates_under_load_fail_no_request_and_serve_no_stale_decision(wasm_module):
-    with Gateway(wasm_module, config=config(0), concurrency=2) as gw:
+def test_twenty_updates_under_load_fail_no_request_and_serve_no_stale_decision(module):
+    with Gateway(module, config=config(0), concurrency=2) as gw:
         stop = threading.Event()
         stream: list[str] = []
 

@@ -2,7 +2,8 @@
 effect on each: the evidence the key_source tests (contract §8.3) judge
 "enforced on every worker of every gateway" by.
 
-Each Envoy worker runs its own Wasm VM, and a connection is served by the
+Each Envoy worker runs its own Wasm VM (on the native edge, its own copy
+of the module's per-thread state), and a connection is served by the
 worker that accepted it, so a run of requests on fresh connections may
 miss a worker by chance. Envoy counts each worker's accepted connections
 (`listener.<stat_prefix>.worker_<i>.downstream_cx_total`): open a

@@ -6,8 +6,9 @@
 //! Options are `--name value` or `--name=value`. Global options may come
 //! before or after the subcommand and fall back to environment variables
 //! (`APIKEY_DB`, `APIKEY_SERVER`, `APIKEY_ADMIN_TOKEN`,
-//! `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_WASM`,
-//! `APIKEY_MAX_KEYS_PER_TENANT`; empty counts as unset), read here rather
+//! `APIKEY_ECDS_DIR`, `APIKEY_ECDS_FORMAT`, `APIKEY_EDGE`, `APIKEY_WASM`,
+//! `APIKEY_DYNAMIC_MODULE`, `APIKEY_MAX_KEYS_PER_TENANT`; empty counts as
+//! unset), read here rather
 //! than by clap so tests pass their own environment. Where the keys live
 //! ([`Store`]) is `--db` (default `./apikey.db`) or `--server`. A list option
 //! (`--scopes`, `--schemes`, `--key-prefixes`) takes commas and may be
@@ -26,7 +27,7 @@ use clap_complete::Shell;
 use crate::duration::parse_duration;
 use crate::error::{usage, CliError};
 use crate::expiry::Expiry;
-use crate::render::{self, EcdsFormat, IstioOptions};
+use crate::render::{self, EcdsFormat, FilterModule, IstioOptions};
 
 /// The default database, in the working directory (as the JSON state file
 /// it replaces was), so `apikey init` then `apikey create` work in a
@@ -77,8 +78,8 @@ pub struct Globals {
     pub ecds_dir: Option<PathBuf>,
     /// How the ECDS file is written (and so its name).
     pub ecds_format: EcdsFormat,
-    /// The module path written into ECDS resources.
-    pub wasm: String,
+    /// The filter build (and its module) written into ECDS resources.
+    pub filter: FilterModule,
     /// Machine-readable output (and errors).
     pub json: bool,
     /// The `max_keys_per_tenant` that `init` and `import-state` write.
@@ -321,10 +322,20 @@ struct GlobalArgs {
     /// [env: APIKEY_ECDS_FORMAT] [default: yaml]
     #[arg(long, global = true, value_name = "FORMAT")]
     ecds_format: Option<FormatArg>,
+    /// Which filter the ECDS resource runs, as the bootstrap does: wasm
+    /// (envoy/envoy.yaml) or native, the dynamic module
+    /// (envoy/envoy-native.yaml) [env: APIKEY_EDGE] [default: wasm]
+    #[arg(long, global = true, value_name = "EDGE")]
+    edge: Option<EdgeArg>,
     /// The module path in the ECDS resource [env: APIKEY_WASM]
     /// [default: target/wasm32-wasip1/release/apikey_filter.wasm]
     #[arg(long, global = true, value_name = "PATH")]
     wasm: Option<String>,
+    /// With --edge native: the dynamic module's name in the ECDS resource
+    /// (Envoy opens libNAME.so) [env: APIKEY_DYNAMIC_MODULE] [default:
+    /// apikey_dynamic]
+    #[arg(long, global = true, value_name = "NAME")]
+    dynamic_module: Option<String>,
     /// Machine-readable output, and errors as {"error": {"code", "message"}}
     /// on stderr
     #[arg(long, global = true)]
@@ -337,6 +348,13 @@ struct GlobalArgs {
 }
 
 /// `--ecds-format`'s values.
+/// `--edge`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EdgeArg {
+    Wasm,
+    Native,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FormatArg {
     // No doc comments: clap would list them at length under every command.
@@ -767,6 +785,34 @@ fn globals(args: GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Glo
             ))
         })?,
     };
+    let native = match (args.edge, env("APIKEY_EDGE")) {
+        (Some(edge), _) => edge == EdgeArg::Native,
+        (None, None) => false,
+        (None, Some(text)) => match text.as_str() {
+            "wasm" => false,
+            "native" => true,
+            _ => {
+                return Err(usage(format!(
+                    "APIKEY_EDGE={text:?}: must be wasm or native (--edge overrides it)"
+                )))
+            }
+        },
+    };
+    let filter = if native {
+        FilterModule::Native(
+            args.dynamic_module
+                .clone()
+                .or_else(|| env("APIKEY_DYNAMIC_MODULE"))
+                .unwrap_or_else(|| render::DEFAULT_DYNAMIC_MODULE.to_owned()),
+        )
+    } else {
+        FilterModule::Wasm(
+            args.wasm
+                .clone()
+                .or_else(|| env("APIKEY_WASM"))
+                .unwrap_or_else(|| render::DEFAULT_WASM.to_owned()),
+        )
+    };
     let store = store(&args, env)?;
     if matches!(store, Store::Server(_))
         && (args.ecds_dir.is_some() || env("APIKEY_ECDS_DIR").is_some())
@@ -788,10 +834,7 @@ fn globals(args: GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Glo
             .ecds_dir
             .or_else(|| env("APIKEY_ECDS_DIR").map(PathBuf::from)),
         ecds_format,
-        wasm: args
-            .wasm
-            .or_else(|| env("APIKEY_WASM"))
-            .unwrap_or_else(|| render::DEFAULT_WASM.to_owned()),
+        filter,
         json: args.json,
         max_keys,
     })

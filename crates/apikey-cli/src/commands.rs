@@ -78,7 +78,7 @@ pub fn publish(globals: &Globals, db: &Path, now: UnixNanos) -> Result<(), CliEr
 fn ecds_bytes(globals: &Globals, document: &[u8]) -> Result<Vec<u8>, CliError> {
     let configuration = std::str::from_utf8(document)
         .map_err(|error| refused(format!("the configuration is not UTF-8: {error}")))?;
-    render::ecds_file(configuration, &globals.wasm, globals.ecds_format)
+    render::ecds_file(configuration, &globals.filter, globals.ecds_format)
         .map_err(|error| refused(format!("cannot render the ECDS file: {error}")))
 }
 

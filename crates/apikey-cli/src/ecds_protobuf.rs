@@ -13,7 +13,8 @@
 //! outside in, so the (possibly huge) configuration is copied once.
 
 use crate::render::{
-    FILTER_NAME, RUNTIME, STRING_VALUE_TYPE, TYPED_EXTENSION_CONFIG_TYPE, WASM_TYPE,
+    FilterModule, DYNAMIC_MODULE_TYPE, FILTER_NAME, RUNTIME, STRING_VALUE_TYPE,
+    TYPED_EXTENSION_CONFIG_TYPE, WASM_TYPE,
 };
 
 /// Protobuf wire type of a length-delimited field (strings, bytes, messages).
@@ -27,23 +28,14 @@ struct Level {
 }
 
 /// `envoy.service.discovery.v3.DiscoveryResponse { resources: [Any {
-/// TypedExtensionConfig { name, typed_config: Any { Wasm { config:
-/// PluginConfig { name, root_id, vm_config, configuration: Any {
-/// StringValue { value } } } } } } }], type_url }`, in protobuf's binary
-/// encoding.
-pub fn ecds_protobuf(configuration: &str, wasm: &str) -> Vec<u8> {
-    // VmConfig { vm_id = 1, runtime = 2, code = 3: AsyncDataSource {
-    // local = 1: DataSource { filename = 1 } } }
-    let mut vm_config = Vec::new();
-    put_bytes(&mut vm_config, 1, FILTER_NAME.as_bytes());
-    put_bytes(&mut vm_config, 2, RUNTIME.as_bytes());
-    let mut data_source = Vec::new();
-    put_bytes(&mut data_source, 1, wasm.as_bytes());
-    let mut code = Vec::new();
-    put_bytes(&mut code, 1, &data_source);
-    put_bytes(&mut vm_config, 3, &code);
-
-    let chain = [
+/// TypedExtensionConfig { name, typed_config: Any { FILTER } }], type_url
+/// }`, in protobuf's binary encoding. FILTER is the Wasm edge's `Wasm {
+/// config: PluginConfig { name, root_id, vm_config, configuration: Any {
+/// StringValue { value } } } }` or the native edge's `DynamicModuleFilter
+/// { dynamic_module_config: { name }, filter_name, filter_config: Any {
+/// StringValue { value } } }`.
+pub fn ecds_protobuf(configuration: &str, module: &FilterModule) -> Vec<u8> {
+    let mut chain = vec![
         // DiscoveryResponse.resources = 2 (type_url = 4 follows, below)
         level(|_| {}, 2),
         // Any { type_url = 1, value = 2 }
@@ -53,24 +45,60 @@ pub fn ecds_protobuf(configuration: &str, wasm: &str) -> Vec<u8> {
         ),
         // TypedExtensionConfig { name = 1, typed_config = 2 }
         level(|head| put_bytes(head, 1, FILTER_NAME.as_bytes()), 2),
-        // Any { type_url = 1, value = 2 }
-        level(|head| put_bytes(head, 1, WASM_TYPE.as_bytes()), 2),
-        // Wasm { config = 1 }
-        level(|_| {}, 1),
-        // PluginConfig { name = 1, root_id = 2, vm_config = 3, configuration = 4 }
-        level(
-            |head| {
-                put_bytes(head, 1, FILTER_NAME.as_bytes());
-                put_bytes(head, 2, FILTER_NAME.as_bytes());
-                put_bytes(head, 3, &vm_config);
-            },
-            4,
-        ),
+    ];
+    match module {
+        FilterModule::Wasm(wasm) => {
+            // VmConfig { vm_id = 1, runtime = 2, code = 3: AsyncDataSource {
+            // local = 1: DataSource { filename = 1 } } }
+            let mut vm_config = Vec::new();
+            put_bytes(&mut vm_config, 1, FILTER_NAME.as_bytes());
+            put_bytes(&mut vm_config, 2, RUNTIME.as_bytes());
+            let mut data_source = Vec::new();
+            put_bytes(&mut data_source, 1, wasm.as_bytes());
+            let mut code = Vec::new();
+            put_bytes(&mut code, 1, &data_source);
+            put_bytes(&mut vm_config, 3, &code);
+            chain.extend([
+                // Any { type_url = 1, value = 2 }
+                level(|head| put_bytes(head, 1, WASM_TYPE.as_bytes()), 2),
+                // Wasm { config = 1 }
+                level(|_| {}, 1),
+                // PluginConfig { name = 1, root_id = 2, vm_config = 3, configuration = 4 }
+                level(
+                    |head| {
+                        put_bytes(head, 1, FILTER_NAME.as_bytes());
+                        put_bytes(head, 2, FILTER_NAME.as_bytes());
+                        put_bytes(head, 3, &vm_config);
+                    },
+                    4,
+                ),
+            ]);
+        }
+        FilterModule::Native(name) => {
+            // DynamicModuleConfig { name = 1 }
+            let mut module_config = Vec::new();
+            put_bytes(&mut module_config, 1, name.as_bytes());
+            chain.extend([
+                // Any { type_url = 1, value = 2 }
+                level(|head| put_bytes(head, 1, DYNAMIC_MODULE_TYPE.as_bytes()), 2),
+                // DynamicModuleFilter { dynamic_module_config = 1,
+                // filter_name = 2, filter_config = 3 }
+                level(
+                    |head| {
+                        put_bytes(head, 1, &module_config);
+                        put_bytes(head, 2, FILTER_NAME.as_bytes());
+                    },
+                    3,
+                ),
+            ]);
+        }
+    }
+    chain.extend([
         // Any { type_url = 1, value = 2 }
         level(|head| put_bytes(head, 1, STRING_VALUE_TYPE.as_bytes()), 2),
         // StringValue { value = 1 }
         level(|_| {}, 1),
-    ];
+    ]);
 
     // Inside out: the length of each level's nested field.
     let mut nested_lengths = vec![0u64; chain.len()];
@@ -183,7 +211,10 @@ mod tests {
     #[test]
     fn the_protobuf_document_carries_the_same_fields_as_the_json_one() {
         let configuration = r#"{"keys":[],"plans":{}}"#;
-        let bytes = ecds_protobuf(configuration, "/opt/apikey.wasm");
+        let bytes = ecds_protobuf(
+            configuration,
+            &FilterModule::Wasm("/opt/apikey.wasm".into()),
+        );
 
         let response = fields(&bytes);
         assert_eq!(response.len(), 2, "resources and type_url");
@@ -207,10 +238,35 @@ mod tests {
     }
 
     #[test]
+    fn the_native_protobuf_document_carries_the_same_fields_as_the_json_one() {
+        let configuration = r#"{"keys":[],"plans":{}}"#;
+        let bytes = ecds_protobuf(
+            configuration,
+            &FilterModule::Native("apikey_dynamic".into()),
+        );
+
+        let response = fields(&bytes);
+        assert_eq!(response.len(), 2, "resources and type_url");
+        let resource = fields(any(response[0].1, TYPED_EXTENSION_CONFIG_TYPE));
+        assert_eq!((resource[0].0, resource[0].1), (1, &b"apikey"[..]));
+        let filter = fields(any(resource[1].1, DYNAMIC_MODULE_TYPE));
+        let numbers: Vec<u64> = filter.iter().map(|(number, _)| *number).collect();
+        assert_eq!(
+            numbers,
+            [1, 2, 3],
+            "dynamic_module_config, filter_name, filter_config"
+        );
+        assert_eq!(only(filter[0].1, 1), b"apikey_dynamic");
+        assert_eq!(filter[1].1, b"apikey");
+        let value = only(any(filter[2].1, STRING_VALUE_TYPE), 1);
+        assert_eq!(value, configuration.as_bytes());
+    }
+
+    #[test]
     fn lengths_hold_for_configurations_whose_sizes_cross_varint_boundaries() {
         for size in [0, 1, 127, 128, 16_383, 16_384, 2_097_152] {
             let configuration = "x".repeat(size);
-            let bytes = ecds_protobuf(&configuration, "m.wasm");
+            let bytes = ecds_protobuf(&configuration, &FilterModule::Wasm("m.wasm".into()));
             let response = fields(&bytes);
             let resource = fields(any(response[0].1, TYPED_EXTENSION_CONFIG_TYPE));
             let plugin = fields(only(any(resource[1].1, WASM_TYPE), 1));

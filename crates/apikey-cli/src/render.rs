@@ -2,11 +2,13 @@
 //!
 //! - The Envoy ECDS file (`apikey.yaml` in the watched directory, or
 //!   `apikey.pb`, see [`EcdsFormat`]): a `DiscoveryResponse` holding one
-//!   `TypedExtensionConfig` named `apikey` whose Wasm filter has the same
-//!   name, root id, VM id and runtime as the bootstrap's `default_config`
-//!   (envoy/envoy.yaml), and the plugin configuration as a compact JSON
-//!   string. The VM id must match: the key table lives in that VM id's
-//!   shared data.
+//!   `TypedExtensionConfig` named `apikey` whose filter is the bootstrap's
+//!   `default_config` with the plugin configuration as a compact JSON
+//!   string. On the Wasm edge (envoy/envoy.yaml) that is a Wasm filter of
+//!   the same name, root id, VM id and runtime: the VM id must match, the
+//!   key table lives in that VM id's shared data. On the native edge
+//!   (envoy/envoy-native.yaml, contract §9) it is a dynamic-module filter
+//!   of the same module and filter name ([`FilterModule`]).
 //! - The Istio `WasmPlugin` (`extensions.istio.io/v1alpha1`), with the
 //!   configuration object as `pluginConfig`.
 //!
@@ -29,6 +31,24 @@ pub const TYPED_EXTENSION_CONFIG_TYPE: &str =
 pub const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 /// The type of the plugin configuration's wrapper.
 pub const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+/// The type of the native edge's filter configuration (contract §9).
+pub const DYNAMIC_MODULE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+/// The dynamic module envoy/envoy-native.yaml loads: Envoy opens
+/// `libapikey_dynamic.so` from `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub const DEFAULT_DYNAMIC_MODULE: &str = "apikey_dynamic";
+
+/// Which build of the filter an ECDS resource runs, and where Envoy finds
+/// it; it must be the bootstrap's (`default_config`), or Envoy refuses the
+/// resource (its `type_urls`) or loads a second module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterModule {
+    /// The Wasm module at this path (envoy/envoy.yaml).
+    Wasm(String),
+    /// The native dynamic module of this name, `libNAME.so` in
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (envoy/envoy-native.yaml).
+    Native(String),
+}
 
 /// How the ECDS file is written. Envoy chooses the parser of a watched
 /// file by its extension, so the format is also the file's name, and the
@@ -81,10 +101,25 @@ struct Resource<'a> {
 }
 
 #[derive(Serialize)]
-struct TypedConfig<'a> {
-    #[serde(rename = "@type")]
-    type_url: &'static str,
-    config: PluginConfig<'a>,
+#[serde(untagged)]
+enum TypedConfig<'a> {
+    Wasm {
+        #[serde(rename = "@type")]
+        type_url: &'static str,
+        config: PluginConfig<'a>,
+    },
+    Native {
+        #[serde(rename = "@type")]
+        type_url: &'static str,
+        dynamic_module_config: DynamicModuleConfig<'a>,
+        filter_name: &'static str,
+        filter_config: StringValue<'a>,
+    },
+}
+
+#[derive(Serialize)]
+struct DynamicModuleConfig<'a> {
+    name: &'a str,
 }
 
 #[derive(Serialize)]
@@ -119,31 +154,44 @@ struct StringValue<'a> {
     value: &'a str,
 }
 
-/// The ECDS file's text for a compact configuration and a module path,
-/// one line of JSON ending in a newline.
-pub fn ecds_document(configuration: &str, wasm: &str) -> Result<String, serde_json::Error> {
+/// The ECDS file's text for a compact configuration and the filter's
+/// module, one line of JSON ending in a newline.
+pub fn ecds_document(
+    configuration: &str,
+    module: &FilterModule,
+) -> Result<String, serde_json::Error> {
+    let value = StringValue {
+        type_url: STRING_VALUE_TYPE,
+        value: configuration,
+    };
+    let typed_config = match module {
+        FilterModule::Wasm(wasm) => TypedConfig::Wasm {
+            type_url: WASM_TYPE,
+            config: PluginConfig {
+                name: FILTER_NAME,
+                root_id: FILTER_NAME,
+                vm_config: VmConfig {
+                    vm_id: FILTER_NAME,
+                    runtime: RUNTIME,
+                    code: Code {
+                        local: Local { filename: wasm },
+                    },
+                },
+                configuration: value,
+            },
+        },
+        FilterModule::Native(name) => TypedConfig::Native {
+            type_url: DYNAMIC_MODULE_TYPE,
+            dynamic_module_config: DynamicModuleConfig { name },
+            filter_name: FILTER_NAME,
+            filter_config: value,
+        },
+    };
     let document = Discovery {
         resources: [Resource {
             type_url: TYPED_EXTENSION_CONFIG_TYPE,
             name: FILTER_NAME,
-            typed_config: TypedConfig {
-                type_url: WASM_TYPE,
-                config: PluginConfig {
-                    name: FILTER_NAME,
-                    root_id: FILTER_NAME,
-                    vm_config: VmConfig {
-                        vm_id: FILTER_NAME,
-                        runtime: RUNTIME,
-                        code: Code {
-                            local: Local { filename: wasm },
-                        },
-                    },
-                    configuration: StringValue {
-                        type_url: STRING_VALUE_TYPE,
-                        value: configuration,
-                    },
-                },
-            },
+            typed_config,
         }],
     };
     let mut text = serde_json::to_string(&document)?;
@@ -154,12 +202,12 @@ pub fn ecds_document(configuration: &str, wasm: &str) -> Result<String, serde_js
 /// The ECDS file's bytes in `format`.
 pub fn ecds_file(
     configuration: &str,
-    wasm: &str,
+    module: &FilterModule,
     format: EcdsFormat,
 ) -> Result<Vec<u8>, serde_json::Error> {
     match format {
-        EcdsFormat::Yaml => ecds_document(configuration, wasm).map(String::into_bytes),
-        EcdsFormat::Protobuf => Ok(ecds_protobuf(configuration, wasm)),
+        EcdsFormat::Yaml => ecds_document(configuration, module).map(String::into_bytes),
+        EcdsFormat::Protobuf => Ok(ecds_protobuf(configuration, module)),
     }
 }
 
@@ -245,7 +293,11 @@ mod tests {
     #[test]
     fn the_ecds_document_has_the_shape_envoy_watches_for() {
         let configuration = r#"{"keys":[],"plans":{}}"#;
-        let text = ecds_document(configuration, "/opt/apikey.wasm").unwrap();
+        let text = ecds_document(
+            configuration,
+            &FilterModule::Wasm("/opt/apikey.wasm".into()),
+        )
+        .unwrap();
         let parsed: Value = serde_json::from_str(&text).unwrap();
         let expected = json!({"resources": [{
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
@@ -263,6 +315,25 @@ mod tests {
             text.starts_with(r#"{"resources":[{"@type":"#),
             "field order as Envoy's docs write it: {text}"
         );
+        assert!(text.ends_with("}\n") && text.lines().count() == 1);
+    }
+
+    #[test]
+    fn the_native_ecds_document_names_the_dynamic_module_and_its_filter() {
+        let configuration = r#"{"keys":[],"plans":{}}"#;
+        let module = FilterModule::Native(DEFAULT_DYNAMIC_MODULE.into());
+        let text = ecds_document(configuration, &module).unwrap();
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let expected = json!({"resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": "apikey",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": {"name": "apikey_dynamic"},
+                "filter_name": "apikey",
+                "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": configuration}}}]});
+        assert_eq!(parsed, expected);
         assert!(text.ends_with("}\n") && text.lines().count() == 1);
     }
 

@@ -121,7 +121,7 @@ fn global_options_fall_back_to_the_environment_and_flags_win() {
     );
     assert_eq!(globals.ecds_dir, Some(PathBuf::from("/env/ecds")));
     assert_eq!(globals.ecds_format, EcdsFormat::Protobuf);
-    assert_eq!(globals.wasm, "/env/m.wasm");
+    assert_eq!(globals.filter, FilterModule::Wasm("/env/m.wasm".to_owned()));
     assert_eq!(globals.max_keys, 3);
     let Ok(Parsed::Run(run)) = parse(
         &words("list --db flag.db --ecds-format yaml --max-keys-per-tenant 4"),
@@ -135,8 +135,36 @@ fn global_options_fall_back_to_the_environment_and_flags_win() {
 }
 
 #[test]
+fn the_native_edge_names_the_dynamic_module_from_flag_environment_or_default() {
+    let native = |name: &str| (name == "APIKEY_EDGE").then(|| "native".to_owned());
+    let Ok(Parsed::Run(run)) = parse(&words("list"), &native) else {
+        panic!("list did not parse")
+    };
+    assert_eq!(
+        run.globals.filter,
+        FilterModule::Native(render::DEFAULT_DYNAMIC_MODULE.to_owned())
+    );
+    let Ok(Parsed::Run(run)) = parse(
+        &words("list --edge native --dynamic-module other --wasm ignored.wasm"),
+        &no_env,
+    ) else {
+        panic!("list --edge native did not parse")
+    };
+    assert_eq!(run.globals.filter, FilterModule::Native("other".to_owned()));
+    let Ok(Parsed::Run(run)) = parse(&words("list --edge wasm"), &native) else {
+        panic!("list --edge wasm did not parse")
+    };
+    assert_eq!(
+        run.globals.filter,
+        FilterModule::Wasm(render::DEFAULT_WASM.to_owned()),
+        "--edge wins over APIKEY_EDGE"
+    );
+}
+
+#[test]
 fn a_bad_environment_variable_is_named() {
     for (name, value) in [
+        ("APIKEY_EDGE", "both"),
         ("APIKEY_ECDS_FORMAT", "json"),
         ("APIKEY_MAX_KEYS_PER_TENANT", "0"),
     ] {
@@ -162,7 +190,10 @@ fn defaults_apply_without_flags_or_environment() {
     assert_eq!(globals.ecds_dir, None);
     assert_eq!(globals.ecds_format, EcdsFormat::Yaml);
     assert_eq!(globals.ecds_format.file_name(), "apikey.yaml");
-    assert_eq!(globals.wasm, render::DEFAULT_WASM);
+    assert_eq!(
+        globals.filter,
+        FilterModule::Wasm(render::DEFAULT_WASM.to_owned())
+    );
     assert_eq!(globals.max_keys, 25);
 }
 

@@ -130,3 +130,32 @@ def test_uses_made_while_the_service_is_down_are_reported_once_when_it_returns(n
             # A retried report counted twice would have passed 50 and never matched.
             assert usage_of(service, used["id"])[0] == 50, "a retried report was counted twice"
             assert usage_stat(gw, "dropped") == 0, "uses were dropped while the service was down"
+
+
+def test_uses_on_both_sides_of_an_ecds_update_are_each_reported_once(native_env, tmp_path):
+    """An update of the `key_source` configuration replaces the main
+    thread's reporter: what the workers counted for the replaced one, and
+    what it held, goes with the new one's reports, neither lost nor
+    doubled."""
+    port = harness.free_port()
+    with FixedPortService(tmp_path / "service", port) as service:
+        service.put_settings(SETTINGS)
+        used = service.create(scopes=["leads:read"])
+        probe_key = service.create(scopes=["leads:read"])
+        with native_following_gateway(native_env, service, port) as gw:
+            served_everywhere(Probe(gw, probe_key["key"]))
+            measured = Probe(gw, used["key"])
+            for _ in range(25):
+                assert measured.ok(), "a request with a valid key was refused before the update"
+            # The same source in other bytes (its fields in another order):
+            # a new configuration to Envoy.
+            updated = {"key_source": {"authority": "apikey-control", "token": service.feed_token,
+                                      "cluster": "apikey_control"}}
+            assert gw.push(updated), f"the update was refused\n{gw.log_text()[-2000:]}"
+            for _ in range(25):
+                assert measured.ok(), "a request with a valid key was refused after the update"
+            wait_for("every use on both sides of the update counted",
+                     lambda: usage_of(service, used["id"])[0] == 50, 40)
+            time.sleep(REPORT_INTERVAL_S + 2)  # one more report: a doubled count would show
+            assert usage_of(service, used["id"])[0] == 50, "uses around the update were counted twice"
+            assert usage_stat(gw, "dropped") == 0, "uses were dropped across the update"

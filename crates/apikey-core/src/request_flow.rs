@@ -29,7 +29,6 @@
 //! edit failed is logged and counted as the 503 it got, never as allowed
 //! (contract §7.1).
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::audit;
@@ -40,7 +39,7 @@ use crate::header_map;
 use crate::host::{GrpcCall, Host, HostError, LogLevel, Property};
 use crate::metrics::{FleetEvent, Metric};
 use crate::rls_codec;
-use crate::usage::UsageLog;
+use crate::usage::UsageSink;
 
 /// What the proxy does with the request after a callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +58,7 @@ pub struct RequestFlow {
     /// An allowed request waiting for the fleet's answer.
     waiting: Option<Waiting>,
     /// Where an authenticated key's use is counted (`key_source` only).
-    usage: Option<Rc<RefCell<UsageLog>>>,
+    usage: Option<Rc<dyn UsageSink>>,
 }
 
 /// What is kept while the fleet's rate-limit service is asked.
@@ -84,10 +83,11 @@ impl RequestFlow {
     }
 
     /// Counts the use of the key this request authenticates with in
-    /// `usage` (`None`: nothing to report to).
+    /// `usage` (`None`: nothing to report to): the VM's own log on the
+    /// Wasm edge, a hand-off to the reporting thread on the native one.
     #[must_use]
-    pub fn with_usage(mut self, usage: Option<Rc<RefCell<UsageLog>>>) -> Self {
-        self.usage = usage;
+    pub fn with_usage<S: UsageSink + 'static>(mut self, usage: Option<Rc<S>>) -> Self {
+        self.usage = usage.map(|usage| usage as Rc<dyn UsageSink>);
         self
     }
 
@@ -166,9 +166,7 @@ impl RequestFlow {
             Err(denial) if matches!(denial.code, ErrorCode::KeyRevoked | ErrorCode::KeyExpired)
         );
         if !refused_key {
-            if let Ok(mut log) = usage.try_borrow_mut() {
-                log.record(id);
-            }
+            usage.record(id);
         }
     }
 

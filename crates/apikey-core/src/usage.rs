@@ -27,6 +27,12 @@
 //!
 //! A window larger than one request's [`MAX_REPORT_BYTES`] goes out in
 //! several requests, back to back; the next window waits its 10 s.
+//!
+//! Requests count through a [`UsageSink`]: the VM's own log on the Wasm
+//! edge. The native edge, whose workers cannot make callouts outside a
+//! stream, gives each worker a log of its own behind a lock, and the main
+//! thread's reporter [`UsageLog::absorb`]s those logs into its own before
+//! its tick, so one reporter per process sends every worker's uses.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -54,6 +60,23 @@ const REPORT_TIMEOUT_MS: u32 = 5_000;
 
 const SECOND_NS: u64 = 1_000_000_000;
 const MS_NS: u64 = 1_000_000;
+
+/// Where a request counts the use of the key it authenticated with.
+pub trait UsageSink {
+    /// Counts one request of key `id`, now. Never fails a request: a log
+    /// that cannot be reached loses the use.
+    fn record(&self, id: &str);
+}
+
+/// A VM's own log (the Wasm edge): a use found it borrowed is lost (no
+/// callback holds it across a request).
+impl UsageSink for RefCell<UsageLog> {
+    fn record(&self, id: &str) {
+        if let Ok(mut log) = self.try_borrow_mut() {
+            log.record(id);
+        }
+    }
+}
 
 /// One key's uses in a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +200,24 @@ impl UsageLog {
             requests,
             complete,
         })
+    }
+
+    /// Takes in what `other` counted and did not hand to a report: its
+    /// window (counts added, the later use kept, this log's bound kept:
+    /// a key beyond it is dropped and counted) and its dropped requests.
+    /// What a report of `other` has in flight is not taken: that report's
+    /// answer decides it.
+    pub fn absorb(&mut self, other: UsageLog) {
+        self.dropped = self.dropped.saturating_add(other.dropped);
+        for (id, uses) in other.window {
+            if let Some(held) = self.window.get_mut(&id) {
+                held.merge(uses);
+            } else if self.window.len() < self.max_ids {
+                self.window.insert(id, uses);
+            } else {
+                self.dropped = self.dropped.saturating_add(uses.count);
+            }
+        }
     }
 
     /// The report in flight was stored by the service: forgets it.

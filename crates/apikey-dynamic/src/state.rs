@@ -21,6 +21,11 @@
 //! has nothing to serve stale). `key_source` is followed by the main
 //! thread, the only one that can make configuration-level callouts; the
 //! workers read the table it writes.
+//!
+//! Key usage (`key_source` only) goes the same way: workers count into
+//! shards of their lineage's [`usage::UsageRelay`], and the main thread's
+//! newest configuration of the lineage collects them on each tick, before
+//! its core reporter sends (at most every 10 s).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,6 +35,7 @@ use std::sync::Arc;
 
 use apikey_core::config_lifecycle::{Configuration, VmState};
 use apikey_core::decision::Gateway;
+use apikey_core::host::Clock;
 use apikey_core::key_table::Lineage;
 use apikey_core::metrics::Metric;
 use apikey_core::store::names::live_lease_key;
@@ -40,6 +46,9 @@ use crate::host::{monotonic_ns, Context, NativeHost};
 use crate::store::{WorkerStore, STORE};
 
 pub mod ticker;
+pub mod usage;
+
+use usage::{UsageRelay, WorkerUsage};
 
 /// One Envoy filter configuration, shared by every thread.
 pub struct SharedConfig {
@@ -57,6 +66,10 @@ pub struct SharedConfig {
     metric_ids: Vec<Option<usize>>,
     /// The `key_source` lease entry, which only the main thread writes.
     lease_key: String,
+    /// The filter this configuration belongs to.
+    lineage: Lineage,
+    /// Where workers leave key uses for the main thread (`key_source`).
+    usage: Arc<UsageRelay>,
     /// Set when Envoy destroyed the configuration: threads drop theirs.
     destroyed: AtomicBool,
 }
@@ -76,6 +89,7 @@ impl SharedConfig {
                 *slot = envoy.define(kind, &metric.name());
             }
         }
+        let lineage = Lineage::of(name, root_id);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             envoy,
@@ -83,7 +97,9 @@ impl SharedConfig {
             root_id: root_id.to_vec(),
             bytes,
             metric_ids,
-            lease_key: live_lease_key(&Lineage::of(name, root_id)),
+            lease_key: live_lease_key(&lineage),
+            lineage,
+            usage: UsageRelay::of(lineage),
             destroyed: AtomicBool::new(false),
         }
     }
@@ -121,6 +137,8 @@ struct Slot {
     next_tick_ns: u64,
     /// A worker whose configure failed tries again after this instant.
     retry_at_ns: Option<u64>,
+    /// A worker's shard of the usage relay, once it follows a key source.
+    usage: Option<Rc<WorkerUsage>>,
 }
 
 /// What one thread keeps.
@@ -142,7 +160,7 @@ pub struct Serving {
     /// The gateway deciding (`None`: 503 `not_configured`).
     pub gateway: Option<Rc<Gateway>>,
     /// Where key uses are counted (`key_source` only).
-    pub usage: Option<Rc<RefCell<UsageLog>>>,
+    pub usage: Option<Rc<WorkerUsage>>,
 }
 
 /// Configures `shared` on the main thread (Envoy's `config_new`): `Some`
@@ -165,6 +183,7 @@ pub fn configure_main(shared: &Arc<SharedConfig>) -> Option<u32> {
                 tick_ms,
                 next_tick_ns: 0,
                 retry_at_ns: None,
+                usage: None,
             },
         );
         Some(tick_ms)
@@ -172,9 +191,19 @@ pub fn configure_main(shared: &Arc<SharedConfig>) -> Option<u32> {
 }
 
 /// Ticks `shared`'s configuration on the main thread; the new period.
+/// The newest configuration of a lineage first collects what the workers
+/// counted, so its reporter's tick sends it when a report is due.
 pub fn tick_main(shared: &SharedConfig, envoy: ConfigEnvoy) -> Option<u32> {
+    let newest = is_newest_of_lineage(shared);
     with_slot(shared.id, |vm, slot| {
         let mut host = NativeHost::new(Context::Config(envoy), shared, &*STORE);
+        if newest {
+            if let Some(log) = slot.configuration.usage_log() {
+                if let Ok(mut log) = log.try_borrow_mut() {
+                    shared.usage.collect(&mut log, host.wall_ns());
+                }
+            }
+        }
         slot.configuration.tick(&mut host, vm);
         if let Some(period) = host.tick_period {
             slot.tick_ms = period;
@@ -203,13 +232,40 @@ pub fn answer_main(
     })
 }
 
-/// Forgets `shared` on this thread (the main thread, at `config_destroy`).
+/// Forgets `shared` on this thread (the main thread, at `config_destroy`),
+/// handing what its usage log had not sent back to the lineage's relay
+/// (a report in flight is left to its fate: counted twice is worse than
+/// lost).
 pub fn forget(shared: &SharedConfig) {
-    THREAD.with(|thread| {
-        if let Ok(mut thread) = thread.try_borrow_mut() {
-            thread.slots.remove(&shared.id);
-        }
+    let slot = THREAD.with(|thread| {
+        thread
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut thread| thread.slots.remove(&shared.id))
     });
+    let log = slot.and_then(|slot| slot.configuration.usage_log());
+    if let Some(log) = log {
+        if let Ok(mut log) = log.try_borrow_mut() {
+            let wall_ns = NativeHost::new(Context::Config(shared.envoy), shared, &*STORE).wall_ns();
+            let left = std::mem::replace(&mut *log, UsageLog::new(wall_ns));
+            if left.pending_keys() > 0 {
+                shared.usage.hand_back(left);
+            }
+        }
+    }
+}
+
+/// Whether no configuration of `shared`'s lineage on this thread is newer
+/// (a replaced one sends what it holds and stops; the newest collects).
+fn is_newest_of_lineage(shared: &SharedConfig) -> bool {
+    THREAD.with(|thread| {
+        thread.try_borrow().map_or(true, |thread| {
+            !thread
+                .slots
+                .values()
+                .any(|slot| slot.shared.lineage == shared.lineage && slot.shared.id > shared.id)
+        })
+    })
 }
 
 fn with_slot<T>(id: u64, use_slot: impl FnOnce(&mut VmState, &mut Slot) -> T) -> Option<T> {
@@ -245,6 +301,7 @@ pub fn serve(shared: &Arc<SharedConfig>, filter: FilterEnvoy) -> Serving {
                         tick_ms: 0,
                         next_tick_ns: 0,
                         retry_at_ns: Some(0),
+                        usage: None,
                     },
                 );
             }
@@ -254,6 +311,9 @@ pub fn serve(shared: &Arc<SharedConfig>, filter: FilterEnvoy) -> Serving {
                 let mut host = NativeHost::new(Context::Filter(filter), shared, &store);
                 let mut configuration = Configuration::new();
                 if configuration.configure(&mut host, vm, shared.bytes.len()) {
+                    if configuration.usage_log().is_some() && slot.usage.is_none() {
+                        slot.usage = Some(Rc::new(shared.usage.worker(host.wall_ns())));
+                    }
                     slot.configuration = configuration;
                     slot.retry_at_ns = None;
                     slot.tick_ms = host.tick_period.unwrap_or(0);
@@ -271,9 +331,10 @@ pub fn serve(shared: &Arc<SharedConfig>, filter: FilterEnvoy) -> Serving {
             }
             Some(Serving {
                 gateway: slot.configuration.gateway(vm),
-                // Usage reports go out over callouts, which a worker cannot
-                // make outside a stream: not counted here (yet).
-                usage: None,
+                // Not the worker's own core log: its reporter could not
+                // send (no callout outside a stream); the main thread
+                // collects this shard and reports.
+                usage: slot.usage.clone(),
             })
         })
         .unwrap_or(unserved)

@@ -154,6 +154,71 @@ fn a_failed_report_merged_back_keeps_the_bound() {
 }
 
 #[test]
+fn an_absorbed_log_adds_its_counts_keeps_the_later_use_and_its_drops() {
+    let mut main = UsageLog::new(WALL);
+    main.record("k1");
+    let mut worker = UsageLog::with_bound(WALL + 5 * SECOND as i64, 1);
+    worker.record("k1");
+    worker.record("k1");
+    worker.record("k2");
+    main.absorb(worker);
+    assert_eq!(
+        main.take_dropped(),
+        1,
+        "the worker's dropped request was lost"
+    );
+    let report = main
+        .take_report()
+        .expect("nothing to report after absorbing");
+    assert_eq!(
+        lines(&report.body),
+        [line("k1", 3, "2026-12-05T10:00:05Z")],
+        "counts not added or the later use not kept"
+    );
+}
+
+#[test]
+fn absorbing_keeps_the_absorbing_logs_bound_and_leaves_its_report_in_flight_alone() {
+    let mut main = UsageLog::with_bound(WALL, 2);
+    main.record("k1");
+    let _taken = main.take_report().unwrap();
+    main.record("k2");
+    let mut worker = UsageLog::new(WALL);
+    for id in ["k2", "k3", "k4", "k4"] {
+        worker.record(id);
+    }
+    main.absorb(worker);
+    assert_eq!(main.pending_keys(), 2, "absorbing passed the bound");
+    assert_eq!(
+        main.take_dropped(),
+        2,
+        "k4's two requests were not counted as dropped"
+    );
+    assert!(main.in_flight(), "absorbing touched the report in flight");
+    main.report_delivered();
+    let next = main.take_report().unwrap();
+    assert_eq!(
+        lines(&next.body),
+        [
+            line("k2", 2, "2026-12-05T10:00:00Z"),
+            line("k3", 1, "2026-12-05T10:00:00Z")
+        ]
+    );
+}
+
+#[test]
+fn a_vms_own_log_counts_through_the_sink_and_loses_a_use_while_borrowed() {
+    let log = RefCell::new(UsageLog::new(WALL));
+    UsageSink::record(&log, "k1");
+    {
+        let _held = log.borrow();
+        UsageSink::record(&log, "k1");
+    }
+    let report = log.borrow_mut().take_report().unwrap();
+    assert_eq!(lines(&report.body), [line("k1", 1, "2026-12-05T10:00:00Z")]);
+}
+
+#[test]
 fn a_refused_report_is_forgotten_and_its_requests_counted_as_dropped() {
     let mut log = UsageLog::new(WALL);
     log.record("k1");

@@ -184,7 +184,9 @@ fn absorbing_keeps_the_absorbing_logs_bound_and_leaves_its_report_in_flight_alon
     let _taken = main.take_report().unwrap();
     main.record("k2");
     let mut worker = UsageLog::new(WALL);
-    for id in ["k2", "k3", "k4", "k4"] {
+    // k3 and k4 twice each: which of them fits the bound depends on the
+    // worker map's order, so the test holds either way.
+    for id in ["k2", "k3", "k3", "k4", "k4"] {
         worker.record(id);
     }
     main.absorb(worker);
@@ -192,18 +194,19 @@ fn absorbing_keeps_the_absorbing_logs_bound_and_leaves_its_report_in_flight_alon
     assert_eq!(
         main.take_dropped(),
         2,
-        "k4's two requests were not counted as dropped"
+        "the two requests of the key past the bound were not counted as dropped"
     );
     assert!(main.in_flight(), "absorbing touched the report in flight");
     main.report_delivered();
     let next = main.take_report().unwrap();
-    assert_eq!(
-        lines(&next.body),
-        [
-            line("k2", 2, "2026-12-05T10:00:00Z"),
-            line("k3", 1, "2026-12-05T10:00:00Z")
-        ]
+    let next = lines(&next.body);
+    assert_eq!(next.first(), Some(&line("k2", 2, "2026-12-05T10:00:00Z")));
+    assert!(
+        next.get(1) == Some(&line("k3", 2, "2026-12-05T10:00:00Z"))
+            || next.get(1) == Some(&line("k4", 2, "2026-12-05T10:00:00Z")),
+        "the key kept within the bound lost counts: {next:?}"
     );
+    assert_eq!(next.len(), 2);
 }
 
 #[test]

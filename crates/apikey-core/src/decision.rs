@@ -293,14 +293,18 @@ impl Gateway {
             return Decision::denied(Denial::new(ErrorCode::InvalidPath));
         };
         let extraction = credentials::extract(request.headers, &format);
-        let mut edits = self.upstream_edits(request.headers, &extraction);
-        if normalised.changed() {
-            edits.path = Some(normalised.target());
-        }
+        // Built only for a request that goes upstream: a denial needs none.
+        let edits = || {
+            let mut edits = self.upstream_edits(request.headers, &extraction);
+            if normalised.changed() {
+                edits.path = Some(normalised.target());
+            }
+            edits
+        };
         let scope = match route.requirement {
             Requirement::Public => {
                 return Decision::allowed(Allow {
-                    edits,
+                    edits: edits(),
                     rate_limit: None,
                     fleet: None,
                 });
@@ -326,7 +330,7 @@ impl Gateway {
         tenant_segment: Option<&[u8]>,
         store: &dyn SharedStore,
         clock: &dyn Clock,
-        mut edits: HeaderEdits,
+        edits: impl FnOnce() -> HeaderEdits,
     ) -> Decision {
         let presented = match &extraction.result {
             Ok(presented) => presented,
@@ -405,7 +409,9 @@ impl Gateway {
                 &mut metering,
             ) {
                 Ok(taken) => {
-                    report = Some(taken);
+                    // Written only where it is sent.
+                    report = (self.config.rate_limit_headers == RateLimitHeaders::Always)
+                        .then(|| bucket_report(pattern, limit, taken.0, taken.1));
                     fleet = self.config.fleet.as_ref().and_then(|fleet| {
                         FleetQuery::new(
                             fleet,
@@ -427,12 +433,12 @@ impl Gateway {
                 }
             }
         }
+        let mut edits = edits();
         edits.add.extend(identity_headers(
             &record,
             plan.map(|plan| plan.name.as_str()),
         ));
-        let rate_limit =
-            report.filter(|_| self.config.rate_limit_headers == RateLimitHeaders::Always);
+        let rate_limit = report;
         let allow = Allow {
             edits,
             rate_limit,
@@ -502,7 +508,8 @@ fn same_header_name(name: &[u8], canonical: &[u8]) -> bool {
 }
 
 /// Takes a token from the (key, pattern) bucket, through this worker's
-/// leases: the report for the response, or the seconds to wait.
+/// leases: the whole tokens left and the seconds until the next one, or the
+/// seconds to wait.
 #[allow(clippy::too_many_arguments)]
 fn take_token(
     leases: &LeaseBook,
@@ -513,7 +520,7 @@ fn take_token(
     limit: &rate_limit::Limit,
     clock: &dyn Clock,
     metering: &mut Metering,
-) -> Result<RateLimitReport, u64> {
+) -> Result<(u64, u64), u64> {
     match leases.take(
         store,
         lineage,
@@ -528,7 +535,7 @@ fn take_token(
             conflicts,
         }) => {
             metering.cas_conflicts = conflicts;
-            Ok(bucket_report(pattern, limit, remaining, reset_seconds))
+            Ok((remaining, reset_seconds))
         }
         Ok(Taken::Denied { retry_after }) => Err(retry_after),
         Ok(Taken::Unavailable { conflicts }) => {

@@ -79,6 +79,27 @@ impl ErrorCode {
         }
     }
 
+    /// What Envoy's `%RESPONSE_CODE_DETAILS%` shows for this denial:
+    /// `apikey_` and the code (a constant, so a denial formats nothing).
+    pub fn response_details(self) -> &'static str {
+        match self {
+            Self::InvalidPath => "apikey_invalid_path",
+            Self::MissingCredentials => "apikey_missing_credentials",
+            Self::MalformedCredentials => "apikey_malformed_credentials",
+            Self::ConflictingCredentials => "apikey_conflicting_credentials",
+            Self::InvalidKey => "apikey_invalid_key",
+            Self::KeyRevoked => "apikey_key_revoked",
+            Self::KeyExpired => "apikey_key_expired",
+            Self::InsufficientScope => "apikey_insufficient_scope",
+            Self::PlanUpgradeRequired => "apikey_plan_upgrade_required",
+            Self::RateLimited => "apikey_rate_limited",
+            Self::NotConfigured => "apikey_not_configured",
+            Self::RateLimiterUnavailable => "apikey_rate_limiter_unavailable",
+            Self::HttpsRequired => "apikey_https_required",
+            Self::NotFound => "apikey_not_found",
+        }
+    }
+
     /// The HTTP status.
     pub fn status(self) -> u32 {
         match self {
@@ -445,6 +466,17 @@ pub(crate) fn push_json_string(out: &mut String, bytes: &[u8]) {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn response_details_are_apikey_and_the_code() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                code.response_details(),
+                format!("apikey_{}", code.as_str()),
+                "{code:?}"
+            );
+        }
+    }
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -12,6 +12,8 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+
+use foldhash::fast::FixedState;
 use std::rc::Rc;
 
 use crate::key_hash::KeyHash;
@@ -31,8 +33,8 @@ pub const ABSENT_CAPACITY: usize = 4_096;
 /// The cache of one configuration in one worker.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: RefCell<HashMap<[u8; 32], Rc<KeyRecord>>>,
-    absent: RefCell<HashSet<[u8; 32]>>,
+    entries: RefCell<HashMap<[u8; 32], Rc<KeyRecord>, FixedState>>,
+    absent: RefCell<HashSet<[u8; 32], FixedState>>,
 }
 
 impl core::fmt::Debug for KeyCache {

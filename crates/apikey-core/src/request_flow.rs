@@ -377,8 +377,7 @@ fn fail_closed<H: Host>(host: &mut H, reason: &str) -> Action {
 fn deny<H: Host>(host: &mut H, reply: &Reply, code: ErrorCode) -> Action {
     host.increment(Metric::Denied(code), 1);
     // `%RESPONSE_CODE_DETAILS%` in access logs: `apikey_invalid_key`, …
-    let details = format!("apikey_{}", code.as_str());
-    if let Err(error) = host.send_local_reply(reply, &details) {
+    if let Err(error) = host.send_local_reply(reply, code.response_details()) {
         host.log(
             LogLevel::Critical,
             &format!("cannot send the denial ({error:?})"),

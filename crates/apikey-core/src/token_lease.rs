@@ -24,6 +24,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use foldhash::fast::FixedState;
+
 use crate::bucket_store::{self, LeaseAsk, LeaseRecord, Outcome};
 use crate::rate_limit::Limit;
 use crate::store::names::Lineage;
@@ -101,11 +103,14 @@ pub enum Taken {
     },
 }
 
+/// What a worker holds of one key's buckets, by pattern (a key has a few).
+type PatternsHeld = Vec<(String, Held)>;
+
 /// One worker's leases and remembered denials, for one configuration
 /// (a new configuration starts with an empty book).
 #[derive(Default)]
 pub struct LeaseBook {
-    held: RefCell<HashMap<String, Vec<(String, Held)>>>,
+    held: RefCell<HashMap<String, PatternsHeld, FixedState>>,
 }
 
 impl core::fmt::Debug for LeaseBook {
@@ -127,24 +132,10 @@ impl LeaseBook {
         limit: &Limit,
         now_ns: u64,
     ) -> Result<Taken, StoreError> {
-        let held = self.find(key_id, pattern);
-        if let Some(held) = held {
-            if now_ns < held.denied_until_ns {
-                let wait_ns = held.denied_until_ns.saturating_sub(now_ns);
-                return Ok(Taken::Denied {
-                    retry_after: wait_ns.div_ceil(1_000_000_000).max(1),
-                });
-            }
-            if held.left > 0 && now_ns < held.record.expires_ns {
-                let left = held.left.saturating_sub(1);
-                self.store_held(key_id, pattern, Held { left, ..held });
-                return Ok(Taken::Allowed {
-                    remaining: held.shared_remaining.saturating_add(left),
-                    reset_seconds: held.reset_seconds,
-                    conflicts: 0,
-                });
-            }
+        if let Some(local) = self.spend_locally(key_id, pattern, now_ns) {
+            return Ok(local);
         }
+        let held = self.find(key_id, pattern);
         let ask = LeaseAsk {
             previous: held
                 .map(|held| held.record)
@@ -205,6 +196,34 @@ impl LeaseBook {
                 conflicts: bucket_store::MAX_CAS_RETRIES.saturating_add(1),
             },
             Outcome::Missing => Taken::Unavailable { conflicts: 0 },
+        })
+    }
+
+    /// The answer this worker can give alone: a token from its unexpired
+    /// lease, or a remembered denial; `None` when the bucket must be asked.
+    /// One look-up, the lease spent in place: this is every request of a
+    /// busy key.
+    fn spend_locally(&self, key_id: &str, pattern: &str, now_ns: u64) -> Option<Taken> {
+        let mut book = self.held.try_borrow_mut().ok()?;
+        let held = book
+            .get_mut(key_id)?
+            .iter_mut()
+            .find(|(p, _)| p == pattern)
+            .map(|(_, held)| held)?;
+        if now_ns < held.denied_until_ns {
+            let wait_ns = held.denied_until_ns.saturating_sub(now_ns);
+            return Some(Taken::Denied {
+                retry_after: wait_ns.div_ceil(1_000_000_000).max(1),
+            });
+        }
+        if held.left == 0 || now_ns >= held.record.expires_ns {
+            return None;
+        }
+        held.left = held.left.saturating_sub(1);
+        Some(Taken::Allowed {
+            remaining: held.shared_remaining.saturating_add(held.left),
+            reset_seconds: held.reset_seconds,
+            conflicts: 0,
         })
     }
 

@@ -21,7 +21,7 @@ import subprocess
 import time
 from datetime import datetime, timezone
 
-from harness import Gateway, free_port
+from harness import NATIVE, Gateway, edge_of, free_port
 from key_service import apikey_binary, clean_env
 from test_key_source import FixedPortService, answer, control_cluster, wait_for
 
@@ -113,7 +113,11 @@ def test_every_workers_uses_reach_the_service_within_a_report(module, tmp_path):
             assert usage_of(service, idle["id"]) == (0, None), "an unused key has usage"
 
             stats = gw.metrics("apikey.usage")
-            assert stats.get("apikey.usage.reports", 0) >= 2, stats
+            # Each Wasm VM (worker) reports its own uses, so several workers
+            # make several reports; the native edge gathers every worker's
+            # uses into one report per period.
+            least = 1 if edge_of(module) is NATIVE else 2
+            assert stats.get("apikey.usage.reports", 0) >= least, stats
             assert stats.get("apikey.usage.failures", 0) == 0, stats
             assert stats.get("apikey.usage.dropped", 0) == 0, stats
             metrics = service.request("GET", "/metrics", token=None).text

@@ -607,7 +607,9 @@ def run_wrk(envoy: Envoy, key: str | None, seconds: float, connections: int,
             script: list[str] | None = None) -> dict:
     """wrk against `envoy` with `key` in X-API-Key; `script` is a Lua script
     and its arguments, for requests wrk cannot send with one header (many keys)."""
-    command = ["taskset", "-c", WRK_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    # wrk reads whole seconds: `--seconds 5` arrives as 5.0, which it refuses.
+    command = ["taskset", "-c", WRK_CORE, "wrk", "-t1", f"-c{connections}", f"-d{max(round(seconds), 1)}s",
+               "--latency"]
     if key:
         command += ["-H", f"X-API-Key: {key}"]
     if script:

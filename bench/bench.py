@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Issue 6's benchmark: what the apikey filter costs against no filter,
-Envoy's native api_key_auth + local_ratelimit, and an empty proxy-wasm
-filter, from 10 to 1,000,000 keys. `scripts/bench.sh` builds the modules and
-runs this; it regenerates docs/performance.md and docs/performance.png.
+"""Issue 6's and issue 23's benchmark: what the two apikey edges cost (the
+proxy-wasm filter, and the native edge, the same core as an Envoy dynamic
+module, contract §9) against no filter, Envoy's own api_key_auth +
+local_ratelimit, and an empty proxy-wasm filter, from 10 to 1,000,000 keys.
+`scripts/bench.sh` builds the modules and runs this; it regenerates
+docs/performance.md and docs/performance.png.
 
 Method (the numbers are only worth their method):
 - Envoy 1.40 runs `--concurrency 1`, pinned with taskset to core 1; wrk runs
@@ -15,7 +17,11 @@ Method (the numbers are only worth their method):
   after the filters (no upstream is measured), no access log (a log line per
   request would be measured instead of the filter), and the HTTP filters of
   the set-up. The Wasm filters get their configuration through ECDS, the
-  file rename the project ships.
+  file rename the project ships; so does the native edge (the same file
+  carrying the DynamicModuleFilter, Envoy finding libapikey_dynamic.so
+  through ENVOY_DYNAMIC_MODULES_SEARCH_PATH). Both edges' key tables are
+  measured alike; the native edge's largest table also from Envoy's start
+  with the table already in its `.pb` file (issue 23's start target).
 - CPU per request is Envoy's utime+stime (/proc/PID/stat, all threads)
   over a run, divided by the requests wrk completed in it; memory is VmRSS.
   A table's memory after an update is read once it has settled (two
@@ -70,6 +76,11 @@ ENVOY = REPO / ".venv" / "bin" / "envoy"
 RELEASE = REPO / "target" / "wasm32-wasip1" / "release"
 FILTER_WASM = RELEASE / "apikey_filter.wasm"
 EMPTY_WASM = RELEASE / "empty_filter.wasm"
+# The native edge (contract §9): the core as an Envoy dynamic module, which
+# Envoy finds by name in ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+DYNAMIC_LIBRARY = REPO / "target" / "release" / "libapikey_dynamic.so"
+DYNAMIC_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+DYNAMIC_SEARCH_PATH_VAR = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
 DOC = REPO / "docs" / "performance.md"
 CHART = REPO / "docs" / "performance.png"
 WORK = REPO / ".work" / "bench"
@@ -187,7 +198,12 @@ def _manager(bootstrap: dict) -> dict:
 
 def render_bootstrap(kind: str, workdir: Path, module: Path | None = None,
                      native_keys: list[str] | None = None, ecds_file: str = ECDS_FILE) -> dict:
-    """envoy/envoy.yaml for one set-up: kind is direct, native or wasm."""
+    """envoy/envoy.yaml for one set-up: kind is direct (no filter), native
+    (Envoy's own api_key_auth + local_ratelimit), wasm (a proxy-wasm
+    module: the apikey filter or the empty one) or dynamic (the apikey
+    native edge, the dynamic module Envoy finds through
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH; `module` is unused). Both apikey
+    edges take their configuration by ECDS, the same file and wiring."""
     bootstrap = shipped_bootstrap()
     bootstrap["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
     listener = _named(bootstrap["static_resources"]["listeners"], "ingress")
@@ -208,13 +224,24 @@ def render_bootstrap(kind: str, workdir: Path, module: Path | None = None,
         manager["http_filters"] = [router]
     elif kind == "native":
         manager["http_filters"] = [native_api_key_auth(native_keys or []), NATIVE_LOCAL_RATELIMIT, router]
-    elif kind == "wasm":
+    elif kind in ("wasm", "dynamic"):
         discovery = wasm["config_discovery"]
         discovery["config_source"]["path_config_source"] = {
             "path": str(workdir / "ecds" / ecds_file),
             "watched_directory": {"path": str(workdir / "ecds")},
         }
-        discovery["default_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(module)
+        if kind == "wasm":
+            discovery["default_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(module)
+        else:
+            # contract §9: the same ECDS wiring, the dynamic-module filter as
+            # its default and its one type (tests/e2e/harness.py's render_native).
+            discovery["default_config"] = {
+                "@type": DYNAMIC_FILTER_TYPE,
+                "dynamic_module_config": {"name": "apikey_dynamic"},
+                "filter_name": "apikey",
+                "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": ""},
+            }
+            discovery["type_urls"] = [DYNAMIC_FILTER_TYPE]
         manager["http_filters"] = [wasm, router]
     else:
         raise ValueError(kind)
@@ -250,9 +277,13 @@ NATIVE_LOCAL_RATELIMIT = {
 
 def ecds_document(bootstrap: dict, configuration: str) -> dict:
     """The DiscoveryResponse the project ships (envoy/ecds/README.md): the
-    bootstrap's default Wasm config with `configuration` as its value."""
+    bootstrap's default filter config (Wasm, or the dynamic module's) with
+    `configuration` as its value."""
     wasm = copy.deepcopy(_named(_manager(bootstrap)["http_filters"], "apikey")["config_discovery"]["default_config"])
-    wasm["config"]["configuration"]["value"] = configuration
+    if wasm.get("@type") == DYNAMIC_FILTER_TYPE:
+        wasm["filter_config"]["value"] = configuration
+    else:
+        wasm["config"]["configuration"]["value"] = configuration
     return {"resources": [{"@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
                            "name": "apikey", "typed_config": wasm}]}
 
@@ -284,6 +315,8 @@ def ecds_protobuf(document: dict) -> bytes:
     DiscoveryResponse{resources: [Any{TypedExtensionConfig{name, typed_config:
     Any{Wasm{config: PluginConfig}}}}]}."""
     resource = document["resources"][0]
+    if resource["typed_config"].get("@type") == DYNAMIC_FILTER_TYPE:
+        return _dynamic_protobuf(resource)
     config = resource["typed_config"]["config"]
     vm = config["vm_config"]
     unencoded = (set(config) - {"name", "root_id", "vm_config", "configuration", "fail_open"}
@@ -296,6 +329,23 @@ def ecds_protobuf(document: dict) -> bytes:
               + _field(4, _any("google.protobuf.StringValue", _field(1, config["configuration"]["value"]))))
     wasm = _field(1, plugin)
     typed = _field(1, resource["name"]) + _field(2, _any("envoy.extensions.filters.http.wasm.v3.Wasm", wasm))
+    return (_field(2, _any("envoy.config.core.v3.TypedExtensionConfig", typed))
+            + _field(4, "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"))
+
+
+def _dynamic_protobuf(resource: dict) -> bytes:
+    """ecds_protobuf() for the native edge: DiscoveryResponse{resources:
+    [Any{TypedExtensionConfig{name, typed_config: Any{DynamicModuleFilter{
+    dynamic_module_config: {name} (1), filter_name (2), filter_config: Any{
+    StringValue} (3)}}}}]}. No CLI writes this yet, so nothing checks it
+    byte for byte; Envoy enforcing the table it carries is the check."""
+    config = resource["typed_config"]
+    unencoded = set(config) - {"@type", "dynamic_module_config", "filter_name", "filter_config"}
+    if unencoded or set(config["dynamic_module_config"]) - {"name"}:
+        raise BenchError(f"ecds_protobuf does not encode {sorted(unencoded)} of the dynamic-module filter")
+    module = (_field(1, _field(1, config["dynamic_module_config"]["name"])) + _field(2, config["filter_name"])
+              + _field(3, _any("google.protobuf.StringValue", _field(1, config["filter_config"]["value"]))))
+    typed = _field(1, resource["name"]) + _field(2, _any(DYNAMIC_FILTER_TYPE.split("/", 1)[1], module))
     return (_field(2, _any("envoy.config.core.v3.TypedExtensionConfig", typed))
             + _field(4, "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"))
 
@@ -359,6 +409,7 @@ class Envoy:
     cores: str = ENVOY_CORE
     initial: dict | None = None  # the first ECDS document (Wasm set-ups)
     ecds_file: str = ECDS_FILE  # `.pb`: the documents are written as binary protobuf
+    env: dict[str, str] | None = None  # added to Envoy's environment (the dynamic module's search path)
     workdir: Path = field(init=False)
     process: subprocess.Popen | None = field(init=False, default=None)
 
@@ -381,8 +432,10 @@ class Envoy:
         command = ["taskset", "-c", self.cores, str(ENVOY), "-c", str(path),
                    "--concurrency", str(self.concurrency), "-l", "warning",
                    "--admin-address-path", str(address_file), "--disable-hot-restart"]
+        self.spawned = time.monotonic()
         with open(self.workdir / "envoy.log", "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                            env={**os.environ, **(self.env or {})})
         LIVE.append(self)
         self.wait("the admin address", lambda: address_file.read_text().strip(), timeout)
         self.admin = address_file.read_text().strip()
@@ -554,7 +607,9 @@ def run_wrk(envoy: Envoy, key: str | None, seconds: float, connections: int,
             script: list[str] | None = None) -> dict:
     """wrk against `envoy` with `key` in X-API-Key; `script` is a Lua script
     and its arguments, for requests wrk cannot send with one header (many keys)."""
-    command = ["taskset", "-c", WRK_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    # wrk reads whole seconds: `--seconds 5` arrives as 5.0, which it refuses.
+    command = ["taskset", "-c", WRK_CORE, "wrk", "-t1", f"-c{connections}", f"-d{max(round(seconds), 1)}s",
+               "--latency"]
     if key:
         command += ["-H", f"X-API-Key: {key}"]
     if script:
@@ -609,18 +664,40 @@ def table_label(size: int) -> str:
     return str(size)
 
 
-def measure_tables(sizes: list[int], log) -> tuple[dict, dict[int, Envoy]]:
-    """Per table size: configuration → enforcement (first load and an
-    update) and memory, at --concurrency 4 then 1; the concurrency-1 Envoys
-    stay up to serve the throughput set-ups. The largest table's `.pb`
-    delivery is measured first, while no other Envoy is resident (module
-    docstring)."""
+# The two apikey edges, as the report names them, and their set-ups' name prefixes.
+EDGES = {"wasm": "apikey Wasm filter", "dynamic": "apikey native edge (dynamic module)"}
+EDGE_PREFIX = {"wasm": "apikey", "dynamic": "dynamic"}
+NATIVE_LABEL = "Envoy's api_key_auth + local_ratelimit"
+
+
+def dynamic_env() -> dict[str, str]:
+    """Where Envoy finds libapikey_dynamic.so (the run's copy)."""
+    return {DYNAMIC_SEARCH_PATH_VAR: str(DYNAMIC_LIBRARY.parent)}
+
+
+def edge_envoy(kind: str, name: str, concurrency: int = 1, cores: str = ENVOY_CORE, initial: dict | None = None,
+               ecds_file: str = ECDS_FILE) -> Envoy:
+    """An Envoy with one apikey edge (wasm or dynamic), its configuration by ECDS."""
+    bootstrap = render_bootstrap(kind, WORK / f"{name}-c{concurrency}", FILTER_WASM if kind == "wasm" else None,
+                                 ecds_file=ecds_file)
+    return Envoy(name, bootstrap, concurrency, cores, initial=initial, ecds_file=ecds_file,
+                 env=dynamic_env() if kind == "dynamic" else None)
+
+
+def measure_tables(sizes: list[int], log) -> tuple[dict, dict[str, dict[int, Envoy]]]:
+    """Per table size and apikey edge: configuration → enforcement (first
+    load and an update) and memory, at --concurrency 4 then 1; the
+    concurrency-1 Envoys stay up to serve the throughput set-ups. The
+    largest table's `.pb` delivery is measured first, while no other Envoy
+    is resident (module docstring). The Wasm filter's figures sit at the
+    top of each size's entry, the native edge's under "dynamic"."""
     tables: dict[str, dict] = {}
-    kept: dict[int, Envoy] = {}
+    kept: dict[str, dict[int, Envoy]] = {kind: {} for kind in EDGES}
     largest = sizes[-1]
     log(f"generating the {table_label(largest)}-key configurations")
     largest_configs = (plugin_config(largest), plugin_config(largest, extra_key=new_key(largest)))
-    protobuf = protobuf_delivery(largest, *largest_configs, 900, log)
+    protobuf = {kind: protobuf_delivery(kind, largest, *largest_configs, 900, log) for kind in EDGES}
+    dynamic_start = start_to_enforcement(largest, largest_configs[0], 900, log)
     for size in sizes:
         if size == largest:
             first, update = largest_configs
@@ -630,24 +707,28 @@ def measure_tables(sizes: list[int], log) -> tuple[dict, dict[int, Envoy]]:
             update = plugin_config(size, extra_key=new_key(size))
         entry = {"keys": size, "config_bytes": len(first)}
         timeout = 900
-        for concurrency, cores in ((4, "0,1"), (1, ENVOY_CORE)):
-            bootstrap = render_bootstrap("wasm", WORK / f"apikey-{table_label(size)}-c{concurrency}", FILTER_WASM)
-            envoy = Envoy(f"apikey-{table_label(size)}", bootstrap, concurrency, cores, initial=NOTHING_YET).start()
-            if envoy.request(BENCH_KEY) != 503:
-                raise BenchError(f"{envoy.name}: an unconfigured filter should answer 503")
-            log(f"  --concurrency {concurrency}: first load of {table_label(size)} keys")
-            load = envoy.time_to_enforcement(first, BENCH_KEY, timeout)
-            rss_loaded = envoy.settled_memory_kb()
-            log(f"    enforced after {load['enforced_s']:.2f} s; update with one new key")
-            upd = envoy.time_to_enforcement(update, new_key(size), timeout)
-            memory = envoy.settled_memory_kb()
-            log(f"    enforced after {upd['enforced_s']:.2f} s; RSS {memory['VmRSS'] / 1024:.0f} MB")
-            entry[f"c{concurrency}"] = {"first_load": load, "update": upd, "rss_kb_after_load": rss_loaded["VmRSS"],
-                                        "rss_kb": memory["VmRSS"], "hwm_kb": memory["VmHWM"]}
-            if concurrency == 1:
-                kept[size] = envoy
-            else:
-                envoy.stop()
+        for kind in EDGES:
+            per_edge = entry if kind == "wasm" else entry.setdefault(kind, {})
+            for concurrency, cores in ((4, "0,1"), (1, ENVOY_CORE)):
+                envoy = edge_envoy(kind, f"{EDGE_PREFIX[kind]}-{table_label(size)}", concurrency, cores,
+                                   initial=NOTHING_YET).start()
+                if envoy.request(BENCH_KEY) != 503:
+                    raise BenchError(f"{envoy.name}: an unconfigured filter should answer 503")
+                log(f"  {EDGES[kind]}, --concurrency {concurrency}: first load of {table_label(size)} keys")
+                load = envoy.time_to_enforcement(first, BENCH_KEY, timeout)
+                rss_loaded = envoy.settled_memory_kb()
+                log(f"    enforced after {load['enforced_s']:.2f} s (RSS {rss_loaded['VmRSS'] / 1024:.0f} MB); "
+                    "update with one new key")
+                upd = envoy.time_to_enforcement(update, new_key(size), timeout)
+                memory = envoy.settled_memory_kb()
+                log(f"    enforced after {upd['enforced_s']:.2f} s; RSS {memory['VmRSS'] / 1024:.0f} MB")
+                per_edge[f"c{concurrency}"] = {"first_load": load, "update": upd,
+                                               "rss_kb_after_load": rss_loaded["VmRSS"],
+                                               "rss_kb": memory["VmRSS"], "hwm_kb": memory["VmHWM"]}
+                if concurrency == 1:
+                    kept[kind][size] = envoy
+                else:
+                    envoy.stop()
         # Envoy's own floor: the same ECDS file for the empty filter, which
         # never reads its configuration (file read, parse, every worker switched).
         bootstrap = render_bootstrap("wasm", WORK / f"floor-{table_label(size)}-c1", EMPTY_WASM)
@@ -658,31 +739,68 @@ def measure_tables(sizes: list[int], log) -> tuple[dict, dict[int, Envoy]]:
             f"RSS {entry['envoy_floor']['rss_kb'] / 1024:.0f} MB")
         floor.stop()
         if size == largest:
-            entry["protobuf"] = protobuf
+            entry["protobuf"] = protobuf["wasm"]
+            entry["dynamic"]["protobuf"] = protobuf["dynamic"]
+            entry["dynamic"]["start"] = dynamic_start
         tables[str(size)] = entry
     return tables, kept
 
 
-def protobuf_delivery(size: int, first: str, update: str, timeout: float, log) -> dict:
+def start_to_enforcement(size: int, configuration: str, timeout: float, log) -> dict:
+    """The native edge's start with the table already in its ECDS file
+    (`apikey.pb`), --concurrency 4 on both cores: from Envoy's spawn until
+    the bench key is answered 200 (issue 23: ≤ 2 s at 1M keys), and the
+    RSS once settled."""
+    envoy = edge_envoy("dynamic", f"start-dynamic-{table_label(size)}", 4, "0,1", ecds_file="apikey.pb")
+    envoy.initial = ecds_document(envoy.bootstrap, configuration)
+    try:
+        envoy.start(timeout)
+        enforced = envoy.wait("the bench key to be enforced", lambda: envoy.request(BENCH_KEY) == 200, timeout)
+        memory = envoy.settled_memory_kb()
+    finally:
+        envoy.stop()
+    out = {"enforced_s": enforced - envoy.spawned, "rss_kb": memory["VmRSS"], "hwm_kb": memory["VmHWM"]}
+    log(f"  {EDGES['dynamic']}, {table_label(size)} keys in apikey.pb at Envoy's start, --concurrency 4: "
+        f"enforced {out['enforced_s']:.2f} s after the spawn; RSS {out['rss_kb'] / 1024:.0f} MB")
+    # Envoy's own part: the empty Wasm filter started with the same file
+    # (read, decoded, handed to every worker; /ready once it has).
+    bootstrap = render_bootstrap("wasm", WORK / f"start-floor-{table_label(size)}-c4", EMPTY_WASM,
+                                 ecds_file="apikey.pb")
+    floor = Envoy(f"start-floor-{table_label(size)}", bootstrap, 4, "0,1",
+                  initial=ecds_document(bootstrap, configuration), ecds_file="apikey.pb")
+    try:
+        floor.start(timeout)
+        out["floor_ready_s"] = time.monotonic() - floor.spawned
+        floor_memory = floor.settled_memory_kb()
+    finally:
+        floor.stop()
+    out["floor_rss_kb"], out["floor_hwm_kb"] = floor_memory["VmRSS"], floor_memory["VmHWM"]
+    log(f"  empty Wasm filter, the same apikey.pb at Envoy's start, --concurrency 4: ready "
+        f"{out['floor_ready_s']:.2f} s after the spawn; RSS {out['floor_rss_kb'] / 1024:.0f} MB")
+    return out
+
+
+def protobuf_delivery(kind: str, size: int, first: str, update: str, timeout: float, log) -> dict:
     """The largest table again, delivered as a binary-protobuf ECDS file
     (`apikey.pb`, what `apikey --ecds-format pb` writes) instead of the
     shipped default `apikey.yaml`: first load and update at --concurrency 4
-    and 1, and Envoy's own part (the empty filter, --concurrency 1)."""
+    and 1 for the edge `kind`, and (for the Wasm filter) Envoy's own part
+    (the empty filter, --concurrency 1)."""
     out = {}
-    bootstrap = render_bootstrap("wasm", WORK / f"pb-floor-{table_label(size)}-c1", EMPTY_WASM, ecds_file="apikey.pb")
-    floor = Envoy(f"pb-floor-{table_label(size)}", bootstrap, 1, ENVOY_CORE, initial=NOTHING_YET,
-                  ecds_file="apikey.pb").start()
-    try:
-        out["floor_applied_s"] = floor.time_to_apply(first, timeout)
-        out["floor_rss_kb"] = floor.settled_memory_kb()["VmRSS"]
-    finally:
-        floor.stop()
-    log(f"  as binary protobuf (.pb): empty filter applied after {out['floor_applied_s']:.2f} s")
-    for concurrency, cores in ((4, "0,1"), (1, ENVOY_CORE)):
-        bootstrap = render_bootstrap("wasm", WORK / f"pb-apikey-{table_label(size)}-c{concurrency}", FILTER_WASM,
+    if kind == "wasm":
+        bootstrap = render_bootstrap("wasm", WORK / f"pb-floor-{table_label(size)}-c1", EMPTY_WASM,
                                      ecds_file="apikey.pb")
-        envoy = Envoy(f"pb-apikey-{table_label(size)}", bootstrap, concurrency, cores, initial=NOTHING_YET,
+        floor = Envoy(f"pb-floor-{table_label(size)}", bootstrap, 1, ENVOY_CORE, initial=NOTHING_YET,
                       ecds_file="apikey.pb").start()
+        try:
+            out["floor_applied_s"] = floor.time_to_apply(first, timeout)
+            out["floor_rss_kb"] = floor.settled_memory_kb()["VmRSS"]
+        finally:
+            floor.stop()
+        log(f"  as binary protobuf (.pb): empty filter applied after {out['floor_applied_s']:.2f} s")
+    for concurrency, cores in ((4, "0,1"), (1, ENVOY_CORE)):
+        envoy = edge_envoy(kind, f"pb-{EDGE_PREFIX[kind]}-{table_label(size)}", concurrency, cores,
+                           initial=NOTHING_YET, ecds_file="apikey.pb").start()
         try:
             load = envoy.time_to_enforcement(first, BENCH_KEY, timeout)
             rss_loaded = envoy.settled_memory_kb()["VmRSS"]
@@ -692,8 +810,8 @@ def protobuf_delivery(size: int, first: str, update: str, timeout: float, log) -
             envoy.stop()
         out[f"c{concurrency}"] = {"first_load": load, "update": upd, "rss_kb_after_load": rss_loaded,
                                   "rss_kb": memory["VmRSS"], "hwm_kb": memory["VmHWM"]}
-        log(f"  as binary protobuf (.pb), --concurrency {concurrency}: first load {load['enforced_s']:.2f} s, "
-            f"update {upd['enforced_s']:.2f} s; RSS {memory['VmRSS'] / 1024:.0f} MB")
+        log(f"  {EDGES[kind]} as binary protobuf (.pb), --concurrency {concurrency}: first load "
+            f"{load['enforced_s']:.2f} s, update {upd['enforced_s']:.2f} s; RSS {memory['VmRSS'] / 1024:.0f} MB")
     return out
 
 
@@ -712,7 +830,7 @@ def run(args) -> dict:
         f"{protobuf_check['bytes']:,} bytes)")
     quiet = wait_for_quiet(args.quiet_load, args.quiet_wait, log)
     account_start = cpu_account()
-    sizes = [10, 1_000, 10_000] if args.quick else [10, 100_000, 1_000_000]
+    sizes = args.sizes or ([10, 1_000, 10_000] if args.quick else [10, 100_000, 1_000_000])
     tables, table_envoys = measure_tables(sizes, log)
     account_tables = cpu_account()
     neighbours = {"tables": neighbour_cores(account_start, account_tables)}
@@ -732,24 +850,33 @@ def run(args) -> dict:
                                initial=ecds_document(finished_bootstrap, "")).start()
         empty_finished.wait("the ECDS update", lambda: empty_finished.ecds_counters().get("update_success", 0) >= 1, 60)
 
-    smallest = table_envoys[sizes[0]]
+    smallest = table_envoys["wasm"][sizes[0]]
+    smallest_dynamic = table_envoys["dynamic"][sizes[0]]
     setups = [
         Setup("direct", "no filter (direct_response)", direct, BENCH_KEY, 200),
-        Setup("native", "native api_key_auth + local_ratelimit", native, BENCH_KEY, 200),
+        Setup("native", NATIVE_LABEL, native, BENCH_KEY, 200),
         Setup("empty", "empty Wasm filter (as the SDK builds it)", empty, BENCH_KEY, 200),
     ]
     if finished:
         setups.append(Setup("empty-finished", "empty Wasm filter, finished like apikey (same exports)",
                             empty_finished, BENCH_KEY, 200))
-    for size in sizes:
-        setups.append(Setup(f"apikey-{table_label(size)}", f"apikey, {table_label(size)} keys, allowed",
-                            table_envoys[size], BENCH_KEY, 200))
+    for kind in EDGES:
+        for size in sizes:
+            setups.append(Setup(f"{EDGE_PREFIX[kind]}-{table_label(size)}",
+                                f"{EDGES[kind]}, {table_label(size)} keys, allowed",
+                                table_envoys[kind][size], BENCH_KEY, 200))
+    small = table_label(sizes[0])
     setups += [
-        Setup("deny-401", f"apikey, invalid key → 401 ({table_label(sizes[0])} keys)", smallest, INVALID_KEY, 401),
-        Setup("deny-429", f"apikey, burst-1 key → 429 ({table_label(sizes[0])} keys)", smallest, SLOW_KEY, 429),
+        Setup("deny-401", f"{EDGES['wasm']}, invalid key → 401 ({small} keys)", smallest, INVALID_KEY, 401),
+        Setup("deny-429", f"{EDGES['wasm']}, burst-1 key → 429 ({small} keys)", smallest, SLOW_KEY, 429),
+        Setup("dynamic-deny-401", f"{EDGES['dynamic']}, invalid key → 401 ({small} keys)", smallest_dynamic,
+              INVALID_KEY, 401),
+        Setup("dynamic-deny-429", f"{EDGES['dynamic']}, burst-1 key → 429 ({small} keys)", smallest_dynamic,
+              SLOW_KEY, 429),
     ]
     # The burst-1 key's one token goes on the first request.
     smallest.request(SLOW_KEY)
+    smallest_dynamic.request(SLOW_KEY)
     for setup in setups:
         status = setup.envoy.request(setup.key)
         if status != setup.expect:
@@ -775,7 +902,7 @@ def run(args) -> dict:
             wrong = sum(r["requests"] - r["non_2xx"] if setup.expect >= 300 else r["non_2xx"] for r in (result, latency))
             result["wrong_status"] = wrong
             runs[setup.name].append(result)
-            log(f"round {round_index + 1}/{rounds} {setup.name:14} {result['rps']:9.0f} req/s (Envoy busy "
+            log(f"round {round_index + 1}/{rounds} {setup.name:16} {result['rps']:9.0f} req/s (Envoy busy "
                 f"{result['busy']:.2f}) cpu {result['cpu_us_per_request']:.1f} us/req; p50 {result['p50_ms']:.3f} ms "
                 f"p99 {result['p99_ms']:.3f} ms; rss {result['rss_kb'] / 1024:.0f} MB"
                 + (f" WRONG STATUS {wrong}" if wrong else ""))
@@ -825,19 +952,23 @@ def snapshot_modules() -> None:
     """Copies the modules scripts/bench.sh just built into the bench's own
     directory and measures the copies: the checkout is shared, and another
     build rewrites target/ in place (cargo re-links, then the finish step)
-    while a long run is still starting Envoys."""
-    global FILTER_WASM, EMPTY_WASM
+    while a long run is still starting Envoys. The native edge's library
+    keeps its name (Envoy looks it up by name in the copy's directory) and
+    gets a new inode, so an Envoy still mapping an older copy keeps it."""
+    global FILTER_WASM, EMPTY_WASM, DYNAMIC_LIBRARY
     snapshot = WORK / "modules"
     snapshot.mkdir(parents=True, exist_ok=True)
     copies = []
-    for path in (FILTER_WASM, EMPTY_WASM):
+    for path in (FILTER_WASM, EMPTY_WASM, DYNAMIC_LIBRARY):
         if not path.exists():
             raise BenchError(f"{path} missing: scripts/bench.sh builds it")
         copy_path = snapshot / path.name
         if path != copy_path:
-            shutil.copyfile(path, copy_path)
+            temporary = copy_path.with_name(f".{path.name}.tmp")
+            shutil.copyfile(path, temporary)
+            os.replace(temporary, copy_path)
         copies.append(copy_path)
-    FILTER_WASM, EMPTY_WASM = copies
+    FILTER_WASM, EMPTY_WASM, DYNAMIC_LIBRARY = copies
 
 
 def load_1min() -> float:
@@ -990,7 +1121,8 @@ def envoy_version() -> str:
 
 
 def module_sizes() -> dict:
-    return {"apikey_filter.wasm": FILTER_WASM.stat().st_size, "empty_filter.wasm": EMPTY_WASM.stat().st_size}
+    return {"apikey_filter.wasm": FILTER_WASM.stat().st_size, "empty_filter.wasm": EMPTY_WASM.stat().st_size,
+            "libapikey_dynamic.so": DYNAMIC_LIBRARY.stat().st_size}
 
 
 # What the measured build and run are made of: uncommitted changes here mean
@@ -1230,6 +1362,86 @@ def verdicts(results: dict) -> list[dict]:
     return out
 
 
+DYNAMIC_ENFORCE_LIMIT_S = 2
+DYNAMIC_RSS_LIMIT_KB = 400 * 1024
+
+
+def dynamic_verdicts(results: dict) -> list[dict]:
+    """Issue 23's targets for the native edge, judged in this run."""
+    by_name = {s["name"]: s for s in results["setups"]}
+    sizes = results["sizes"]
+    small, large = table_label(sizes[0]), table_label(sizes[-1])
+    if f"dynamic-{small}" not in by_name:
+        return []
+    dynamic, wasm = by_name[f"dynamic-{small}"], by_name[f"apikey-{small}"]
+    native, direct = by_name["native"], by_name["direct"]
+    out = []
+
+    ratio, how = judged_ratio(results, dynamic["name"], "native")
+    out.append({"target": f"{EDGES['dynamic']}, allowed ≥ 0.90 × {NATIVE_LABEL}",
+                "measured": f"{dynamic['capacity']:,.0f} / {native['capacity']:,.0f} req/s capacity; "
+                            f"{dynamic['rps']:,.0f} / {native['rps']:,.0f} req/s measured",
+                "ratio": f"{ratio:.3f}×", "held": ratio >= 0.90,
+                "bound": f"Judged on {how}. Envoy CPU per request: {dynamic['cpu_us_per_request']:.1f} µs against "
+                         f"{native['cpu_us_per_request']:.1f} µs for Envoy's filters and "
+                         f"{direct['cpu_us_per_request']:.1f} µs with no filter, so the native edge adds "
+                         f"{dynamic['cpu_us_per_request'] - direct['cpu_us_per_request']:.1f} µs to no filter "
+                         f"and Envoy's filters {native['cpu_us_per_request'] - direct['cpu_us_per_request']:.1f} µs; "
+                         f"0.90 allows {native['cpu_us_per_request'] / 0.9 - native['cpu_us_per_request']:.1f} µs "
+                         "over Envoy's filters."})
+
+    ratio, how = judged_ratio(results, dynamic["name"], wasm["name"])
+    out.append({"target": f"{EDGES['dynamic']}, allowed ≥ 1.5 × {EDGES['wasm']}",
+                "measured": f"{dynamic['capacity']:,.0f} / {wasm['capacity']:,.0f} req/s capacity; "
+                            f"{dynamic['rps']:,.0f} / {wasm['rps']:,.0f} req/s measured",
+                "ratio": f"{ratio:.3f}×", "held": ratio >= 1.5,
+                "bound": f"Judged on {how}. Envoy CPU per request {dynamic['cpu_us_per_request']:.1f} µs against "
+                         f"{wasm['cpu_us_per_request']:.1f} µs; the empty Wasm filter alone costs "
+                         f"{by_name['empty']['cpu_us_per_request']:.1f} µs."})
+
+    largest = by_name[f"dynamic-{large}"]
+    ratio, how = judged_ratio(results, largest["name"], dynamic["name"])
+    out.append({"target": f"{EDGES['dynamic']}, {large}-key table ≥ 0.95 × {small}-key table",
+                "measured": f"{largest['capacity']:,.0f} / {dynamic['capacity']:,.0f} req/s capacity; "
+                            f"{largest['rps']:,.0f} / {dynamic['rps']:,.0f} req/s measured",
+                "ratio": f"{ratio:.3f}×", "held": ratio >= 0.95,
+                "bound": f"Judged on {how}. CPU per request {largest['cpu_us_per_request']:.1f} µs against "
+                         f"{dynamic['cpu_us_per_request']:.1f} µs."})
+
+    table = results["tables"][str(sizes[-1])].get("dynamic", {})
+    rows = []
+    start = table.get("start")
+    if start:
+        rows.append(("from Envoy's start, the table in `apikey.pb`", start["enforced_s"], start["rss_kb"],
+                     "spawn → the bench key answered 200"))
+    for delivery, source in (("apikey.pb", table.get("protobuf", {})), ("apikey.yaml", table)):
+        if "c4" in source:
+            e = source["c4"]
+            worst = max(e["first_load"]["enforced_s"], e["update"]["enforced_s"])
+            rows.append((f"ECDS `{delivery}` renamed into a running Envoy", worst, e["rss_kb"],
+                         f"first load {e['first_load']['enforced_s']:.2f} s, update {e['update']['enforced_s']:.2f} s"))
+    if rows:
+        held = [r for r in rows if r[1] <= DYNAMIC_ENFORCE_LIMIT_S and r[2] <= DYNAMIC_RSS_LIMIT_KB]
+        best = held[0] if held else min(rows, key=lambda r: r[1])
+        floor = results["tables"][str(sizes[-1])].get("protobuf", {}).get("floor_applied_s")
+        yaml_floor = results["tables"][str(sizes[-1])].get("envoy_floor", {}).get("applied_s")
+        bound = "; ".join(f"{what}: {seconds:.2f} s ({detail}), RSS {_mb(rss)}" for what, seconds, rss, detail in rows)
+        if start and "floor_ready_s" in start:
+            bound += (f". Envoy alone, the empty Wasm filter started with the same `apikey.pb` (--concurrency 4), "
+                      f"is ready after {start['floor_ready_s']:.2f} s and holds {_mb(start['floor_rss_kb'])} "
+                      f"(peak {_mb(start['floor_hwm_kb'])}): with the table inside Envoy's configuration, Envoy's "
+                      "own copies of it bound both figures before the module does any work")
+        bound += (". Envoy's own part (the empty Wasm filter given the same file, --concurrency 1): "
+                  f"`apikey.pb` {_fmt_s(floor)}, `apikey.yaml` {_fmt_s(yaml_floor)}.")
+        out.append({"target": f"{EDGES['dynamic']}, {large} keys enforced ≤ {DYNAMIC_ENFORCE_LIMIT_S} s with RSS ≤ "
+                              f"{DYNAMIC_RSS_LIMIT_KB // 1024} MB at --concurrency 4",
+                    "measured": f"{best[0]}: {best[1]:.2f} s, {_mb(best[2])}",
+                    "ratio": f"{best[1] / DYNAMIC_ENFORCE_LIMIT_S:.2f}× the time, {best[2] / DYNAMIC_RSS_LIMIT_KB:.2f}× "
+                             "the memory",
+                    "held": bool(held), "bound": bound})
+    return out
+
+
 def quiet_note(quiet: dict | None) -> str:
     """The method section's line on how busy the shared machine was."""
     if not quiet:
@@ -1267,8 +1479,10 @@ def render_markdown(results: dict, kept_sections: list[str]) -> str:
     by_name = {s["name"]: s for s in results["setups"]}
     empty = by_name["empty"]
     direct = by_name["direct"]
+    native = by_name["native"]
     lines = [
-        "# Performance: the apikey filter against no filter, Envoy's native filters and an empty Wasm filter",
+        "# Performance: the apikey Wasm filter and the apikey native edge (dynamic module) against no filter, "
+        "Envoy's api_key_auth + local_ratelimit and an empty Wasm filter",
         "",
         "Generated by `scripts/bench.sh`" + (" **--quick (a smoke run: small tables, short runs; not the"
                                               " numbers the targets are judged on)**" if results["quick"] else "")
@@ -1289,10 +1503,14 @@ def render_markdown(results: dict, kept_sections: list[str]) -> str:
         neighbour_note(results.get("neighbours")),
         "- Bootstrap: `envoy/envoy.yaml` (edge settings, the ECDS wiring and `vm_id`) with the route answering "
         "by `direct_response` after the filters (no upstream is measured) and no access log. The Wasm filters "
-        "get their configuration by ECDS, as shipped.",
+        "get their configuration by ECDS, as shipped; so does the apikey native edge (contract §9: "
+        "`libapikey_dynamic.so`, built with the `release-native` profile, found through "
+        "`ENVOY_DYNAMIC_MODULES_SEARCH_PATH`, as the `DynamicModuleFilter` the same ECDS file carries, its "
+        "`filter_config` a `StringValue` with the same configuration).",
         "- Request: `GET /api/v1/leads` with `X-API-Key`; the rule needs the scope `leads:read`, the key holds "
-        "it, and its plan's limit (10⁹ per second) never denies. The native set-up is `api_key_auth` (10 "
-        "credentials, forwarding the client, hiding the key) + `local_ratelimit` (a bucket that never empties).",
+        "it, and its plan's limit (10⁹ per second) never denies. Envoy's own filters are `api_key_auth` (10 "
+        "credentials, forwarding the client, hiding the key) + `local_ratelimit` (a bucket that never empties): "
+        "they do far less than either apikey edge (no plans, scopes, shared buckets or audit record).",
         "- CPU per request: Envoy's utime+stime (`/proc/PID/stat`, all threads) over a run ÷ the requests in it. "
         "RSS: `VmRSS` after the run.",
         "",
@@ -1302,7 +1520,8 @@ def render_markdown(results: dict, kept_sections: list[str]) -> str:
         "|---|---:|---:|",
     ]
     for name, size in results["modules"].items():
-        lines.append(f"| `{name}` | {size:,} ({size / 1024:.0f} KiB) | {size / WASM_SIZE_TARGET:.2f}× |")
+        versus = f"{size / WASM_SIZE_TARGET:.2f}×" if name.endswith(".wasm") else "– (native; no size target)"
+        lines.append(f"| `{name}` | {size:,} ({size / 1024:.0f} KiB) | {versus} |")
     lines += [
         "",
         "## Throughput, latency, CPU and memory by set-up",
@@ -1315,8 +1534,9 @@ def render_markdown(results: dict, kept_sections: list[str]) -> str:
         f"({results['latency_seconds']} s each round).",
         "",
         "| set-up | measured req/s | Envoy busy | Envoy CPU / request | over empty Wasm | capacity req/s | "
-        "capacity vs empty Wasm | vs no filter | p50 | p99 | Envoy RSS | CPU µs per round |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "capacity vs empty Wasm | vs no filter | vs Envoy's api_key_auth + local_ratelimit | p50 | p99 | "
+        "Envoy RSS | CPU µs per round |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in results["setups"]:
         flag = f" ⚠ {s['wrong_status']} answers not {s['expect']}" if s["wrong_status"] else ""
@@ -1324,7 +1544,7 @@ def render_markdown(results: dict, kept_sections: list[str]) -> str:
             f"| {s['label']}{flag} | {s['rps']:,.0f} | {s['busy']:.0%} | {s['cpu_us_per_request']:.1f} µs | "
             f"{s['cpu_us_per_request'] - empty['cpu_us_per_request']:+.1f} µs | {s['capacity']:,.0f} | "
             f"{s['capacity'] / empty['capacity']:.3f}× | {s['capacity'] / direct['capacity']:.3f}× | "
-            f"{_fmt_ms(s['p50_ms'])} | {_fmt_ms(s['p99_ms'])} | {_mb(s['rss_kb'])} | "
+            f"{s['capacity'] / native['capacity']:.3f}× | {_fmt_ms(s['p50_ms'])} | {_fmt_ms(s['p99_ms'])} | {_mb(s['rss_kb'])} | "
             f"{', '.join(f'{v:.1f}' for v in s['cpu_rounds'])} |")
     lines += [
         "",
@@ -1338,27 +1558,33 @@ def render_markdown(results: dict, kept_sections: list[str]) -> str:
         f"{ENVOY_CORE}. RSS is read after the update (a Wasm VM's memory never shrinks, so it includes the "
         "first load).",
         "",
-        "| keys | configuration | concurrency | first load: accepted / enforced | update: accepted / enforced | "
-        "RSS after first load | RSS after update | peak RSS |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| keys | edge | configuration | concurrency | first load: accepted / enforced | update: accepted / "
+        "enforced | RSS after first load | RSS after update | peak RSS |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size in results["sizes"]:
         t = results["tables"][str(size)]
-        for c in ("c1", "c4"):
-            e = t[c]
-            lines.append(
-                f"| {size:,} | {t['config_bytes'] / 1e6:.1f} MB | {c[1:]} | "
-                f"{_fmt_s(e['first_load']['accepted_s'])} / {_fmt_s(e['first_load']['enforced_s'])} | "
-                f"{_fmt_s(e['update']['accepted_s'])} / {_fmt_s(e['update']['enforced_s'])} | "
-                f"{_mb(e['rss_kb_after_load'])} | {_mb(e['rss_kb'])} | {_mb(e['hwm_kb'])} |")
+        for kind, source in (("wasm", t), ("dynamic", t.get("dynamic", {}))):
+            for c in ("c1", "c4"):
+                if c not in source:
+                    continue
+                e = source[c]
+                lines.append(
+                    f"| {size:,} | {EDGES[kind]} | {t['config_bytes'] / 1e6:.1f} MB | {c[1:]} | "
+                    f"{_fmt_s(e['first_load']['accepted_s'])} / {_fmt_s(e['first_load']['enforced_s'])} | "
+                    f"{_fmt_s(e['update']['accepted_s'])} / {_fmt_s(e['update']['enforced_s'])} | "
+                    f"{_mb(e['rss_kb_after_load'])} | {_mb(e['rss_kb'])} | {_mb(e['hwm_kb'])} |")
     lines += ["", "Envoy's own part: the same ECDS file for the empty filter, which never reads its configuration "
               "(until every worker switched; `--concurrency 1`).", "",
-              "| keys | RSS --concurrency 4 ÷ --concurrency 1 | empty filter: applied after | empty filter: RSS |",
-              "|---:|---:|---:|---:|"]
+              "| keys | RSS --concurrency 4 ÷ --concurrency 1: Wasm filter | native edge | "
+              "empty filter: applied after | empty filter: RSS |",
+              "|---:|---:|---:|---:|---:|"]
     for size in results["sizes"]:
         t = results["tables"][str(size)]
         floor = t.get("envoy_floor", {})
-        lines.append(f"| {size:,} | {t['c4']['rss_kb'] / t['c1']['rss_kb']:.2f}× | "
+        d = t.get("dynamic", {})
+        dynamic_ratio = f"{d['c4']['rss_kb'] / d['c1']['rss_kb']:.2f}×" if "c1" in d and "c4" in d else "–"
+        lines.append(f"| {size:,} | {t['c4']['rss_kb'] / t['c1']['rss_kb']:.2f}× | {dynamic_ratio} | "
                      f"{_fmt_s(floor.get('applied_s'))} | {_mb(floor['rss_kb']) if floor else '–'} |")
     pb = results["tables"][str(results["sizes"][-1])].get("protobuf")
     if pb and "c1" in pb:
@@ -1373,22 +1599,33 @@ def render_markdown(results: dict, kept_sections: list[str]) -> str:
                      "ecds --out F`). " if check else "")
                   + f"Envoy alone (the empty filter) applied the `.pb` file after {_fmt_s(pb['floor_applied_s'])} "
                   f"(`.yaml`: {_fmt_s(t.get('envoy_floor', {}).get('applied_s'))}).", "",
-                  "| delivery | concurrency | first load: accepted / enforced | update: accepted / enforced | "
-                  "RSS after first load | RSS after update | peak RSS |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for delivery, source in (("`apikey.yaml`", t), ("`apikey.pb`", pb)):
+                  "| edge | delivery | concurrency | first load: accepted / enforced | update: accepted / enforced | "
+                  "RSS after first load | RSS after update | peak RSS |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        d = t.get("dynamic", {})
+        for edge, delivery, source in ((EDGES["wasm"], "`apikey.yaml`", t), (EDGES["wasm"], "`apikey.pb`", pb),
+                                       (EDGES["dynamic"], "`apikey.yaml`", d),
+                                       (EDGES["dynamic"], "`apikey.pb`", d.get("protobuf", {}))):
             for c in ("c1", "c4"):
                 if c not in source:
                     continue
                 e = source[c]
                 lines.append(
-                    f"| {delivery} | {c[1:]} | {_fmt_s(e['first_load']['accepted_s'])} / "
+                    f"| {edge} | {delivery} | {c[1:]} | {_fmt_s(e['first_load']['accepted_s'])} / "
                     f"{_fmt_s(e['first_load']['enforced_s'])} | {_fmt_s(e['update']['accepted_s'])} / "
                     f"{_fmt_s(e['update']['enforced_s'])} | {_mb(e['rss_kb_after_load'])} | {_mb(e['rss_kb'])} | "
                     f"{_mb(e['hwm_kb'])} |")
         if "c4" in pb:
-            lines += ["", f"RSS --concurrency 4 ÷ --concurrency 1 after the update: `apikey.yaml` "
+            lines += ["", f"RSS --concurrency 4 ÷ --concurrency 1 after the update, {EDGES['wasm']}: `apikey.yaml` "
                       f"{t['c4']['rss_kb'] / t['c1']['rss_kb']:.2f}×, `apikey.pb` "
                       f"{pb['c4']['rss_kb'] / pb['c1']['rss_kb']:.2f}×."]
+        start = d.get("start")
+        if start:
+            lines += ["", f"{EDGES['dynamic']} started with the {size:,}-key table already in its `apikey.pb` "
+                      f"(--concurrency 4, both cores): the bench key answered 200 {start['enforced_s']:.2f} s after "
+                      f"Envoy was spawned; RSS {_mb(start['rss_kb'])} once settled (peak {_mb(start['hwm_kb'])})."
+                      + (f" The empty Wasm filter started with the same file was ready after "
+                         f"{start['floor_ready_s']:.2f} s, holding {_mb(start['floor_rss_kb'])} (peak "
+                         f"{_mb(start['floor_hwm_kb'])})." if "floor_ready_s" in start else "")]
     lines += ["", "## Targets (issue 6)", "",
               "Throughput ratios are medians of the per-round ratios (the two set-ups ran in the same round). "
               "The machine is shared, so throughput moves from round to round; CPU per request does not move "
@@ -1400,6 +1637,17 @@ def render_markdown(results: dict, kept_sections: list[str]) -> str:
     lines += ["", "What bounds each:", ""]
     for v in checks:
         lines.append(f"- **{v['target']}** ({'held' if v['held'] else 'missed'}): {v['bound']}")
+    dynamic_checks = dynamic_verdicts(results)
+    if dynamic_checks:
+        lines += ["", "## Targets (issue 23): the apikey native edge (dynamic module)", "",
+                  "The same run, the same ratios (medians of per-round ratios).", "",
+                  "| target | measured | ratio | verdict |", "|---|---|---:|---|"]
+        for v in dynamic_checks:
+            lines.append(f"| {v['target']} | {v['measured']} | {v['ratio']} | "
+                         f"{'**held**' if v['held'] else '**missed**'} |")
+        lines += ["", "What bounds each:", ""]
+        for v in dynamic_checks:
+            lines.append(f"- **{v['target']}** ({'held' if v['held'] else 'missed'}): {v['bound']}")
     hostcalls = results.get("hostcalls")
     if hostcalls:
         columns = hostcalls["columns"]
@@ -1464,8 +1712,10 @@ def render_chart(results: dict) -> None:
 
     setups = results["setups"]
     names = [s["name"] for s in setups]
-    palette = {"direct": "#888888", "native": "#4c72b0", "empty": "#55a868", "apikey": "#c44e52", "deny": "#dd8452"}
-    colors = [palette[s["name"].split("-")[0]] for s in setups]
+    palette = {"direct": "#888888", "native": "#4c72b0", "empty": "#55a868", "apikey": "#c44e52", "deny": "#dd8452",
+               "dynamic": "#8172b3", "dynamic-deny": "#937860"}
+    colors = [palette.get(s["name"].rsplit("-", 1)[0] if s["name"].startswith("dynamic-deny") else
+                          s["name"].split("-")[0], "#888888") for s in setups]
     figure, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     ax = axes[0][0]
     x = range(len(setups))
@@ -1490,12 +1740,15 @@ def render_chart(results: dict) -> None:
     ax = axes[1][1]
     sizes = results["sizes"]
     x = range(len(sizes))
-    c1 = [results["tables"][str(s)]["c1"]["rss_kb"] / 1024 for s in sizes]
-    c4 = [results["tables"][str(s)]["c4"]["rss_kb"] / 1024 for s in sizes]
-    b1 = ax.bar([i - 0.2 for i in x], c1, width=0.4, label="--concurrency 1", color="#c44e52")
-    b4 = ax.bar([i + 0.2 for i in x], c4, width=0.4, label="--concurrency 4", color="#8172b3")
-    ax.bar_label(b1, labels=[f"{v:.0f}" for v in c1], fontsize=7)
-    ax.bar_label(b4, labels=[f"{v:.0f}" for v in c4], fontsize=7)
+    bars = [("Wasm filter, --concurrency 1", lambda t: t.get("c1"), "#c44e52"),
+            ("Wasm filter, --concurrency 4", lambda t: t.get("c4"), "#dd8452"),
+            ("native edge, --concurrency 1", lambda t: t.get("dynamic", {}).get("c1"), "#8172b3"),
+            ("native edge, --concurrency 4", lambda t: t.get("dynamic", {}).get("c4"), "#64b5cd")]
+    width = 0.8 / len(bars)
+    for index, (label, pick, color) in enumerate(bars):
+        values = [(pick(results["tables"][str(s)]) or {}).get("rss_kb", 0) / 1024 for s in sizes]
+        drawn = ax.bar([i - 0.4 + width * (index + 0.5) for i in x], values, width=width, label=label, color=color)
+        ax.bar_label(drawn, labels=[f"{v:.0f}" for v in values], fontsize=6)
     ax.set_xticks(list(x), [f"{table_label(s)} keys" for s in sizes])
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -1527,6 +1780,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke: small tables, short runs")
     parser.add_argument("--rounds", type=int)
+    parser.add_argument("--sizes", type=lambda text: sorted(int(v) for v in text.split(",")),
+                        help="key-table sizes, comma-separated (default 10,100000,1000000; --quick: 10,1000,10000)")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--warmup", type=float)
     parser.add_argument("--connections", type=int, default=128, help="wrk connections of the throughput runs")
@@ -1563,7 +1818,7 @@ def main() -> int:
     RESULTS.write_text(json.dumps(results, indent=1))
     write_report(results)
     print(f"wrote {DOC.relative_to(REPO)} and {CHART.relative_to(REPO)}")
-    for v in verdicts(results):
+    for v in verdicts(results) + dynamic_verdicts(results):
         print(f"{'HELD  ' if v['held'] else 'MISSED'} {v['target']}: {v['measured']} ({v['ratio']})")
     return 0
 

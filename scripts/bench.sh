@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 6's benchmark, in one command: builds the apikey filter and the
-# empty filter (bench/empty-filter), then drives Envoy (one worker, core 1)
-# with wrk (core 0) through every set-up, interleaved round by round, and
+# Issue 6's and 23's benchmark, in one command: builds the apikey filter, the
+# native edge (libapikey_dynamic.so) and the empty filter (bench/empty-filter),
+# then drives Envoy (one worker, core 1) with wrk (core 0) through every
+# set-up, interleaved round by round, and
 # regenerates docs/performance.md and docs/performance.png (bench/bench.py
 # says how each number is taken).
 #
@@ -58,8 +59,9 @@ fi
 "$VENV_PYTHON" -c "import matplotlib" 2>/dev/null || die "matplotlib missing from $VENV: run scripts/setup.sh"
 (($(nproc) >= 2)) || echo "warning: fewer than 2 cores; Envoy and wrk will share one" >&2
 
-step "building the modules (release, $WASM_TARGET)"
+step "building the modules (release, $WASM_TARGET; the native edge, release-native)"
 build_module
+build_native
 (cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" -p empty-filter)
 # The CLI: bench.py checks its protobuf ECDS encoder against the CLI's.
 (cd "$REPO_ROOT" && cargo build --quiet --release -p apikey-cli)

@@ -214,7 +214,9 @@ pub fn request_headers(filter: &mut Filter, envoy: FilterEnvoy) -> bool {
         fail_closed(filter, envoy, false);
         return false;
     }
-    let shared = Arc::clone(&filter.shared);
+    // Borrowed, not cloned: every worker's streams share this `Arc`, and
+    // a clone per hook would bounce its count between their cores.
+    let Filter { flow, shared, .. } = filter;
     let store = shared.worker_store();
     let mut replied = false;
     let action = guarded("request_headers", || {
@@ -223,8 +225,8 @@ pub fn request_headers(filter: &mut Filter, envoy: FilterEnvoy) -> bool {
                 force_panic("request_headers");
             }
         }
-        let mut host = NativeHost::new(Context::Filter(envoy), &shared, &store);
-        let action = filter.flow.on_request_headers(&mut host);
+        let mut host = NativeHost::new(Context::Filter(envoy), shared, &store);
+        let action = flow.on_request_headers(&mut host);
         replied = host.replied;
         action
     });
@@ -253,11 +255,11 @@ pub fn response_headers(filter: &mut Filter, envoy: FilterEnvoy) {
     if filter.poisoned {
         return;
     }
-    let shared = Arc::clone(&filter.shared);
+    let Filter { flow, shared, .. } = filter;
     let store = shared.worker_store();
     let done = guarded("response_headers", || {
-        let mut host = NativeHost::new(Context::Filter(envoy), &shared, &store);
-        filter.flow.on_response_headers(&mut host);
+        let mut host = NativeHost::new(Context::Filter(envoy), shared, &store);
+        flow.on_response_headers(&mut host);
     });
     if done.is_none() {
         filter.poisoned = true;

@@ -14,6 +14,7 @@
 use std::sync::LazyLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use apikey_core::audit;
 use apikey_core::denial::Reply;
 use apikey_core::header_map;
 use apikey_core::host::{Clock, GrpcCall, Host, HostError, HttpCall, LogLevel, Property};
@@ -22,6 +23,10 @@ use apikey_core::metrics::{Metric, MetricKind};
 
 use crate::abi::{self, ConfigEnvoy, FilterEnvoy, HeaderMap, Level};
 use crate::state::SharedConfig;
+
+/// The audit record's filter-state name, as the proxy-wasm edge's
+/// records are named (`wasm.` and the core's name).
+const AUDIT_FILTER_STATE: &str = "wasm.apikey";
 
 /// The process's monotonic origin: every worker measures from it.
 static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -200,8 +205,13 @@ impl Host for NativeHost<'_> {
     /// Stored as `wasm.<name>`, the name the proxy-wasm edge's records
     /// get, so one access-log format serves both edges.
     fn set_filter_state(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        let key = format!("wasm.{name}");
-        Self::edit(self.filter()?.set_filter_state(&key, value))
+        let filter = self.filter()?;
+        // The audit record is written on every request: its name is spelled
+        // once here rather than formatted each time.
+        if name == audit::FILTER_STATE_NAME {
+            return Self::edit(filter.set_filter_state(AUDIT_FILTER_STATE, value));
+        }
+        Self::edit(filter.set_filter_state(&format!("wasm.{name}"), value))
     }
 
     fn resume_request(&mut self) -> Result<(), HostError> {
@@ -345,4 +355,18 @@ pub fn send_reply(filter: FilterEnvoy, reply: &Reply, details: &str) {
         .map(|(name, value)| (*name, value.as_str()))
         .collect();
     filter.send_response(reply.status, &headers, reply.body.as_bytes(), details);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_record_keeps_the_wasm_edges_filter_state_name() {
+        assert_eq!(
+            AUDIT_FILTER_STATE,
+            format!("wasm.{}", audit::FILTER_STATE_NAME),
+            "the native edge's audit record would not reach the shared access-log format"
+        );
+    }
 }

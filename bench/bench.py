@@ -1290,6 +1290,13 @@ def enforcement_verdicts(table: dict, large: str, floor: dict | None, config_mb:
     return out
 
 
+# Issue 22's "before": the report at 878e487 (docs/performance.md then),
+# CPU per request of each request against the empty filter finished like
+# apikey (28.4 µs): allowed 51.0 µs, 401 43.4 µs, 429 50.9 µs.
+BEFORE_ISSUE_22_AT = "report at 878e487"
+BEFORE_ISSUE_22 = {"allowed request": 28.4 / 51.0, "401 answer": 28.4 / 43.4, "429 answer": 28.4 / 50.9}
+
+
 def verdicts(results: dict) -> list[dict]:
     by_name = {s["name"]: s for s in results["setups"]}
     sizes = results["sizes"]
@@ -1301,28 +1308,32 @@ def verdicts(results: dict) -> list[dict]:
     wasm = results["modules"]["apikey_filter.wasm"]
     out = []
 
-    ratio, how = judged_ratio(results, full["name"], "empty")
-    added = full["cpu_us_per_request"] - empty["cpu_us_per_request"]
-    bound = (f"Judged on {how}. The filter adds {added:.1f} µs of Envoy CPU per request to the empty filter's "
-             f"{empty['cpu_us_per_request']:.1f} µs; 0.90 allows {empty['cpu_us_per_request'] / 0.9 - empty['cpu_us_per_request']:.1f} µs.")
+    # Issue 22's targets: the Wasm filter against the empty Wasm filter
+    # finished like it (same exports), request by request.
+    baseline = "empty-finished" if "empty-finished" in by_name else "empty"
+    base = by_name[baseline]
     probe = results.get("probe")
-    if probe and by_name.get("empty-finished"):
-        replay = next((r for r in probe["rows"] if r["label"].startswith("the allowed request")), None)
-        finished = by_name["empty-finished"]
-        over_finished = full["cpu_us_per_request"] - finished["cpu_us_per_request"]
-        ratio_f, _ = judged_ratio(results, full["name"], "empty-finished")
-        bound += (f" Against the empty filter finished like it (same exports) the ratio is {ratio_f:.3f} and the "
-                  f"filter adds {over_finished:.1f} µs.")
-        if replay:
-            bound += (f" The allowed request's host calls alone, replayed by the probe, cost "
-                      f"{replay['over_floor_us']:.1f} µs (section below): they cap the ratio at about "
-                      f"{empty['cpu_us_per_request'] / (empty['cpu_us_per_request'] + replay['over_floor_us']):.2f} "
-                      f"before any work of the filter's own; that work in the VM is the remaining "
-                      f"~{max(over_finished - replay['over_floor_us'], 0):.1f} µs.")
-    out.append({"target": "Full filter throughput ≥ 0.90 × empty Wasm filter",
-                "measured": f"{full['capacity']:,.0f} / {empty['capacity']:,.0f} req/s capacity; "
-                            f"{full['rps']:,.0f} / {empty['rps']:,.0f} req/s measured",
-                "ratio": f"{ratio:.3f}×", "held": ratio >= 0.90, "bound": bound})
+    replay = next((r for r in (probe or {}).get("rows", []) if r["label"].startswith("the allowed request")), None)
+    for setup, label, target in ((full, "allowed request", 0.80), (by_name.get("deny-401"), "401 answer", 0.85),
+                                 (by_name.get("deny-429"), "429 answer", 0.85)):
+        if setup is None:
+            continue
+        ratio, how = judged_ratio(results, setup["name"], baseline)
+        added = setup["cpu_us_per_request"] - base["cpu_us_per_request"]
+        before = BEFORE_ISSUE_22.get(label)
+        bound = (f"Judged on {how}. The filter adds {added:.1f} µs of Envoy CPU per request to the baseline's "
+                 f"{base['cpu_us_per_request']:.1f} µs; {target:.2f} allows "
+                 f"{base['cpu_us_per_request'] / target - base['cpu_us_per_request']:.1f} µs.")
+        if before:
+            bound += f" Before issue 22 ({BEFORE_ISSUE_22_AT}): {before:.3f}× of the same baseline, by CPU per request."
+        if label == "allowed request" and replay:
+            bound += (f" Its host calls alone, replayed by the probe, cost {replay['over_floor_us']:.1f} µs "
+                      f"(section below); the section \"Where one request's time goes\" breaks the rest down and "
+                      "says what bounds it.")
+        out.append({"target": f"Wasm filter, {label} ≥ {target:.2f} × empty Wasm filter finished like it",
+                    "measured": f"{setup['capacity']:,.0f} / {base['capacity']:,.0f} req/s capacity; "
+                                f"{setup['rps']:,.0f} / {base['rps']:,.0f} req/s measured",
+                    "ratio": f"{ratio:.3f}×", "held": ratio >= target, "bound": bound})
 
     ratio, how = judged_ratio(results, largest["name"], full["name"])
     out.append({"target": f"{large}-key table ≥ 0.95 × {small}-key table",

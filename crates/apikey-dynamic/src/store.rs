@@ -16,17 +16,17 @@
 //! `RwLock`, so workers reading key records never wait on one another and a
 //! bucket's CAS write holds only its shard for the time of one insert.
 //!
-//! Keys are hashed with [`StoreHasher`], a folded-multiply hash keyed once
-//! per process, instead of the standard SipHash: a 1,000,000-key table is
-//! two million entries written (a record and a bucket per key), and SipHash
-//! over their 70-byte names was a tenth of that configure's time. Every
+//! Keys are hashed with foldhash (hashbrown's own folded-multiply hash,
+//! seeded once per process) instead of the standard SipHash: a
+//! 1,000,000-key table is two million entries written (a record and a
+//! bucket per key), and SipHash over their 70-byte names was a tenth of
+//! that configure's time. Every
 //! name is the operator's (a table's key hash, id or lineage) or, on a
 //! look-up, a SHA-256 digest, so the weaker hash gives a client nothing to
 //! flood.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{LazyLock, PoisonError, RwLock};
 
@@ -35,81 +35,10 @@ use apikey_core::key_table::{SharedStore, StoreError};
 /// How many shards the map is split into (a power of two).
 const SHARDS: usize = 64;
 
+/// The store's hasher: foldhash, seeded once per process.
+type StoreHasher = foldhash::fast::RandomState;
+
 type Shard = RwLock<HashMap<String, (Vec<u8>, u32), StoreHasher>>;
-
-/// Builds [`FoldHasher`]s with one key per process.
-#[derive(Clone, Copy, Debug)]
-pub struct StoreHasher {
-    key: u64,
-}
-
-impl StoreHasher {
-    /// A hasher keyed from the standard library's random source.
-    pub fn new() -> Self {
-        Self {
-            key: RandomState::new().hash_one(0x5eed_u64),
-        }
-    }
-}
-
-impl Default for StoreHasher {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl BuildHasher for StoreHasher {
-    type Hasher = FoldHasher;
-
-    fn build_hasher(&self) -> FoldHasher {
-        FoldHasher { state: self.key }
-    }
-}
-
-/// A folded-multiply hash over 8-byte words (the scheme of foldhash and
-/// wyhash): each word is mixed into the state by a 64×64→128-bit multiply
-/// whose halves are folded together.
-#[derive(Clone, Copy, Debug)]
-pub struct FoldHasher {
-    state: u64,
-}
-
-/// Odd constants of the mix (the fractional digits of pi).
-const MIX: [u64; 2] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
-
-fn fold(a: u64, b: u64) -> u64 {
-    let product = u128::from(a).wrapping_mul(u128::from(b));
-    // Truncation intended: the low and high halves are folded together.
-    #[allow(clippy::cast_possible_truncation)]
-    let (low, high) = (product as u64, (product >> 64) as u64);
-    low ^ high
-}
-
-impl Hasher for FoldHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let word = <[u8; 8]>::try_from(word).map_or(0, u64::from_le_bytes);
-            self.state = fold(self.state ^ word, MIX[0]);
-        }
-        let mut tail = [0u8; 8];
-        let rest = words.remainder();
-        if let Some(slot) = tail.get_mut(..rest.len()) {
-            slot.copy_from_slice(rest);
-        }
-        // The length goes in with the tail, so "ab" and "ab\0" differ.
-        let length = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-        self.state = fold(self.state ^ u64::from_le_bytes(tail), MIX[1] ^ length);
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.state = fold(self.state ^ u64::from(byte), MIX[0]);
-    }
-
-    fn finish(&self) -> u64 {
-        fold(self.state, MIX[1])
-    }
-}
 
 /// Shared data with Envoy's semantics, once per process.
 pub struct NativeStore {
@@ -128,10 +57,10 @@ impl Default for NativeStore {
 impl NativeStore {
     /// An empty store.
     pub fn new() -> Self {
-        let hasher = StoreHasher::new();
+        let hasher = StoreHasher::default();
         Self {
             shards: (0..SHARDS)
-                .map(|_| RwLock::new(HashMap::with_hasher(hasher)))
+                .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
                 .collect(),
             cas: AtomicU32::new(0),
             hasher,
@@ -334,7 +263,7 @@ mod tests {
                 "shard {index} holds {count} names, expected about {expected}"
             );
         }
-        let hasher = store.hasher;
+        let hasher = store.hasher.clone();
         assert_ne!(
             hasher.hash_one("ab"),
             hasher.hash_one("ab\0"),

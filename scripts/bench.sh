@@ -20,6 +20,8 @@
 #                                               while 1M-key gateways take minutes to load)
 #   scripts/bench.sh --key-source --quick       100,000 keys only (~4 min)
 #   scripts/bench.sh --key-source --sizes 1000000 --runs 5   one size; --help lists all
+#                                               (the start on both edges, Wasm and native;
+#                                               --edges wasm for the Wasm filter's alone)
 #
 # Issue 22's profile, where one request's time goes (bench/request_profile.py
 # writes its own section of docs/performance.md; ~8 min):
@@ -48,8 +50,9 @@ if [[ "${1:-}" == "--profile" ]]; then
 fi
 if [[ "${1:-}" == "--key-source" ]]; then
   shift
-  step "building the filter and the CLI (release)"
+  step "building the filter, the native edge and the CLI (release)"
   build_module
+  build_native
   (cd "$REPO_ROOT" && cargo build --quiet --release --target "$WASM_TARGET" -p empty-filter)
   (cd "$REPO_ROOT" && cargo build --quiet --release -p apikey-cli)
   step "benchmark: gateways following the key service"

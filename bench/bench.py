@@ -1715,6 +1715,22 @@ def existing_kept_sections() -> list[str]:
     return sections
 
 
+def write_kept_section(name: str, section: str) -> None:
+    """Writes `section` (which holds its own `<!-- NAME:begin -->` and
+    `<!-- NAME:end -->` markers) in place of docs/performance.md's section
+    `name`, or at its end when it has none: how the other benchmarks
+    (KEPT_SECTIONS) write their parts of the report."""
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
+    begin_marker, end_marker = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    begin = text.find(begin_marker)
+    end = text.find(end_marker, begin + 1) if begin >= 0 else -1
+    if begin >= 0 and end >= 0:
+        text = text[:begin] + section + text[end + len(end_marker):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    DOC.write_text(text, encoding="utf-8")
+
+
 def render_chart(results: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")

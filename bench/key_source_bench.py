@@ -1307,16 +1307,7 @@ def render_section(results: dict) -> str:
 
 
 def write_section(results: dict) -> None:
-    section = render_section(results)
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-    begin, end = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
-    start = text.find(begin)
-    stop = text.find(end, start + 1) if start >= 0 else -1
-    if start >= 0 and stop >= 0:
-        text = text[:start] + section + text[stop + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text, encoding="utf-8")
+    bench.write_kept_section(SECTION, render_section(results))
 
 
 NOTES = REPO / "bench" / "key_source_notes.md"

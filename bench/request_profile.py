@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the benchmark's own machinery)
 
 REPO = bench.REPO
-DOC = REPO / "docs" / "performance.md"
-BEGIN, END = "<!-- request-profile:begin -->", "<!-- request-profile:end -->"
+SECTION = "request-profile"
+BEGIN, END = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
 CORE_PROFILE_WASM = REPO / "target" / "core-profile" / "wasm32-wasip1" / "release" / "core-profile.wasm"
 ROUTES_IN_FRONT = 400
 
@@ -206,17 +206,6 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    current = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-    begin = current.find(BEGIN)
-    end = current.find(END, begin + 1) if begin >= 0 else -1
-    if begin >= 0 and end >= 0:
-        updated = current[:begin] + text + current[end + len(END):]
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(updated, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, help="an older finished apikey_filter.wasm whose calls to replay too")
@@ -259,7 +248,7 @@ def main() -> int:
     text = render(results)
     print(text)
     if not args.no_write:
-        write_section(text)
+        bench.write_kept_section(SECTION, text)
     return 0
 
 
